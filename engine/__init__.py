@@ -1,0 +1,5 @@
+"""groklab's training engine: a pure PyTorch library (no api/ or worker/ imports).
+
+`engine.spec` holds the pydantic specs and imports no torch; `engine.train.train_run` trains one
+run and reports every metric point to a `engine.sink.MetricSink`.
+"""

@@ -1,0 +1,347 @@
+"""Run and experiment specifications: plain pydantic models, importable without torch.
+
+Every default is the paper's standard setup (see shared/PAPER.md): (a + b) mod 113, D = 3,830,
+a 1-layer transformer with d_model 128, full-batch AdamW at lr 1e-3, betas (0.9, 0.98), wd 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODULAR_OPS = (
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "x2_plus_y2",
+    "x2_plus_xy_plus_y2",
+    "x3_plus_xy",
+)
+TaskOp = Literal[
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "x2_plus_y2",
+    "x2_plus_xy_plus_y2",
+    "x3_plus_xy",
+    "permutation",
+]
+
+DEFAULT_MAX_RUNS = 500
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a typo in a spec must not silently train the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+class TaskSpec(StrictModel):
+    """A binary-operation table; the training set is a random subset of its pairs."""
+
+    op: TaskOp = "add"
+    p: Annotated[int, Field(ge=2, le=1000)] = Field(
+        113, description="Modulus for modular ops; ignored for 'permutation'."
+    )
+    n: Annotated[int, Field(ge=2, le=5)] = Field(
+        5, description="Permutation degree for op='permutation' (group S_n)."
+    )
+    train_size: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Absolute training-set size D; overrides train_fraction."
+    )
+    train_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.3, description="Fraction of all pairs used for training when train_size is unset."
+    )
+    data_seed: Annotated[int, Field(ge=0)] = 0
+    random_labels: bool = Field(
+        False, description="Replace every training label with a random one (isolates memorisation)."
+    )
+    label_noise: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.0, description="Fraction of training labels replaced with random ones."
+    )
+
+    @property
+    def vocab_size(self) -> int:
+        """Distinct operand tokens (the '=' token comes on top)."""
+        return math.factorial(self.n) if self.op == "permutation" else self.p
+
+    @property
+    def num_pairs(self) -> int:
+        v = self.vocab_size
+        return v * (v - 1) if self.op == "divide" else v * v
+
+    @property
+    def resolved_train_size(self) -> int:
+        if self.train_size is not None:
+            return self.train_size
+        return int(self.train_fraction * self.num_pairs)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.op == "divide" and not is_prime(self.p):
+            raise _field_error("p", f"p={self.p} is not prime; 'divide' needs a prime modulus")
+        d = self.resolved_train_size
+        if d >= self.num_pairs:
+            raise _field_error(
+                "train_size",
+                f"training set of {d} leaves no test set: the task has {self.num_pairs} pairs",
+            )
+        if d < 1:
+            raise _field_error("train_fraction", "training set would be empty")
+        return self
+
+
+class TransformerSpec(StrictModel):
+    """The paper's 1-layer decoder-only transformer (Nanda et al.), no LayerNorm."""
+
+    kind: Literal["transformer"] = "transformer"
+    d_model: Annotated[int, Field(ge=1, le=4096)] = 128
+    n_heads: Annotated[int, Field(ge=1, le=64)] = 4
+    d_head: Annotated[int, Field(ge=1, le=1024)] = 32
+    d_mlp: Annotated[int, Field(ge=1, le=16384)] = 512
+
+
+class MlpSpec(StrictModel):
+    """Concatenated operand embeddings -> one ReLU hidden layer -> logits."""
+
+    kind: Literal["mlp"] = "mlp"
+    d_embed: Annotated[int, Field(ge=1, le=4096)] = 128
+    d_hidden: Annotated[int, Field(ge=1, le=16384)] = 512
+
+
+class ToyCircuitsSpec(StrictModel):
+    """The Section 3 toy model: two fixed lookup-table circuits with learned strengths."""
+
+    kind: Literal["toy_circuits"] = "toy_circuits"
+    num_classes: Annotated[int, Field(ge=2, le=100_000)] = 113
+    gen_norm_factor: Annotated[float, Field(gt=0)] = Field(1.0, description="P_G")
+    mem_norm_factor: Annotated[float, Field(gt=0)] = Field(2.0, description="P_M")
+    mem_norm_per_example: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="If > 0, P_M = mem_norm_per_example * D: memorisation gets less efficient "
+        "as the training set grows (ungrokking and semi-grokking).",
+    )
+    kappa: Annotated[float, Field(gt=0)] = 1.2
+    gen_init: tuple[float, float] = Field((0.0, 0.005), description="(w_G1, w_G2) at init")
+    mem_init: tuple[float, float] = Field((0.0, 1.0), description="(w_M1, w_M2) at init")
+
+
+ModelSpec = Annotated[TransformerSpec | MlpSpec | ToyCircuitsSpec, Field(discriminator="kind")]
+
+
+class OptimizerSpec(StrictModel):
+    kind: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0, le=10)] = 1e-3
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.98,
+    )
+    weight_decay: Annotated[float, Field(ge=0, le=100)] = 1.0
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(
+        10, description="Linear learning-rate warm-up from 0 (Nanda uses 10 steps)."
+    )
+    batch_size: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Minibatch size; None is full batch (the paper's setup)."
+    )
+
+
+class PhaseSpec(StrictModel):
+    """A stretch of training on one training set; ungrokking is phase 1 on D, phase 2 on D' < D."""
+
+    steps: Annotated[int, Field(ge=1, le=100_000_000)]
+    train_set: Literal["full", "subset"] = "full"
+    subset_size: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="D' for train_set='subset': drawn from the previous phase's set."
+    )
+    reset_optimizer: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseSpec:
+        if self.train_set == "subset" and self.subset_size is None:
+            raise _field_error("subset_size", "train_set='subset' needs subset_size")
+        if self.train_set == "full" and self.subset_size is not None:
+            raise _field_error("subset_size", "subset_size is only allowed with train_set='subset'")
+        return self
+
+
+class RunSpec(StrictModel):
+    """Everything one training run needs; the engine's single input."""
+
+    task: TaskSpec = TaskSpec()
+    model: ModelSpec = TransformerSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
+        PhaseSpec(steps=10_000)
+    ]
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="Model-initialisation seed.")
+    eval_every: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Steps between evaluations; default logs ~1,000 points per run."
+    )
+    train_loss_every: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Steps between training-loss points; default equals eval_every."
+    )
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Steps between checkpoints (a final one is always written)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def total_steps(self) -> int:
+        return sum(phase.steps for phase in self.phases)
+
+    @property
+    def resolved_eval_every(self) -> int:
+        return self.eval_every or max(1, self.total_steps // 1000)
+
+    @property
+    def resolved_train_loss_every(self) -> int:
+        return self.train_loss_every or self.resolved_eval_every
+
+    @model_validator(mode="after")
+    def _check(self) -> RunSpec:
+        size = self.task.resolved_train_size
+        for i, phase in enumerate(self.phases):
+            if phase.train_set == "subset":
+                assert phase.subset_size is not None
+                if phase.subset_size > size:
+                    raise _field_error(
+                        f"phases.{i}.subset_size",
+                        f"subset of {phase.subset_size} is larger than the previous phase's "
+                        f"training set of {size}",
+                    )
+                size = phase.subset_size
+        if isinstance(self.model, ToyCircuitsSpec) and self.optimizer.kind != "sgd":
+            raise _field_error("optimizer.kind", "the toy model trains with plain gradient descent ('sgd')")
+        return self
+
+
+class SweepSpec(StrictModel):
+    """Expands one spec into several runs over dotted field paths, e.g. 'task.train_size'.
+
+    `grid` takes the cartesian product of its lists; `zip` walks its lists in lockstep (all of one
+    length); both together give grid x zip.
+    """
+
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    zip: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise _field_error("zip", "every list under 'zip' must have the same length")
+        overlap = set(self.grid) & set(self.zip)
+        if overlap:
+            raise _field_error("zip", f"fields swept twice: {sorted(overlap)}")
+        for path in [*self.grid, *self.zip]:
+            _check_path(path)
+        return self
+
+    def assignments(self) -> list[dict[str, Any]]:
+        grid_keys = list(self.grid)
+        grid_rows = [dict(zip(grid_keys, values)) for values in itertools.product(*self.grid.values())]
+        zip_len = len(next(iter(self.zip.values()))) if self.zip else 1
+        zip_rows = [{k: v[i] for k, v in self.zip.items()} for i in range(zip_len)]
+        return [{**g, **z} for g in grid_rows for z in zip_rows]
+
+    def count(self) -> int:
+        zip_len = len(next(iter(self.zip.values()))) if self.zip else 1
+        return math.prod(len(v) for v in self.grid.values()) * zip_len
+
+
+class ExperimentSpec(RunSpec):
+    """A run spec plus the seeds and sweep that expand it into runs."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1000)] = [0]
+    sweep: SweepSpec = SweepSpec()
+
+    def run_count(self) -> int:
+        return self.sweep.count() * len(self.seeds)
+
+    def expand(self, max_runs: int = DEFAULT_MAX_RUNS) -> list[RunSpec]:
+        """Every run of the experiment, validated; raises SpecError naming the offending field."""
+        count = self.run_count()
+        if count > max_runs:
+            raise SpecError(
+                "sweep",
+                f"the experiment expands to {count} runs, over the limit of {max_runs}",
+            )
+        base = self.model_dump(exclude={"name", "seeds", "sweep"})
+        runs = []
+        for assignment in self.sweep.assignments():
+            for seed in self.seeds:
+                data = _deep_copy(base)
+                data["seed"] = seed
+                try:
+                    for path, value in assignment.items():
+                        _set_path(data, path, value)
+                    runs.append(RunSpec.model_validate(data))
+                except (IndexError, KeyError, TypeError, ValueError) as exc:
+                    if not isinstance(exc, ValidationError):
+                        raise SpecError("sweep", f"cannot set {assignment}: {exc}") from exc
+                    err = exc.errors()[0]
+                    loc = ".".join(str(p) for p in err["loc"])
+                    raise SpecError(
+                        f"sweep.{loc}" if loc else "sweep", f"{err['msg']} (for {assignment})"
+                    ) from exc
+        return runs
+
+
+class SpecError(ValueError):
+    """A spec that validated field by field but is impossible as a whole; names the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _field_error(field: str, message: str) -> ValueError:
+    # pydantic reports a ValueError raised in a validator with the model's location; prefixing
+    # the field keeps the offending name in the message the API shows.
+    return ValueError(f"{field}: {message}")
+
+
+_SWEEPABLE_ROOTS = set(RunSpec.model_fields)
+
+
+def _check_path(path: str) -> None:
+    root = path.split(".", 1)[0]
+    if root not in _SWEEPABLE_ROOTS or root == "seed" and "." in path:
+        raise _field_error(f"sweep.{path}", f"unknown field '{root}'")
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
