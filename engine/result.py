@@ -1,0 +1,18 @@
+"""What a finished or stopped training run hands back to its caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunResult:
+    final_step: int
+    total_steps: int
+    stopped: bool = False
+    """True when `should_stop` ended the run early (cancel, shutdown); a checkpoint was written."""
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class EngineError(RuntimeError):
+    """A spec the engine cannot run on this machine (e.g. CUDA asked for but absent)."""
