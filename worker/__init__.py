@@ -1,0 +1,1 @@
+"""Celery worker: trains queued runs with the engine and writes their metrics to the database."""

@@ -1,0 +1,76 @@
+"""The one place that turns errors into RFC 9457 `application/problem+json` responses."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.spec import SpecError
+from groklab.errors import GroklabError
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    status: int, title: str, detail: str, *, errors: list[dict[str, Any]] | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    # Drop FastAPI's 'body'/'query' prefix and pydantic's union tags so the field reads like the spec.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for err in exc.errors():
+        message = str(err.get("msg", "invalid"))
+        field = _field_of(err.get("loc", ()))
+        # Model-level validators name their field in the message as 'field: why'.
+        if message.startswith("Value error, ") and ": " in message:
+            inner = message[len("Value error, ") :]
+            named, _, why = inner.partition(": ")
+            if named and " " not in named:
+                field = f"{field}.{named}" if field != "body" else named
+                message = why
+        errors.append({"field": field, "message": message, "type": err.get("type")})
+    return errors
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(SpecError)
+    async def _spec(request: Request, exc: SpecError) -> JSONResponse:
+        return problem(
+            422, "Invalid experiment spec", str(exc), errors=[{"field": exc.field, "message": exc.message}]
+        )
+
+    @app.exception_handler(GroklabError)
+    async def _domain(request: Request, exc: GroklabError) -> JSONResponse:
+        errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+        return problem(exc.status_code, exc.title, exc.detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        errors = [{"field": "body", "message": str(exc.detail)}] if exc.status_code == 413 else None
+        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail), errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem(500, "Internal server error", "an unexpected error occurred; see the server log")

@@ -1,0 +1,67 @@
+"""/v1/runs: status, listing with cursor pagination, metric series, cancellation."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.orm import Session
+
+from api.deps import get_session
+from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage, RunStatus
+from groklab.errors import InvalidInput
+from groklab.store import metrics as metric_store
+from groklab.store import runs as run_store
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    experiment_id: int | None = Query(None, ge=1),
+    status: RunStatus | None = Query(None),
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page"),
+    session: Session = Depends(get_session),
+) -> RunPage:
+    runs = run_store.list_runs(
+        session, experiment_id=experiment_id, status=status, limit=limit, after_id=cursor
+    )
+    next_cursor = str(runs[-1].id) if len(runs) == limit else None
+    return RunPage(items=[RunOut.from_row(run) for run in runs], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunDetailOut)
+def get_run(run_id: int, session: Session = Depends(get_session)) -> RunDetailOut:
+    run = run_store.get_run(session, run_id)
+    events = [
+        RunEventOut(status=e.status, at=e.at, message=e.message)  # type: ignore[arg-type]
+        for e in run_store.run_events(session, run_id)
+    ]
+    return RunDetailOut(**RunOut.from_row(run).model_dump(), events=events)
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsOut)
+def get_metrics(
+    run_id: int,
+    names: str | None = Query(
+        None, description="Comma-separated series names; all series when omitted.", max_length=4000
+    ),
+    start_step: int | None = Query(None, ge=0),
+    end_step: int | None = Query(None, ge=0),
+    session: Session = Depends(get_session),
+) -> MetricsOut:
+    """Every point of the chosen series in [start_step, end_step]; unknown names give empty lists."""
+    if start_step is not None and end_step is not None and end_step < start_step:
+        raise InvalidInput("end_step is before start_step", field="end_step")
+    run_store.get_run(session, run_id)
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    series = metric_store.read_series(
+        session, run_id, names=wanted, start_step=start_step, end_step=end_step
+    )
+    return MetricsOut(run_id=run_id, series=series)  # type: ignore[arg-type]
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run_id: int, session: Session = Depends(get_session)) -> RunOut:
+    """A queued run is cancelled now; a running one stops within seconds, keeping its metrics."""
+    run = run_store.request_cancel(session, run_id)
+    return RunOut.from_row(run)

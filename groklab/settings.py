@@ -1,0 +1,65 @@
+"""The one settings class: every knob of the api, the worker and the CLI, read from GROKLAB_* env."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GROKLAB_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("groklab-data"),
+        description="Embedded mode's home: SQLite file, filesystem broker, checkpoints.",
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file in data_dir."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default is kombu's filesystem broker in data_dir."
+    )
+    queue_name: str = Field("groklab", description="Celery queue that carries training tasks.")
+    checkpoint_dir: Path | None = Field(
+        None, description="Where workers keep run checkpoints; default data_dir/checkpoints."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="Worker processes `groklab up` starts.")
+    device: str = Field("auto", description="Training device for workers: auto, cpu or cuda.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads per worker; default splits the cores."
+    )
+    max_runs_per_experiment: int = Field(500, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    metric_flush_seconds: float = Field(
+        1.0, gt=0, description="A worker writes buffered metric points at least this often."
+    )
+    metric_flush_points: int = Field(5000, ge=1)
+    cancel_poll_seconds: float = Field(1.0, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'groklab.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        return (self.checkpoint_dir or self.data_dir / "checkpoints").resolve()
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,174 @@
+"""Experiments and runs: creation, listing, and the run state machine as conditional updates.
+
+A run changes status only through `_transition`, an UPDATE guarded by the statuses it may come
+from, so two processes racing on one run (a duplicate task delivery, a cancel during start-up)
+cannot both win; every transition that happens is recorded as a RunEvent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from groklab.errors import Conflict, NotFound
+from groklab.store.models import Experiment, Run, RunEvent, utcnow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def create_experiment(
+    session: Session,
+    *,
+    name: str | None,
+    spec: dict[str, Any],
+    run_specs: Sequence[dict[str, Any]],
+    total_steps: Sequence[int],
+) -> Experiment:
+    experiment = Experiment(name=name, spec=spec)
+    session.add(experiment)
+    for index, (run_spec, steps) in enumerate(zip(run_specs, total_steps, strict=True)):
+        experiment.runs.append(Run(index=index, spec=run_spec, total_steps=steps, status=QUEUED))
+    session.flush()
+    session.add_all(RunEvent(run_id=run.id, status=QUEUED) for run in experiment.runs)
+    return experiment
+
+
+def get_experiment(session: Session, experiment_id: int) -> Experiment:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise NotFound(f"experiment {experiment_id} does not exist", field="experiment_id")
+    return experiment
+
+
+def list_experiments(session: Session, *, limit: int, before_id: int | None) -> list[Experiment]:
+    """Newest first; `before_id` is the cursor of the previous page."""
+    query = select(Experiment).order_by(Experiment.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(Experiment.id < before_id)
+    return list(session.scalars(query))
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist", field="run_id")
+    return run
+
+
+def list_runs(
+    session: Session,
+    *,
+    experiment_id: int | None,
+    status: str | None,
+    limit: int,
+    after_id: int | None,
+) -> list[Run]:
+    """Oldest first; `after_id` is the cursor of the previous page."""
+    query = select(Run).order_by(Run.id).limit(limit)
+    if experiment_id is not None:
+        query = query.where(Run.experiment_id == experiment_id)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if after_id is not None:
+        query = query.where(Run.id > after_id)
+    return list(session.scalars(query))
+
+
+def run_events(session: Session, run_id: int) -> list[RunEvent]:
+    return list(session.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
+
+
+def _transition(
+    session: Session,
+    run_id: int,
+    *,
+    from_statuses: Sequence[str],
+    to_status: str,
+    message: str | None = None,
+    **values: Any,
+) -> bool:
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(from_statuses))
+        .values(status=to_status, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    session.add(RunEvent(run_id=run_id, status=to_status, message=message))
+    return True
+
+
+def claim_run(session: Session, run_id: int, *, worker: str) -> bool:
+    """queued -> running for this worker; False if the run is gone, cancelled or taken."""
+    return _transition(
+        session,
+        run_id,
+        from_statuses=[QUEUED],
+        to_status=RUNNING,
+        message=f"started on {worker}",
+        worker=worker,
+        started_at=utcnow(),
+    )
+
+
+def finish_run(session: Session, run_id: int, *, status: str, error: str | None = None) -> bool:
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"not a final status: {status}")
+    return _transition(
+        session,
+        run_id,
+        from_statuses=[RUNNING],
+        to_status=status,
+        message=error,
+        error=error,
+        finished_at=utcnow(),
+    )
+
+
+def fail_queued_runs(session: Session, run_ids: Sequence[int], *, error: str) -> None:
+    for run_id in run_ids:
+        _transition(
+            session,
+            run_id,
+            from_statuses=[QUEUED],
+            to_status=FAILED,
+            message=error,
+            error=error,
+            finished_at=utcnow(),
+        )
+
+
+def request_cancel(session: Session, run_id: int) -> Run:
+    """A queued run is cancelled at once; a running one is flagged and its worker stops it."""
+    run = get_run(session, run_id)
+    if _transition(
+        session,
+        run_id,
+        from_statuses=[QUEUED],
+        to_status=CANCELLED,
+        message="cancelled before it started",
+        finished_at=utcnow(),
+        cancel_requested=True,
+    ):
+        session.refresh(run)
+        return run
+    flagged = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RUNNING)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(run)
+    if flagged.rowcount != 1 and run.status != CANCELLED:
+        raise Conflict(f"run {run_id} is already {run.status}", field="run_id")
+    return run
+
+
+def is_cancel_requested(session: Session, run_id: int) -> bool:
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))

@@ -1,0 +1,7 @@
+"""The worker's entry point: `celery -A worker.celery_app worker`."""
+
+from groklab.queue import make_celery
+from groklab.settings import get_settings
+
+app = make_celery(get_settings())
+app.conf.include = ["worker.tasks"]
