@@ -1,0 +1,168 @@
+"""Real groklab processes for tests: a PostgreSQL database, an api and Celery workers over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("GROKLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GROKLAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def create_pg_database() -> tuple[str, str]:
+    """A fresh, empty database; returns (its name, its SQLAlchemy URL)."""
+    name = f"groklab_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return name, f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+@dataclass
+class Stack:
+    """An api process and worker processes sharing one database and broker."""
+
+    env: dict[str, str]
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{log_name}.log").open("ab")
+        process = subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def start_api(self) -> None:
+        self._spawn(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+            "api",
+        )
+        wait_http(f"{self.base_url}/healthz")
+
+    def start_worker(self, name: str = "w1") -> subprocess.Popen[bytes]:
+        process = self._spawn(
+            [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "--pool", "solo", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-gossip",
+                "--without-mingle", "--without-heartbeat",
+            ],
+            f"worker-{name}",
+        )
+        self.workers[name] = process
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGQUIT if process in self.workers.values() else signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.log_dir.glob("*.log"))
+
+
+def service_env(database_url: str, broker_url: str | None, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
+    env.update(
+        GROKLAB_DATABASE_URL=database_url,
+        GROKLAB_DATA_DIR=str(data_dir),
+        GROKLAB_QUEUE_NAME=f"groklab-test-{uuid.uuid4().hex[:8]}",
+        GROKLAB_TORCH_THREADS="1",
+        GROKLAB_METRIC_FLUSH_SECONDS="0.2",
+        GROKLAB_CANCEL_POLL_SECONDS="0.2",
+        GROKLAB_DEVICE="cpu",
+        PYTHONUNBUFFERED="1",
+    )
+    if broker_url:
+        env["GROKLAB_BROKER_URL"] = broker_url
+    env.update(extra)
+    return env
+
+
+def tiny_spec(**overrides: Any) -> dict[str, Any]:
+    """A run that memorises a 13-token table within a couple of seconds on one core."""
+    spec: dict[str, Any] = {
+        "task": {"op": "add", "p": 13, "train_fraction": 0.5},
+        "model": {"kind": "transformer", "d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64},
+        "optimizer": {"lr": 0.003, "weight_decay": 1.0},
+        "phases": [{"steps": 300}],
+        "eval_every": 10,
+    }
+    spec.update(overrides)
+    return spec
+
+
+def wait_for_runs(
+    client: httpx.Client, run_ids: Iterable[int], statuses: set[str] = FINISHED, timeout: float = 120.0
+) -> dict[int, dict[str, Any]]:
+    pending = set(run_ids)
+    done: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for run_id in list(pending):
+            run = client.get(f"/v1/runs/{run_id}").json()
+            if run["status"] in statuses:
+                done[run_id] = run
+                pending.discard(run_id)
+        time.sleep(0.2)
+    if pending:
+        raise TimeoutError(f"runs {sorted(pending)} did not reach {statuses} within {timeout}s")
+    return done
+
+
+def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s")
