@@ -3,6 +3,8 @@
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${GROKLAB_VENV:-$root/.venv}"
 stamp="$venv/.installed${EXTRAS:+-$EXTRAS}"
+# An install with extras also satisfies a plain one.
+[ -z "${EXTRAS:-}" ] && [ -f "$venv/.installed-test" ] && [ ! -f "$stamp" ] && stamp="$venv/.installed-test"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   echo "groklab: installing into $venv (first run takes a minute)..." >&2
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -213,7 +213,9 @@ class RunSpec(StrictModel):
     def _check(self) -> RunSpec:
         size = self.task.resolved_train_size
         for i, phase in enumerate(self.phases):
-            if phase.train_set == "subset":
+            if phase.train_set == "full":
+                size = self.task.resolved_train_size
+            else:
                 assert phase.subset_size is not None
                 if phase.subset_size > size:
                     raise _field_error(

@@ -118,7 +118,6 @@ def service_env(database_url: str, broker_url: str | None, data_dir: Path, **ext
         GROKLAB_TORCH_THREADS="1",
         GROKLAB_METRIC_FLUSH_SECONDS="0.2",
         GROKLAB_CANCEL_POLL_SECONDS="0.2",
-        GROKLAB_DEVICE="cpu",
         PYTHONUNBUFFERED="1",
     )
     if broker_url:

@@ -1,0 +1,120 @@
+"""End to end on the production topology: PostgreSQL + Redis + a real Celery worker + the api over HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import redis
+
+from tests.services import REDIS_URL, Stack, tiny_spec, wait_for_runs, wait_until
+
+LONG_STEPS = 1_000_000
+
+
+def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client) -> None:
+    spec = {**tiny_spec(), "name": "e2e sweep", "sweep": {"zip": {"task.train_fraction": [0.5, 0.6, 0.7]}}}
+    response = client.post("/v1/experiments", json=spec)
+    assert response.status_code == 201, response.text
+    experiment = response.json()
+    assert len(experiment["run_ids"]) == 3 and experiment["status_counts"] == {"queued": 3}
+
+    runs = wait_for_runs(client, experiment["run_ids"])
+    for run in runs.values():
+        assert run["status"] == "succeeded", run
+        assert run["step"] == run["total_steps"] == 300
+        assert run["started_at"] and run["finished_at"] and run["worker"].startswith("w1@")
+        assert run["created_at"] <= run["started_at"] <= run["finished_at"]
+        assert run["latest_metrics"]["train_acc"] == 1.0
+        assert [e["status"] for e in run["events"]] == ["queued", "running", "succeeded"]
+
+        metrics = client.get(f"/v1/runs/{run['id']}/metrics", params={"names": "train_loss,test_acc,train_acc"})
+        series = metrics.json()["series"]
+        assert set(series) == {"train_loss", "test_acc", "train_acc"}
+        steps = [step for step, _ in series["train_loss"]]
+        assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 300
+        assert max(value for _, value in series["train_acc"]) == 1.0
+        assert series["train_loss"][-1][1] < series["train_loss"][0][1]
+
+        window = client.get(f"/v1/runs/{run['id']}/metrics", params={"names": "train_acc", "start_step": 100, "end_step": 200})
+        assert [s for s, _ in window.json()["series"]["train_acc"]] == list(range(100, 201, 10))
+
+    fractions = sorted(r["spec"]["task"]["train_fraction"] for r in runs.values())
+    assert fractions == [0.5, 0.6, 0.7]
+
+    detail = client.get(f"/v1/experiments/{experiment['id']}").json()
+    assert detail["status_counts"] == {"succeeded": 3}
+    assert [r["id"] for r in detail["runs"]] == experiment["run_ids"]
+    listed = client.get("/v1/experiments", params={"limit": 50}).json()["items"]
+    assert experiment["id"] in [e["id"] for e in listed]
+
+
+def test_run_listing_pages_with_a_cursor(client: httpx.Client) -> None:
+    experiment = client.post("/v1/experiments", json={**tiny_spec(), "phases": [{"steps": 5}], "seeds": [0, 1, 2]}).json()
+    wait_for_runs(client, experiment["run_ids"])
+    seen, cursor = [], None
+    while True:
+        params = {"experiment_id": experiment["id"], "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/runs", params=params).json()
+        seen += [run["id"] for run in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == experiment["run_ids"]
+    succeeded = client.get("/v1/runs", params={"experiment_id": experiment["id"], "status": "succeeded"}).json()
+    assert len(succeeded["items"]) == 3
+    assert client.get("/v1/runs", params={"experiment_id": experiment["id"], "status": "failed"}).json()["items"] == []
+
+
+def test_cancel_stops_a_running_run_within_seconds_and_keeps_its_metrics(client: httpx.Client) -> None:
+    run_id = client.post("/v1/experiments", json={**tiny_spec(), "phases": [{"steps": LONG_STEPS}]}).json()["run_ids"][0]
+    wait_until(lambda: client.get(f"/v1/runs/{run_id}").json()["step"] > 20, timeout=60)
+
+    asked = time.monotonic()
+    response = client.post(f"/v1/runs/{run_id}/cancel")
+    assert response.status_code == 200 and response.json()["cancel_requested"] is True
+    run = wait_for_runs(client, [run_id], timeout=30)[run_id]
+    stopped_after = time.monotonic() - asked
+
+    assert run["status"] == "cancelled" and stopped_after < 5
+    assert 0 < run["step"] < LONG_STEPS
+    series = client.get(f"/v1/runs/{run_id}/metrics", params={"names": "train_loss"}).json()["series"]
+    assert len(series["train_loss"]) >= 2
+    assert client.post(f"/v1/runs/{run_id}/cancel").json()["status"] == "cancelled"
+
+
+def test_cancelled_queued_run_never_starts(client: httpx.Client, pg_stack: Stack) -> None:
+    busy = client.post("/v1/experiments", json={**tiny_spec(), "phases": [{"steps": LONG_STEPS}]}).json()["run_ids"][0]
+    wait_for_runs(client, [busy], statuses={"running"})
+    waiting = client.post("/v1/experiments", json=tiny_spec()).json()["run_ids"][0]
+    cancelled = client.post(f"/v1/runs/{waiting}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+
+    client.post(f"/v1/runs/{busy}/cancel")
+    wait_for_runs(client, [busy])
+    # Once the worker has taken the cancelled run's message off the queue, it must have skipped it.
+    queue = redis.Redis.from_url(REDIS_URL)
+    wait_until(lambda: queue.llen(pg_stack.env["GROKLAB_QUEUE_NAME"]) == 0, timeout=30)
+    time.sleep(1.0)
+    run = client.get(f"/v1/runs/{waiting}").json()
+    assert run["status"] == "cancelled" and run["started_at"] is None and run["step"] == 0
+    assert [e["status"] for e in run["events"]] == ["queued", "cancelled"]
+    assert client.get(f"/v1/runs/{waiting}/metrics").json()["series"] == {}
+
+
+def test_run_the_engine_rejects_fails_with_its_message(client: httpx.Client) -> None:
+    run_id = client.post("/v1/experiments", json={**tiny_spec(), "device": "cuda"}).json()["run_ids"][0]
+    run = wait_for_runs(client, [run_id])[run_id]
+    assert run["status"] == "failed"
+    assert "CUDA" in run["error"] and run["finished_at"]
+    assert [e["status"] for e in run["events"]] == ["queued", "running", "failed"]
+    conflict = client.post(f"/v1/runs/{run_id}/cancel")
+    assert conflict.status_code == 409
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz").json()
+    assert ready == {"status": "ok", "checks": {"database": True, "broker": True}}
+    assert "/v1/experiments" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
