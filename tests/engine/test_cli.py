@@ -1,0 +1,58 @@
+"""`python -m engine run` trains a spec file into metrics.csv and a checkpoint, and rejects bad specs."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "run", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_writes_metrics_csv_and_checkpoint(tmp_path):
+    spec = {"task": {"p": 23, "train_fraction": 0.5}, "phases": [{"steps": 200}], "eval_every": 50}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+
+    proc = _run_cli(str(spec_path), "--out", str(out), "--device", "cpu")
+
+    assert proc.returncode == 0, proc.stderr
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"run", "name", "step", "value"}
+    test_acc_steps = [int(r["step"]) for r in rows if r["name"] == "test_acc"]
+    assert test_acc_steps == [0, 50, 100, 150, 200]
+    final_train_acc = [float(r["value"]) for r in rows if r["name"] == "train_acc"][-1]
+    assert final_train_acc == 1.0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 200
+
+
+def test_cli_rejects_invalid_spec_naming_the_field(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"task": {"op": "divide", "p": 24}}))
+
+    proc = _run_cli(str(spec_path), "--out", str(tmp_path / "out"))
+
+    assert proc.returncode == 2
+    assert "p=24 is not prime" in proc.stderr
+    assert "task" in proc.stderr
+
+
+def test_cli_rejects_unknown_field(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"optimizer": {"learning_rate": 0.1}}))
+
+    proc = _run_cli(str(spec_path), "--out", str(tmp_path / "out"))
+
+    assert proc.returncode == 2
+    assert "optimizer.learning_rate" in proc.stderr

@@ -1,0 +1,64 @@
+"""Specs import without torch and reject every impossible run with a message naming the field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from engine.spec import ExperimentSpec, PhaseSpec, RunSpec, SpecError, SweepSpec, TaskSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_importing_spec_does_not_import_torch():
+    code = "import engine.spec, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"task": {"op": "divide", "p": 25}}, "p"),
+        ({"task": {"p": 11, "train_size": 121}}, "train_size"),
+        (
+            {"task": {"p": 11, "train_size": 60}, "phases": [{"steps": 5}, {"steps": 5, "train_set": "subset", "subset_size": 61}]},
+            "phases.1.subset_size",
+        ),
+        ({"task": {"op": "power"}}, "task.op"),
+        ({"phases": [{"steps": 0}]}, "phases.0.steps"),
+        ({"optimizer": {"lr": 1e-3, "momentum": 0.9}}, "optimizer.momentum"),
+    ],
+)
+def test_invalid_spec_is_rejected_naming_the_field(data, field):
+    with pytest.raises(ValidationError) as info:
+        RunSpec.model_validate(data)
+    err = info.value.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) + " " + err["msg"]
+    assert field in where
+
+
+def test_sweep_expands_to_grid_times_zip_times_seeds():
+    spec = ExperimentSpec(
+        task=TaskSpec(p=11, train_size=50),
+        phases=[PhaseSpec(steps=10)],
+        seeds=[0, 1],
+        sweep=SweepSpec(
+            grid={"optimizer.weight_decay": [0.1, 1.0, 3.0]},
+            zip={"task.train_size": [40, 60], "task.data_seed": [7, 8]},
+        ),
+    )
+    runs = spec.expand()
+    assert spec.run_count() == len(runs) == 3 * 2 * 2
+    assert {(r.optimizer.weight_decay, r.task.train_size, r.task.data_seed, r.seed) for r in runs} == {
+        (wd, d, ds, s) for wd in (0.1, 1.0, 3.0) for d, ds in ((40, 7), (60, 8)) for s in (0, 1)
+    }
+
+
+def test_sweep_over_the_run_cap_is_rejected():
+    spec = ExperimentSpec(seeds=list(range(10)), sweep=SweepSpec(grid={"task.data_seed": list(range(10))}))
+    with pytest.raises(SpecError) as info:
+        spec.expand(max_runs=99)
+    assert info.value.field == "sweep"
+    assert len(spec.expand(max_runs=100)) == 100
