@@ -82,14 +82,19 @@ class Transformer(nn.Module):
         score_eq = x_eq @ key_dir  # (H,)
         ov_eq = torch.einsum("d,hdk,hke->he", x_eq, self.W_V, self.W_O)  # (H, d)
 
+        # F.embedding, not table[a]: its backward sums repeated rows in a fixed order, while
+        # indexing's backward accumulates with threads racing and is not reproducible on CPU
         scores = torch.stack(
-            [score_table[0, a], score_table[1, b], score_eq.expand(len(a), -1)], dim=-1
+            [F.embedding(a, score_table[0]), F.embedding(b, score_table[1]), score_eq.expand(len(a), -1)],
+            dim=-1,
         )  # (B, H, 3)
         attn = scores.softmax(dim=-1)
+        ov_a = F.embedding(a, ov_table[0].flatten(1)).view(len(a), *ov_eq.shape)  # (B, H, d)
+        ov_b = F.embedding(b, ov_table[1].flatten(1)).view(len(b), *ov_eq.shape)
         # broadcast-and-sum, not einsum: einsum lowers to a bmm of B tiny products, slow on CPU
         mixed = (
-            (attn[..., 0, None] * ov_table[0, a]).sum(dim=1)
-            + (attn[..., 1, None] * ov_table[1, b]).sum(dim=1)
+            (attn[..., 0, None] * ov_a).sum(dim=1)
+            + (attn[..., 1, None] * ov_b).sum(dim=1)
             + attn[..., 2] @ ov_eq
         )  # (B, d)
         resid = x_eq + mixed  # (B, d)
@@ -110,7 +115,7 @@ class Mlp(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, 3) = [a, b, '=']; returns logits (B, vocab)."""
-        x = self.W_E[tokens[:, :2]].flatten(1)  # (B, 2e)
+        x = F.embedding(tokens[:, :2], self.W_E).flatten(1)  # (B, 2e); reproducible backward
         return F.relu(x @ self.W_in + self.b_in) @ self.W_U
 
 

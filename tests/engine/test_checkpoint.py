@@ -1,0 +1,125 @@
+"""A run stopped and resumed from its checkpoint logs the same metrics as one trained straight."""
+
+import pytest
+import torch
+
+from engine.checkpoint import CHECKPOINT_NAME
+from engine.result import EngineError
+from engine.sink import MemorySink
+from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
+from engine.train import train_run
+
+TASK = TaskSpec(p=23, train_fraction=0.5)
+
+
+def _spec(**changes) -> RunSpec:
+    base = dict(task=TASK, phases=[PhaseSpec(steps=60)], eval_every=10, train_loss_every=1, device="cpu")
+    return RunSpec(**{**base, **changes})
+
+
+def _stop_at(sink: MemorySink, step: int):
+    return lambda: sink.last_step >= step
+
+
+def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
+    merged: dict[str, dict[int, float]] = {}
+    for piece in pieces:  # a later piece re-logs the resumed step: the latest value wins
+        for name, points in piece.series.items():
+            merged.setdefault(name, {}).update(points)
+    assert set(merged) == set(straight.series)
+    for name, points in straight.series.items():
+        for step, value in points.items():
+            assert merged[name][step] == pytest.approx(value, abs=1e-6), (name, step)
+
+
+@pytest.mark.parametrize(
+    "changes, stop",
+    [
+        ({}, 30),
+        ({"optimizer": OptimizerSpec(batch_size=64)}, 25),
+        ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 20),
+        ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 30),
+        (
+            {"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80, reset_optimizer=True)]},
+            45,
+        ),
+    ],
+)
+def test_stop_and_resume_reproduces_the_straight_run(tmp_path, changes, stop):
+    spec = _spec(**changes)
+    straight = MemorySink()
+    train_run(spec, straight)
+
+    first, second = MemorySink(), MemorySink()
+    result = train_run(spec, first, checkpoint_dir=tmp_path, should_stop=_stop_at(first, stop))
+    assert result.stopped and result.final_step == stop
+    assert (tmp_path / CHECKPOINT_NAME).exists()
+    result = train_run(spec, second, checkpoint_dir=tmp_path)
+    assert not result.stopped and result.final_step == spec.total_steps
+
+    _assert_same_series(straight, [first, second])
+    assert min(second.series["train_loss"]) == stop  # resumed, not retrained from 0
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(sink: MemorySink, step: int):
+    def poll() -> bool:
+        if sink.last_step >= step:
+            raise _Crash
+        return False
+
+    return poll
+
+
+def test_periodic_checkpoint_resumes_a_crashed_run(tmp_path):
+    spec = _spec(checkpoint_every=20)
+    straight = MemorySink()
+    train_run(spec, straight)
+
+    crashed = MemorySink()
+    with pytest.raises(_Crash):
+        train_run(spec, crashed, checkpoint_dir=tmp_path, should_stop=_crash_after(crashed, 47))
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 40
+    resumed = MemorySink()
+    train_run(spec, resumed, checkpoint_dir=tmp_path)
+
+    assert min(resumed.series["train_loss"]) == 40
+    _assert_same_series(straight, [crashed, resumed])
+
+
+def test_finished_run_continues_when_resumed_with_more_phases(tmp_path):
+    phases = [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]
+    straight = MemorySink()
+    train_run(_spec(phases=phases), straight)
+
+    first, second = MemorySink(), MemorySink()
+    train_run(_spec(phases=phases[:1]), first, checkpoint_dir=tmp_path)
+    train_run(_spec(phases=phases), second, checkpoint_dir=tmp_path)
+
+    _assert_same_series(straight, [first, second])
+    assert second.series["phase"][60] == 1.0
+
+
+def test_same_spec_gives_identical_metrics_run_to_run():
+    spec = _spec(optimizer=OptimizerSpec(batch_size=32))
+    a, b = MemorySink(), MemorySink()
+    train_run(spec, a)
+    train_run(spec, b)
+    assert a.series == b.series
+
+
+def test_checkpoint_of_another_task_is_refused(tmp_path):
+    train_run(_spec(phases=[PhaseSpec(steps=2)]), MemorySink(), checkpoint_dir=tmp_path)
+    other = _spec(task=TASK.model_copy(update={"data_seed": 1}))
+    with pytest.raises(EngineError, match="checkpoint"):
+        train_run(other, MemorySink(), checkpoint_dir=tmp_path)
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    train_run(_spec(phases=[PhaseSpec(steps=3)], optimizer=OptimizerSpec(batch_size=8)), MemorySink(), checkpoint_dir=tmp_path)
+    data = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert data["step"] == 3 and data["phase"] == 0
+    assert {"model", "optimizer", "batch_rng", "train_idx"} <= set(data)
