@@ -165,6 +165,9 @@ class PhaseSpec(StrictModel):
         None, description="D' for train_set='subset': drawn from the previous phase's set."
     )
     reset_optimizer: bool = False
+    weight_decay: Annotated[float, Field(ge=0, le=100)] | None = Field(
+        None, description="This phase's weight decay; None keeps optimizer.weight_decay."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PhaseSpec:
