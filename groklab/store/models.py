@@ -23,6 +23,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 
+LOCAL_OWNER = "local"
+"""The owner of everything created while authentication is off (embedded mode on localhost)."""
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -61,8 +65,11 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    __table_args__ = (Index("ix_experiments_owner_id", "owner", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER)
+    kind: Mapped[str] = mapped_column(String(32), default="sweep", server_default="sweep")
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -82,6 +89,11 @@ class Run(Base):
         ForeignKey("experiments.id", ondelete="CASCADE")
     )
     index: Mapped[int] = mapped_column(Integer, comment="Position within its experiment's sweep.")
+    role: Mapped[str | None] = mapped_column(String(32), comment="e.g. phase1 / phase2 / memorise.")
+    parent_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"),
+        comment="The run whose final checkpoint this run continues from (a fork).",
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, comment="The expanded engine RunSpec.")
     status: Mapped[str] = mapped_column(String(16), default="queued")
     step: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -89,7 +101,16 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The worker that holds the run's lease (or held it last).
     worker: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", comment="Fencing token: bumped by every claim."
+    )
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    enqueued_at: Mapped[datetime | None] = mapped_column(
+        UtcDateTime, comment="Last time a message for this run was sent to the broker."
+    )
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(
@@ -134,3 +155,32 @@ class RunEvent(Base):
     status: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     message: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """A bearer key: only its SHA-256 is stored; the key itself is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str | None] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16), comment="First characters, to recognise a key.")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(100), comment="Comma-separated: read, write.")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key of POST /v1/experiments, remembered with the body it came with."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
