@@ -40,6 +40,21 @@ class Settings(BaseSettings):
     )
     metric_flush_points: int = Field(5000, ge=1)
     cancel_poll_seconds: float = Field(1.0, gt=0)
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A running run whose worker has not renewed its lease for this long is re-queued."
+    )
+    reconcile_seconds: float = Field(
+        10.0, ge=0, description="How often the api's reconciler re-queues lost runs; 0 turns it off."
+    )
+    requeue_grace_seconds: float = Field(
+        30.0, ge=0, description="A queued run is re-sent only if its last message is older than this."
+    )
+    checkpoint_seconds: float = Field(
+        60.0, gt=0, description="Workers checkpoint runs that set no checkpoint_every about this often."
+    )
+    broker_visibility_timeout: int = Field(
+        7 * 24 * 3600, ge=60, description="Redis redelivers an unacknowledged task after this long."
+    )
 
     @property
     def resolved_database_url(self) -> str:
