@@ -1,0 +1,192 @@
+"""Experiment kinds plan the paper's runs: counts, fork links, prefix specs, defaults, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from engine.experiments import (
+    EfficiencyExperiment,
+    ExperimentRequest,
+    SweepExperiment,
+    UngrokkingExperiment,
+    plan_experiment,
+)
+from engine.spec import ExperimentSpec, PhaseSpec, RunSpec, SpecError
+
+REQUEST = TypeAdapter(ExperimentRequest)
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*/*.json"))
+
+
+def plan(data: dict[str, Any], max_runs: int = 500) -> list[Any]:
+    return plan_experiment(REQUEST.validate_python(data), max_runs)
+
+
+def test_a_request_without_kind_is_the_old_sweep_and_plans_the_same_runs():
+    data = {"task": {"p": 13}, "seeds": [0, 1], "sweep": {"grid": {"optimizer.weight_decay": [0.5, 1.0]}}}
+    request = REQUEST.validate_python(data)
+    assert isinstance(request, SweepExperiment) and request.kind == "sweep"
+    expected = ExperimentSpec.model_validate(data).expand()
+    assert [run.spec for run in plan_experiment(request, 500)] == expected
+    assert all(run.role == "run" and run.parent_index is None for run in plan_experiment(request, 500))
+
+
+def test_grokking_defaults_are_the_papers_standard_setup():
+    (run,) = plan({"kind": "grokking"})
+    assert run.spec.task.p == 113 and run.spec.task.resolved_train_size == 3830
+    assert run.spec.optimizer.weight_decay == 1.0 and run.spec.optimizer.kind == "adamw"
+    assert run.spec.model.kind == "transformer" and run.spec.model.d_model == 128
+
+
+def test_grokking_crosses_sizes_weight_decays_and_seeds():
+    runs = plan({"kind": "grokking", "train_sizes": [1000, 2000], "weight_decays": [0.5, 1.0, 2.0], "seeds": [3, 4]})
+    assert len(runs) == 12
+    combos = {(r.spec.task.resolved_train_size, r.spec.optimizer.weight_decay, r.spec.seed) for r in runs}
+    assert len(combos) == 12
+
+
+def test_ungrokking_defaults_are_seven_geometric_sizes_in_the_papers_range():
+    request = UngrokkingExperiment(kind="ungrokking")
+    sizes = request.subset_sizes
+    assert len(sizes) == 7 and sizes[0] == 390 and sizes[-1] == 1494
+    ratios = [b / a for a, b in zip(sizes, sizes[1:])]
+    assert max(ratios) - min(ratios) < 0.01
+    runs = plan_experiment(request, 500)
+    assert runs[0].spec.task.p == 113
+    assert len(runs) == 10 + 10 * 7
+
+
+def test_ungrokking_children_fork_from_their_seeds_phase1_with_the_parent_spec_as_prefix():
+    runs = plan({"kind": "ungrokking", "seeds": [0, 1], "subset_sizes": [100, 200], "weight_decays": [0.5, 1.0]})
+    parents = [i for i, r in enumerate(runs) if r.role == "phase1"]
+    children = [r for r in runs if r.role == "phase2"]
+    assert len(parents) == 2 and len(children) == 8
+    for child in children:
+        parent = runs[child.parent_index]
+        assert child.parent_index < runs.index(child)
+        assert parent.role == "phase1" and parent.parent_index is None
+        assert child.spec.seed == parent.spec.seed
+        n = len(parent.spec.phases)
+        assert child.spec.phases[:n] == parent.spec.phases
+        assert child.spec.model_dump(exclude={"phases"}) == parent.spec.model_dump(exclude={"phases"})
+        (phase2,) = child.spec.phases[n:]
+        assert phase2.train_set == "subset" and phase2.weight_decay in (0.5, 1.0)
+    assert {(c.spec.phases[-1].subset_size, c.spec.phases[-1].weight_decay) for c in children} == {
+        (d, w) for d in (100, 200) for w in (0.5, 1.0)
+    }
+
+
+def test_ungrokking_from_an_existing_run_plans_only_children_naming_that_run():
+    phase1 = RunSpec(seed=7, phases=[PhaseSpec(steps=123)])
+    request = REQUEST.validate_python({"kind": "ungrokking", "phase1_run_id": 42, "subset_sizes": [500]})
+    (child,) = plan_experiment(request, 500, phase1_spec=phase1)
+    assert child.parent_index is None and child.parent_run_id == 42 and child.role == "phase2"
+    assert child.spec.phases[0] == phase1.phases[0] and child.spec.seed == 7
+
+
+def test_ungrokking_rejects_a_subset_larger_than_phase1s_training_set():
+    with pytest.raises(SpecError) as info:
+        plan({"kind": "ungrokking", "base": {"task": {"p": 13}}, "subset_sizes": [60, 100]})
+    assert info.value.field == "subset_sizes"
+
+
+def test_ungrokking_from_an_existing_run_takes_at_most_one_seed():
+    with pytest.raises(SpecError) as info:
+        plan({"kind": "ungrokking", "phase1_run_id": 1, "seeds": [0, 1]})
+    assert info.value.field == "seeds"
+
+
+def test_semi_grokking_defaults_are_twenty_even_sizes_in_the_papers_range():
+    runs = plan({"kind": "semi_grokking"})
+    sizes = sorted({r.spec.task.resolved_train_size for r in runs})
+    assert len(sizes) == 20 and sizes[0] == 1500 and sizes[-1] == 2050
+    gaps = [b - a for a, b in zip(sizes, sizes[1:])]
+    assert max(gaps) - min(gaps) <= 1
+    assert len(runs) == 200 and {r.spec.seed for r in runs} == set(range(10))
+
+
+def test_efficiency_plans_random_label_memorisers_and_generalisers_per_weight_decay():
+    request = EfficiencyExperiment(kind="efficiency", memorise_sizes=[100, 200], generalise_sizes=[3000],
+                                   weight_decays=[0.5, 1.0], seeds=[0])
+    runs = plan_experiment(request, 500)
+    memorise = [r for r in runs if r.role == "memorise"]
+    generalise = [r for r in runs if r.role == "generalise"]
+    assert len(memorise) == 4 and len(generalise) == 2
+    assert all(r.spec.task.random_labels for r in memorise)
+    assert not any(r.spec.task.random_labels for r in generalise)
+
+
+def test_toy_uses_the_papers_constants_and_names_each_ablation():
+    runs = {r.role: r.spec for r in plan({"kind": "toy"})}
+    assert set(runs) == {"full", "gen_less_efficient", "no_speed_difference", "no_weight_decay"}
+    full = runs["full"]
+    assert full.model.kind == "toy_circuits" and full.optimizer.kind == "sgd"
+    assert full.optimizer.lr == 0.01 and full.optimizer.weight_decay == 0.005
+    assert runs["no_weight_decay"].optimizer.weight_decay == 0
+    assert runs["gen_less_efficient"].model.gen_norm_factor > full.model.mem_norm_factor
+    assert runs["no_speed_difference"].model.gen_init == full.model.mem_init
+
+
+def test_base_overrides_merge_deeply_into_the_defaults():
+    (run,) = plan({"kind": "grokking", "base": {"task": {"p": 47}, "optimizer": {"lr": 0.003}}})
+    assert run.spec.task.p == 47 and run.spec.task.train_fraction == 0.3
+    assert run.spec.optimizer.lr == 0.003 and run.spec.optimizer.betas == (0.9, 0.98)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"kind": "grokking", "base": {"task": {"p": 1}}}, "base.task.p"),
+        ({"kind": "grokking", "base": {"optimiser": {}}}, "base.optimiser"),
+        ({"kind": "grokking", "base": {"seed": 3}}, "base.seed"),
+        ({"kind": "grokking", "seeds": list(range(11))}, "seeds"),
+        ({"kind": "semi_grokking", "seeds": list(range(11))}, "train_sizes"),
+        ({"kind": "ungrokking"}, "subset_sizes"),
+        ({"kind": "efficiency", "seeds": list(range(11))}, "memorise_sizes"),
+        ({"kind": "toy", "ablations": ["full", "full"]}, "ablations"),
+        ({"sweep": {"grid": {"seed": list(range(11))}}}, "sweep"),
+    ],
+)
+def test_bad_or_oversized_requests_raise_a_spec_error_naming_the_field(data, field):
+    with pytest.raises(SpecError) as info:
+        plan(data, max_runs=10)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"kind": "ungrokking", "subset_sizes": []},
+        {"kind": "ungrokking", "weight_decays": []},
+        {"kind": "grokking", "seeds": []},
+        {"kind": "efficiency", "memorise_sizes": []},
+        {"kind": "toy", "ablations": ["bigger"]},
+        {"kind": "nonsense"},
+    ],
+)
+def test_empty_lists_and_unknown_names_fail_validation(data):
+    with pytest.raises(ValidationError):
+        REQUEST.validate_python(data)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_example_plans(path: Path):
+    runs = plan(json.loads(path.read_text()))
+    assert runs
+    if path.parent.name == "ci":
+        # CI examples stay small: a few runs at P <= 47 (or the closed-form toy).
+        assert len(runs) <= 8
+        assert all(r.spec.model.kind == "toy_circuits" or r.spec.task.p <= 47 for r in runs)
+        assert all(r.spec.eval_every is not None and r.spec.eval_every <= 50 for r in runs)
+
+
+def test_every_kind_has_a_ci_and_a_paper_example():
+    kinds = {"grokking", "ungrokking", "semi_grokking", "efficiency", "sweep", "toy"}
+    for folder in ("ci", "paper"):
+        found = {json.loads(p.read_text())["kind"] for p in EXAMPLES if p.parent.name == folder}
+        assert found == kinds, folder
+    assert len(EXAMPLES) == 12
