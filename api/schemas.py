@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -90,3 +90,75 @@ class MetricsOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool] = {}
+
+
+MetricFormat = Literal["json", "csv", "ndjson"]
+
+
+class MetricQuery(BaseModel):
+    """Runs (by id, or an experiment filtered by status and spec fields) x series names x steps."""
+
+    model_config = {"extra": "forbid"}
+
+    run_ids: list[int] | None = Field(None, max_length=1000, description="At most 1,000 run ids.")
+    experiment_id: int | None = Field(None, ge=1, description="All runs of this experiment.")
+    status: list[RunStatus] | None = Field(None, description="Keep runs in these statuses only.")
+    where: dict[str, str | int | float | bool | None] | None = Field(
+        None,
+        max_length=20,
+        description="Dotted spec paths and the values runs must have, e.g. "
+        '{"task.train_size": 1000, "optimizer.weight_decay": 1.0}.',
+    )
+    names: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=100, description="Series names; all when omitted. Unknown names give no rows."
+    )
+    start_step: int = Field(0, ge=0)
+    end_step: int | None = Field(
+        None, ge=0, description="Inclusive; default the last step of the selected series."
+    )
+    max_points: int | None = Field(
+        None, ge=1, le=10_000, description="Downsample each series to at most this many buckets."
+    )
+    limit: int = Field(10_000, ge=1, le=100_000, description="Raw points per page (no max_points).")
+    cursor: str | None = Field(None, max_length=40, description="next_cursor of the previous page.")
+    format: MetricFormat | None = Field(None, description="Overrides the Accept header.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MetricQuery:
+        if self.run_ids is None and self.experiment_id is None:
+            raise ValueError("run_ids: give run_ids or experiment_id")
+        if self.end_step is not None and self.end_step < self.start_step:
+            raise ValueError("end_step: is before start_step")
+        if self.max_points is not None and self.cursor is not None:
+            raise ValueError("cursor: downsampled queries return one page")
+        return self
+
+
+class MetricPointRow(BaseModel):
+    run_id: int
+    name: str
+    step: int
+    value: float | None = Field(description="null where the logged value was NaN or infinite.")
+
+
+class MetricBucketRow(BaseModel):
+    run_id: int
+    name: str
+    step_start: int = Field(description="First step the bucket covers (inclusive).")
+    step_end: int = Field(description="Last step the bucket covers (inclusive).")
+    count: int = Field(description="Points in the bucket, null values included.")
+    min: float | None
+    max: float | None
+    mean: float | None = Field(description="Mean of the bucket's non-null values.")
+    last: float | None = Field(description="Value at the bucket's highest step.")
+
+
+class MetricQueryOut(BaseModel):
+    """The long layout: one row per (run, name, step) or, downsampled, per (run, name, bucket)."""
+
+    mode: Literal["points", "buckets"]
+    start_step: int
+    end_step: int | None = Field(description="The resolved end; null when no series has points.")
+    bucket_width: int | None = Field(description="Steps per bucket; null for raw points.")
+    rows: list[MetricPointRow] | list[MetricBucketRow]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")

@@ -1,0 +1,264 @@
+"""Metric reads across runs: which runs and series a query means, raw pages, and new points to stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.errors import QueryCanceled
+from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from groklab.errors import GroklabError, InvalidInput, NotFound
+from groklab.store.downsample import Bucket, SeriesRef, bucket_width, downsample_buckets
+from groklab.store.models import Experiment, MetricPoint, MetricSeries, Run
+from groklab.store.runs import FINISHED_STATUSES
+
+MAX_RUNS = 1000
+MAX_BUCKET_ROWS = 500_000
+STATEMENT_TIMEOUT_MS = 15_000
+
+
+class QueryTimeout(GroklabError):
+    status_code = 503
+    title = "Query timed out"
+
+
+@dataclass(frozen=True)
+class PointRow:
+    run_id: int
+    name: str
+    step: int
+    value: float | None
+
+
+@dataclass(frozen=True)
+class MetricRows:
+    """One answer to a metric query: raw points (with a cursor) or buckets over a resolved range."""
+
+    start_step: int
+    end_step: int | None
+    bucket_width: int | None
+    points: list[PointRow] | None = None
+    buckets: list[Bucket] | None = None
+    next_cursor: str | None = None
+
+
+@contextmanager
+def bounded(session: Session) -> Iterator[None]:
+    """Cap every statement of the current transaction on PostgreSQL, so no query runs for minutes."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+    try:
+        yield
+    except OperationalError as exc:
+        if isinstance(exc.orig, QueryCanceled):
+            raise QueryTimeout(
+                f"the query ran past {STATEMENT_TIMEOUT_MS // 1000} s; ask for fewer runs or steps"
+            ) from exc
+        raise
+
+
+def _spec_value(spec: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = spec
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+_MISSING = object()
+
+
+def select_runs(
+    session: Session,
+    *,
+    run_ids: Sequence[int] | None,
+    experiment_id: int | None,
+    statuses: Sequence[str] | None,
+    where: Mapping[str, Any] | None,
+) -> list[Run]:
+    """The runs a query names, oldest first: listed ids must all exist, filters narrow the set.
+
+    `where` matches dotted paths of a run's expanded spec by equality (1000 == 1000.0); it is
+    applied here rather than in SQL because JSON comparison differs between the two databases,
+    and an experiment holds a bounded number of runs.
+    """
+    query = select(Run).order_by(Run.id)
+    if run_ids is not None:
+        existing = set(session.scalars(select(Run.id).where(Run.id.in_(run_ids))))
+        missing = sorted(set(run_ids) - existing)
+        if missing:
+            raise NotFound(f"runs {missing[:20]} do not exist", field="run_ids")
+        query = query.where(Run.id.in_(run_ids))
+    if experiment_id is not None:
+        if session.get(Experiment, experiment_id) is None:
+            raise NotFound(f"experiment {experiment_id} does not exist", field="experiment_id")
+        query = query.where(Run.experiment_id == experiment_id)
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
+    runs = list(session.scalars(query))
+    if where:
+        runs = [
+            run
+            for run in runs
+            if all(_spec_value(run.spec, path) == value for path, value in where.items())
+        ]
+    if len(runs) > MAX_RUNS:
+        raise InvalidInput(f"the query selects more than {MAX_RUNS} runs", field="experiment_id")
+    return runs
+
+
+def all_finished(runs: Sequence[Run]) -> bool:
+    return all(run.status in FINISHED_STATUSES for run in runs)
+
+
+def select_series(
+    session: Session, run_ids: Sequence[int], names: Sequence[str] | None
+) -> list[SeriesRef]:
+    """The runs' series with these names (all when None), by run and name; unknown names are absent."""
+    if not run_ids:
+        return []
+    query = (
+        select(MetricSeries.id, MetricSeries.run_id, MetricSeries.name)
+        .where(MetricSeries.run_id.in_(run_ids))
+        .order_by(MetricSeries.run_id, MetricSeries.name)
+    )
+    if names is not None:
+        query = query.where(MetricSeries.name.in_(names))
+    return [SeriesRef(id=row.id, run_id=row.run_id, name=row.name) for row in session.execute(query)]
+
+
+def last_step(session: Session, series: Sequence[SeriesRef]) -> int | None:
+    """The highest step of any of the series: one index probe per series."""
+    steps = [
+        session.scalar(select(func.max(MetricPoint.step)).where(MetricPoint.series_id == s.id))
+        for s in series
+    ]
+    present = [step for step in steps if step is not None]
+    return max(present) if present else None
+
+
+def encode_cursor(series_id: int, step: int) -> str:
+    return f"{series_id}.{step}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    series_id, _, step = cursor.partition(".")
+    if not (series_id.isdigit() and step.isdigit()):
+        raise InvalidInput("not a next_cursor this api returned", field="cursor")
+    return int(series_id), int(step)
+
+
+def read_points_page(
+    session: Session,
+    series: Sequence[SeriesRef],
+    *,
+    start_step: int,
+    end_step: int | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[PointRow], str | None]:
+    """Up to `limit` raw points in (series, step) order after `cursor`, and the next cursor."""
+    if not series:
+        return [], None
+    query = (
+        select(MetricPoint.series_id, MetricPoint.step, MetricPoint.value)
+        .where(MetricPoint.series_id.in_([s.id for s in series]), MetricPoint.step >= start_step)
+        .order_by(MetricPoint.series_id, MetricPoint.step)
+        .limit(limit)
+    )
+    if end_step is not None:
+        query = query.where(MetricPoint.step <= end_step)
+    if cursor is not None:
+        after_series, after_step = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                MetricPoint.series_id > after_series,
+                and_(MetricPoint.series_id == after_series, MetricPoint.step > after_step),
+            )
+        )
+    by_id = {s.id: s for s in series}
+    rows = session.execute(query).all()
+    points = [PointRow(by_id[r.series_id].run_id, by_id[r.series_id].name, r.step, r.value) for r in rows]
+    next_cursor = encode_cursor(rows[-1].series_id, rows[-1].step) if len(rows) == limit else None
+    return points, next_cursor
+
+
+def steps_after(
+    session: Session, run_id: int, after_step: int, *, limit: int = 10_000
+) -> tuple[str, list[tuple[int, dict[str, float | None]]]]:
+    """The run's status and its complete steps after `after_step`: [(step, {name: value})].
+
+    A step is complete once a later step has been written or the run has finished: the worker may
+    write one step's series in two batches, and a streamed step is never sent again. The status is
+    read before the points, so a finished status means every point is already visible.
+    """
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
+    if status is None:
+        raise NotFound(f"run {run_id} does not exist", field="run_id")
+    series = select_series(session, [run_id], None)
+    names = {s.id: s.name for s in series}
+    if not names:
+        return status, []
+    rows = session.execute(
+        select(MetricPoint.series_id, MetricPoint.step, MetricPoint.value)
+        .where(MetricPoint.series_id.in_(names), MetricPoint.step > after_step)
+        .order_by(MetricPoint.step, MetricPoint.series_id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return status, []
+    bounds = [rows[-1].step] if len(rows) == limit else []
+    if status not in FINISHED_STATUSES:
+        bounds.append(last_step(session, series) or 0)
+    complete_below = min(bounds) if bounds else None
+    steps: dict[int, dict[str, float | None]] = {}
+    for row in rows:
+        if complete_below is not None and row.step >= complete_below:
+            break
+        steps.setdefault(row.step, {})[names[row.series_id]] = row.value
+    return status, sorted(steps.items())
+
+
+def read_metrics(
+    session: Session,
+    runs: Sequence[Run],
+    *,
+    names: Sequence[str] | None,
+    start_step: int,
+    end_step: int | None,
+    max_points: int | None,
+    cursor: str | None,
+    limit: int,
+) -> MetricRows:
+    """Raw points a page at a time, or each series downsampled to at most `max_points` buckets.
+
+    Downsampled series share one range (end_step defaults to their last step), so the buckets of
+    different runs line up.
+    """
+    with bounded(session):
+        series = select_series(session, [run.id for run in runs], names)
+        if max_points is None:
+            points, next_cursor = read_points_page(
+                session, series, start_step=start_step, end_step=end_step, cursor=cursor, limit=limit
+            )
+            return MetricRows(start_step, end_step, None, points=points, next_cursor=next_cursor)
+        if len(series) * max_points > MAX_BUCKET_ROWS:
+            raise InvalidInput(
+                f"{len(series)} series x {max_points} buckets exceeds {MAX_BUCKET_ROWS} rows",
+                field="max_points",
+            )
+        if end_step is None:
+            end_step = last_step(session, series)
+            if end_step is None or end_step < start_step:
+                return MetricRows(start_step, None, None, buckets=[])
+        buckets = downsample_buckets(
+            session, series, start_step=start_step, end_step=end_step, max_points=max_points
+        )
+        width = bucket_width(start_step, end_step, max_points)
+        return MetricRows(start_step, end_step, width, buckets=buckets)
