@@ -5,6 +5,11 @@ The broker only carries run ids; everything a task needs is read from the databa
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
 from celery import Celery
 
 from groklab.settings import Settings
@@ -26,6 +31,10 @@ def make_celery(settings: Settings) -> Celery:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        # Redis hands an unacknowledged task to another worker after this long; runs can take
+        # days, and the run lease (not the broker) is what detects a lost worker.
+        transport_options = {"visibility_timeout": settings.broker_visibility_timeout}
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -52,3 +61,39 @@ def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:
         return True
     except Exception:
         return False
+
+
+def pending_run_ids(app: Celery, queue_name: str) -> set[int] | None:
+    """Run ids with a message waiting in (or taken from, not yet acknowledged by) the broker.
+
+    None when the broker cannot be inspected; the reconciler then re-sends nothing queued.
+    """
+    url = app.conf.broker_url or ""
+    if url.startswith("filesystem://"):
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        return {run_id for path in folder.glob("*.msg") for run_id in _run_ids(_read(path))}
+    if url.startswith(("redis://", "rediss://")):
+        with app.connection_for_read() as connection:
+            client = connection.default_channel.client
+            waiting = client.lrange(queue_name, 0, -1)
+            unacked = [json.loads(raw)[0] for raw in client.hvals("unacked")]
+        messages = [json.loads(raw) for raw in waiting] + unacked
+        return {run_id for message in messages for run_id in _run_ids(message)}
+    return None
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+
+
+def _run_ids(message: Any) -> list[int]:
+    if not isinstance(message, dict) or message.get("headers", {}).get("task") != TRAIN_RUN_TASK:
+        return []
+    body = message.get("body", "")
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    return [int(args[0])] if args else []

@@ -1,27 +1,48 @@
-"""A MetricSink that writes a run's points to the database in batches, never one per point."""
+"""A MetricSink that writes a run's points to the database in batches, fenced by the run's lease.
+
+Every flush renews the lease in the same transaction as the points, so a worker whose lease
+moved on writes nothing. A database outage does not stop training: the points stay buffered
+and the next flush tries again; `close` retries with backoff until the points are written.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 
+from sqlalchemy.exc import OperationalError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from groklab.store.database import session_scope
+from groklab.store.leases import Lease, LeaseLost, renew
 from groklab.store.metrics import Point, write_points
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseMetricSink:
     def __init__(
-        self, database_url: str, run_id: int, *, flush_seconds: float, flush_points: int
+        self,
+        database_url: str,
+        lease: Lease,
+        *,
+        lease_seconds: float,
+        flush_seconds: float,
+        flush_points: int,
+        outage_seconds: float = 600.0,
     ) -> None:
         self.database_url = database_url
-        self.run_id = run_id
+        self.lease = lease
+        self.lease_seconds = lease_seconds
         self.flush_seconds = flush_seconds
         self.flush_points = flush_points
+        self.outage_seconds = outage_seconds
         self.points_written = 0
+        self.lease_lost = False
         self._buffer: list[Point] = []
         self._series_ids: dict[str, int] = {}
         self._step = 0
-        self._flushed_step = -1
         self._last_flush = time.monotonic()
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -35,13 +56,46 @@ class DatabaseMetricSink:
             self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered; on a database error keep it for the next try."""
         self._last_flush = time.monotonic()
-        if not self._buffer and self._step == self._flushed_step:
+        if self.lease_lost:
             return
-        with session_scope(self.database_url) as session:
-            write_points(
-                session, self.run_id, self._buffer, series_cache=self._series_ids, step=self._step
-            )
+        try:
+            self._write()
+        except OperationalError as exc:
+            log.warning("run %s: database unavailable, %d points buffered: %s", self.lease.run_id, len(self._buffer), exc.orig)
+        except LeaseLost:
+            log.warning("run %s: lease lost; this worker stops writing", self.lease.run_id)
+            self.lease_lost = True
+
+    def close(self) -> None:
+        """Write everything that is left, waiting out a database outage of up to outage_seconds."""
+        if self.lease_lost:
+            return
+        try:
+            self._write_with_retry()
+        except LeaseLost:
+            self.lease_lost = True
+
+    def _write_with_retry(self) -> None:
+        retrying = retry(
+            retry=retry_if_exception_type(OperationalError),
+            wait=wait_exponential(multiplier=0.2, max=10),
+            stop=stop_after_delay(self.outage_seconds),
+            reraise=True,
+        )
+        retrying(self._write)()
+
+    def _write(self) -> None:
+        try:
+            with session_scope(self.database_url) as session:
+                renew(session, self.lease, lease_seconds=self.lease_seconds)
+                write_points(
+                    session, self.lease.run_id, self._buffer, series_cache=self._series_ids, step=self._step
+                )
+        except BaseException:
+            # Series ids learnt inside a rolled-back transaction may not exist.
+            self._series_ids = {}
+            raise
         self.points_written += len(self._buffer)
         self._buffer = []
-        self._flushed_step = self._step

@@ -1,6 +1,6 @@
 """Experiments and runs: creation, listing, and the run state machine as conditional updates.
 
-A run changes status only through `_transition`, an UPDATE guarded by the statuses it may come
+A run changes status only through `transition`, an UPDATE guarded by the statuses it may come
 from, so two processes racing on one run (a duplicate task delivery, a cancel during start-up)
 cannot both win; every transition that happens is recorded as a RunEvent.
 """
@@ -32,7 +32,10 @@ def create_experiment(
     experiment = Experiment(name=name, spec=spec)
     session.add(experiment)
     for index, (run_spec, steps) in enumerate(zip(run_specs, total_steps, strict=True)):
-        experiment.runs.append(Run(index=index, spec=run_spec, total_steps=steps, status=QUEUED))
+        # Marked as sent now, so that the reconciler leaves the api time to publish the message.
+        experiment.runs.append(
+            Run(index=index, spec=run_spec, total_steps=steps, status=QUEUED, enqueued_at=utcnow())
+        )
     session.flush()
     session.add_all(RunEvent(run_id=run.id, status=QUEUED) for run in experiment.runs)
     return experiment
@@ -83,18 +86,19 @@ def run_events(session: Session, run_id: int) -> list[RunEvent]:
     return list(session.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
 
 
-def _transition(
+def transition(
     session: Session,
     run_id: int,
     *,
     from_statuses: Sequence[str],
     to_status: str,
     message: str | None = None,
+    extra_where: Sequence[Any] = (),
     **values: Any,
 ) -> bool:
     result = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status.in_(from_statuses))
+        .where(Run.id == run_id, Run.status.in_(from_statuses), *extra_where)
         .values(status=to_status, **values)
         .execution_options(synchronize_session=False)
     )
@@ -104,36 +108,9 @@ def _transition(
     return True
 
 
-def claim_run(session: Session, run_id: int, *, worker: str) -> bool:
-    """queued -> running for this worker; False if the run is gone, cancelled or taken."""
-    return _transition(
-        session,
-        run_id,
-        from_statuses=[QUEUED],
-        to_status=RUNNING,
-        message=f"started on {worker}",
-        worker=worker,
-        started_at=utcnow(),
-    )
-
-
-def finish_run(session: Session, run_id: int, *, status: str, error: str | None = None) -> bool:
-    if status not in FINISHED_STATUSES:
-        raise ValueError(f"not a final status: {status}")
-    return _transition(
-        session,
-        run_id,
-        from_statuses=[RUNNING],
-        to_status=status,
-        message=error,
-        error=error,
-        finished_at=utcnow(),
-    )
-
-
 def fail_queued_runs(session: Session, run_ids: Sequence[int], *, error: str) -> None:
     for run_id in run_ids:
-        _transition(
+        transition(
             session,
             run_id,
             from_statuses=[QUEUED],
@@ -147,7 +124,7 @@ def fail_queued_runs(session: Session, run_ids: Sequence[int], *, error: str) ->
 def request_cancel(session: Session, run_id: int) -> Run:
     """A queued run is cancelled at once; a running one is flagged and its worker stops it."""
     run = get_run(session, run_id)
-    if _transition(
+    if transition(
         session,
         run_id,
         from_statuses=[QUEUED],

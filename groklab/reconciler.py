@@ -1,0 +1,75 @@
+"""Keeps the broker in step with the database, which is the source of truth for runs.
+
+Each pass (1) re-queues running runs whose lease expired (their worker was killed or lost) and
+(2) re-sends queued runs that have no message in the broker (Redis restarted or flushed, a
+publish failed, a forked run whose parent just finished). Sending twice is harmless: a worker
+trains a run only if it wins the conditional claim in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import Celery
+
+from groklab.queue import enqueue_run, pending_run_ids
+from groklab.settings import Settings
+from groklab.store import leases
+from groklab.store.database import session_scope
+from groklab.store.models import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    expired: list[int]
+    resent: list[int]
+
+
+def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        expired = leases.expire_leases(session)
+    with session_scope(url) as session:
+        candidates = leases.runs_to_send(
+            session, older_than=utcnow() - timedelta(seconds=settings.requeue_grace_seconds)
+        )
+    resent: list[int] = []
+    if candidates:
+        in_broker = pending_run_ids(celery, settings.queue_name)
+        if in_broker is not None:
+            resent = [run_id for run_id in candidates if run_id not in in_broker]
+        else:
+            resent = [run_id for run_id in candidates if run_id in expired]
+    for run_id in resent:
+        enqueue_run(celery, run_id)
+    with session_scope(url) as session:
+        leases.mark_enqueued(session, resent)
+    if expired or resent:
+        log.warning("reconciler: re-queued expired runs %s, re-sent runs %s", expired, resent)
+    return ReconcileReport(expired=expired, resent=resent)
+
+
+class ReconcilerThread(threading.Thread):
+    """Runs reconcile passes every `settings.reconcile_seconds` until stopped."""
+
+    def __init__(self, settings: Settings, celery: Celery) -> None:
+        super().__init__(name="groklab-reconciler", daemon=True)
+        self.settings = settings
+        self.celery = celery
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.reconcile_seconds):
+            try:
+                reconcile_once(self.settings, self.celery)
+            except Exception:
+                # The database or broker may be down for a while; the next pass tries again.
+                log.exception("reconciler pass failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()

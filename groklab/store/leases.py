@@ -1,0 +1,151 @@
+"""Run leases: which worker may train a run right now, and for how long.
+
+A worker claims a queued run by bumping its fencing token; every later write of that worker
+(metric flushes, the final status) is conditional on the token still being its own. When a
+worker vanishes, its lease expires, the reconciler re-queues the run with a new token, and any
+late write of the old worker is refused with LeaseLost instead of corrupting the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from groklab.store.models import Run, RunEvent, utcnow
+from groklab.store.runs import FINISHED_STATUSES, QUEUED, RUNNING, SUCCEEDED, transition
+
+
+class LeaseLost(RuntimeError):
+    """This worker's lease on the run moved on: it must stop writing to it."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: int
+    token: int
+    worker: str
+
+
+def claim_run(session: Session, run_id: int, *, worker: str, lease_seconds: float) -> Lease | None:
+    """queued -> running under a fresh lease; None if the run is not claimable (taken, cancelled)."""
+    now = utcnow()
+    token = session.scalar(
+        update(Run)
+        .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(False))
+        .values(
+            status=RUNNING,
+            worker=worker,
+            lease_token=Run.lease_token + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Run.attempts + 1,
+            started_at=now,
+        )
+        .returning(Run.lease_token)
+        .execution_options(synchronize_session=False)
+    )
+    if token is None:
+        return None
+    session.add(RunEvent(run_id=run_id, status=RUNNING, message=f"started on {worker}"))
+    return Lease(run_id=run_id, token=token, worker=worker)
+
+
+def _held(lease: Lease) -> list:  # type: ignore[type-arg]
+    return [Run.id == lease.run_id, Run.status == RUNNING, Run.lease_token == lease.token]
+
+
+def renew(session: Session, lease: Lease, *, lease_seconds: float) -> None:
+    """Extend the lease; raises LeaseLost if it is no longer this worker's."""
+    result = session.execute(
+        update(Run)
+        .where(*_held(lease))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(f"run {lease.run_id}: lease {lease.token} of {lease.worker} is gone")
+
+
+def finish(session: Session, lease: Lease, *, status: str, error: str | None = None) -> bool:
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"not a final status: {status}")
+    return transition(
+        session,
+        lease.run_id,
+        from_statuses=[RUNNING],
+        to_status=status,
+        message=error,
+        extra_where=[Run.lease_token == lease.token],
+        error=error,
+        finished_at=utcnow(),
+        lease_expires_at=None,
+    )
+
+
+def release_to_queue(session: Session, lease: Lease, *, reason: str) -> bool:
+    """running -> queued (worker shutting down); the caller sends a new message after commit."""
+    return transition(
+        session,
+        lease.run_id,
+        from_statuses=[RUNNING],
+        to_status=QUEUED,
+        message=reason,
+        extra_where=[Run.lease_token == lease.token],
+        lease_expires_at=None,
+        enqueued_at=None,
+    )
+
+
+def expire_leases(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Re-queue running runs whose lease ran out; bumping the token fences their old worker."""
+    now = now or utcnow()
+    expired = list(
+        session.scalars(select(Run.id).where(Run.status == RUNNING, Run.lease_expires_at < now))
+    )
+    requeued = []
+    for run_id in expired:
+        if transition(
+            session,
+            run_id,
+            from_statuses=[RUNNING],
+            to_status=QUEUED,
+            message="lease expired (worker lost); re-queued",
+            extra_where=[Run.lease_expires_at < now],
+            lease_token=Run.lease_token + 1,
+            lease_expires_at=None,
+            enqueued_at=None,
+        ):
+            requeued.append(run_id)
+    return requeued
+
+
+def runs_to_send(session: Session, *, older_than: datetime) -> list[int]:
+    """Queued runs whose last message (if any) is older than `older_than` and may start now.
+
+    A forked run may start only once its parent has succeeded.
+    """
+    parent = aliased(Run)
+    query = (
+        select(Run.id)
+        .outerjoin(parent, Run.parent_run_id == parent.id)
+        .where(
+            Run.status == QUEUED,
+            Run.cancel_requested.is_(False),
+            or_(Run.enqueued_at.is_(None), Run.enqueued_at < older_than),
+            or_(Run.parent_run_id.is_(None), and_(parent.status == SUCCEEDED)),
+        )
+        .order_by(Run.id)
+    )
+    return list(session.scalars(query))
+
+
+def mark_enqueued(session: Session, run_ids: list[int]) -> None:
+    if run_ids:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(run_ids))
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
