@@ -7,7 +7,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from api.body_limit import BodySizeLimit
 from api.problems import install_problem_handlers
-from api.routes import experiments, health, metrics, runs
+from api.routes import analysis, experiments, health, metrics, runs
 from groklab.settings import get_settings
 
 
@@ -24,6 +24,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(runs.router)
+    app.include_router(analysis.router)
     app.include_router(metrics.router)
     return app
 

@@ -1,0 +1,97 @@
+"""GET analyses of a run or an experiment: JSON by default, CSV rows with ?format=csv."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.deps import get_session
+from engine.spec import RunSpec
+from groklab import analysis
+from groklab.errors import InvalidInput
+from groklab.store import metrics as metric_store
+from groklab.store import runs as run_store
+from groklab.store.models import Run
+
+router = APIRouter(tags=["analysis"])
+_DEFAULTS = analysis.Thresholds()
+Format = Literal["json", "csv"]
+
+
+def thresholds(
+    memorised_acc: float = Query(_DEFAULTS.memorised_acc, gt=0, le=1),
+    generalised_acc: float = Query(_DEFAULTS.generalised_acc, gt=0, le=1),
+    no_delay_factor: float = Query(_DEFAULTS.no_delay_factor, ge=1),
+    ungrokked_below: float = Query(_DEFAULTS.ungrokked_below, gt=0, le=1),
+    semi_min: float = Query(_DEFAULTS.semi_min, ge=0, le=1),
+    semi_rise: float = Query(_DEFAULTS.semi_rise, ge=0, le=1),
+    loss_target: float = Query(_DEFAULTS.loss_target, gt=0),
+) -> analysis.Thresholds:
+    try:
+        return analysis.Thresholds(
+            memorised_acc=memorised_acc,
+            generalised_acc=generalised_acc,
+            no_delay_factor=no_delay_factor,
+            ungrokked_below=ungrokked_below,
+            semi_min=semi_min,
+            semi_rise=semi_rise,
+            loss_target=loss_target,
+        )
+    except ValidationError as exc:
+        field, _, message = exc.errors()[0]["msg"].removeprefix("Value error, ").partition(": ")
+        raise InvalidInput(message, field=field) from exc
+
+
+def _analyse(session: Session, run: Run, limits: analysis.Thresholds) -> dict[str, Any]:
+    series = metric_store.read_series(
+        session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None
+    )
+    return analysis.analyse_run(series, RunSpec.model_validate(run.spec), limits)
+
+
+@router.get("/v1/runs/{run_id}/analysis")
+def run_analysis(
+    run_id: int,
+    format: Format = Query("json"),
+    limits: analysis.Thresholds = Depends(thresholds),
+    session: Session = Depends(get_session),
+) -> Any:
+    """Milestones, final values and the label of one run (any status: the series so far)."""
+    run = run_store.get_run(session, run_id)
+    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(),
+            **_analyse(session, run, limits)}
+    if format == "csv":
+        fields = ["run_id", "status", *(k for k in body if k not in ("run_id", "status", "thresholds"))]
+        return PlainTextResponse(analysis.rows_csv([body], fields), media_type="text/csv")
+    return JSONResponse(body)
+
+
+@router.get("/v1/experiments/{experiment_id}/analysis")
+def experiment_analysis(
+    experiment_id: int,
+    format: Format = Query("json"),
+    limits: analysis.Thresholds = Depends(thresholds),
+    session: Session = Depends(get_session),
+) -> Any:
+    """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
+    experiment = run_store.get_experiment(session, experiment_id)
+    roles = analysis.planned_roles(experiment.spec, len(experiment.runs))
+    records = [
+        analysis.RunRecord(
+            id=run.id,
+            index=run.index,
+            status=run.status,
+            role=roles[run.index] if run.index < len(roles) else "run",
+            spec=RunSpec.model_validate(run.spec),
+            analysis=_analyse(session, run, limits) if run.status == run_store.SUCCEEDED else None,
+        )
+        for run in experiment.runs
+    ]
+    body = analysis.analyse_experiment(records)
+    if format == "csv":
+        return PlainTextResponse(analysis.rows_csv(body["runs"]), media_type="text/csv")
+    return JSONResponse({"experiment_id": experiment.id, "thresholds": limits.model_dump(), **body})

@@ -1,0 +1,387 @@
+"""Reads the paper's quantities off metric series: per-run labels, accuracy vs D, D_crit, efficiency.
+
+Pure functions over `{name: [[step, value], ...]}` series (as groklab.store.metrics.read_series
+returns them) and run specs; nothing here touches the database or HTTP.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from engine.experiments import ExperimentRequest, plan_experiment
+from engine.spec import RunSpec, SpecError
+
+Series = Mapping[str, Sequence[Sequence[float | int | None]]]
+SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase")
+LABELS = (
+    "not_converged",
+    "ungrokked",
+    "generalised_without_delay",
+    "grokked",
+    "semi_grokked",
+    "memorised",
+)
+CROSSING_LEVEL = 0.5
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+class Thresholds(BaseModel):
+    """Every cut-off the labels and estimates use; all settable per request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memorised_acc: float = Field(0.99, gt=0, le=1, description="train_acc that counts as memorised")
+    generalised_acc: float = Field(0.95, gt=0, le=1, description="test_acc that counts as generalised")
+    no_delay_factor: float = Field(
+        2.0, ge=1, description="generalisation within this factor of the memorisation step is no delay"
+    )
+    ungrokked_below: float = Field(0.5, gt=0, le=1, description="final test_acc of an ungrokked run")
+    semi_min: float = Field(0.3, ge=0, le=1, description="lowest final test_acc of a semi-grokked run")
+    semi_rise: float = Field(
+        0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking"
+    )
+    loss_target: float = Field(0.01, gt=0, description="train_loss at which efficiency compares norms")
+
+    @model_validator(mode="after")
+    def _check(self) -> Thresholds:
+        if self.semi_min >= self.generalised_acc:
+            raise ValueError("semi_min: must be below generalised_acc")
+        return self
+
+
+def _points(series: Series, name: str) -> list[tuple[int, float]]:
+    # Null values are non-finite points (a diverged run): they cannot cross any threshold.
+    return [(int(s), float(v)) for s, v in series.get(name, []) if v is not None]
+
+
+def _first_step_at_least(points: list[tuple[int, float]], level: float) -> int | None:
+    return next((s for s, v in points if v >= level), None)
+
+
+def _value_at(points: list[tuple[int, float]], step: int) -> float | None:
+    """The last value logged at or before `step`."""
+    before = [v for s, v in points if s <= step]
+    return before[-1] if before else None
+
+
+def last_phase_start(series: Series, spec: RunSpec) -> int | None:
+    """The last step of the second-to-last phase (where the last phase starts); None for one phase.
+
+    Read from the `phase` series, which for a forked run includes the parent's points; the spec's
+    phase lengths are the fallback when no phase points were logged.
+    """
+    if len(spec.phases) < 2:
+        return None
+    phase = _points(series, "phase")
+    last = len(spec.phases) - 1
+    if phase:
+        earlier = [s for s, v in phase if v < last]
+        if earlier and any(v >= last for _, v in phase):
+            return max(earlier)
+    return sum(p.steps for p in spec.phases[:-1])
+
+
+def run_train_size(spec: RunSpec) -> int:
+    """D of the last phase: D' for an ungrokking run, the task's D otherwise."""
+    size = spec.task.resolved_train_size
+    for phase in spec.phases:
+        size = spec.task.resolved_train_size if phase.subset_size is None else phase.subset_size
+    return size
+
+
+def run_weight_decay(spec: RunSpec) -> float:
+    """The weight decay in force during the last phase."""
+    last = spec.phases[-1].weight_decay
+    return spec.optimizer.weight_decay if last is None else last
+
+
+def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[str, Any]:
+    """Milestones, final values and a label for one run (labels: see `label_run`)."""
+    train_acc, test_acc = _points(series, "train_acc"), _points(series, "test_acc")
+    mem_step = _first_step_at_least(train_acc, thresholds.memorised_acc)
+    gen_step = _first_step_at_least(test_acc, thresholds.generalised_acc)
+    boundary = last_phase_start(series, spec)
+    norm_step, norm = norm_at_loss(series, thresholds.loss_target)
+    final_norm = _points(series, "param_norm")
+    result: dict[str, Any] = {
+        "memorisation_step": mem_step,
+        "generalisation_step": gen_step,
+        "grokking_delay": gen_step - mem_step if mem_step is not None and gen_step is not None else None,
+        "final_step": test_acc[-1][0] if test_acc else None,
+        "final_train_acc": train_acc[-1][1] if train_acc else None,
+        "final_test_acc": test_acc[-1][1] if test_acc else None,
+        "max_test_acc": max(v for _, v in test_acc) if test_acc else None,
+        "test_acc_at_memorisation": _value_at(test_acc, mem_step) if mem_step is not None else None,
+        "last_phase_start_step": boundary,
+        "test_acc_at_last_phase_start": _value_at(test_acc, boundary) if boundary is not None else None,
+        "final_param_norm": final_norm[-1][1] if final_norm else None,
+        "loss_target_step": norm_step,
+        "param_norm_at_loss_target": norm,
+        "train_size": run_train_size(spec),
+        "weight_decay": run_weight_decay(spec),
+        "seed": spec.seed,
+    }
+    result["label"] = label_run(result, test_acc, thresholds)
+    return result
+
+
+def label_run(result: Mapping[str, Any], test_acc: list[tuple[int, float]], t: Thresholds) -> str:
+    """The first label whose rule holds, in this order:
+
+    not_converged: train_acc never reached memorised_acc.
+    ungrokked: a multi-phase run with test_acc >= generalised_acc where its last phase starts and
+        a final test_acc below ungrokked_below.
+    generalised_without_delay: test_acc reached generalised_acc by no_delay_factor x the
+        memorisation step.
+    grokked: test_acc reached generalised_acc later than that.
+    semi_grokked: never generalised, but test_acc rose by >= semi_rise above its value at
+        memorisation and ended in [semi_min, generalised_acc).
+    memorised: everything else (memorised, test accuracy stayed low).
+    """
+    mem_step, gen_step = result["memorisation_step"], result["generalisation_step"]
+    final = result["final_test_acc"]
+    if mem_step is None:
+        return "not_converged"
+    at_boundary = result["test_acc_at_last_phase_start"]
+    if (
+        at_boundary is not None
+        and at_boundary >= t.generalised_acc
+        and final is not None
+        and final < t.ungrokked_below
+    ):
+        return "ungrokked"
+    if gen_step is not None:
+        return "generalised_without_delay" if gen_step <= t.no_delay_factor * mem_step else "grokked"
+    at_mem = result["test_acc_at_memorisation"] or 0.0
+    rise = max((v for s, v in test_acc if s >= mem_step), default=at_mem) - at_mem
+    if final is not None and t.semi_min <= final < t.generalised_acc and rise >= t.semi_rise:
+        return "semi_grokked"
+    return "memorised"
+
+
+def norm_at_loss(series: Series, target: float) -> tuple[int | None, float | None]:
+    """param_norm at the first step where train_loss <= target (the next logged norm at or after it).
+
+    Comparing norms at one train loss compares circuits at one logit level: the paper's efficiency.
+    """
+    loss = _points(series, "train_loss")
+    step = next((s for s, v in loss if v <= target), None)
+    if step is None:
+        return None, None
+    norm = next(((s, v) for s, v in _points(series, "param_norm") if s >= step), None)
+    return (norm[0], norm[1]) if norm else (step, None)
+
+
+def first_crossing(xs: Sequence[float], ys: Sequence[float], level: float) -> tuple[float | None, str | None]:
+    """The x where ys first goes from below `level` to at-or-above it, walking up in x.
+
+    Linear interpolation between the two neighbouring points; a point exactly at `level` after one
+    below is the crossing itself. Returns (None, reason) when there is no such step.
+    """
+    if len(xs) < 2:
+        return None, "fewer than two sizes"
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y0 < level <= y1:
+            return x0 + (level - y0) / (y1 - y0) * (x1 - x0), None
+    if all(y >= level for y in ys):
+        return None, f"every size is at or above {level}"
+    if all(y < level for y in ys):
+        return None, f"every size is below {level}"
+    return None, f"the curve never rises through {level} as D grows"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the experiment analysis needs of one run; `analysis` is None until it succeeded."""
+
+    id: int
+    index: int
+    status: str
+    role: str
+    spec: RunSpec
+    analysis: dict[str, Any] | None
+
+
+def accuracy_by_size(runs: Sequence[RunRecord]) -> dict[tuple[str, float], dict[int, list[float]]]:
+    """{(role, weight decay): {D: [final test acc of each seed]}} over analysed runs."""
+    table: dict[tuple[str, float], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.analysis is None or run.analysis["final_test_acc"] is None:
+            continue
+        key = (run.role, run.analysis["weight_decay"])
+        table[key][run.analysis["train_size"]].append(run.analysis["final_test_acc"])
+    return table
+
+
+def _curve(by_size: Mapping[int, list[float]]) -> tuple[list[int], list[float]]:
+    sizes = sorted(by_size)
+    return sizes, [float(np.mean(by_size[d])) for d in sizes]
+
+
+def d_crit(by_size: Mapping[int, list[float]], resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """D where mean final test accuracy crosses 0.5, with a bootstrap interval over seeds.
+
+    Each resample draws, for every D independently, as many seeds as it has with replacement; the
+    interval is the 2.5/97.5 percentiles of the resamples that cross (their share is reported).
+    """
+    sizes, means = _curve(by_size)
+    estimate, reason = first_crossing(sizes, means, CROSSING_LEVEL)
+    result: dict[str, Any] = {"d_crit": estimate, "reason": reason, "interval": None, "crossing_share": None}
+    if estimate is None:
+        return result
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    values = [np.asarray(by_size[d], dtype=float) for d in sizes]
+    crossings = []
+    for _ in range(resamples):
+        sample = [float(v[rng.integers(0, len(v), len(v))].mean()) for v in values]
+        x, _ = first_crossing(sizes, sample, CROSSING_LEVEL)
+        if x is not None:
+            crossings.append(x)
+    result["crossing_share"] = len(crossings) / resamples
+    if crossings:
+        low, high = np.percentile(crossings, [2.5, 97.5])
+        result["interval"] = [float(low), float(high)]
+    return result
+
+
+def weight_decay_collapse(curves: Mapping[float, Mapping[int, list[float]]]) -> dict[str, Any]:
+    """The largest spread of the per-weight-decay mean accuracies at a D they share.
+
+    The paper predicts the curves overlap (D_crit does not depend on weight decay): a small gap.
+    """
+    if len(curves) < 2:
+        return {"max_gap": None, "train_size": None, "weight_decays": None, "reason": "fewer than two weight decays"}
+    best: dict[str, Any] = {"max_gap": None, "train_size": None, "weight_decays": None, "reason": None}
+    sizes = sorted({d for by_size in curves.values() for d in by_size})
+    for d in sizes:
+        means = {wd: float(np.mean(by_size[d])) for wd, by_size in curves.items() if d in by_size}
+        if len(means) < 2:
+            continue
+        low, high = min(means, key=means.__getitem__), max(means, key=means.__getitem__)
+        gap = means[high] - means[low]
+        if best["max_gap"] is None or gap > best["max_gap"]:
+            best.update(max_gap=gap, train_size=d, weight_decays=sorted([low, high]))
+    if best["max_gap"] is None:
+        best["reason"] = "no size is shared by two weight decays"
+    return best
+
+
+def efficiency(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """Parameter norm at the loss target vs D for memorising (random-label) and generalising runs.
+
+    The D where the memorising curve rises through the generalising one is a second D_crit
+    estimate. The generalising curve is held flat outside its sizes (C_gen's norm does not depend
+    on D); the search stays within the memorising sizes.
+    """
+    norms: dict[str, dict[int, list[float]]] = {"memorise": defaultdict(list), "generalise": defaultdict(list)}
+    for run in runs:
+        if run.analysis is None or run.analysis["param_norm_at_loss_target"] is None:
+            continue
+        group = "memorise" if run.spec.task.random_labels else "generalise"
+        norms[group][run.analysis["train_size"]].append(run.analysis["param_norm_at_loss_target"])
+    curves = {
+        group: [{"train_size": d, "mean_param_norm": float(np.mean(v)), "n": len(v)} for d, v in sorted(by.items())]
+        for group, by in norms.items()
+    }
+    result: dict[str, Any] = {**curves, "d_crit": None, "reason": None}
+    if not norms["memorise"] or not norms["generalise"]:
+        result["reason"] = "needs runs of both kinds that reached the loss target"
+        return result
+    mem_sizes, mem_norms = _curve(norms["memorise"])
+    gen_sizes, gen_norms = _curve(norms["generalise"])
+    gap = [m - float(np.interp(d, gen_sizes, gen_norms)) for d, m in zip(mem_sizes, mem_norms)]
+    result["d_crit"], reason = first_crossing(mem_sizes, gap, 0.0)
+    if reason is not None:
+        result["reason"] = f"norm gap (memorise minus generalise): {reason}"
+    return result
+
+
+def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
+    table = accuracy_by_size(runs)
+    curves = [
+        {"role": role, "weight_decay": wd, "train_size": d, "mean": float(np.mean(v)),
+         "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+        for (role, wd), by_size in sorted(table.items())
+        for d, v in sorted(by_size.items())
+    ]
+    by_role: dict[str, dict[float, dict[int, list[float]]]] = defaultdict(dict)
+    for (role, wd), by_size in table.items():
+        by_role[role][wd] = by_size
+    estimates, collapse = {}, {}
+    for role, per_wd in sorted(by_role.items()):
+        pooled: dict[int, list[float]] = defaultdict(list)
+        for by_size in per_wd.values():
+            for d, v in by_size.items():
+                pooled[d].extend(v)
+        estimates[role] = {
+            "pooled": d_crit(pooled),
+            "by_weight_decay": [{"weight_decay": wd, **d_crit(per_wd[wd])} for wd in sorted(per_wd)],
+        }
+        collapse[role] = weight_decay_collapse(per_wd)
+    missing = [run.id for run in runs if run.status in ("queued", "running")]
+    return {
+        "complete": not missing,
+        "missing_run_ids": missing,
+        "excluded_run_ids": [run.id for run in runs if run.status in ("failed", "cancelled")],
+        "analysed_runs": sum(run.analysis is not None for run in runs),
+        "accuracy_vs_train_size": curves,
+        "d_crit": estimates,
+        "weight_decay_collapse": collapse,
+        "efficiency": efficiency(runs),
+        "runs": [run_row(run) for run in runs],
+    }
+
+
+_REQUEST = TypeAdapter(ExperimentRequest)
+
+
+def planned_roles(experiment_spec: Mapping[str, Any], run_count: int) -> list[str]:
+    """Each run's role, by planning the stored request again; 'run' when it no longer plans the same.
+
+    Roles are not stored with runs; planning is deterministic, so the i-th planned run is run i.
+    """
+    try:
+        planned = plan_experiment(_REQUEST.validate_python(dict(experiment_spec)), max_runs=run_count)
+    except (ValidationError, SpecError):
+        return ["run"] * run_count
+    if len(planned) != run_count:
+        return ["run"] * run_count
+    return [run.role for run in planned]
+
+
+RUN_ROW_FIELDS = (
+    "id index status role seed train_size weight_decay label memorisation_step generalisation_step "
+    "grokking_delay final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
+    "final_param_norm param_norm_at_loss_target"
+).split()
+
+
+def run_row(run: RunRecord) -> dict[str, Any]:
+    """One flat row per run; the analysis fields are null until the run succeeded."""
+    row: dict[str, Any] = {"id": run.id, "index": run.index, "status": run.status, "role": run.role,
+                           "seed": run.spec.seed, "train_size": run_train_size(run.spec),
+                           "weight_decay": run_weight_decay(run.spec)}
+    for name in RUN_ROW_FIELDS:
+        if name not in row:
+            row[name] = run.analysis.get(name) if run.analysis else None
+    return row
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str] = RUN_ROW_FIELDS) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in row.items()})
+    return out.getvalue()
