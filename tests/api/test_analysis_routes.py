@@ -1,0 +1,50 @@
+"""The analysis routes serve a finished experiment's analysis as JSON or CSV, and 404/422 problems."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.services import tiny_spec, wait_for_runs
+
+
+def test_run_and_experiment_analyses_of_finished_tiny_runs(client: httpx.Client):
+    spec = tiny_spec(seeds=[0, 1], sweep={"grid": {"task.train_fraction": [0.3, 0.6]}})
+    experiment = client.post("/v1/experiments", json=spec).json()
+    runs = wait_for_runs(client, experiment["run_ids"])
+    assert {run["status"] for run in runs.values()} == {"succeeded"}
+
+    run_id = experiment["run_ids"][0]
+    run = client.get(f"/v1/runs/{run_id}/analysis")
+    assert run.status_code == 200, run.text
+    body = run.json()
+    assert body["label"] in ("grokked", "semi_grokked", "memorised", "generalised_without_delay", "not_converged")
+    assert body["final_step"] == 300 and body["final_param_norm"] > 0
+    assert body["thresholds"]["generalised_acc"] == 0.95
+
+    looser = client.get(f"/v1/runs/{run_id}/analysis", params={"memorised_acc": 0.01}).json()
+    assert looser["memorisation_step"] == 0
+
+    analysis = client.get(f"/v1/experiments/{experiment['id']}/analysis")
+    assert analysis.status_code == 200, analysis.text
+    result = analysis.json()
+    assert result["complete"] and result["analysed_runs"] == 4 and result["missing_run_ids"] == []
+    sizes = {row["train_size"] for row in result["accuracy_vs_train_size"]}
+    assert len(sizes) == 2 and all(row["n"] == 2 for row in result["accuracy_vs_train_size"])
+    assert "pooled" in result["d_crit"]["run"]
+
+    table = client.get(f"/v1/experiments/{experiment['id']}/analysis", params={"format": "csv"})
+    assert table.headers["content-type"].startswith("text/csv")
+    lines = table.text.splitlines()
+    assert lines[0].startswith("id,index,status,role") and len(lines) == 5
+
+
+def test_missing_ids_are_404_problems_and_bad_thresholds_422(client: httpx.Client):
+    for path, field in (("/v1/runs/999999/analysis", "run_id"), ("/v1/experiments/999999/analysis", "experiment_id")):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == field
+    bad = client.get("/v1/runs/999999/analysis", params={"generalised_acc": 2})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "generalised_acc"
+    inconsistent = client.get("/v1/runs/999999/analysis", params={"semi_min": 0.99})
+    assert inconsistent.status_code == 422 and inconsistent.json()["errors"][0]["field"] == "semi_min"
