@@ -1,0 +1,201 @@
+"""Metric store on PostgreSQL: ingest rate, downsampled reads, and a 20M-point table.
+
+`python -m benchmarks.metrics [--quick]` creates and drops its own databases next to the admin
+database named by GROKLAB_TEST_PG_ADMIN (default postgresql://postgres@127.0.0.1:5432/test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import insert, text
+from sqlalchemy.dialects import postgresql
+
+from groklab.store import runs as run_store
+from groklab.store.database import session_scope
+from groklab.store.downsample import SeriesRef, downsample_buckets
+from groklab.store.metric_query import select_series
+from groklab.store.metrics import series_ids, write_points
+from groklab.store.migrate import upgrade
+from groklab.store.models import MetricPoint
+from tests.services import create_pg_database, drop_pg_database
+
+BATCH = 5000  # the worker's default metric_flush_points
+
+
+def new_runs(url: str, count: int) -> list[int]:
+    with session_scope(url) as session:
+        experiment = run_store.create_experiment(
+            session, name="bench", spec={}, run_specs=[{}] * count, total_steps=[1] * count
+        )
+        return [run.id for run in experiment.runs]
+
+
+def curve(step: int, k: int) -> float:
+    return math.exp(-step / 50_000) * (1 + 0.1 * math.sin(step * (k + 1) / 100))
+
+
+def write_series(url: str, run_id: int, names: list[str], steps: int, batch: int = BATCH) -> float:
+    """Points/s of write_points, the worker's path, in batches of `batch` points."""
+    points = [(name, step, curve(step, k)) for step in range(steps) for k, name in enumerate(names)]
+    cache: dict[str, int] = {}
+    started = time.perf_counter()
+    for i in range(0, len(points), batch):
+        with session_scope(url) as session:
+            write_points(session, run_id, points[i : i + batch], series_cache=cache, step=points[i][1])
+    return len(points) / (time.perf_counter() - started)
+
+
+def one_insert_per_point(url: str, run_id: int, count: int) -> float:
+    with session_scope(url) as session:
+        series_id = series_ids(session, run_id, ["naive"])["naive"]
+    started = time.perf_counter()
+    with session_scope(url) as session:
+        for step in range(count):
+            statement = postgresql.insert(MetricPoint).values(series_id=series_id, step=step, value=0.5)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["series_id", "step"], set_={"value": statement.excluded.value}
+                )
+            )
+    return count / (time.perf_counter() - started)
+
+
+def executemany_upsert(url: str, run_id: int, count: int) -> float:
+    with session_scope(url) as session:
+        series_id = series_ids(session, run_id, ["many"])["many"]
+    statement = postgresql.insert(MetricPoint)
+    statement = statement.on_conflict_do_update(
+        index_elements=["series_id", "step"], set_={"value": statement.excluded.value}
+    )
+    started = time.perf_counter()
+    for i in range(0, count, BATCH):
+        with session_scope(url) as session:
+            rows = [{"series_id": series_id, "step": s, "value": 0.5} for s in range(i, min(i + BATCH, count))]
+            session.execute(statement, rows)
+    return count / (time.perf_counter() - started)
+
+
+def p50_ms(action: Callable[[], Any], repeats: int) -> float:
+    action()  # warm caches and the connection pool
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def buckets_in_sql(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
+    with session_scope(url) as session:
+        return len(downsample_buckets(session, series, start_step=0, end_step=end_step, max_points=max_points))
+
+
+def buckets_in_python(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
+    """The baseline: fetch every point, fold min/max/mean/last per bucket in Python."""
+    width = -(-(end_step + 1) // max_points)
+    folded: dict[tuple[int, int], list[float]] = {}
+    with session_scope(url) as session:
+        rows = session.execute(
+            text(
+                "SELECT series_id, step, value FROM metric_points WHERE series_id = ANY(:ids) "
+                "AND step BETWEEN 0 AND :end ORDER BY series_id, step"
+            ),
+            {"ids": [s.id for s in series], "end": end_step},
+        )
+        for series_id, step, value in rows:
+            acc = folded.get((series_id, step // width))
+            if acc is None:
+                folded[series_id, step // width] = [1, value, value, value, value]
+            else:
+                acc[0] += 1
+                acc[1] = min(acc[1], value)
+                acc[2] = max(acc[2], value)
+                acc[3] += value
+                acc[4] = value
+    return len(folded)
+
+
+def vacuum(url: str) -> None:
+    from groklab.store.database import make_engine
+
+    engine = make_engine(url)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE"))
+    engine.dispose()
+
+
+def bench_ingest_and_read(url: str, quick: bool) -> None:
+    ingest_points = 200_000 if quick else 1_000_000
+    naive_points = 5_000 if quick else 20_000
+    run_id, naive_run = new_runs(url, 2)
+    rate = write_series(url, run_id, [f"m{k}" for k in range(10)], ingest_points // 10)
+    many = executemany_upsert(url, naive_run, ingest_points // 5)
+    naive = one_insert_per_point(url, naive_run, naive_points)
+    print(f"ingest: write_points (binary COPY + upsert, batches of {BATCH}): {rate:,.0f} points/s")
+    print(f"        executemany upsert, same batches:                {many:,.0f} points/s ({rate / many:.1f}x slower than COPY)")
+    print(f"        one INSERT per point (baseline):                 {naive:,.0f} points/s ({rate / naive:.0f}x slower than COPY)")
+
+    per_series = 200_000 if quick else 2_000_000
+    [read_run] = new_runs(url, 1)
+    names = [f"r{k}" for k in range(5)]
+    started = time.perf_counter()
+    write_series(url, read_run, names, per_series, batch=50_000)
+    print(f"read:   loaded 5 x {per_series:,} points in {time.perf_counter() - started:.0f} s")
+    vacuum(url)
+    with session_scope(url) as session:
+        series = select_series(session, [read_run], names)
+    end = per_series - 1
+    sql = p50_ms(lambda: buckets_in_sql(url, series, end, 1000), 7)
+    python = p50_ms(lambda: buckets_in_python(url, series, end, 1000), 1 if not quick else 3)
+    print(f"read:   5 series x {per_series:,} points -> 1,000 buckets in SQL: p50 {sql:.0f} ms")
+    print(f"        fetch all points + downsample in Python (baseline): p50 {python:.0f} ms ({python / sql:.1f}x slower)")
+
+
+def bench_big_table(url: str, quick: bool) -> None:
+    runs, names, steps = (100, 10, 2000) if quick else (1000, 10, 2000)
+    run_ids = new_runs(url, runs)
+    metric_names = [f"m{k}" for k in range(names)]
+    write_series(url, run_ids[0], metric_names, steps, batch=names * steps)
+    vacuum(url)
+
+    def query() -> int:
+        with session_scope(url) as session:
+            series = select_series(session, [run_ids[0]], metric_names)
+        return buckets_in_sql(url, series, steps - 1, 1000)
+
+    small = p50_ms(query, 21)
+    started = time.perf_counter()
+    for run_id in run_ids[1:]:
+        write_series(url, run_id, metric_names, steps, batch=names * steps)
+    load = time.perf_counter() - started
+    vacuum(url)
+    big = p50_ms(query, 21)
+    with session_scope(url) as session:
+        count = session.scalar(text("SELECT count(*) FROM metric_points"))
+        size = session.scalar(text("SELECT pg_total_relation_size('metric_points')"))
+    print(f"table:  {count:,} points ({runs} runs x {names} metrics x {steps} steps), loaded at {(count - names * steps) / load:,.0f} points/s")
+    print(f"        one run's 10 series -> 1,000 buckets: p50 {big:.1f} ms vs {small:.1f} ms on a 1-run table ({big / small:.2f}x)")
+    print(f"        {size / count:.1f} bytes on disk per point (table + primary key, pg_total_relation_size / count)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the points")
+    args = parser.parse_args()
+    for bench in (bench_ingest_and_read, bench_big_table):
+        name, url = create_pg_database()
+        try:
+            upgrade(url)
+            bench(url, args.quick)
+        finally:
+            drop_pg_database(name)
+
+
+if __name__ == "__main__":
+    main()
