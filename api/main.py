@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
+from api.auth import auth_required
 from api.body_limit import BodySizeLimit
-from api.problems import install_problem_handlers
+from api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from api.routes import analysis, experiments, health, metrics, runs
 from groklab.settings import get_settings
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    auth_required(settings)  # refuses to build an app with auth off on a reachable address
     app = FastAPI(
         title="groklab",
         version="0.1.0",
         description="Train and compare grokking experiments (Varma et al., 2023) over HTTP.",
+        responses=PROBLEM_RESPONSES,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=4096)
+    if settings.cors_origins:
+        # Outermost, so that preflights and error answers (401, 413) carry the headers too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Retry-After", "X-Next-Cursor", "ETag", "Idempotent-Replayed"],
+        )
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(experiments.router)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.spec import SpecError
@@ -16,14 +17,47 @@ from groklab.errors import GroklabError
 PROBLEM_JSON = "application/problem+json"
 
 
+class ProblemError(BaseModel):
+    field: str | None = None
+    message: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every 4xx/5xx answer."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | None = None
+
+
+# Documented on every operation, so that clients (and the schema fuzzer) know error bodies' shape.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "model": Problem,
+        "description": "A problem: bad input (422), no or bad key (401), missing scope (403), "
+        "not found (404), conflict (409), body too large (413), a limit reached (429).",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    },
+}
+
+
 def problem(
-    status: int, title: str, detail: str, *, errors: list[dict[str, Any]] | None = None, **extra: Any
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors is not None:
         body["errors"] = errors
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -64,12 +98,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(GroklabError)
     async def _domain(request: Request, exc: GroklabError) -> JSONResponse:
         errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-        return problem(exc.status_code, exc.title, exc.detail, errors=errors)
+        return problem(exc.status_code, exc.title, exc.detail, errors=errors, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         errors = [{"field": "body", "message": str(exc.detail)}] if exc.status_code == 413 else None
-        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail), errors=errors)
+        return problem(
+            exc.status_code,
+            HTTPStatus(exc.status_code).phrase,
+            str(exc.detail),
+            errors=errors,
+            headers=exc.headers,  # e.g. Allow on a 405
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""The `groklab` command: `up` runs the embedded server (api + workers), `migrate` the schema."""
+"""The `groklab` command: `up` runs the embedded server (api + workers), `migrate` the schema,
+`keys` creates, lists and revokes API keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from api.auth import InsecureConfig, auth_required
+from groklab.errors import GroklabError
 from groklab.settings import Settings
+from groklab.store import keys as key_store
+from groklab.store.database import session_scope
 from groklab.store.migrate import upgrade
 
 STOP_TIMEOUT_SECONDS = 20
@@ -31,18 +38,72 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
+    keys = commands.add_parser("keys", help="API keys of the database in GROKLAB_DATABASE_URL").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key and print it (shown only this once)")
+    create.add_argument("--owner", required=True, help="whose experiments and runs the key reaches")
+    create.add_argument("--scopes", default="read,write", help="read, write or read,write (default)")
+    create.add_argument("--name", help="a label to recognise the key by")
+    keys.add_parser("list", help="every key's id, owner, scopes and state (never the secret)")
+    revoke = keys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key_id", type=int, metavar="ID")
+
     args = parser.parse_args(argv)
     if args.command == "migrate":
         upgrade(settings.resolved_database_url)
         return 0
+    if args.command == "keys":
+        return run_keys(settings, args)
     return run_up(args.host, args.port, args.data_dir.resolve(), args.workers)
 
 
+def run_keys(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            if args.keys_command == "create":
+                key, secret = key_store.create_key(
+                    session, owner=args.owner, scopes=args.scopes, name=args.name
+                )
+                print(secret)
+                print(
+                    f"key {key.id} for owner {key.owner!r} with scopes {key.scopes}; store it now, "
+                    "it cannot be shown again",
+                    file=sys.stderr,
+                )
+            elif args.keys_command == "list":
+                print("id\towner\tname\tprefix\tscopes\tcreated\trevoked")
+                for key in key_store.list_keys(session):
+                    revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+                    print(
+                        f"{key.id}\t{key.owner}\t{key.name or '-'}\t{key.prefix}...\t{key.scopes}\t"
+                        f"{key.created_at.isoformat(timespec='seconds')}\t{revoked}"
+                    )
+            else:
+                key = key_store.revoke_key(session, args.key_id)
+                print(f"key {key.id} ({key.prefix}...) of owner {key.owner!r} is revoked")
+    except GroklabError as exc:
+        print(f"groklab keys: {exc.detail}", file=sys.stderr)
+        return 2
+    except (OperationalError, ProgrammingError) as exc:
+        print(
+            f"groklab keys: cannot use the database ({exc.orig}); run `groklab migrate` first?",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
+    settings = Settings(data_dir=data_dir, host=host)
+    try:
+        required = auth_required(settings)
+    except InsecureConfig as exc:
+        print(f"groklab: refusing to start: {exc}", file=sys.stderr)
+        return 2
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GROKLAB_DATA_DIR": str(data_dir), "GROKLAB_HOST": host, "GROKLAB_PORT": str(port)}
     env.setdefault("GROKLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    settings = Settings(data_dir=data_dir)
     upgrade(settings.resolved_database_url)
 
     processes = [
@@ -67,6 +128,18 @@ def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
         f"{settings.broker_folder}. Ctrl-C stops it.",
         flush=True,
     )
+    if required:
+        print(
+            "auth: required; send `Authorization: Bearer <key>` (create one with "
+            "`groklab keys create --owner NAME`).",
+            flush=True,
+        )
+    else:
+        print(
+            f"auth: off, because the api is bound to loopback {host}: every request acts as owner "
+            "'local'. Bind another address (--host) and API keys become required.",
+            flush=True,
+        )
 
     stopping = False
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -55,6 +57,34 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(
         7 * 24 * 3600, ge=60, description="Redis redelivers an unacknowledged task after this long."
     )
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="API keys: 'auto' requires them unless `host` is a loopback address; 'off' "
+        "(loopback only) lets every request act as owner 'local'.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the api (comma-separated or a JSON list); "
+        "none by default, so no CORS headers are sent.",
+    )
+    max_queued_steps_per_owner: int = Field(
+        2_000_000_000,
+        ge=1,
+        description="An owner's queued and running runs may hold at most this many optimizer steps.",
+    )
+    submissions_per_minute: int = Field(
+        60, ge=1, description="Experiments one owner may submit in any 60 seconds."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
+from api.auth import Principal, reader, writer
 from api.deps import get_session
 from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage, RunStatus
 from groklab.errors import InvalidInput
@@ -20,18 +21,26 @@ def list_runs(
     status: RunStatus | None = Query(None),
     limit: int = Query(100, ge=1, le=1000),
     cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page"),
+    principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> RunPage:
     runs = run_store.list_runs(
-        session, experiment_id=experiment_id, status=status, limit=limit, after_id=cursor
+        session,
+        experiment_id=experiment_id,
+        status=status,
+        limit=limit,
+        after_id=cursor,
+        owner=principal.owner,
     )
     next_cursor = str(runs[-1].id) if len(runs) == limit else None
     return RunPage(items=[RunOut.from_row(run) for run in runs], next_cursor=next_cursor)
 
 
 @router.get("/{run_id}", response_model=RunDetailOut)
-def get_run(run_id: int, session: Session = Depends(get_session)) -> RunDetailOut:
-    run = run_store.get_run(session, run_id)
+def get_run(
+    run_id: int, principal: Principal = Depends(reader), session: Session = Depends(get_session)
+) -> RunDetailOut:
+    run = run_store.get_run(session, run_id, owner=principal.owner)
     events = [
         RunEventOut(status=e.status, at=e.at, message=e.message)  # type: ignore[arg-type]
         for e in run_store.run_events(session, run_id)
@@ -47,12 +56,13 @@ def get_metrics(
     ),
     start_step: int | None = Query(None, ge=0),
     end_step: int | None = Query(None, ge=0),
+    principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> MetricsOut:
     """Every point of the chosen series in [start_step, end_step]; unknown names give empty lists."""
     if start_step is not None and end_step is not None and end_step < start_step:
         raise InvalidInput("end_step is before start_step", field="end_step")
-    run_store.get_run(session, run_id)
+    run_store.get_run(session, run_id, owner=principal.owner)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     series = metric_store.read_series(
         session, run_id, names=wanted, start_step=start_step, end_step=end_step
@@ -61,7 +71,9 @@ def get_metrics(
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run_id: int, session: Session = Depends(get_session)) -> RunOut:
+def cancel_run(
+    run_id: int, principal: Principal = Depends(writer), session: Session = Depends(get_session)
+) -> RunOut:
     """A queued run is cancelled now; a running one stops within seconds, keeping its metrics."""
-    run = run_store.request_cancel(session, run_id)
+    run = run_store.request_cancel(session, run_id, owner=principal.owner)
     return RunOut.from_row(run)

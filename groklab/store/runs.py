@@ -3,6 +3,9 @@
 A run changes status only through `transition`, an UPDATE guarded by the statuses it may come
 from, so two processes racing on one run (a duplicate task delivery, a cancel during start-up)
 cannot both win; every transition that happens is recorded as a RunEvent.
+
+Reads take an `owner`: another owner's experiment or run is NotFound, exactly like a missing one,
+so ids reveal nothing across owners. `owner=None` (workers, the reconciler) sees everything.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from groklab.errors import Conflict, NotFound
-from groklab.store.models import Experiment, Run, RunEvent, utcnow
+from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -28,8 +31,9 @@ def create_experiment(
     spec: dict[str, Any],
     run_specs: Sequence[dict[str, Any]],
     total_steps: Sequence[int],
+    owner: str = LOCAL_OWNER,
 ) -> Experiment:
-    experiment = Experiment(name=name, spec=spec)
+    experiment = Experiment(name=name, spec=spec, owner=owner)
     session.add(experiment)
     for index, (run_spec, steps) in enumerate(zip(run_specs, total_steps, strict=True)):
         # Marked as sent now, so that the reconciler leaves the api time to publish the message.
@@ -41,24 +45,28 @@ def create_experiment(
     return experiment
 
 
-def get_experiment(session: Session, experiment_id: int) -> Experiment:
+def get_experiment(session: Session, experiment_id: int, *, owner: str | None = None) -> Experiment:
     experiment = session.get(Experiment, experiment_id)
-    if experiment is None:
+    if experiment is None or (owner is not None and experiment.owner != owner):
         raise NotFound(f"experiment {experiment_id} does not exist", field="experiment_id")
     return experiment
 
 
-def list_experiments(session: Session, *, limit: int, before_id: int | None) -> list[Experiment]:
+def list_experiments(
+    session: Session, *, limit: int, before_id: int | None, owner: str | None = None
+) -> list[Experiment]:
     """Newest first; `before_id` is the cursor of the previous page."""
     query = select(Experiment).order_by(Experiment.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
     if before_id is not None:
         query = query.where(Experiment.id < before_id)
     return list(session.scalars(query))
 
 
-def get_run(session: Session, run_id: int) -> Run:
+def get_run(session: Session, run_id: int, *, owner: str | None = None) -> Run:
     run = session.get(Run, run_id)
-    if run is None:
+    if run is None or (owner is not None and run.experiment.owner != owner):
         raise NotFound(f"run {run_id} does not exist", field="run_id")
     return run
 
@@ -70,9 +78,12 @@ def list_runs(
     status: str | None,
     limit: int,
     after_id: int | None,
+    owner: str | None = None,
 ) -> list[Run]:
     """Oldest first; `after_id` is the cursor of the previous page."""
     query = select(Run).order_by(Run.id).limit(limit)
+    if owner is not None:
+        query = query.join(Experiment).where(Experiment.owner == owner)
     if experiment_id is not None:
         query = query.where(Run.experiment_id == experiment_id)
     if status is not None:
@@ -121,9 +132,9 @@ def fail_queued_runs(session: Session, run_ids: Sequence[int], *, error: str) ->
         )
 
 
-def request_cancel(session: Session, run_id: int) -> Run:
+def request_cancel(session: Session, run_id: int, *, owner: str | None = None) -> Run:
     """A queued run is cancelled at once; a running one is flagged and its worker stops it."""
-    run = get_run(session, run_id)
+    run = get_run(session, run_id, owner=owner)
     if transition(
         session,
         run_id,

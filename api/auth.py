@@ -1,0 +1,106 @@
+"""Who is asking: the Bearer key's owner and scopes, or owner 'local' when auth is off."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.deps import get_session
+from groklab.errors import Forbidden, Unauthorized
+from groklab.settings import Settings, get_settings
+from groklab.store import keys as key_store
+from groklab.store.models import LOCAL_OWNER
+
+READ, WRITE = "read", "write"
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from `groklab keys create`, sent as `Authorization: Bearer gl_...`.",
+)
+
+
+class InsecureConfig(RuntimeError):
+    """Auth turned off on an address other machines can reach."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    owner: str
+    scopes: frozenset[str]
+
+
+LOCAL = Principal(owner=LOCAL_OWNER, scopes=frozenset({READ, WRITE}))
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_required(settings: Settings) -> bool:
+    """Raises InsecureConfig for auth 'off' on a non-loopback host, so such a server never starts."""
+    if settings.auth == "required":
+        return True
+    if is_loopback(settings.host):
+        return False
+    if settings.auth == "off":
+        raise InsecureConfig(
+            f"GROKLAB_AUTH=off is only allowed when the api is bound to a loopback address, not "
+            f"{settings.host!r}: anyone who can reach it could submit and cancel work. Create a "
+            "key with `groklab keys create --owner NAME` and use GROKLAB_AUTH=auto or required."
+        )
+    return True
+
+
+def _challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
+    # RFC 6750 section 3: the error code tells a client whether to ask for a new key or more scope.
+    parts = ['Bearer realm="groklab"']
+    if error:
+        parts.append(f'error="{error}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return {"WWW-Authenticate": ", ".join(parts)}
+
+
+def current_principal(
+    credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
+    settings: Settings = Depends(get_settings),
+    session: Session = Depends(get_session),
+) -> Principal:
+    if not auth_required(settings):
+        return LOCAL
+    if credentials is None:
+        raise Unauthorized(
+            "this api needs an API key: send `Authorization: Bearer <key>`", headers=_challenge()
+        )
+    key = key_store.find_active_key(session, credentials.credentials)
+    if key is None:
+        raise Unauthorized(
+            "the API key is unknown or revoked", headers=_challenge("invalid_token")
+        )
+    return Principal(owner=key.owner, scopes=key_store.key_scopes(key))
+
+
+def _scoped(scope: str) -> Callable[[Principal], Principal]:
+    def require(principal: Principal = Depends(current_principal)) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(
+                f"the API key lacks the '{scope}' scope", headers=_challenge("insufficient_scope", scope)
+            )
+        return principal
+
+    return require
+
+
+reader = _scoped(READ)
+"""Dependency of every read (GET, and POST queries that change nothing)."""
+writer = _scoped(WRITE)
+"""Dependency of every change: submitting experiments, cancelling runs."""
