@@ -22,7 +22,9 @@ class MetricSink(Protocol):
         """Called after every optimizer step; cheap sinks ignore it."""
         ...
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Make every point logged so far durable; the engine calls it before each checkpoint."""
+        ...
 
 
 class MemorySink:

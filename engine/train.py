@@ -68,8 +68,8 @@ def train_run(
     Metrics at step s describe the model after s optimizer steps. Every metric is logged at step 0,
     every eval_every steps, at each phase's last step and at the run's last step; train_loss alone
     also every train_loss_every steps, from the training forward (the minibatch's loss when
-    batched). When should_stop() turns True between steps, the current step is evaluated and
-    checkpointed and the result says stopped=True.
+    batched). When should_stop() turns True between steps, the run is checkpointed (its points
+    flushed first) and the result says stopped=True; resuming it gives the uninterrupted series.
     """
     if isinstance(spec.model, ToyCircuitsSpec):
         from engine.toy import train_toy_run
@@ -110,11 +110,10 @@ class _Run:
             self._resume(checkpoint_dir)
 
     def _set_train_idx(self, idx: Tensor) -> None:
-        self.train_idx = idx.cpu()
-        train_idx = idx.to(self.device)
-        self.train_idx_dev = train_idx
-        self.train_tokens = self.tokens[train_idx]  # (D, 3)
-        self.train_targets = self.targets[train_idx]  # (D,)
+        self.train_idx = idx.cpu()  # checkpointed and subsetted on the host
+        self.train_idx_dev = idx.to(self.device)
+        self.train_tokens = self.tokens[self.train_idx_dev]  # (D, 3)
+        self.train_targets = self.targets[self.train_idx_dev]  # (D,)
 
     def _resume(self, checkpoint_dir: Path) -> None:
         ckpt = load_checkpoint(checkpoint_dir, self.device)
@@ -155,12 +154,10 @@ class _Run:
         if self.last_eval_step == self.step:
             return
         self._log_pending_losses()
-        self.model.eval()
         metrics = evaluate(
             self.model, self.tokens, self.targets, self.labels,
             self.train_idx_dev, self.test_idx, self.spec.loss,
         )  # fmt: skip
-        self.model.train()
         metrics["phase"] = float(self.phase)
         metrics["lr"] = learning_rate(self.spec.optimizer, self.step)
         self.sink.log(self.step, metrics)
@@ -168,6 +165,9 @@ class _Run:
 
     def _checkpoint(self) -> None:
         self._log_pending_losses()
+        # Points before a checkpoint must be durable before it exists: a run resumed from it
+        # never logs them again.
+        self.sink.flush()
         if self.checkpoint_dir is not None:
             state = Checkpoint(
                 step=self.step,
@@ -179,7 +179,6 @@ class _Run:
                 data_key=self.data_key,
             )
             save_checkpoint(self.checkpoint_dir, state)
-        self.sink.flush()
 
     def _batch(self) -> tuple[Tensor, Tensor]:
         size = self.spec.optimizer.batch_size
@@ -207,13 +206,13 @@ class _Run:
         self.step += 1
 
     def train(self, should_stop: Callable[[], bool] | None) -> RunResult:
-        self.model.train()
         if self._is_eval_step(self.step) or self.step == self.total:
             self._evaluate()
         checkpoint_every = self.spec.checkpoint_every
         while self.step < self.total:
             if should_stop is not None and should_stop():
-                self._evaluate()
+                # No evaluation off the eval grid here: a stopped run that is resumed later
+                # must end with exactly the series of an uninterrupted one.
                 self._checkpoint()
                 return RunResult(self.step, self.total, stopped=True, final_metrics=self.final_metrics)
             self._train_step()

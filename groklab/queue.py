@@ -64,9 +64,11 @@ def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:
 
 
 def pending_run_ids(app: Celery, queue_name: str) -> set[int] | None:
-    """Run ids with a message waiting in (or taken from, not yet acknowledged by) the broker.
+    """Run ids with a message waiting in the broker for a worker to take it.
 
-    None when the broker cannot be inspected; the reconciler then re-sends nothing queued.
+    Messages that a worker took but has not acknowledged do not count: their worker may be
+    dead, and Redis would hand them out again only after the (days-long) visibility timeout.
+    None when the broker cannot be inspected; the reconciler then re-sends only expired runs.
     """
     url = app.conf.broker_url or ""
     if url.startswith("filesystem://"):
@@ -76,9 +78,7 @@ def pending_run_ids(app: Celery, queue_name: str) -> set[int] | None:
         with app.connection_for_read() as connection:
             client = connection.default_channel.client
             waiting = client.lrange(queue_name, 0, -1)
-            unacked = [json.loads(raw)[0] for raw in client.hvals("unacked")]
-        messages = [json.loads(raw) for raw in waiting] + unacked
-        return {run_id for message in messages for run_id in _run_ids(message)}
+        return {run_id for raw in waiting for run_id in _run_ids(json.loads(raw))}
     return None
 
 

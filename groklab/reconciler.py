@@ -40,11 +40,13 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
         )
     resent: list[int] = []
     if candidates:
+        # An expired run's old message is held by its dead worker: always send a new one.
         in_broker = pending_run_ids(celery, settings.queue_name)
-        if in_broker is not None:
-            resent = [run_id for run_id in candidates if run_id not in in_broker]
-        else:
-            resent = [run_id for run_id in candidates if run_id in expired]
+        resent = [
+            run_id
+            for run_id in candidates
+            if run_id in expired or (in_broker is not None and run_id not in in_broker)
+        ]
     for run_id in resent:
         enqueue_run(celery, run_id)
     with session_scope(url) as session:

@@ -64,6 +64,7 @@ class Stack:
     port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    api: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -76,11 +77,18 @@ class Stack:
         return process
 
     def start_api(self) -> None:
-        self._spawn(
+        self.api = self._spawn(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
             "api",
         )
         wait_http(f"{self.base_url}/healthz")
+
+    def restart_api(self) -> None:
+        assert self.api is not None
+        self.api.send_signal(signal.SIGTERM)
+        self.api.wait(timeout=30)
+        self.processes.remove(self.api)
+        self.start_api()
 
     def start_worker(self, name: str = "w1") -> subprocess.Popen[bytes]:
         process = self._spawn(

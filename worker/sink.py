@@ -2,7 +2,7 @@
 
 Every flush renews the lease in the same transaction as the points, so a worker whose lease
 moved on writes nothing. A database outage does not stop training: the points stay buffered
-and the next flush tries again; `close` retries with backoff until the points are written.
+and the next write tries again; `flush` retries with backoff until they are written.
 """
 
 from __future__ import annotations
@@ -48,14 +48,28 @@ class DatabaseMetricSink:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self._buffer.extend((name, step, float(value)) for name, value in metrics.items())
         if len(self._buffer) >= self.flush_points:
-            self.flush()
+            self._try_write()
 
     def progress(self, step: int, total_steps: int) -> None:
         self._step = step
         if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+            self._try_write()
 
     def flush(self) -> None:
+        """Write everything buffered, waiting out a database outage of up to outage_seconds.
+
+        The engine calls this before each checkpoint, so training pauses (rather than risks
+        points) while the database is away.
+        """
+        self._last_flush = time.monotonic()
+        if self.lease_lost:
+            return
+        try:
+            self._write_with_retry()
+        except LeaseLost:
+            self._lose_lease()
+
+    def _try_write(self) -> None:
         """Write what is buffered; on a database error keep it for the next try."""
         self._last_flush = time.monotonic()
         if self.lease_lost:
@@ -63,19 +77,16 @@ class DatabaseMetricSink:
         try:
             self._write()
         except OperationalError as exc:
-            log.warning("run %s: database unavailable, %d points buffered: %s", self.lease.run_id, len(self._buffer), exc.orig)
+            log.warning(
+                "run %s: database unavailable, %d points buffered: %s",
+                self.lease.run_id, len(self._buffer), exc.orig,
+            )  # fmt: skip
         except LeaseLost:
-            log.warning("run %s: lease lost; this worker stops writing", self.lease.run_id)
-            self.lease_lost = True
+            self._lose_lease()
 
-    def close(self) -> None:
-        """Write everything that is left, waiting out a database outage of up to outage_seconds."""
-        if self.lease_lost:
-            return
-        try:
-            self._write_with_retry()
-        except LeaseLost:
-            self.lease_lost = True
+    def _lose_lease(self) -> None:
+        log.warning("run %s: lease lost; this worker stops writing", self.lease.run_id)
+        self.lease_lost = True
 
     def _write_with_retry(self) -> None:
         retrying = retry(

@@ -136,10 +136,10 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             should_stop=should_stop,
             device=None if settings.device == "auto" else settings.device,
         )
-        sink.close()
+        sink.flush()
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        sink.close()
+        sink.flush()
         return _finish(url, lease, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
 
     if sink.lease_lost:

@@ -1,0 +1,58 @@
+"""A production-shaped stack on private PostgreSQL and Redis servers that the fault tests break."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from groklab.store.migrate import upgrade
+from tests.faults.servers import PrivatePostgres, PrivateRedis
+from tests.services import Stack, service_env
+
+FAULT_SUMMARY = {"faults injected": 0, "runs finished": 0, "points lost": 0, "duplicates": 0}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FAULT_SUMMARY["faults injected"]:
+        terminalreporter.write_line(
+            "fault tests: " + ", ".join(f"{name}: {count}" for name, count in FAULT_SUMMARY.items())
+        )
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
+    # Not under pytest's tmp_path: PostgreSQL runs as its own user and must reach its folder.
+    postgres = PrivatePostgres(Path(tempfile.mkdtemp(prefix="groklab-private-pg-")))
+    postgres.init()
+    postgres.start()
+    upgrade(postgres.url)
+    broker = PrivateRedis()
+    broker.start()
+    yield postgres, broker
+    broker.kill()
+    postgres.stop()
+    shutil.rmtree(postgres.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fault_stack(servers: tuple[PrivatePostgres, PrivateRedis], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    postgres, broker = servers
+    data_dir: Path = tmp_path_factory.mktemp("fault-stack")
+    env = service_env(
+        postgres.url,
+        broker.url,
+        data_dir,
+        GROKLAB_LEASE_SECONDS="6",
+        GROKLAB_RECONCILE_SECONDS="1",
+        GROKLAB_REQUEUE_GRACE_SECONDS="2",
+    )
+    stack = Stack(env=env, log_dir=data_dir)
+    stack.start_worker("w1")
+    stack.start_worker("w2")
+    stack.start_api()
+    yield stack
+    stack.stop()

@@ -1,0 +1,172 @@
+"""Lose nothing, run nothing twice: real processes killed, servers stopped and wiped mid-run."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from engine.sink import MemorySink
+from engine.spec import ExperimentSpec
+from engine.train import train_run
+from groklab.queue import enqueue_run, make_celery
+from groklab.settings import Settings
+from tests.faults.conftest import FAULT_SUMMARY
+from tests.faults.servers import PrivatePostgres, PrivateRedis
+from tests.services import Stack, tiny_spec, wait_for_runs, wait_until
+
+STEPS = 1500
+EVAL_EVERY = 10
+
+
+def fault_spec(seed: int = 0) -> dict[str, Any]:
+    return {**tiny_spec(), "phases": [{"steps": STEPS}], "eval_every": EVAL_EVERY, "seeds": [seed]}
+
+
+def undisturbed_series(spec: dict[str, Any]) -> dict[str, dict[int, float]]:
+    torch.set_num_threads(1)
+    sink = MemorySink()
+    (run_spec,) = ExperimentSpec.model_validate(spec).expand()
+    train_run(run_spec, sink, device="cpu")
+    return sink.series
+
+
+def assert_series_complete_and_equal(client: httpx.Client, run_id: int, spec: dict[str, Any]) -> None:
+    """Every eval step present once, and every value equal to an undisturbed run's (1e-6)."""
+    served = client.get(f"/v1/runs/{run_id}/metrics").json()["series"]
+    expected = undisturbed_series(spec)
+    lost = 0
+    for name, points in expected.items():
+        got = {step: value for step, value in served.get(name, [])}
+        lost += len(set(points) - set(got))
+        assert sorted(got) == sorted(points), f"{name}: steps differ"
+        for step, value in points.items():
+            assert got[step] == pytest.approx(value, rel=1e-6, abs=1e-6), (name, step)
+    FAULT_SUMMARY["points lost"] += lost
+    assert [s for s, _ in served["test_acc"]] == list(range(0, STEPS + 1, EVAL_EVERY))
+
+
+def finished_once(client: httpx.Client, run_ids: list[int]) -> None:
+    for run_id in run_ids:
+        run = client.get(f"/v1/runs/{run_id}").json()
+        finals = [e for e in run["events"] if e["status"] in ("succeeded", "failed", "cancelled")]
+        FAULT_SUMMARY["duplicates"] += max(0, len(finals) - 1)
+        assert run["status"] == "succeeded" and len(finals) == 1, run["events"]
+        FAULT_SUMMARY["runs finished"] += 1
+
+
+def running_past(client: httpx.Client, run_id: int, step: int) -> dict[str, Any]:
+    return wait_until(
+        lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] == "running" and r["step"] >= step and r,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def client(fault_stack: Stack) -> httpx.Client:
+    return httpx.Client(base_url=fault_stack.base_url, timeout=30)
+
+
+def test_kill_9_worker_mid_run_another_worker_finishes_it(fault_stack: Stack, client: httpx.Client) -> None:
+    spec = fault_spec(seed=1)
+    run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
+    run = running_past(client, run_id, 400)
+    victim = run["worker"].split("@")[0]
+    fault_stack.workers[victim].send_signal(signal.SIGKILL)
+    FAULT_SUMMARY["faults injected"] += 1
+
+    run = wait_for_runs(client, [run_id], timeout=180)[run_id]
+    assert run["status"] == "succeeded"
+    assert not run["worker"].startswith(victim + "@")
+    assert "lease expired" in " ".join(e["message"] or "" for e in run["events"])
+    finished_once(client, [run_id])
+    assert_series_complete_and_equal(client, run_id, spec)
+    fault_stack.start_worker(victim)
+
+
+def test_same_task_delivered_twice_is_trained_once(fault_stack: Stack, client: httpx.Client) -> None:
+    spec = {**fault_spec(seed=2), "phases": [{"steps": 300}]}
+    run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
+    enqueue_run(make_celery(Settings(**_settings_of(fault_stack))), run_id)
+    FAULT_SUMMARY["faults injected"] += 1
+    run = wait_for_runs(client, [run_id], timeout=120)[run_id]
+    time.sleep(2)  # the duplicate message is consumed and skipped by now
+    run = client.get(f"/v1/runs/{run_id}").json()
+    assert [e["status"] for e in run["events"]] == ["queued", "running", "succeeded"]
+    finished_once(client, [run_id])
+
+
+def test_redis_wiped_and_restarted_mid_sweep_every_run_finishes_once(
+    fault_stack: Stack, client: httpx.Client, servers: tuple[PrivatePostgres, PrivateRedis]
+) -> None:
+    _, broker = servers
+    spec = {**fault_spec(seed=3), "phases": [{"steps": 600}], "seeds": [3, 4, 5, 6]}
+    run_ids = client.post("/v1/experiments", json=spec).json()["run_ids"]
+    running_past(client, run_ids[0], 100)
+    broker.kill()
+    time.sleep(1)
+    broker.start()
+    FAULT_SUMMARY["faults injected"] += 1
+
+    runs = wait_for_runs(client, run_ids, timeout=240)
+    assert {r["status"] for r in runs.values()} == {"succeeded"}
+    finished_once(client, run_ids)
+
+
+def test_api_restart_mid_sweep_loses_nothing(fault_stack: Stack, client: httpx.Client) -> None:
+    spec = {**fault_spec(seed=7), "seeds": [7, 8]}
+    run_ids = client.post("/v1/experiments", json=spec).json()["run_ids"]
+    running_past(client, run_ids[0], 100)
+    fault_stack.restart_api()
+    FAULT_SUMMARY["faults injected"] += 1
+
+    wait_for_runs(client, run_ids, timeout=240)
+    finished_once(client, run_ids)
+    for run_id, seed in zip(run_ids, (7, 8)):
+        assert_series_complete_and_equal(client, run_id, {**fault_spec(seed=seed)})
+
+
+def test_postgres_stopped_for_seconds_mid_run_completes_with_every_point(
+    fault_stack: Stack, client: httpx.Client, servers: tuple[PrivatePostgres, PrivateRedis]
+) -> None:
+    postgres, _ = servers
+    spec = fault_spec(seed=9)
+    run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
+    running_past(client, run_id, 300)
+    postgres.stop()
+    time.sleep(3)
+    postgres.start()
+    FAULT_SUMMARY["faults injected"] += 1
+
+    run = wait_for_runs(client, [run_id], timeout=180)[run_id]
+    assert run["status"] == "succeeded"
+    finished_once(client, [run_id])
+    assert_series_complete_and_equal(client, run_id, spec)
+
+
+def _settings_of(stack: Stack) -> dict[str, str]:
+    prefix = "GROKLAB_"
+    return {k[len(prefix):].lower(): v for k, v in stack.env.items() if k.startswith(prefix)}
+
+
+def test_sigterm_worker_checkpoints_requeues_and_exits(fault_stack: Stack, client: httpx.Client) -> None:
+    spec = fault_spec(seed=10)
+    run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
+    run = running_past(client, run_id, 300)
+    name = run["worker"].split("@")[0]
+    worker = fault_stack.workers[name]
+    worker.send_signal(signal.SIGTERM)
+    FAULT_SUMMARY["faults injected"] += 1
+    assert worker.wait(timeout=30) == 0
+
+    run = wait_for_runs(client, [run_id], timeout=180)[run_id]
+    messages = " ".join(e["message"] or "" for e in run["events"])
+    assert f"{name}@" in messages and "shut down; re-queued" in messages
+    assert [e["status"] for e in run["events"]] == ["queued", "running", "queued", "running", "succeeded"]
+    finished_once(client, [run_id])
+    assert_series_complete_and_equal(client, run_id, spec)
+    fault_stack.start_worker(name)
