@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+# one thread: on a shared 2-core CI box, two spinning OpenMP threads slow a busy machine ~4x
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine", "run", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "engine", "run", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV
     )
 
 
