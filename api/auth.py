@@ -8,12 +8,11 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
-from api.deps import get_session
 from groklab.errors import Forbidden, Unauthorized
 from groklab.settings import Settings, get_settings
 from groklab.store import keys as key_store
+from groklab.store.database import session_scope
 from groklab.store.models import LOCAL_OWNER
 
 READ, WRITE = "read", "write"
@@ -73,7 +72,6 @@ def _challenge(error: str | None = None, scope: str | None = None) -> dict[str, 
 def current_principal(
     credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
     settings: Settings = Depends(get_settings),
-    session: Session = Depends(get_session),
 ) -> Principal:
     if not auth_required(settings):
         return LOCAL
@@ -81,12 +79,14 @@ def current_principal(
         raise Unauthorized(
             "this api needs an API key: send `Authorization: Bearer <key>`", headers=_challenge()
         )
-    key = key_store.find_active_key(session, credentials.credentials)
-    if key is None:
-        raise Unauthorized(
-            "the API key is unknown or revoked", headers=_challenge("invalid_token")
-        )
-    return Principal(owner=key.owner, scopes=key_store.key_scopes(key))
+    # A session of its own, returned at once: the request's session would stay checked out for
+    # the whole life of a metric stream.
+    with session_scope(settings.resolved_database_url) as session:
+        key = key_store.find_active_key(session, credentials.credentials)
+        principal = key and Principal(owner=key.owner, scopes=key_store.key_scopes(key))
+    if principal is None:
+        raise Unauthorized("the API key is unknown or revoked", headers=_challenge("invalid_token"))
+    return principal
 
 
 def _scoped(scope: str) -> Callable[[Principal], Principal]:

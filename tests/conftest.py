@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from groklab.store.migrate import upgrade
 from tests.services import REDIS_URL, Stack, create_pg_database, drop_pg_database, service_env
@@ -30,6 +31,34 @@ def pg_stack(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     stack.start_api()
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """An api that requires keys, with small submission limits and browser origins configured.
+
+    It has its own database and queue and no worker, so runs stay queued and the queued-work
+    limit is deterministic; every test uses owners of its own so that limits do not interact.
+    """
+    name, url = create_pg_database()
+    upgrade(url)
+    data_dir = tmp_path_factory.mktemp("auth-stack")
+    env = service_env(
+        url,
+        REDIS_URL,
+        data_dir,
+        GROKLAB_AUTH="required",
+        GROKLAB_SUBMISSIONS_PER_MINUTE="5",
+        GROKLAB_MAX_QUEUED_STEPS_PER_OWNER="10000",
+        GROKLAB_CORS_ORIGINS="https://dash.example, http://localhost:5173",
+        GROKLAB_RECONCILE_SECONDS="0",
+    )
+    stack = Stack(env=env, log_dir=data_dir)
+    stack.start_api()
+    yield stack
+    stack.stop()
+    redis.Redis.from_url(REDIS_URL).delete(env["GROKLAB_QUEUE_NAME"])
+    drop_pg_database(name)
 
 
 @pytest.fixture

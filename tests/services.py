@@ -173,3 +173,18 @@ def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> 
             return value
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def create_key(database_url: str, owner: str, scopes: str = "read,write") -> str:
+    """A key made the way an operator makes one: the `groklab keys create` command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
+    env["GROKLAB_DATABASE_URL"] = database_url
+    result = subprocess.run(
+        [sys.executable, "-m", "groklab.cli", "keys", "create", "--owner", owner, "--scopes", scopes],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    return result.stdout.strip()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

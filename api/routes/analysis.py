@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from api.auth import Principal, reader
 from api.deps import get_session
 from engine.spec import RunSpec
 from groklab import analysis
@@ -58,10 +59,11 @@ def run_analysis(
     run_id: int,
     format: Format = Query("json"),
     limits: analysis.Thresholds = Depends(thresholds),
+    principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> Any:
     """Milestones, final values and the label of one run (any status: the series so far)."""
-    run = run_store.get_run(session, run_id)
+    run = run_store.get_run(session, run_id, owner=principal.owner)
     body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(),
             **_analyse(session, run, limits)}
     if format == "csv":
@@ -75,10 +77,11 @@ def experiment_analysis(
     experiment_id: int,
     format: Format = Query("json"),
     limits: analysis.Thresholds = Depends(thresholds),
+    principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> Any:
     """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
-    experiment = run_store.get_experiment(session, experiment_id)
+    experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
     roles = analysis.planned_roles(experiment.spec, len(experiment.runs))
     records = [
         analysis.RunRecord(

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api.auth import Principal, reader
 from api.deps import get_session
 from api.schemas import MetricFormat, MetricQuery, MetricQueryOut
 from groklab.errors import InvalidInput
@@ -51,6 +52,7 @@ _QUERY_RESPONSES: dict[int | str, dict[str, Any]] = {
 def query_metrics(
     query: MetricQuery,
     request: Request,
+    principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> Response:
     """Metric rows of any set of runs x names x step range, in the long layout.
@@ -59,13 +61,15 @@ def query_metrics(
     count, min, max, mean, last) tiling [start_step, end_step]; without it, raw points a page of
     `limit` at a time. Unknown names yield no rows; unknown run ids are a 404.
     """
-    return _answer(query, request, session)
+    return _answer(query, request, session, principal.owner)
 
 
 @router.get("/v1/metrics/query", responses=_QUERY_RESPONSES, response_model=None)
-def query_metrics_get(request: Request, session: Session = Depends(get_session)) -> Response:
+def query_metrics_get(
+    request: Request, principal: Principal = Depends(reader), session: Session = Depends(get_session)
+) -> Response:
     """The same query as query parameters: lists comma-separated, `where` as a JSON object."""
-    return _answer(_query_from_params(request), request, session)
+    return _answer(_query_from_params(request), request, session, principal.owner)
 
 
 def _query_from_params(request: Request) -> MetricQuery:
@@ -90,7 +94,7 @@ def _query_from_params(request: Request) -> MetricQuery:
         ) from exc
 
 
-def _answer(query: MetricQuery, request: Request, session: Session) -> Response:
+def _answer(query: MetricQuery, request: Request, session: Session, owner: str) -> Response:
     fmt = query.format or _format_from_accept(request.headers.get("accept", ""))
     runs = metric_query.select_runs(
         session,
@@ -98,6 +102,7 @@ def _answer(query: MetricQuery, request: Request, session: Session) -> Response:
         experiment_id=query.experiment_id,
         statuses=query.status,
         where=query.where,
+        owner=owner,
     )
     # Finished runs never gain points, so their answer can be cached; a running one's cannot.
     etag = _etag(query, fmt, runs) if runs and metric_query.all_finished(runs) else None
@@ -186,6 +191,7 @@ async def stream_metrics(
     run_id: int,
     after_step: int = -1,
     last_event_id: str | None = Header(None),
+    principal: Principal = Depends(reader),
     settings: Settings = Depends(get_settings),
 ) -> EventSourceResponse:
     """Server-Sent Events of the run's new points, one `points` event per step, then `end`.
@@ -207,6 +213,11 @@ async def stream_metrics(
         with session_scope(url) as session:
             return metric_query.steps_after(session, run_id, after)
 
+    def check_owner() -> None:
+        with session_scope(url) as session:
+            run_store.get_run(session, run_id, owner=principal.owner)
+
+    await run_in_threadpool(check_owner)
     status, steps = await run_in_threadpool(poll, position)
 
     async def events() -> AsyncIterator[ServerSentEvent]:

@@ -81,22 +81,26 @@ def select_runs(
     experiment_id: int | None,
     statuses: Sequence[str] | None,
     where: Mapping[str, Any] | None,
+    owner: str | None = None,
 ) -> list[Run]:
     """The runs a query names, oldest first: listed ids must all exist, filters narrow the set.
 
     `where` matches dotted paths of a run's expanded spec by equality (1000 == 1000.0); it is
     applied here rather than in SQL because JSON comparison differs between the two databases,
-    and an experiment holds a bounded number of runs.
+    and an experiment holds a bounded number of runs. Another owner's runs count as missing.
     """
-    query = select(Run).order_by(Run.id)
+    query = select(Run).join(Experiment).order_by(Run.id)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
     if run_ids is not None:
-        existing = set(session.scalars(select(Run.id).where(Run.id.in_(run_ids))))
+        existing = set(session.scalars(query.with_only_columns(Run.id).where(Run.id.in_(run_ids))))
         missing = sorted(set(run_ids) - existing)
         if missing:
             raise NotFound(f"runs {missing[:20]} do not exist", field="run_ids")
         query = query.where(Run.id.in_(run_ids))
     if experiment_id is not None:
-        if session.get(Experiment, experiment_id) is None:
+        experiment = session.get(Experiment, experiment_id)
+        if experiment is None or (owner is not None and experiment.owner != owner):
             raise NotFound(f"experiment {experiment_id} does not exist", field="experiment_id")
         query = query.where(Run.experiment_id == experiment_id)
     if statuses:
