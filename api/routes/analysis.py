@@ -54,7 +54,10 @@ def _analyse(session: Session, run: Run, limits: analysis.Thresholds) -> dict[st
     return analysis.analyse_run(series, RunSpec.model_validate(run.spec), limits)
 
 
-@router.get("/v1/runs/{run_id}/analysis")
+_CSV_TOO = {200: {"content": {"application/json": {}, "text/csv": {}}}}
+
+
+@router.get("/v1/runs/{run_id}/analysis", responses=_CSV_TOO)
 def run_analysis(
     run_id: int,
     format: Format = Query("json"),
@@ -72,7 +75,7 @@ def run_analysis(
     return JSONResponse(body)
 
 
-@router.get("/v1/experiments/{experiment_id}/analysis")
+@router.get("/v1/experiments/{experiment_id}/analysis", responses=_CSV_TOO)
 def experiment_analysis(
     experiment_id: int,
     format: Format = Query("json"),

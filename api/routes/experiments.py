@@ -111,7 +111,7 @@ def submit_experiment(
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
     limit: int = Query(50, ge=1, le=500),
-    cursor: int | None = Query(None, ge=1, description="next_cursor of the previous page"),
+    cursor: int | None = Query(None, ge=1, le=run_store.MAX_ID, description="next_cursor of the previous page"),
     principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> ExperimentPage:

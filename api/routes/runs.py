@@ -17,10 +17,10 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 @router.get("", response_model=RunPage)
 def list_runs(
-    experiment_id: int | None = Query(None, ge=1),
+    experiment_id: int | None = Query(None, ge=1, le=run_store.MAX_ID),
     status: RunStatus | None = Query(None),
     limit: int = Query(100, ge=1, le=1000),
-    cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page"),
+    cursor: int | None = Query(None, ge=0, le=run_store.MAX_ID, description="next_cursor of the previous page"),
     principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> RunPage:

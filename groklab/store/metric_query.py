@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from groklab.errors import GroklabError, InvalidInput, NotFound
 from groklab.store.downsample import Bucket, SeriesRef, bucket_width, downsample_buckets
 from groklab.store.models import Experiment, MetricPoint, MetricSeries, Run
-from groklab.store.runs import FINISHED_STATUSES
+from groklab.store.runs import FINISHED_STATUSES, MAX_ID
 
 MAX_RUNS = 1000
 MAX_BUCKET_ROWS = 500_000
@@ -93,13 +93,14 @@ def select_runs(
     if owner is not None:
         query = query.where(Experiment.owner == owner)
     if run_ids is not None:
-        existing = set(session.scalars(query.with_only_columns(Run.id).where(Run.id.in_(run_ids))))
+        possible = [run_id for run_id in run_ids if 0 < run_id <= MAX_ID]
+        existing = set(session.scalars(query.with_only_columns(Run.id).where(Run.id.in_(possible))))
         missing = sorted(set(run_ids) - existing)
         if missing:
             raise NotFound(f"runs {missing[:20]} do not exist", field="run_ids")
         query = query.where(Run.id.in_(run_ids))
     if experiment_id is not None:
-        experiment = session.get(Experiment, experiment_id)
+        experiment = session.get(Experiment, experiment_id) if experiment_id <= MAX_ID else None
         if experiment is None or (owner is not None and experiment.owner != owner):
             raise NotFound(f"experiment {experiment_id} does not exist", field="experiment_id")
         query = query.where(Run.experiment_id == experiment_id)

@@ -22,6 +22,8 @@ from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+MAX_ID = 2**31 - 1
+"""Ids are 32-bit on PostgreSQL: a larger one cannot exist, and binding it is a database error."""
 
 
 def create_experiment(
@@ -46,7 +48,7 @@ def create_experiment(
 
 
 def get_experiment(session: Session, experiment_id: int, *, owner: str | None = None) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
+    experiment = session.get(Experiment, experiment_id) if 0 < experiment_id <= MAX_ID else None
     if experiment is None or (owner is not None and experiment.owner != owner):
         raise NotFound(f"experiment {experiment_id} does not exist", field="experiment_id")
     return experiment
@@ -65,7 +67,7 @@ def list_experiments(
 
 
 def get_run(session: Session, run_id: int, *, owner: str | None = None) -> Run:
-    run = session.get(Run, run_id)
+    run = session.get(Run, run_id) if 0 < run_id <= MAX_ID else None
     if run is None or (owner is not None and run.experiment.owner != owner):
         raise NotFound(f"run {run_id} does not exist", field="run_id")
     return run
