@@ -8,6 +8,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from api.auth import auth_required
 from api.body_limit import BodySizeLimit
+from api.dashboard import install_dashboard
 from api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from api.routes import analysis, experiments, health, metrics, runs
 from groklab.settings import get_settings
@@ -39,6 +40,7 @@ def create_app() -> FastAPI:
     app.include_router(runs.router)
     app.include_router(analysis.router)
     app.include_router(metrics.router)
+    install_dashboard(app)
     return app
 
 

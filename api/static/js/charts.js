@@ -1,0 +1,190 @@
+// uPlot charts: step series drawn as a mean line inside a min/max band, and the sweep chart.
+
+import uPlot from "../vendor/uPlot-1.6.32.esm.js";
+
+const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+
+function fade(hex, alpha) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
+}
+
+function chartWidth(el) {
+  return Math.max(280, (el.clientWidth || 560) - 16);
+}
+
+// A log axis labelled at powers of ten only, at most about eight of them.
+const decadeAxis = {
+  size: 60,
+  splits: (u, axis, min, max) => {
+    const lo = Math.floor(Math.log10(min));
+    const hi = Math.ceil(Math.log10(max));
+    const stride = Math.max(1, Math.ceil((hi - lo) / 8));
+    const splits = [];
+    for (let e = lo; e <= hi; e += stride) splits.push(10 ** e);
+    return splits;
+  },
+  values: (u, splits) => splits.map((v) => (v == null ? "" : v >= 0.01 && v <= 1000 ? String(+v.toPrecision(1)) : `1e${Math.round(Math.log10(v))}`)),
+};
+
+function verticalLines(u, xs, style) {
+  const { ctx, bbox } = u;
+  ctx.save();
+  ctx.strokeStyle = style;
+  ctx.setLineDash([6, 4]);
+  ctx.lineWidth = 1.5 * devicePixelRatio;
+  for (const x of xs) {
+    const px = u.valToPos(x, "x", true);
+    if (px < bbox.left || px > bbox.left + bbox.width) continue;
+    ctx.beginPath();
+    ctx.moveTo(px, bbox.top);
+    ctx.lineTo(px, bbox.top + bbox.height);
+    ctx.stroke();
+  }
+  ctx.restore();
+}
+
+// One chart of several metrics over steps. Each metric is a list of buckets {x, min, max, mean};
+// a bucket of one point (a live point from the stream) has min = max = mean.
+export class StepChart {
+  constructor(el, { title, metrics, log = false, markers = [] }) {
+    this.el = el;
+    this.metrics = metrics;
+    this.log = log;
+    this.markers = markers;
+    this.data = Object.fromEntries(metrics.map((m) => [m.name, []]));
+    const series = [{ label: "step" }];
+    const bands = [];
+    metrics.forEach((metric, i) => {
+      const color = metric.color || PALETTE[i % PALETTE.length];
+      const base = series.length;
+      series.push({ label: `${metric.name} min`, stroke: fade(color, 0.35), width: 0.5, spanGaps: true });
+      series.push({ label: `${metric.name} max`, stroke: fade(color, 0.35), width: 0.5, spanGaps: true });
+      series.push({ label: metric.label || metric.name, stroke: color, width: 1.5, spanGaps: true });
+      bands.push({ series: [base + 1, base], fill: fade(color, 0.18) });
+    });
+    this.plot = new uPlot(
+      {
+        title,
+        width: chartWidth(el),
+        height: 240,
+        series,
+        bands,
+        scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+        axes: [{ label: "step" }, log ? decadeAxis : { size: 60 }],
+        legend: { live: true },
+        hooks: { draw: [(u) => verticalLines(u, this.markers, "rgba(90, 90, 90, 0.8)")] },
+      },
+      this.table(),
+      el,
+    );
+    // The band edges stay in the plot but out of the legend.
+    this.plot.root.querySelectorAll(".u-legend .u-series").forEach((row, i) => {
+      if (i > 0 && (i - 1) % 3 !== 2) row.style.display = "none";
+    });
+    this.publish();
+  }
+
+  setBuckets(name, buckets) {
+    this.data[name] = buckets;
+  }
+
+  append(name, step, value) {
+    const series = this.data[name];
+    if (!series || (series.length && series[series.length - 1].x >= step)) return;
+    series.push({ x: step, min: value, max: value, mean: value });
+  }
+
+  size(name) {
+    return this.data[name]?.length ?? 0;
+  }
+
+  positive(v) {
+    return v == null || (this.log && !(v > 0)) ? null : v;
+  }
+
+  table() {
+    const tables = this.metrics.map((m) => {
+      const rows = this.data[m.name];
+      return [
+        rows.map((r) => r.x),
+        rows.map((r) => this.positive(r.min)),
+        rows.map((r) => this.positive(r.max)),
+        rows.map((r) => this.positive(r.mean)),
+      ];
+    });
+    return uPlot.join(tables);
+  }
+
+  render() {
+    this.plot.setData(this.table());
+    this.publish();
+  }
+
+  counts() {
+    return Object.fromEntries(this.metrics.map((m) => [m.name, this.size(m.name)]));
+  }
+
+  // Plotted buckets per metric, for tests and for anyone reading the page's state.
+  publish() {
+    this.el.dataset.points = JSON.stringify(this.counts());
+  }
+}
+
+export function bucketsToSeries(rows) {
+  return rows.map((row) => ({
+    x: row.step_start === row.step_end ? row.step_start : Math.round((row.step_start + row.step_end) / 2),
+    min: row.min,
+    max: row.max,
+    mean: row.mean,
+  }));
+}
+
+// Final test accuracy against training-set size D, one line per (role, weight decay), with the
+// pooled D_crit estimate as a dashed line inside its shaded bootstrap interval.
+export function sweepChart(el, curves, dCrit) {
+  const groups = new Map();
+  for (const point of curves) {
+    const key = `${point.role} wd=${point.weight_decay}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(point);
+  }
+  const keys = [...groups.keys()];
+  const tables = keys.map((key) => {
+    const points = groups.get(key).sort((a, b) => a.train_size - b.train_size);
+    return [points.map((p) => p.train_size), points.map((p) => p.mean)];
+  });
+  const data = tables.length ? uPlot.join(tables) : [[], []];
+  const series = [{ label: "D" }];
+  keys.forEach((key, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    series.push({ label: key, stroke: color, width: 2, spanGaps: true, points: { show: true, size: 7, fill: color } });
+  });
+  const drawDCrit = (u) => {
+    if (!dCrit || dCrit.d_crit == null) return;
+    const { ctx, bbox } = u;
+    if (dCrit.interval) {
+      const [lo, hi] = dCrit.interval.map((v) => u.valToPos(v, "x", true));
+      ctx.save();
+      ctx.fillStyle = "rgba(214, 39, 40, 0.12)";
+      ctx.fillRect(Math.max(lo, bbox.left), bbox.top, Math.min(hi, bbox.left + bbox.width) - Math.max(lo, bbox.left), bbox.height);
+      ctx.restore();
+    }
+    verticalLines(u, [dCrit.d_crit], "rgba(214, 39, 40, 0.9)");
+  };
+  const plot = new uPlot(
+    {
+      title: "Final test accuracy vs training-set size D",
+      width: chartWidth(el),
+      height: 320,
+      series,
+      scales: { x: { time: false }, y: { range: [0, 1.02] } },
+      axes: [{ label: "D (training pairs)" }, { label: "test accuracy", size: 60 }],
+      hooks: { draw: [drawDCrit] },
+    },
+    data,
+    el,
+  );
+  el.dataset.points = JSON.stringify(Object.fromEntries(keys.map((k, i) => [k, tables[i][0].length])));
+  return plot;
+}

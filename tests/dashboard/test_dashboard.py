@@ -1,0 +1,174 @@
+"""The dashboard in a real headless Chromium against the PostgreSQL + Redis + worker stack."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.services import ROOT, Stack, bearer, create_key, tiny_spec, wait_for_runs
+
+CHROMIUM = Path(os.environ.get("GROKLAB_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+MAX_POINTS = 1000  # the page's buckets per series (window.groklab.maxPoints)
+CHART_SERIES = {
+    "loss": ["train_loss", "test_loss"],
+    "accuracy": ["train_acc", "test_acc"],
+    "param_norm": ["param_norm"],
+    "margin": ["train_margin", "test_margin"],
+}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: .ci/run installs Debian's chromium package"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def submit(client: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/experiments", json=spec)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def api_bucket_counts(client: httpx.Client, run_id: int) -> dict[str, int]:
+    names = [name for series in CHART_SERIES.values() for name in series]
+    answer = client.post(
+        "/v1/metrics/query", json={"run_ids": [run_id], "names": names, "max_points": MAX_POINTS}
+    ).json()
+    counts = Counter(row["name"] for row in answer["rows"])
+    return {name: counts[name] for name in names}
+
+
+def page_counts(page: Any) -> dict[str, int]:
+    charts = page.evaluate("window.groklab.charts")
+    return {name: count for series in charts.values() for name, count in series.items()}
+
+
+def open_run(page: Any, stack: Stack, run_id: int) -> None:
+    page.goto(f"{stack.base_url}/#/runs/{run_id}")
+    page.wait_for_function(
+        "id => window.groklab && window.groklab.page === `runs/${id}` "
+        "&& Object.keys(window.groklab.charts).length === 4",
+        arg=run_id,
+    )
+
+
+def test_finished_run_page_plots_every_bucket_the_downsampling_api_returns(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    # train_loss every step: its 3,001 points fold into 1,000 buckets of 4 steps (the spikes kept
+    # as min/max bands); the eval metrics' 61 points each stay one bucket a point.
+    spec = tiny_spec(
+        phases=[{"steps": 2000}, {"steps": 1000, "weight_decay": 0.1}], eval_every=50, train_loss_every=1
+    )
+    run_id = submit(client, spec)["run_ids"][0]
+    wait_for_runs(client, [run_id], timeout=180)
+
+    open_run(page, pg_stack, run_id)
+    expected = api_bucket_counts(client, run_id)
+    assert expected["train_loss"] == 751  # ceil(3001 / 4)
+    assert expected["test_acc"] == 61
+    assert page_counts(page) == expected
+    for chart, names in CHART_SERIES.items():
+        element = page.locator(f'[data-chart="{chart}"]')
+        assert set(names) <= set(page.evaluate("el => JSON.parse(el.dataset.points)", element.element_handle()))
+        assert element.locator("canvas").count() == 1
+    assert "phase boundaries at 2000" in page.inner_text("#run-header")
+    page.wait_for_function("document.querySelector('#run-label').textContent !== '…'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+
+
+def test_live_run_page_gains_points_from_the_stream_while_the_run_trains(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    run_id = submit(client, tiny_spec(phases=[{"steps": 6000}], eval_every=20))["run_ids"][0]
+    wait_for_runs(client, [run_id], statuses={"running"}, timeout=120)
+
+    open_run(page, pg_stack, run_id)
+    assert page.evaluate("window.groklab.live") is True
+    first = page_counts(page)["test_acc"]
+    page.wait_for_function(
+        "n => window.groklab.charts.accuracy.test_acc >= n + 20 || !window.groklab.live", arg=first
+    )
+    grown = page_counts(page)["test_acc"]
+    status = client.get(f"/v1/runs/{run_id}").json()["status"]
+    assert grown > first or status == "succeeded"  # a very fast CPU may finish before two renders
+    assert grown >= first
+
+    page.wait_for_function("!window.groklab.live", timeout=180_000)
+    # After the `end` event the page re-reads the run through the downsampling API.
+    page.wait_for_function("document.querySelector('#run-header .badge').textContent === 'succeeded'")
+    assert page_counts(page) == api_bucket_counts(client, run_id)
+    assert page_counts(page)["test_acc"] == 301
+
+
+def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    spec = tiny_spec(seeds=[0, 1], sweep={"grid": {"task.train_size": [20, 60, 120]}})
+    experiment = submit(client, spec)
+    wait_for_runs(client, experiment["run_ids"], timeout=300)
+    analysis = client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
+
+    page.goto(f"{pg_stack.base_url}/")
+    row = page.locator("#experiments tr", has=page.locator(f'a[href="#/experiments/{experiment["id"]}"]'))
+    row.wait_for()
+    assert "succeeded 6" in row.inner_text()
+
+    row.locator("a").click()
+    page.wait_for_selector('[data-chart="sweep"] canvas')
+    plotted = page.evaluate("JSON.parse(document.querySelector('[data-chart=sweep]').dataset.points)")
+    assert plotted == {"run wd=1.0": 3}
+    assert page.locator("#runs tr").count() == 1 + 6
+    labels = page.locator("#runs .label").all_inner_texts()
+    assert sorted(labels) == sorted(run["label"] or "–" for run in analysis["runs"])
+    assert page.inner_text("#d-crit").startswith("D_crit")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-experiment.png"), full_page=True)
+
+
+def test_key_form_appears_on_401_and_the_key_is_kept_and_sent(auth_stack: Stack, page: Any) -> None:
+    key = create_key(auth_stack.env["GROKLAB_DATABASE_URL"], owner="dashboard-owner")
+    with httpx.Client(base_url=auth_stack.base_url, headers=bearer(key)) as http:
+        experiment = submit(http, tiny_spec())
+
+    page.goto(f"{auth_stack.base_url}/")
+    page.wait_for_selector("#key-form")
+    page.fill("#key-form input", key)
+    page.click("#key-form button")
+    page.wait_for_selector(f'#experiments a[href="#/experiments/{experiment["id"]}"]')
+    assert page.evaluate("localStorage.getItem('groklab.apiKey')") == key
+
+    page.reload()  # the stored key is used without asking again
+    page.wait_for_selector(f'#experiments a[href="#/experiments/{experiment["id"]}"]')
+    assert page.locator("#key-form").count() == 0
