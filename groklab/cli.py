@@ -1,5 +1,5 @@
 """The `groklab` command: `up` runs the embedded server (api + workers), `migrate` the schema,
-`keys` creates, lists and revokes API keys."""
+`keys` creates, lists and revokes API keys; submit, status, watch, metrics and cancel talk to an api."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from api.auth import InsecureConfig, auth_required
+from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
+from groklab.client_cli import add_client_commands, run_client_command
 from groklab.errors import GroklabError
 from groklab.settings import Settings
 from groklab.store import keys as key_store
@@ -49,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     revoke = keys.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key_id", type=int, metavar="ID")
 
+    add_client_commands(commands)
+
     args = parser.parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     if args.command == "migrate":
         upgrade(settings.resolved_database_url)
         return 0

@@ -1,0 +1,298 @@
+"""A typed Python client of the groklab HTTP API: submit, wait, read metrics and analyses, cancel.
+
+    from groklab.client import Client
+    client = Client()                       # GROKLAB_URL, GROKLAB_API_KEY, or the arguments
+    experiment = client.submit("examples/tiny.json")
+    runs = client.wait(experiment)          # a progress bar per run while they train
+    rows = client.metrics(runs[0], ["test_acc"], max_points=500)
+    frame = client.metrics(runs[0], ["test_acc"], as_dataframe=True)   # needs pandas
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ClientError(Exception):
+    """Anything the client could not do; the message is meant for a person."""
+
+
+class ServerUnreachable(ClientError):
+    pass
+
+
+class Unauthorized(ClientError):
+    pass
+
+
+class ApiError(ClientError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: int
+    name: str | None
+    run_ids: list[int]
+    status_counts: dict[str, int]
+    spec: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Experiment:
+        return cls(body["id"], body.get("name"), list(body["run_ids"]), dict(body["status_counts"]), body["spec"])
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    experiment_id: int
+    status: str
+    step: int
+    total_steps: int
+    latest_metrics: dict[str, float | None]
+    error: str | None
+    spec: dict[str, Any] = field(repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Run:
+        return cls(
+            body["id"], body["experiment_id"], body["status"], body["step"], body["total_steps"],
+            dict(body.get("latest_metrics") or {}), body.get("error"), body["spec"],
+        )  # fmt: skip
+
+
+RunRef = Run | int
+ExperimentRef = Experiment | int
+
+
+def _id(ref: Run | Experiment | int) -> int:
+    return ref if isinstance(ref, int) else ref.id
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """An experiment spec from a .json or .yaml/.yml file."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        spec = yaml.safe_load(text)
+    else:
+        spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise ClientError(f"{path}: a spec is a JSON/YAML object, not {type(spec).__name__}")
+    return spec
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("GROKLAB_URL") or DEFAULT_URL).rstrip("/")
+        api_key = api_key or os.environ.get("GROKLAB_API_KEY") or None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach the groklab api at {self.base_url} ({exc}); is it running "
+                "(`groklab up`), and is GROKLAB_URL right?"
+            ) from exc
+        if response.status_code == 401:
+            raise Unauthorized(
+                f"the api at {self.base_url} refused the request: {_detail(response)}. Pass an API "
+                "key (--api-key or GROKLAB_API_KEY); `groklab keys create --owner NAME` makes one."
+            )
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail(response))
+        return response
+
+    def submit(self, spec: Mapping[str, Any] | str | Path, *, idempotency_key: str | None = None) -> Experiment:
+        """Store and queue an experiment: a spec mapping, or the path of a JSON or YAML file."""
+        body = dict(spec) if isinstance(spec, Mapping) else load_spec(spec)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Experiment.from_json(self._request("POST", "/v1/experiments", json=body, headers=headers).json())
+
+    def experiment(self, experiment: ExperimentRef) -> Experiment:
+        return Experiment.from_json(self._request("GET", f"/v1/experiments/{_id(experiment)}").json())
+
+    def experiments(self, limit: int = 50) -> list[Experiment]:
+        page = self._request("GET", "/v1/experiments", params={"limit": limit}).json()
+        return [Experiment.from_json(item) for item in page["items"]]
+
+    def run(self, run: RunRef) -> Run:
+        return Run.from_json(self._request("GET", f"/v1/runs/{_id(run)}").json())
+
+    def runs(self, experiment: ExperimentRef) -> list[Run]:
+        body = self._request("GET", f"/v1/experiments/{_id(experiment)}").json()
+        return [Run.from_json(run) for run in body["runs"]]
+
+    def cancel(self, run: RunRef) -> Run:
+        self._request("POST", f"/v1/runs/{_id(run)}/cancel")
+        return self.run(run)
+
+    def analysis(self, experiment: ExperimentRef) -> dict[str, Any]:
+        """Accuracy vs D, D_crit with its interval, and each run's label (see the HTTP API)."""
+        return self._request("GET", f"/v1/experiments/{_id(experiment)}/analysis").json()
+
+    def run_analysis(self, run: RunRef) -> dict[str, Any]:
+        return self._request("GET", f"/v1/runs/{_id(run)}/analysis").json()
+
+    def metrics(
+        self,
+        run: RunRef | Sequence[RunRef],
+        names: Iterable[str] | None = None,
+        *,
+        max_points: int | None = None,
+        start_step: int = 0,
+        end_step: int | None = None,
+        as_dataframe: bool = False,
+    ) -> Any:
+        """Rows of the long layout: {run_id, name, step, value} points, or with max_points at most
+        that many {run_id, name, step_start, step_end, count, min, max, mean, last} buckets a series.
+
+        A list of dicts, or a pandas DataFrame with as_dataframe=True. Raw points are read page
+        by page until the end.
+        """
+        runs = run if isinstance(run, Sequence) else [run]
+        query: dict[str, Any] = {"run_ids": [_id(r) for r in runs], "start_step": start_step}
+        if names is not None:
+            query["names"] = list(names)
+        if end_step is not None:
+            query["end_step"] = end_step
+        if max_points is not None:
+            query["max_points"] = max_points
+        rows: list[dict[str, Any]] = []
+        while True:
+            page = self._request("POST", "/v1/metrics/query", json=query).json()
+            rows.extend(page["rows"])
+            if not page.get("next_cursor"):
+                break
+            query["cursor"] = page["next_cursor"]
+        if not as_dataframe:
+            return rows
+        import pandas as pd
+
+        return pd.DataFrame(rows)
+
+    def metrics_csv(self, run: RunRef, names: Iterable[str] | None = None, *, max_points: int | None = None) -> Iterator[str]:
+        """The run's rows as CSV text, one page at a time (the header only on the first)."""
+        query: dict[str, Any] = {"run_ids": [_id(run)], "format": "csv"}
+        if names is not None:
+            query["names"] = list(names)
+        if max_points is not None:
+            query["max_points"] = max_points
+        first = True
+        while True:
+            response = self._request("POST", "/v1/metrics/query", json=query)
+            text = response.text
+            yield text if first else text.split("\n", 1)[1]
+            first = False
+            cursor = response.headers.get("X-Next-Cursor")
+            if not cursor:
+                return
+            query["cursor"] = cursor
+
+    def wait(
+        self,
+        target: RunRef | ExperimentRef | Sequence[RunRef],
+        *,
+        progress: bool = True,
+        timeout: float | None = None,
+        poll_seconds: float = 1.0,
+    ) -> Run | list[Run]:
+        """Block until the run (or every run of the experiment, or of the list) has finished.
+
+        With progress, a bar per run shows its step, ETA and latest test accuracy. Returns the
+        finished run, or the list of them for an experiment or a list.
+        """
+        if isinstance(target, Experiment):
+            run_ids, single = list(target.run_ids), False
+        elif isinstance(target, (Run, int)):
+            run_ids, single = [_id(target)], True
+        else:
+            run_ids, single = [_id(r) for r in target], False
+        runs = watch_runs(self, run_ids, progress=progress, timeout=timeout, poll_seconds=poll_seconds)
+        return runs[0] if single else runs
+
+
+def watch_runs(
+    client: Client,
+    run_ids: Sequence[int],
+    *,
+    progress: bool = True,
+    timeout: float | None = None,
+    poll_seconds: float = 1.0,
+) -> list[Run]:
+    """Poll the runs until all have finished, drawing a rich progress bar per run when asked."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (
+        TextColumn("run {task.fields[run_id]:>5}"),
+        TextColumn("{task.fields[status]:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("test_acc {task.fields[test_acc]}"),
+    )
+    with Progress(*columns, disable=not progress, transient=False) as bars:
+        tasks: dict[int, Any] = {}
+        while True:
+            runs = [client.run(run_id) for run_id in run_ids]
+            for run in runs:
+                test_acc = run.latest_metrics.get("test_acc")
+                fields = {"status": run.status, "test_acc": "–" if test_acc is None else f"{test_acc:.3f}"}
+                if run.id not in tasks:
+                    tasks[run.id] = bars.add_task("", total=run.total_steps, run_id=run.id, **fields)
+                bars.update(tasks[run.id], completed=run.step, **fields)
+            if all(run.finished for run in runs):
+                return runs
+            if deadline is not None and time.monotonic() > deadline:
+                pending = [run.id for run in runs if not run.finished]
+                raise TimeoutError(f"runs {pending} have not finished within {timeout}s")
+            time.sleep(poll_seconds)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body)
+    return str(body)

@@ -1,0 +1,143 @@
+"""The client side of the `groklab` command: submit, status, watch, metrics, cancel over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from groklab.client import ApiError, Client, ClientError, Experiment, load_spec, watch_runs
+
+COMMANDS = ("submit", "status", "watch", "metrics", "cancel")
+
+
+def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds the client subcommands to the `groklab` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the api's base URL (GROKLAB_URL; default http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help="an API key (GROKLAB_API_KEY), when the api requires one")
+
+    submit = commands.add_parser("submit", parents=[common], help="submit an experiment spec (JSON or YAML file)")
+    submit.add_argument("spec", help="path of a .json, .yaml or .yml spec")
+    submit.add_argument("--watch", action="store_true", help="then watch its runs until they finish")
+
+    status = commands.add_parser("status", parents=[common], help="experiments, or one experiment's runs")
+    status.add_argument("experiment", nargs="?", type=int, metavar="EXP")
+
+    watch = commands.add_parser("watch", parents=[common], help="progress bars until the runs finish")
+    watch.add_argument("target", metavar="RUN|exp:EXP", help="a run id (7), or exp:3 for every run of experiment 3")
+
+    metrics = commands.add_parser("metrics", parents=[common], help="a run's metric series")
+    metrics.add_argument("run", type=int, metavar="RUN")
+    metrics.add_argument("--csv", action="store_true", help="every row as CSV on stdout")
+    metrics.add_argument("--names", help="comma-separated series names (default all)")
+    metrics.add_argument("--max-points", type=int, help="downsample each series to this many buckets")
+
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running run")
+    cancel.add_argument("run", type=int, metavar="RUN")
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Runs one client subcommand; a down server or a refused key is a message, not a traceback."""
+    console = Console(stderr=True)
+    try:
+        with Client(args.url, args.api_key) as client:
+            return _COMMANDS[args.command](client, args, console)
+    except ApiError as exc:
+        console.print(f"groklab {args.command}: the api answered {exc.status}: {exc.detail}", markup=False)
+        return 1
+    except ClientError as exc:
+        console.print(f"groklab {args.command}: {exc}", markup=False)
+        return 1
+    except (OSError, ValueError) as exc:
+        console.print(f"groklab {args.command}: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _submit(client: Client, args: argparse.Namespace, console: Console) -> int:
+    experiment = client.submit(load_spec(args.spec))
+    print(json.dumps({"id": experiment.id, "run_ids": experiment.run_ids}))
+    console.print(f"experiment {experiment.id}: {len(experiment.run_ids)} run(s) queued")
+    if args.watch:
+        return _exit_code(watch_runs(client, experiment.run_ids))
+    return 0
+
+
+def _status(client: Client, args: argparse.Namespace, console: Console) -> int:
+    out = Console()
+    if args.experiment is None:
+        table = Table("id", "name", "runs", "status")
+        for experiment in client.experiments():
+            table.add_row(str(experiment.id), experiment.name or "-", str(len(experiment.run_ids)), _counts(experiment))
+        out.print(table)
+        return 0
+    experiment = client.experiment(args.experiment)
+    labels = {row["id"]: row.get("label") for row in client.analysis(experiment)["runs"]}
+    table = Table("run", "status", "step", "train_acc", "test_acc", "label", title=f"experiment {experiment.id}: {_counts(experiment)}")
+    for run in client.runs(experiment):
+        table.add_row(
+            str(run.id), run.status, f"{run.step}/{run.total_steps}", _fmt(run.latest_metrics.get("train_acc")),
+            _fmt(run.latest_metrics.get("test_acc")), labels.get(run.id) or "-",
+        )  # fmt: skip
+    out.print(table)
+    return 0
+
+
+def _watch(client: Client, args: argparse.Namespace, console: Console) -> int:
+    target = args.target.strip().lower()
+    if target.startswith("exp:") and target[4:].isdigit():
+        run_ids = client.experiment(int(target[4:])).run_ids
+    elif target.removeprefix("run:").isdigit():
+        run_ids = [int(target.removeprefix("run:"))]
+    else:
+        raise ValueError(f"watch takes a run id (7 or run:7) or an experiment (exp:3), not {args.target!r}")
+    return _exit_code(watch_runs(client, run_ids))
+
+
+def _metrics(client: Client, args: argparse.Namespace, console: Console) -> int:
+    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
+    if args.csv:
+        for chunk in client.metrics_csv(args.run, names, max_points=args.max_points):
+            sys.stdout.write(chunk)
+        return 0
+    rows = client.metrics(args.run, names, max_points=args.max_points)
+    table = Table("name", "rows", "first step", "last step", "last value", title=f"run {args.run}")
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_name.setdefault(row["name"], []).append(row)
+    for name, series in sorted(by_name.items()):
+        first, last = series[0], series[-1]
+        table.add_row(
+            name, str(len(series)), str(first.get("step", first.get("step_start"))),
+            str(last.get("step", last.get("step_end"))), _fmt(last.get("value", last.get("last"))),
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace, console: Console) -> int:
+    run = client.cancel(args.run)
+    console.print(f"run {run.id}: {run.status}" + (" (stopping)" if not run.finished else ""))
+    return 0
+
+
+def _counts(experiment: Experiment) -> str:
+    return ", ".join(f"{status} {n}" for status, n in sorted(experiment.status_counts.items()))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _exit_code(runs: list[Any]) -> int:
+    """0 when every run succeeded, 1 otherwise, so that scripts can chain on `groklab watch`."""
+    return 0 if all(run.status == "succeeded" for run in runs) else 1
+
+
+_COMMANDS = {"submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel}
