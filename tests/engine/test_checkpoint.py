@@ -9,7 +9,15 @@ from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
 from engine.train import train_run
 
+from . import single_cpu_thread
+
 TASK = TaskSpec(p=23, train_fraction=0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_cpu_thread():
+        yield
 
 
 def _spec(**changes) -> RunSpec:

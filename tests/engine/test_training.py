@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.sink import MemorySink
 from engine.spec import MlpSpec, OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
 from engine.train import train_run
+
+from . import single_cpu_thread
 
 TASK = TaskSpec(p=47, train_fraction=0.5)  # D = 1,104 of 2,209 pairs
 GROK_STEPS = 2_500
@@ -46,14 +47,8 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
-    # CI shares 2 cores between test processes; two OpenMP threads competing with another busy
-    # process ran these steps ~4x slower than one thread (measured 86 vs 22 ms per step).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_cpu_thread():
         return _train_runs(tmp_path_factory.mktemp("training"))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_runs(root: Path) -> Runs:
