@@ -13,7 +13,7 @@ import redis
 from groklab.store.migrate import upgrade
 from tests.services import REDIS_URL, Stack, create_key, create_pg_database, drop_pg_database, service_env
 
-MAX_EXAMPLES = 50
+MAX_EXAMPLES = 40
 EXCLUDED_PATHS = "|".join(
     [
         # A stream of a queued run never ends (this stack has no worker): the fuzzer cannot read it.
@@ -74,7 +74,9 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
             "--exclude-path-regex", EXCLUDED_PATHS,
             "--request-timeout", "20",
             "--seed", "1",
-            "--workers", "2",
+            # One worker: CPython 3.11's ast module (which hypothesis uses to describe strategies) is
+            # not thread-safe and fails now and then as "AST constructor recursion depth mismatch".
+            "--workers", "1",
             "--no-color",
             "--generation-database", "none",
             "--report", "junit", "--report-dir", str(tmp_path),
