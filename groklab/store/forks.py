@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, literal, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from groklab.store.models import MetricPoint, MetricSeries, Run, utcnow
+from groklab.store.metrics import copy_series_points
+from groklab.store.models import MetricSeries, Run, utcnow
 from groklab.store.runs import FAILED, QUEUED, transition
 
 
@@ -47,11 +48,4 @@ def copy_parent_points(session: Session, parent_run_id: int, child_run_id: int) 
         child_series_id = session.scalar(
             insert(MetricSeries).values(run_id=child_run_id, name=name).returning(MetricSeries.id)
         )
-        session.execute(
-            insert(MetricPoint).from_select(
-                ["series_id", "step", "value"],
-                select(literal(child_series_id), MetricPoint.step, MetricPoint.value).where(
-                    MetricPoint.series_id == parent_series_id
-                ),
-            )
-        )
+        copy_series_points(session, parent_series_id, child_series_id)

@@ -6,11 +6,12 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from psycopg.errors import UniqueViolation
+from sqlalchemy import insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from groklab.store.models import MetricPoint, MetricSeries, Run
+from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run
 
 Point = tuple[str, int, float]
 
@@ -72,7 +73,7 @@ def write_points(
             latest[name] = (point_step, value)
     if rows:
         if session.get_bind().dialect.name == "postgresql":
-            _copy_upsert(session, rows)
+            _write_points_postgresql(session, rows)
         else:
             statement = _insert(session, MetricPoint)
             session.execute(
@@ -96,31 +97,107 @@ def write_points(
     )
 
 
-def _copy_upsert(session: Session, rows: dict[tuple[int, int], float | None]) -> None:
-    """COPY the batch into a per-connection staging table, then upsert it in one statement.
+ROLLUP_WIDTHS = (16, 256, 4096, 65536)
+"""Block widths of metric_rollups: 16 blocks of one width make one block of the next."""
 
-    Binary COPY is the fastest way into PostgreSQL (benchmarks/metrics.py measures it against
-    executemany); the staging table lives as long as the pooled connection and is emptied after
-    each batch, so two batches in one transaction never meet in one upsert.
-    """
+
+def _write_points_postgresql(session: Session, rows: dict[tuple[int, int], float | None]) -> None:
     connection = session.connection().connection.driver_connection
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS metric_points_staging "
-            "(series_id integer, step bigint, value double precision)"
-        )
-        with cursor.copy(
-            "COPY metric_points_staging (series_id, step, value) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+        _copy_or_upsert(cursor, rows)
+        _refresh_rollups(cursor, rows.keys())
+
+
+def _copy_or_upsert(cursor: Any, rows: dict[tuple[int, int], float | None]) -> None:
+    """COPY the batch straight into metric_points, or upsert it when one of its steps is there.
+
+    A worker's batches are new steps, so the binary COPY (several times an INSERT ... ON CONFLICT,
+    benchmarks/metrics.py) almost always succeeds; a resumed run re-logging steps fails it at the
+    first existing point, and the savepoint lets the same transaction upsert the batch instead.
+    """
+    cursor.execute("SAVEPOINT metric_points_copy")
+    try:
+        with cursor.copy("COPY metric_points (series_id, step, value) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int4", "int8", "float8"])
             for (series_id, step), value in rows.items():
                 copy.write_row((series_id, step, value))
+    except UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT metric_points_copy")
         cursor.execute(
             "INSERT INTO metric_points (series_id, step, value) "
-            "SELECT series_id, step, value FROM metric_points_staging ORDER BY series_id, step "
-            "ON CONFLICT (series_id, step) DO UPDATE SET value = EXCLUDED.value"
+            "SELECT * FROM unnest(%s::int[], %s::bigint[], %s::float8[]) "
+            "ON CONFLICT (series_id, step) DO UPDATE SET value = EXCLUDED.value",
+            ([key[0] for key in rows], [key[1] for key in rows], list(rows.values())),
         )
-        cursor.execute("TRUNCATE metric_points_staging")
+    cursor.execute("RELEASE SAVEPOINT metric_points_copy")
+
+
+_ROLLUP_UPSERT = (
+    "INSERT INTO metric_rollups "
+    "(series_id, width, block, count, value_count, min, max, sum, last_step, last_value) {} "
+    "ON CONFLICT (series_id, width, block) DO UPDATE SET count = EXCLUDED.count, "
+    "value_count = EXCLUDED.value_count, min = EXCLUDED.min, max = EXCLUDED.max, "
+    "sum = EXCLUDED.sum, last_step = EXCLUDED.last_step, last_value = EXCLUDED.last_value"
+)
+_ROLLUP_FROM_POINTS = _ROLLUP_UPSERT.format(
+    "SELECT t.series_id, %(width)s, t.block, count(*), count(p.value), min(p.value), max(p.value), "
+    "sum(p.value), max(p.step), (array_agg(p.value ORDER BY p.step DESC))[1] "
+    "FROM unnest(%(series)s::int[], %(blocks)s::bigint[]) AS t (series_id, block) "
+    "JOIN metric_points p ON p.series_id = t.series_id "
+    "AND p.step BETWEEN t.block * %(width)s AND t.block * %(width)s + %(width)s - 1 "
+    "GROUP BY t.series_id, t.block"
+)
+_ROLLUP_FROM_BLOCKS = _ROLLUP_UPSERT.format(
+    "SELECT t.series_id, %(width)s, t.block, sum(c.count), sum(c.value_count), min(c.min), "
+    "max(c.max), sum(c.sum), max(c.last_step), (array_agg(c.last_value ORDER BY c.last_step DESC))[1] "
+    "FROM unnest(%(series)s::int[], %(blocks)s::bigint[]) AS t (series_id, block) "
+    "JOIN metric_rollups c ON c.series_id = t.series_id AND c.width = %(child_width)s "
+    "AND c.block BETWEEN t.block * %(ratio)s AND t.block * %(ratio)s + %(ratio)s - 1 "
+    "GROUP BY t.series_id, t.block"
+)
+
+
+def _refresh_rollups(cursor: Any, keys: Iterable[tuple[int, int]]) -> None:
+    """Recompute every rollup block the batch touched: the narrowest from the points, each wider
+    one from the blocks below it. Recomputing (rather than merging the batch in) stays right when
+    an upsert overwrites a value, and a worker's batch touches few blocks."""
+    child_width = 1
+    blocks = {(series_id, step) for series_id, step in keys}
+    for width in ROLLUP_WIDTHS:
+        ratio = width // child_width
+        blocks = {(series_id, position // ratio) for series_id, position in blocks}
+        ordered = sorted(blocks)
+        cursor.execute(
+            _ROLLUP_FROM_POINTS if child_width == 1 else _ROLLUP_FROM_BLOCKS,
+            {
+                "series": [series_id for series_id, _ in ordered],
+                "blocks": [block for _, block in ordered],
+                "width": width,
+                "child_width": child_width,
+                "ratio": ratio,
+            },
+        )
+        child_width = width
+
+
+def copy_series_points(session: Session, from_series_id: int, to_series_id: int) -> None:
+    """Give a new series every point (and rollup block) of another one."""
+    session.execute(
+        insert(MetricPoint).from_select(
+            ["series_id", "step", "value"],
+            select(literal(to_series_id), MetricPoint.step, MetricPoint.value).where(
+                MetricPoint.series_id == from_series_id
+            ),
+        )
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        columns = [c for c in MetricRollup.__table__.columns if c.name != "series_id"]
+        session.execute(
+            insert(MetricRollup).from_select(
+                ["series_id", *(c.name for c in columns)],
+                select(literal(to_series_id), *columns).where(MetricRollup.series_id == from_series_id),
+            )
+        )
 
 
 def read_series(

@@ -132,16 +132,43 @@ class MetricSeries(Base):
 
 
 class MetricPoint(Base):
-    """Append-mostly, read by (series, step range): the primary key is that read's index."""
+    """Append-mostly, read by (series, step range): the primary key is that read's index.
+
+    series_id has no foreign key: PostgreSQL checks one per inserted row, which cost more than
+    half of the ingest time (benchmarks/metrics.py). Points are only written for a series created
+    in the same transaction, and series are never deleted.
+    """
 
     __tablename__ = "metric_points"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    series_id: Mapped[int] = mapped_column(
-        ForeignKey("metric_series.id", ondelete="CASCADE"), primary_key=True
-    )
+    series_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     value: Mapped[float | None] = mapped_column(Float(precision=53), comment="NULL for NaN.")
+
+
+class MetricRollup(Base):
+    """Aggregates of one series over an aligned block of steps: [block * width, (block + 1) * width - 1].
+
+    Maintained by write_points on PostgreSQL only (SQLite downsamples the raw points), so that a
+    downsampled read folds whole blocks instead of every point. min, max and sum are over the
+    non-null values, value_count counts them; last_value is the value at last_step, the block's
+    highest step.
+    """
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    series_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    value_count: Mapped[int] = mapped_column(Integer)
+    min: Mapped[float | None] = mapped_column(Float(precision=53))
+    max: Mapped[float | None] = mapped_column(Float(precision=53))
+    sum: Mapped[float | None] = mapped_column(Float(precision=53))
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float | None] = mapped_column(Float(precision=53))
 
 
 class RunEvent(Base):
