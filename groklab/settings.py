@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         60, ge=1, description="Experiments one owner may submit in any 60 seconds."
     )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of a worker's Prometheus /metrics server; 0 turns it off."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
