@@ -28,6 +28,11 @@ class RunOut(BaseModel):
     )
     latest_metrics_step: dict[str, int] = Field(description="The step of each latest value.")
     spec: dict[str, Any] = Field(description="The run's expanded engine spec.")
+    role: str | None = Field(description="The run's part in its experiment (e.g. phase1, phase2).")
+    parent_run_id: int | None = Field(
+        description="The run whose final state this run continues (a fork); it starts when that run succeeds."
+    )
+    attempts: int = Field(description="How many times a worker started this run.")
 
     @classmethod
     def from_row(cls, run: Any) -> RunOut:
@@ -43,7 +48,7 @@ class RunOut(BaseModel):
 
 _RUN_COLUMNS = (
     "id experiment_id index status step total_steps created_at started_at finished_at worker error "
-    "cancel_requested spec"
+    "cancel_requested spec role parent_run_id attempts"
 ).split()
 
 
@@ -60,6 +65,7 @@ class RunDetailOut(RunOut):
 class ExperimentOut(BaseModel):
     id: int
     name: str | None
+    kind: str = Field(description="sweep, grokking, ungrokking, semi_grokking, efficiency or toy.")
     created_at: datetime
     run_ids: list[int]
     status_counts: dict[str, int]

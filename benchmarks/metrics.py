@@ -31,7 +31,7 @@ BATCH = 5000  # the worker's default metric_flush_points
 def new_runs(url: str, count: int) -> list[int]:
     with session_scope(url) as session:
         experiment = run_store.create_experiment(
-            session, name="bench", spec={}, run_specs=[{}] * count, total_steps=[1] * count
+            session, name="bench", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)] * count
         )
         return [run.id for run in experiment.runs]
 

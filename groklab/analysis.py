@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.experiments import ExperimentRequest, plan_experiment
-from engine.spec import RunSpec, SpecError
+from engine.spec import RunSpec
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
 SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase")
@@ -343,21 +342,6 @@ def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
     }
 
 
-_REQUEST = TypeAdapter(ExperimentRequest)
-
-
-def planned_roles(experiment_spec: Mapping[str, Any], run_count: int) -> list[str]:
-    """Each run's role, by planning the stored request again; 'run' when it no longer plans the same.
-
-    Roles are not stored with runs; planning is deterministic, so the i-th planned run is run i.
-    """
-    try:
-        planned = plan_experiment(_REQUEST.validate_python(dict(experiment_spec)), max_runs=run_count)
-    except (ValidationError, SpecError):
-        return ["run"] * run_count
-    if len(planned) != run_count:
-        return ["run"] * run_count
-    return [run.role for run in planned]
 
 
 RUN_ROW_FIELDS = (

@@ -85,13 +85,12 @@ def experiment_analysis(
 ) -> Any:
     """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
     experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
-    roles = analysis.planned_roles(experiment.spec, len(experiment.runs))
     records = [
         analysis.RunRecord(
             id=run.id,
             index=run.index,
             status=run.status,
-            role=roles[run.index] if run.index < len(roles) else "run",
+            role=run.role or "run",
             spec=RunSpec.model_validate(run.spec),
             analysis=_analyse(session, run, limits) if run.status == run_store.SUCCEEDED else None,
         )

@@ -11,6 +11,7 @@ so ids reveal nothing across owners. `owner=None` (workers, the reconciler) sees
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -26,24 +27,49 @@ MAX_ID = 2**31 - 1
 """Ids are 32-bit on PostgreSQL: a larger one cannot exist, and binding it is a database error."""
 
 
+@dataclass(frozen=True)
+class NewRun:
+    spec: dict[str, Any]
+    total_steps: int
+    role: str | None = None
+    parent_index: int | None = None
+    """Position, among the new runs, of the run whose final state this one continues."""
+    parent_run_id: int | None = None
+    """An existing run whose final state this one continues."""
+
+
 def create_experiment(
     session: Session,
     *,
     name: str | None,
     spec: dict[str, Any],
-    run_specs: Sequence[dict[str, Any]],
-    total_steps: Sequence[int],
+    runs: Sequence[NewRun],
+    kind: str = "sweep",
     owner: str = LOCAL_OWNER,
 ) -> Experiment:
-    experiment = Experiment(name=name, spec=spec, owner=owner)
+    experiment = Experiment(name=name, kind=kind, spec=spec, owner=owner)
     session.add(experiment)
-    for index, (run_spec, steps) in enumerate(zip(run_specs, total_steps, strict=True)):
-        # Marked as sent now, so that the reconciler leaves the api time to publish the message.
+    now = utcnow()
+    for index, new in enumerate(runs):
         experiment.runs.append(
-            Run(index=index, spec=run_spec, total_steps=steps, status=QUEUED, enqueued_at=utcnow())
+            Run(
+                index=index,
+                spec=new.spec,
+                total_steps=new.total_steps,
+                role=new.role,
+                parent_run_id=new.parent_run_id,
+                status=QUEUED,
+                # A run sent now is marked so, and the reconciler leaves the api time to publish
+                # it; a fork waits (unsent) for its parent.
+                enqueued_at=None if new.parent_index is not None else now,
+            )
         )
     session.flush()
+    for run, new in zip(experiment.runs, runs, strict=True):
+        if new.parent_index is not None:
+            run.parent_run_id = experiment.runs[new.parent_index].id
     session.add_all(RunEvent(run_id=run.id, status=QUEUED) for run in experiment.runs)
+    session.flush()
     return experiment
 
 

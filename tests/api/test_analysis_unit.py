@@ -14,7 +14,6 @@ from groklab.analysis import (
     d_crit,
     efficiency,
     first_crossing,
-    planned_roles,
     rows_csv,
     weight_decay_collapse,
 )
@@ -204,9 +203,3 @@ def test_experiment_analysis_groups_phase2_accuracy_by_subset_size_and_weight_de
     assert csv_text.splitlines()[0].startswith("id,index,status,role")
     assert len(csv_text.splitlines()) == 1 + len(runs)
 
-
-def test_roles_come_from_planning_the_stored_request_again():
-    request = {"kind": "ungrokking", "seeds": [0], "subset_sizes": [100], "base": {"task": {"p": 47}}}
-    assert planned_roles(request, 2) == ["phase1", "phase2"]
-    assert planned_roles(request, 3) == ["run"] * 3
-    assert planned_roles({"task": {"p": 13}}, 1) == ["run"]

@@ -22,7 +22,7 @@ def _runs_with_points(
     """An experiment of `count` runs that logged `points`, finished (unless told) so no worker takes them."""
     with session_scope(url) as session:
         experiment = run_store.create_experiment(
-            session, name="q", spec={}, run_specs=[spec or {}] * count, total_steps=[1] * count
+            session, name="q", spec={}, runs=[run_store.NewRun(spec=spec or {}, total_steps=1)] * count
         )
         experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
     for run_id in run_ids:

@@ -36,7 +36,7 @@ def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(
 ) -> None:
     with session_scope(pg_database) as session:
         run_id = run_store.create_experiment(
-            session, name="s", spec={}, run_specs=[{}], total_steps=[10]
+            session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
         ).runs[0].id
     with session_scope(pg_database) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
@@ -77,7 +77,7 @@ def test_a_finished_run_streams_its_points_after_the_step_and_ends(
 ) -> None:
     with session_scope(pg_database) as session:
         run_id = run_store.create_experiment(
-            session, name="s", spec={}, run_specs=[{}], total_steps=[3]
+            session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=3)]
         ).runs[0].id
     with session_scope(pg_database) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)

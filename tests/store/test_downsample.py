@@ -48,7 +48,7 @@ def queries(draw: st.DrawFn) -> tuple[dict[int, float], int, int, int]:
 def _new_run(url: str, points: dict[int, float]) -> int:
     with session_scope(url) as session:
         run_id = run_store.create_experiment(
-            session, name="d", spec={}, run_specs=[{}], total_steps=[1]
+            session, name="d", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]
         ).runs[0].id
         write_points(session, run_id, [("m", step, value) for step, value in points.items()])
     return run_id

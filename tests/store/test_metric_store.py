@@ -20,7 +20,7 @@ def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(
     upgrade(url)
     with session_scope(url) as session:
         experiment = run_store.create_experiment(
-            session, name="t", spec={}, run_specs=[{}], total_steps=[10]
+            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
         )
         run_id = experiment.runs[0].id
     with session_scope(url) as session:

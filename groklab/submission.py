@@ -1,0 +1,112 @@
+"""Submitting an experiment: plan its runs, apply the owner's limits, store them, queue them.
+
+Runs that continue another run's final state (ungrokking's phase 2) are stored as queued but
+sent to the broker only when their parent succeeds (the worker sends them then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from celery import Celery
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from engine.experiments import UngrokkingExperiment, plan_experiment
+from engine.spec import RunSpec
+from groklab.errors import Conflict, NotFound, ServiceUnavailable
+from groklab.queue import enqueue_run
+from groklab.settings import Settings
+from groklab.store import idempotency, quotas
+from groklab.store import runs as run_store
+from groklab.store.models import Experiment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    experiment: Experiment
+    replayed: bool
+    """True when an Idempotency-Key retry returned the experiment of the first request."""
+
+
+def submit_experiment(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    request: BaseModel,
+    *,
+    owner: str,
+    idempotency_key: str | None,
+) -> Submission:
+    planned = plan_experiment(
+        request, settings.max_runs_per_experiment, phase1_spec=_phase1_spec(session, request, owner)
+    )
+    spec_json = request.model_dump(mode="json")
+    quotas.lock_owner_submissions(session, owner)
+    request_hash = None
+    if idempotency_key is not None:
+        # The validated spec, not the raw bytes: a retry that re-serialises the body still matches.
+        request_hash = hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+        replayed = idempotency.find_replay(session, owner=owner, key=idempotency_key, request_hash=request_hash)
+        if replayed is not None:
+            return Submission(replayed, replayed=True)
+    total_steps = sum(run.spec.total_steps for run in planned)
+    quotas.check_submission_rate(session, owner, per_minute=settings.submissions_per_minute)
+    quotas.check_queued_work(session, owner, new_steps=total_steps, limit=settings.max_queued_steps_per_owner)
+    experiment = run_store.create_experiment(
+        session,
+        name=getattr(request, "name", None),
+        kind=getattr(request, "kind", "sweep"),
+        spec=spec_json,
+        runs=[
+            run_store.NewRun(
+                spec=run.spec.model_dump(mode="json"),
+                total_steps=run.spec.total_steps,
+                role=run.role,
+                parent_index=run.parent_index,
+                parent_run_id=run.parent_run_id,
+            )
+            for run in planned
+        ],
+        owner=owner,
+    )
+    if idempotency_key is not None and request_hash is not None:
+        idempotency.remember(
+            session, owner=owner, key=idempotency_key, request_hash=request_hash, experiment_id=experiment.id
+        )
+    # Commit before queueing: a worker that picks a run up must find it in the database.
+    session.commit()
+    ready = [run.id for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
+    try:
+        for run_id in ready:
+            enqueue_run(celery, run_id)
+    except Exception as exc:
+        log.exception("could not queue experiment %s", experiment.id)
+        run_store.fail_queued_runs(
+            session, [run.id for run in experiment.runs], error=f"could not reach the broker: {exc}"
+        )
+        session.commit()
+        raise ServiceUnavailable(
+            f"experiment {experiment.id} was stored but the broker is unreachable; its runs are marked failed"
+        ) from exc
+    return Submission(experiment, replayed=False)
+
+
+def _phase1_spec(session: Session, request: BaseModel, owner: str) -> RunSpec | None:
+    """The spec of the finished run an ungrokking request continues, if it names one."""
+    if not isinstance(request, UngrokkingExperiment) or request.phase1_run_id is None:
+        return None
+    try:
+        run = run_store.get_run(session, request.phase1_run_id, owner=owner)
+    except NotFound as exc:
+        raise NotFound(f"run {request.phase1_run_id} does not exist", field="phase1_run_id") from exc
+    if run.status != run_store.SUCCEEDED:
+        raise Conflict(
+            f"run {run.id} is {run.status}; ungrokking continues a succeeded run", field="phase1_run_id"
+        )
+    return RunSpec.model_validate(run.spec)
