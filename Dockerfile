@@ -3,6 +3,8 @@
 FROM python:3.11-slim
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# The image listens on all interfaces, so API keys are required (GROKLAB_AUTH=auto).
+ENV GROKLAB_HOST=0.0.0.0
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api

@@ -33,6 +33,8 @@ TaskOp = Literal[
 ]
 
 DEFAULT_MAX_RUNS = 500
+# A bound on one run's model: the paper's is 0.23M parameters; 50M is ~0.8 GB with AdamW state.
+MAX_PARAMETERS = 50_000_000
 
 
 class StrictModel(BaseModel):
@@ -227,9 +229,26 @@ class RunSpec(StrictModel):
                         f"training set of {size}",
                     )
                 size = phase.subset_size
+        params = parameter_count(self)
+        if params > MAX_PARAMETERS:
+            raise _field_error(
+                "model", f"{params:,} parameters is over the limit of {MAX_PARAMETERS:,}"
+            )
         if isinstance(self.model, ToyCircuitsSpec) and self.optimizer.kind != "sgd":
             raise _field_error("optimizer.kind", "the toy model trains with plain gradient descent ('sgd')")
         return self
+
+
+def parameter_count(spec: RunSpec) -> int:
+    """Trainable parameters of the spec's model, computed without building it."""
+    model, vocab = spec.model, spec.task.vocab_size
+    if isinstance(model, TransformerSpec):
+        attn = model.n_heads * model.d_head * model.d_model * 4
+        mlp = 2 * model.d_model * model.d_mlp + model.d_mlp + model.d_model
+        return (vocab + 1) * model.d_model + 3 * model.d_model + attn + mlp + model.d_model * vocab
+    if isinstance(model, MlpSpec):
+        return vocab * model.d_embed + 2 * model.d_embed * model.d_hidden + model.d_hidden + model.d_hidden * vocab
+    return 4
 
 
 class SweepSpec(StrictModel):

@@ -62,3 +62,19 @@ def test_sweep_over_the_run_cap_is_rejected():
         spec.expand(max_runs=99)
     assert info.value.field == "sweep"
     assert len(spec.expand(max_runs=100)) == 100
+
+
+def test_parameter_count_matches_the_built_models_and_bounds_the_spec():
+    from engine.model import build_model
+    from engine.spec import MAX_PARAMETERS, MlpSpec, TransformerSpec, parameter_count
+
+    specs = [
+        RunSpec(),
+        RunSpec(task=TaskSpec(p=31), model=MlpSpec(d_embed=40, d_hidden=70)),
+        RunSpec(task=TaskSpec(op="permutation", n=4), model=TransformerSpec(d_model=64, n_heads=2, d_head=16, d_mlp=100)),
+    ]
+    for spec in specs:
+        assert parameter_count(spec) == sum(p.numel() for p in build_model(spec).parameters())
+    with pytest.raises(ValidationError, match="model: .* parameters is over the limit"):
+        RunSpec(model=TransformerSpec(d_model=4096, d_mlp=16384))
+    assert parameter_count(RunSpec(model=TransformerSpec(d_model=1024, d_mlp=4096))) < MAX_PARAMETERS
