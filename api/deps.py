@@ -11,19 +11,12 @@ from sqlalchemy.orm import Session
 
 from groklab.queue import make_celery
 from groklab.settings import Settings, get_settings
-from groklab.store.database import session_factory
+from groklab.store.database import session_scope
 
 
 def get_session(settings: Settings = Depends(get_settings)) -> Iterator[Session]:
-    session = session_factory(settings.resolved_database_url)()
-    try:
+    with session_scope(settings.resolved_database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 @lru_cache

@@ -12,15 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MODULAR_OPS = (
-    "add",
-    "subtract",
-    "multiply",
-    "divide",
-    "x2_plus_y2",
-    "x2_plus_xy_plus_y2",
-    "x3_plus_xy",
-)
 TaskOp = Literal[
     "add",
     "subtract",
