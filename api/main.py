@@ -9,6 +9,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from api.auth import auth_required
 from api.body_limit import BodySizeLimit
 from api.dashboard import install_dashboard
+from api.ops import install_ops
 from api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from api.routes import analysis, experiments, health, metrics, runs
 from groklab.settings import get_settings
@@ -41,6 +42,7 @@ def create_app() -> FastAPI:
     app.include_router(analysis.router)
     app.include_router(metrics.router)
     install_dashboard(app)
+    install_ops(app)
     return app
 
 

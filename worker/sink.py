@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from groklab import telemetry
 from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, renew
 from groklab.store.metrics import Point, write_points
@@ -52,6 +53,7 @@ class DatabaseMetricSink:
 
     def progress(self, step: int, total_steps: int) -> None:
         self._step = step
+        telemetry.record_progress(self.lease.run_id, step)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self._try_write()
 
@@ -109,4 +111,5 @@ class DatabaseMetricSink:
             self._series_ids = {}
             raise
         self.points_written += len(self._buffer)
+        telemetry.record_points_written(len(self._buffer))
         self._buffer = []

@@ -1,0 +1,140 @@
+"""Operations: Prometheus /metrics, per-route request latency, JSON request logs with run ids."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from groklab.logging import configure_logging, log_context
+from groklab.settings import Settings, get_settings
+from groklab.store import stats
+from groklab.store.database import session_scope
+
+log = logging.getLogger("groklab.http")
+REQUEST_SECONDS = Histogram(
+    "groklab_http_request_duration_seconds",
+    "HTTP request latency by route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+_RUN_PATH = re.compile(r"^/v1/runs/(\d+)(?:/|$)")
+_EXPERIMENT_PATH = re.compile(r"^/v1/experiments/(\d+)(?:/|$)")
+
+
+class RequestTelemetry:
+    """Times each request under its route template (never the raw path: ids would explode the
+    label set) and logs it as one JSON line with the run or experiment id from the path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        run, experiment = _RUN_PATH.match(path), _EXPERIMENT_PATH.match(path)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with log_context(
+            run_id=int(run.group(1)) if run else None,
+            experiment_id=int(experiment.group(1)) if experiment else None,
+        ):
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                seconds = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(seconds)
+                log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    path,
+                    status,
+                    extra={"route": route, "status": status, "duration_ms": round(seconds * 1000, 2)},
+                )
+
+
+class StoreCollector(Collector):
+    """Gauges read at scrape time: runs by status from the database, and the broker's backlog."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Registering asks for the names; without this it would call collect, and the database.
+        yield GaugeMetricFamily("groklab_runs", "", labels=["status"])
+        yield GaugeMetricFamily("groklab_queue_depth_runs", "")
+        yield GaugeMetricFamily("groklab_broker_queue_length", "")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        runs = GaugeMetricFamily("groklab_runs", "Runs by status, all owners.", labels=["status"])
+        queued = GaugeMetricFamily("groklab_queue_depth_runs", "Runs waiting for a worker (queued in the database).")
+        try:
+            with session_scope(self.settings.resolved_database_url) as session:
+                counts = stats.count_runs_by_status(session)
+        except Exception:  # a scrape during a database outage still serves the other metrics
+            log.warning("metrics: cannot count runs", exc_info=True)
+        else:
+            for status, count in sorted(counts.items()):
+                runs.add_metric([status], count)
+            queued.add_metric([], counts.get("queued", 0))
+            yield runs
+            yield queued
+        depth = broker_queue_length(self.settings)
+        if depth is not None:
+            broker = GaugeMetricFamily("groklab_broker_queue_length", "Task messages waiting in the broker's queue.")
+            broker.add_metric([], depth)
+            yield broker
+
+
+def broker_queue_length(settings: Settings) -> int | None:
+    """LLEN on Redis or the files in the filesystem broker's folder; None when it cannot tell."""
+    url = settings.resolved_broker_url
+    try:
+        if url.startswith(("redis://", "rediss://")):
+            import redis
+
+            with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1) as client:
+                return int(client.llen(settings.queue_name))
+        if url.startswith("filesystem://"):
+            folder = Path(settings.broker_folder) / "queue"
+            return sum(1 for p in folder.glob("*.msg")) if folder.is_dir() else 0
+    except Exception:
+        log.warning("metrics: cannot read the broker queue length", exc_info=True)
+    return None
+
+
+_collector: StoreCollector | None = None
+
+
+def install_ops(app: FastAPI) -> None:
+    """JSON logs for this process, the request middleware and GET /metrics (no key needed,
+    like /healthz: it carries counts only)."""
+    global _collector
+    settings = get_settings()
+    configure_logging()
+    if _collector is None:  # one per process: the registry refuses a second with the same names
+        _collector = StoreCollector(settings)
+        REGISTRY.register(_collector)
+    app.add_middleware(RequestTelemetry)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
