@@ -105,7 +105,7 @@ def _write_points_postgresql(session: Session, rows: dict[tuple[int, int], float
     connection = session.connection().connection.driver_connection
     with connection.cursor() as cursor:
         _copy_or_upsert(cursor, rows)
-        _refresh_rollups(cursor, rows.keys())
+        _recompute_rollups(cursor, rows.keys())
 
 
 def _copy_or_upsert(cursor: Any, rows: dict[tuple[int, int], float | None]) -> None:
@@ -132,46 +132,61 @@ def _copy_or_upsert(cursor: Any, rows: dict[tuple[int, int], float | None]) -> N
     cursor.execute("RELEASE SAVEPOINT metric_points_copy")
 
 
-_ROLLUP_UPSERT = (
+# Each statement recomputes whole blocks, so it is right whether the batch added points or
+# overwrote one that was a block's min or max. The blocks come as runs of consecutive blocks
+# (a worker's batch is one run per series), read with one index range scan each.
+_RECOMPUTE_ROLLUPS = (
     "INSERT INTO metric_rollups "
-    "(series_id, width, block, count, value_count, min, max, sum, last_step, last_value) {} "
+    "(series_id, width, block, count, value_count, min, max, sum, last_step, last_value) "
+    "SELECT t.series_id, %(width)s, floor(c.{position}::float8 / %(ratio)s)::bigint, {aggregates} "
+    "FROM unnest(%(series)s::int[], %(first)s::bigint[], %(last)s::bigint[]) AS t (series_id, first, last) "
+    "JOIN {children} c ON c.series_id = t.series_id{child_width} "
+    "AND c.{position} BETWEEN t.first * %(ratio)s AND t.last * %(ratio)s + %(ratio)s - 1 "
+    "GROUP BY 1, 2, 3 "
     "ON CONFLICT (series_id, width, block) DO UPDATE SET count = EXCLUDED.count, "
     "value_count = EXCLUDED.value_count, min = EXCLUDED.min, max = EXCLUDED.max, "
     "sum = EXCLUDED.sum, last_step = EXCLUDED.last_step, last_value = EXCLUDED.last_value"
 )
-_ROLLUP_FROM_POINTS = _ROLLUP_UPSERT.format(
-    "SELECT t.series_id, %(width)s, t.block, count(*), count(p.value), min(p.value), max(p.value), "
-    "sum(p.value), max(p.step), (array_agg(p.value ORDER BY p.step DESC))[1] "
-    "FROM unnest(%(series)s::int[], %(blocks)s::bigint[]) AS t (series_id, block) "
-    "JOIN metric_points p ON p.series_id = t.series_id "
-    "AND p.step BETWEEN t.block * %(width)s AND t.block * %(width)s + %(width)s - 1 "
-    "GROUP BY t.series_id, t.block"
+_ROLLUP_FROM_POINTS = _RECOMPUTE_ROLLUPS.format(
+    position="step",
+    aggregates="count(*), count(c.value), min(c.value), max(c.value), sum(c.value), max(c.step), "
+    "(array_agg(c.value ORDER BY c.step DESC))[1]",
+    children="metric_points",
+    child_width="",
 )
-_ROLLUP_FROM_BLOCKS = _ROLLUP_UPSERT.format(
-    "SELECT t.series_id, %(width)s, t.block, sum(c.count), sum(c.value_count), min(c.min), "
-    "max(c.max), sum(c.sum), max(c.last_step), (array_agg(c.last_value ORDER BY c.last_step DESC))[1] "
-    "FROM unnest(%(series)s::int[], %(blocks)s::bigint[]) AS t (series_id, block) "
-    "JOIN metric_rollups c ON c.series_id = t.series_id AND c.width = %(child_width)s "
-    "AND c.block BETWEEN t.block * %(ratio)s AND t.block * %(ratio)s + %(ratio)s - 1 "
-    "GROUP BY t.series_id, t.block"
+_ROLLUP_FROM_BLOCKS = _RECOMPUTE_ROLLUPS.format(
+    position="block",
+    aggregates="sum(c.count), sum(c.value_count), min(c.min), max(c.max), sum(c.sum), "
+    "max(c.last_step), (array_agg(c.last_value ORDER BY c.last_step DESC))[1]",
+    children="metric_rollups",
+    child_width=" AND c.width = %(child_width)s",
 )
 
 
-def _refresh_rollups(cursor: Any, keys: Iterable[tuple[int, int]]) -> None:
-    """Recompute every rollup block the batch touched: the narrowest from the points, each wider
-    one from the blocks below it. Recomputing (rather than merging the batch in) stays right when
-    an upsert overwrites a value, and a worker's batch touches few blocks."""
+def _recompute_rollups(cursor: Any, keys: Iterable[tuple[int, int]]) -> None:
+    """Recompute every block the points fall in: the narrowest from the points, each wider one
+    from the blocks below it."""
     child_width = 1
-    blocks = {(series_id, step) for series_id, step in keys}
+    positions = set(keys)
     for width in ROLLUP_WIDTHS:
         ratio = width // child_width
-        blocks = {(series_id, position // ratio) for series_id, position in blocks}
-        ordered = sorted(blocks)
+        positions = {(series_id, position // ratio) for series_id, position in positions}
+        series: list[int] = []
+        first: list[int] = []
+        last: list[int] = []
+        for series_id, block in sorted(positions):
+            if series and series[-1] == series_id and last[-1] == block - 1:
+                last[-1] = block
+            else:
+                series.append(series_id)
+                first.append(block)
+                last.append(block)
         cursor.execute(
             _ROLLUP_FROM_POINTS if child_width == 1 else _ROLLUP_FROM_BLOCKS,
             {
-                "series": [series_id for series_id, _ in ordered],
-                "blocks": [block for _, block in ordered],
+                "series": series,
+                "first": first,
+                "last": last,
                 "width": width,
                 "child_width": child_width,
                 "ratio": ratio,
