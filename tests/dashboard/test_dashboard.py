@@ -148,7 +148,7 @@ def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(
     row.locator("a").click()
     page.wait_for_selector('[data-chart="sweep"] canvas')
     plotted = page.evaluate("JSON.parse(document.querySelector('[data-chart=sweep]').dataset.points)")
-    assert plotted == {"run wd=1.0": 3}
+    assert plotted == {"run wd=1": 3}
     assert page.locator("#runs tr").count() == 1 + 6
     labels = page.locator("#runs .label").all_inner_texts()
     assert sorted(labels) == sorted(run["label"] or "–" for run in analysis["runs"])
