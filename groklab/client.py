@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
@@ -259,7 +260,6 @@ def watch_runs(
     poll_seconds: float = 1.0,
 ) -> list[Run]:
     """Poll the runs until all have finished, drawing a rich progress bar per run when asked."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (

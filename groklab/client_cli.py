@@ -10,7 +10,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from groklab.client import ApiError, Client, ClientError, Experiment, load_spec, watch_runs
+from groklab.client import (
+    ApiError,
+    Client,
+    ClientError,
+    Experiment,
+    load_spec,
+    watch_runs,
+)
 
 COMMANDS = ("submit", "status", "watch", "metrics", "cancel")
 
