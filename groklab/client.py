@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
@@ -260,7 +266,6 @@ def watch_runs(
     poll_seconds: float = 1.0,
 ) -> list[Run]:
     """Poll the runs until all have finished, drawing a rich progress bar per run when asked."""
-
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (
         TextColumn("run {task.fields[run_id]:>5}"),
