@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -9,10 +12,25 @@ from starlette.middleware.gzip import GZipMiddleware
 from api.auth import auth_required
 from api.body_limit import BodySizeLimit
 from api.dashboard import install_dashboard
+from api.deps import get_celery
 from api.ops import install_ops
 from api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from api.routes import analysis, experiments, health, metrics, runs
+from groklab.reconciler import ReconcilerThread
 from groklab.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Every api process runs the reconciler: passes are idempotent, so replicas may overlap."""
+    settings = get_settings()
+    reconciler = None
+    if settings.reconcile_seconds > 0:
+        reconciler = ReconcilerThread(settings, get_celery())
+        reconciler.start()
+    yield
+    if reconciler is not None:
+        reconciler.stop()
 
 
 def create_app() -> FastAPI:
@@ -23,6 +41,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Train and compare grokking experiments (Varma et al., 2023) over HTTP.",
         responses=PROBLEM_RESPONSES,
+        lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=4096)

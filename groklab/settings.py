@@ -51,9 +51,6 @@ class Settings(BaseSettings):
     requeue_grace_seconds: float = Field(
         30.0, ge=0, description="A queued run is re-sent only if its last message is older than this."
     )
-    checkpoint_seconds: float = Field(
-        60.0, gt=0, description="Workers checkpoint runs that set no checkpoint_every about this often."
-    )
     broker_visibility_timeout: int = Field(
         7 * 24 * 3600, ge=60, description="Redis redelivers an unacknowledged task after this long."
     )
