@@ -78,3 +78,22 @@ def test_parameter_count_matches_the_built_models_and_bounds_the_spec():
     with pytest.raises(ValidationError, match="model: .* parameters is over the limit"):
         RunSpec(model=TransformerSpec(d_model=4096, d_mlp=16384))
     assert parameter_count(RunSpec(model=TransformerSpec(d_model=1024, d_mlp=4096))) < MAX_PARAMETERS
+
+
+def test_runs_pack_by_model_and_task_and_never_exceed_the_pack_size():
+    from engine.packing import pack_runs
+    from engine.spec import MlpSpec, OptimizerSpec, ToyCircuitsSpec
+
+    small = TaskSpec(p=13, train_size=40)
+    specs = [
+        RunSpec(task=small, seed=0),
+        RunSpec(task=small.model_copy(update={"train_size": 60}), seed=1),
+        RunSpec(task=TaskSpec(p=17, train_size=40)),  # another task table
+        RunSpec(task=small, seed=2),
+        RunSpec(task=small, model=MlpSpec()),  # another model
+        RunSpec(task=small, seed=3, optimizer=OptimizerSpec(batch_size=8)),  # minibatches: alone
+        RunSpec(task=small, seed=4),
+        RunSpec(model=ToyCircuitsSpec(), optimizer=OptimizerSpec(kind="sgd")),
+    ]
+    assert pack_runs(specs, size=3) == [[0, 1, 3], [2], [4], [5], [6], [7]]
+    assert pack_runs(specs, size=1) == [[i] for i in range(len(specs))]
