@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.model import component_norms
 
@@ -14,9 +15,10 @@ LossKind = Literal["cross_entropy", "mse"]
 
 
 def per_example_loss(logits: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
-    """(B, vocab), (B,) -> (B,). Cross-entropy takes its log-softmax in float32 whatever the dtype."""
+    """(..., vocab), (...) -> (...). Cross-entropy takes its log-softmax in float32 whatever the dtype."""
     if kind == "cross_entropy":
-        return F.cross_entropy(logits.float(), targets, reduction="none")
+        flat = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none")
+        return flat.view(targets.shape)
     one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
     return (logits - one_hot).square().mean(dim=-1)
 
@@ -30,29 +32,45 @@ def _split_metrics(logits: Tensor, targets: Tensor, kind: LossKind) -> list[Tens
     return [per_example_loss(logits, targets, kind).mean(), accuracy.mean(), correct.mean(), margin.mean()]
 
 
+METRIC_NAMES = [
+    "train_loss", "train_acc", "train_correct_logit", "train_margin",
+    "test_loss", "test_acc", "test_correct_logit", "test_margin",
+    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
+]  # fmt: skip
+EVAL_CHUNK_ELEMENTS = 1 << 26  # bounds one chunk's widest activation (~256 MB in float32)
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    logits_fn: Callable[[Mapping[str, Tensor], Tensor, Tensor], Tensor],
+    params: Mapping[str, Tensor],
     tokens: Tensor,
-    train_targets: Tensor,
-    test_labels: Tensor,
-    train_idx: Tensor,
-    test_idx: Tensor,
+    targets: Tensor,
+    labels: Tensor,
+    train_idx: Sequence[Tensor],
+    test_idx: Sequence[Tensor],
     kind: LossKind,
-) -> dict[str, float]:
-    """Metrics of the current phase's training set and the original test set, one host sync.
+) -> list[dict[str, float]]:
+    """Metrics of each member's current training set and its test set, with one host sync.
 
-    tokens (N, 3) is every pair; train_targets (N,) holds the labels the model is trained on (noisy
-    under random_labels / label_noise), test_labels (N,) the true ones.
+    params hold K members (leading dimension); one forward over every pair (tokens (N, 3)) gives a
+    member's train and test metrics. targets (K, N) are the labels each member trains on (noisy
+    under random_labels / label_noise), labels (N,) the true ones; train_idx[k], test_idx[k] index
+    member k's sets. Members are evaluated in chunks to bound memory.
     """
-    logits = model(tokens)  # (N, vocab)
-    train = _split_metrics(logits[train_idx], train_targets[train_idx], kind)
-    test = _split_metrics(logits[test_idx], test_labels[test_idx], kind)
-    norms = component_norms(model)
-    names = [
-        "train_loss", "train_acc", "train_correct_logit", "train_margin",
-        "test_loss", "test_acc", "test_correct_logit", "test_margin",
-        "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
-    ]  # fmt: skip
-    values = [*train, *test, norms["total"], norms["embed"], norms["attn"], norms["mlp"], norms["unembed"]]
-    return dict(zip(names, torch.stack(values).tolist()))
+    members, pairs = targets.shape
+    width = max(param.shape[-1] for param in params.values()) * 8  # the widest activation per pair, roughly
+    chunk = max(1, EVAL_CHUNK_ELEMENTS // (pairs * width))
+    rows = []
+    for start in range(0, members, chunk):
+        part = {name: param[start : start + chunk] for name, param in params.items()}
+        k = min(chunk, members - start)
+        logits = logits_fn(part, tokens[:, 0].expand(k, pairs), tokens[:, 1].expand(k, pairs))  # (k, N, vocab)
+        norms = component_norms(part)
+        for j in range(k):
+            train, test = train_idx[start + j], test_idx[start + j]
+            values = _split_metrics(logits[j, train], targets[start + j, train], kind)
+            values += _split_metrics(logits[j, test], labels[test], kind)
+            values += [norms[group][j] for group in ("total", "embed", "attn", "mlp", "unembed")]
+            rows.append(torch.stack(values))
+    return [dict(zip(METRIC_NAMES, row)) for row in torch.stack(rows).tolist()]

@@ -20,6 +20,7 @@ tables; tests/engine/reference_model.py checks logits and gradients against all-
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -70,36 +71,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, 3) = [a, b, '=']; returns the logits at '=' (B, vocab). Column 2 is not read."""
-        a, b = tokens[:, 0], tokens[:, 1]
-        x_eq = self.W_E[self.eq_token] + self.W_pos[2]  # (d,) residual at '=' before attention
-        q = torch.einsum("d,hdk->hk", x_eq, self.W_Q)  # (H, k), the same for every example
-        # score(x) = (x W_K[h]) . q[h] / sqrt(k) = x . key_dir[:, h]: one direction per head
-        key_dir = torch.einsum("hdk,hk->dh", self.W_K, q) / math.sqrt(self.d_head)  # (d, H)
-
-        x_ab = self.W_E.unsqueeze(0) + self.W_pos[:2, None]  # (2, V+1, d) every token at pos 0, 1
-        score_table = x_ab @ key_dir  # (2, V+1, H)
-        ov_table = torch.einsum("pvd,hdk,hke->pvhe", x_ab, self.W_V, self.W_O)  # (2, V+1, H, d)
-        score_eq = x_eq @ key_dir  # (H,)
-        ov_eq = torch.einsum("d,hdk,hke->he", x_eq, self.W_V, self.W_O)  # (H, d)
-
-        # F.embedding, not table[a]: its backward sums repeated rows in a fixed order, while
-        # indexing's backward accumulates with threads racing and is not reproducible on CPU
-        scores = torch.stack(
-            [F.embedding(a, score_table[0]), F.embedding(b, score_table[1]), score_eq.expand(len(a), -1)],
-            dim=-1,
-        )  # (B, H, 3)
-        attn = scores.softmax(dim=-1)
-        ov_a = F.embedding(a, ov_table[0].flatten(1)).view(len(a), *ov_eq.shape)  # (B, H, d)
-        ov_b = F.embedding(b, ov_table[1].flatten(1)).view(len(b), *ov_eq.shape)
-        # broadcast-and-sum, not einsum: einsum lowers to a bmm of B tiny products, slow on CPU
-        mixed = (
-            (attn[..., 0, None] * ov_a).sum(dim=1)
-            + (attn[..., 1, None] * ov_b).sum(dim=1)
-            + attn[..., 2] @ ov_eq
-        )  # (B, d)
-        resid = x_eq + mixed  # (B, d)
-        resid = resid + F.relu(resid @ self.W_in + self.b_in) @ self.W_out + self.b_out
-        return resid @ self.W_U  # (B, vocab)
+        return transformer_logits(_as_ensemble_of_one(self), tokens[None, :, 0], tokens[None, :, 1])[0]
 
 
 class Mlp(nn.Module):
@@ -115,8 +87,58 @@ class Mlp(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, 3) = [a, b, '=']; returns logits (B, vocab)."""
-        x = F.embedding(tokens[:, :2], self.W_E).flatten(1)  # (B, 2e); reproducible backward
-        return F.relu(x @ self.W_in + self.b_in) @ self.W_U
+        return mlp_logits(_as_ensemble_of_one(self), tokens[None, :, 0], tokens[None, :, 1])[0]
+
+
+def _as_ensemble_of_one(model: nn.Module) -> dict[str, Tensor]:
+    return {name: param[None] for name, param in model.named_parameters()}
+
+
+def _gather_rows(tables: Tensor, rows: Tensor) -> Tensor:
+    """tables (K, R, X), rows (K, ...) indices into each member's own table -> (K, ..., X).
+
+    One F.embedding over the flattened tables, not indexing or gather: its backward sums repeated
+    rows in a fixed order, while the others accumulate with threads racing (not reproducible on CPU).
+    """
+    k, r = tables.shape[:2]
+    offset = torch.arange(k, device=rows.device).view(k, *[1] * (rows.dim() - 1)) * r
+    return F.embedding(rows + offset, tables.flatten(0, 1))
+
+
+def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """An ensemble of K transformers: p holds each parameter with a leading member dimension K,
+    a and b (K, B) are member k's operands in row k. Returns the logits at '=' (K, B, vocab)."""
+    W_E, W_pos, W_Q, W_K, W_V, W_O = p["W_E"], p["W_pos"], p["W_Q"], p["W_K"], p["W_V"], p["W_O"]
+    k, v1, heads, d_head = W_E.shape[0], W_E.shape[1], W_Q.shape[1], W_Q.shape[-1]
+    x_eq = W_E[:, v1 - 1] + W_pos[:, 2]  # (K, d) residual at '=' before attention; '=' is token V
+    q = torch.einsum("md,mhdk->mhk", x_eq, W_Q)  # (K, H, k), the same for every example
+    # score(x) = (x W_K[h]) . q[h] / sqrt(k) = x . key_dir[:, h]: one direction per head
+    key_dir = torch.einsum("mhdk,mhk->mdh", W_K, q) / math.sqrt(d_head)  # (K, d, H)
+
+    x_ab = (W_E[:, None] + W_pos[:, :2, None]).flatten(1, 2)  # (K, 2(V+1), d) every token at pos 0, 1
+    score_table = x_ab @ key_dir  # (K, 2(V+1), H)
+    ov_table = torch.einsum("mvhk,mhke->mvhe", torch.einsum("mvd,mhdk->mvhk", x_ab, W_V), W_O)  # (K, 2(V+1), H, d)
+    score_eq = torch.einsum("md,mdh->mh", x_eq, key_dir)  # (K, H)
+    ov_eq = torch.einsum("mhk,mhke->mhe", torch.einsum("md,mhdk->mhk", x_eq, W_V), W_O)  # (K, H, d)
+
+    # One gather fetches a's and b's score and OV rows: a at position 0 is row a, b at 1 is row V+1+b.
+    picked = _gather_rows(torch.cat([score_table, ov_table.flatten(2)], dim=-1), torch.stack([a, b + v1], dim=-1))
+    kk, batch = a.shape
+    scores = torch.cat([picked[..., :heads], score_eq[:, None, None].expand(kk, batch, 1, heads)], dim=2)
+    attn = scores.softmax(dim=2)  # (K, B, 3, H)
+    ov_ab = picked[..., heads:].view(kk, batch, 2, heads, -1)  # (K, B, 2, H, d)
+    # broadcast-and-sum, not einsum: einsum lowers to a bmm of K*B tiny products, slow on CPU
+    mixed = (attn[:, :, :2, :, None] * ov_ab).sum(dim=(2, 3)) + attn[:, :, 2] @ ov_eq  # (K, B, d)
+    resid = x_eq[:, None] + mixed  # (K, B, d)
+    hidden = F.relu(torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]))  # (K, B, d_mlp)
+    resid = resid + torch.baddbmm(p["b_out"][:, None], hidden, p["W_out"])
+    return resid @ p["W_U"]  # (K, B, vocab)
+
+
+def mlp_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """An ensemble of K MLPs (parameters with a leading K), a and b (K, B) -> logits (K, B, vocab)."""
+    x = _gather_rows(p["W_E"], torch.stack([a, b], dim=-1)).flatten(2)  # (K, B, 2e)
+    return F.relu(torch.baddbmm(p["b_in"][:, None], x, p["W_in"])) @ p["W_U"]
 
 
 def build_model(spec: RunSpec) -> nn.Module:
@@ -130,11 +152,13 @@ def build_model(spec: RunSpec) -> nn.Module:
     raise ValueError(f"model: build_model does not build '{spec.model.kind}' models")
 
 
-def component_norms(model: nn.Module) -> dict[str, Tensor]:
-    """L2 norms (0-dim tensors, no host sync) of embed, attn, mlp, unembed and the total."""
-    squares = {group: model.W_U.new_zeros(()) for group in ("embed", "attn", "mlp", "unembed")}
-    for name, param in model.named_parameters():
-        squares[NORM_GROUPS[name]] = squares[NORM_GROUPS[name]] + param.detach().square().sum()
+def component_norms(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """L2 norms of embed, attn, mlp, unembed and the total, each (K,) for parameters with a leading
+    member dimension K; tensors on the parameters' device (no host sync)."""
+    first = next(iter(params.values()))
+    squares = {group: first.new_zeros(first.shape[0]) for group in ("embed", "attn", "mlp", "unembed")}
+    for name, param in params.items():
+        squares[NORM_GROUPS[name]] = squares[NORM_GROUPS[name]] + param.detach().square().flatten(1).sum(dim=1)
     norms = {group: sq.sqrt() for group, sq in squares.items()}
     norms["total"] = sum(squares.values()).sqrt()
     return norms

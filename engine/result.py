@@ -12,6 +12,8 @@ class RunResult:
     stopped: bool = False
     """True when `should_stop` ended the run early (cancel, shutdown); a checkpoint was written."""
     final_metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    """Set when the run failed (its sink or checkpoint raised) and dropped out of its ensemble."""
 
 
 class EngineError(RuntimeError):

@@ -1,20 +1,24 @@
-"""The training loop: one run of a RunSpec, phase by phase, reporting every metric to a sink."""
+"""The training loop: K runs of one model shape trained as one batched computation (an ensemble),
+each phase by phase with its own step counter, reporting every metric to its own sink. A lone run
+is an ensemble of one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.metrics import evaluate, per_example_loss
-from engine.model import build_model
+from engine.model import build_model, mlp_logits, transformer_logits
+from engine.optim import EnsembleOptimizer
 from engine.result import EngineError, RunResult
 from engine.sink import MetricSink
-from engine.spec import OptimizerSpec, RunSpec, ToyCircuitsSpec
+from engine.spec import OptimizerSpec, RunSpec, ToyCircuitsSpec, TransformerSpec
 from engine.tasks import build_task, derived_seed, subset_indices
 
 BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the init seed
@@ -38,14 +42,6 @@ def learning_rate(opt: OptimizerSpec, step: int) -> float:
     return opt.lr * step / opt.warmup_steps
 
 
-def make_optimizer(opt: OptimizerSpec, model: nn.Module) -> torch.optim.Optimizer:
-    if opt.kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(
-        model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
-    )
-
-
 def phase_ends(spec: RunSpec) -> list[int]:
     """The step at which each phase ends: phase i produces steps ends[i-1] + 1 .. ends[i]."""
     ends, total = [], 0
@@ -53,6 +49,29 @@ def phase_ends(spec: RunSpec) -> list[int]:
         total += phase.steps
         ends.append(total)
     return ends
+
+
+def ensemble_key(spec: RunSpec) -> Hashable:
+    """Specs with equal keys may train as one ensemble: same model shape, task table, loss,
+    optimizer kind and device, full batch. Toy-model and minibatch runs get a key of their own."""
+    if isinstance(spec.model, ToyCircuitsSpec) or spec.optimizer.batch_size is not None:
+        return ("alone", id(spec))
+    task = spec.task
+    table = (task.op, task.n) if task.op == "permutation" else (task.op, task.p)
+    return (table, spec.model.model_dump_json(), spec.loss, spec.optimizer.kind, spec.device)
+
+
+def size_classes(sizes: Sequence[int]) -> list[list[int]]:
+    """Groups member indices so that within a group the largest size is at most twice the smallest:
+    padded to its group's largest, no member computes over more than 2x its own examples."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and 2 * sizes[i] >= sizes[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [sorted(group) for group in groups]
 
 
 def train_run(
@@ -70,156 +89,339 @@ def train_run(
     also every train_loss_every steps, from the training forward (the minibatch's loss when
     batched). When should_stop() turns True between steps, the run is checkpointed (its points
     flushed first) and the result says stopped=True; resuming it gives the uninterrupted series.
+    An error of the sink or the checkpoint is raised, not returned.
     """
     if isinstance(spec.model, ToyCircuitsSpec):
         from engine.toy import train_toy_run
 
         return train_toy_run(spec, sink, should_stop=should_stop)
-    return _Run(spec, sink, resolve_device(device or spec.device), checkpoint_dir).train(should_stop)
+    stop = None if should_stop is None else lambda k: should_stop()
+    ensemble = _Ensemble([spec], [sink], [checkpoint_dir], resolve_device(device or spec.device))
+    result = ensemble.train(stop, [0])[0]
+    if ensemble.members_by_index[0].exception is not None:
+        raise ensemble.members_by_index[0].exception
+    return result
 
 
-class _Run:
-    """The state of one transformer or MLP run: model, optimizer, data and position in the run."""
+def train_ensemble(
+    specs: Sequence[RunSpec],
+    sinks: Sequence[MetricSink],
+    *,
+    checkpoint_dirs: Sequence[Path | None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+    device: str | None = None,
+) -> list[RunResult]:
+    """Trains specs[k] into sinks[k] (checkpointing to checkpoint_dirs[k]) exactly as train_run
+    would, with specs of one ensemble_key batched together; results in the order of specs.
 
-    def __init__(self, spec: RunSpec, sink: MetricSink, device: torch.device, checkpoint_dir: Path | None):
-        self.spec, self.sink, self.device, self.checkpoint_dir = spec, sink, device, checkpoint_dir
+    should_stop(k) is polled between member k's steps: a stopped member is checkpointed and drops
+    out, the others go on. A member whose sink or checkpoint fails drops out with the error in its
+    RunResult. Members may resume at different steps and have different phase schedules.
+    """
+    dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
+    groups: dict[Hashable, list[int]] = {}
+    for k, spec in enumerate(specs):
+        groups.setdefault(ensemble_key(spec), []).append(k)
+    results: list[RunResult | None] = [None] * len(specs)
+    for indices in groups.values():
+        spec = specs[indices[0]]
+        if isinstance(spec.model, ToyCircuitsSpec):
+            from engine.toy import train_toy_run
+
+            stop = None if should_stop is None else lambda k=indices[0]: should_stop(k)
+            results[indices[0]] = train_toy_run(spec, sinks[indices[0]], should_stop=stop)
+            continue
+        ensemble = _Ensemble(
+            [specs[k] for k in indices], [sinks[k] for k in indices], [dirs[k] for k in indices],
+            resolve_device(device or spec.device),
+        )  # fmt: skip
+        for k, result in zip(indices, ensemble.train(should_stop, indices)):
+            results[k] = result
+    return [result for result in results if result is not None]
+
+
+class _Member:
+    """One run's own state: spec, sink, data, position in the run and pending points."""
+
+    def __init__(self, spec: RunSpec, sink: MetricSink, checkpoint_dir: Path | None, device: torch.device):
+        self.spec, self.sink, self.checkpoint_dir, self.device = spec, sink, checkpoint_dir, device
         self.total = spec.total_steps
         self.ends = phase_ends(spec)
         self.eval_steps = set(self.ends) | {0}
         self.data_key = json.dumps(
             {"task": spec.task.model_dump(mode="json"), "model": spec.model.model_dump(mode="json"), "seed": spec.seed}
         )
-
         data = build_task(spec.task)
         self.base_train_idx = data.train_idx
-        self.tokens = data.tokens.to(device)  # (N, 3)
         self.targets = data.targets.to(device)  # (N,) the labels trained on
-        self.labels = data.labels.to(device)  # (N,) the true labels, for the test set
         self.test_idx = data.test_idx.to(device)
-
-        self.model = build_model(spec).to(device)
-        self.optimizer = make_optimizer(spec.optimizer, self.model)
         self.batch_rng = torch.Generator().manual_seed(derived_seed(spec.seed, BATCH_STREAM))
         self.step, self.phase = 0, 0
-        self._set_train_idx(data.train_idx)
+        self.set_train_idx(data.train_idx)
         self.final_metrics: dict[str, float] = {}
         self.last_eval_step = -1
         self.pending_losses: list[tuple[int, Tensor]] = []  # logged at the next sync, not per step
+        self.result: RunResult | None = None
+        self.exception: Exception | None = None
 
-        if checkpoint_dir is not None:
-            self._resume(checkpoint_dir)
-
-    def _set_train_idx(self, idx: Tensor) -> None:
+    def set_train_idx(self, idx: Tensor) -> None:
         self.train_idx = idx.cpu()  # checkpointed and subsetted on the host
         self.train_idx_dev = idx.to(self.device)
-        self.train_tokens = self.tokens[self.train_idx_dev]  # (D, 3)
-        self.train_targets = self.targets[self.train_idx_dev]  # (D,)
 
-    def _resume(self, checkpoint_dir: Path) -> None:
-        ckpt = load_checkpoint(checkpoint_dir, self.device)
-        if ckpt is None:
-            return
-        if ckpt.data_key != self.data_key:
-            raise EngineError("checkpoint: it was written for a different task, model or seed")
-        if ckpt.step > self.total:
-            raise EngineError(f"checkpoint: it is at step {ckpt.step}, past the run's {self.total} steps")
-        self.model.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        self.batch_rng.set_state(ckpt.batch_rng)
-        self.step, self.phase = ckpt.step, ckpt.phase
-        self._set_train_idx(ckpt.train_idx)
+    @property
+    def batch_size(self) -> int:
+        size = self.spec.optimizer.batch_size
+        return len(self.train_idx) if size is None else min(size, len(self.train_idx))
 
-    def _is_eval_step(self, step: int) -> bool:
-        return step % self.spec.resolved_eval_every == 0 or step in self.eval_steps
+    def batch_idx(self) -> Tensor:
+        """This step's training examples: the whole set, or a minibatch drawn from batch_rng."""
+        if self.batch_size == len(self.train_idx):
+            return self.train_idx_dev
+        pick = torch.randint(len(self.train_idx), (self.batch_size,), generator=self.batch_rng)
+        return self.train_idx_dev[pick.to(self.device)]
 
-    def _enter_phase(self, phase: int) -> None:
+    @property
+    def weight_decay(self) -> float:
+        override = self.spec.phases[self.phase].weight_decay
+        return self.spec.optimizer.weight_decay if override is None else override
+
+    def next_phase(self) -> int:
+        return next(i for i, end in enumerate(self.ends) if self.step + 1 <= end)
+
+    def enter_phase(self, phase: int) -> None:
         spec = self.spec.phases[phase]
         if spec.train_set == "subset":
             assert spec.subset_size is not None
-            self._set_train_idx(subset_indices(self.spec.task, self.train_idx, spec.subset_size, phase))
+            self.set_train_idx(subset_indices(self.spec.task, self.train_idx, spec.subset_size, phase))
         else:
-            self._set_train_idx(self.base_train_idx)
-        if spec.reset_optimizer:
-            self.optimizer = make_optimizer(self.spec.optimizer, self.model)
+            self.set_train_idx(self.base_train_idx)
         self.phase = phase
 
-    def _log_pending_losses(self) -> None:
+    def is_eval_step(self, step: int) -> bool:
+        return step % self.spec.resolved_eval_every == 0 or step in self.eval_steps or step == self.total
+
+    def needs_eval(self) -> bool:
+        return self.is_eval_step(self.step) and self.last_eval_step != self.step
+
+    def logs_train_loss(self) -> bool:
+        """Whether this step's training forward gives a train_loss point (eval steps get the eval's)."""
+        return self.step % self.spec.resolved_train_loss_every == 0 and not self.is_eval_step(self.step)
+
+    def log_pending_losses(self) -> None:
         if self.pending_losses:
             steps, losses = zip(*self.pending_losses)
+            self.pending_losses = []
             for step, loss in zip(steps, torch.stack(losses).tolist()):
                 self.sink.log(step, {"train_loss": loss})
-            self.pending_losses = []
 
-    def _evaluate(self) -> None:
-        if self.last_eval_step == self.step:
-            return
-        self._log_pending_losses()
-        metrics = evaluate(
-            self.model, self.tokens, self.targets, self.labels,
-            self.train_idx_dev, self.test_idx, self.spec.loss,
-        )  # fmt: skip
+    def log_eval(self, metrics: dict[str, float]) -> None:
+        self.log_pending_losses()
         metrics["phase"] = float(self.phase)
         metrics["lr"] = learning_rate(self.spec.optimizer, self.step)
         self.sink.log(self.step, metrics)
         self.final_metrics, self.last_eval_step = metrics, self.step
 
-    def _checkpoint(self) -> None:
-        self._log_pending_losses()
+    def checkpoint(self, model: dict[str, Tensor], optimizer: dict[str, Any]) -> None:
+        self.log_pending_losses()
         # Points before a checkpoint must be durable before it exists: a run resumed from it
         # never logs them again.
         self.sink.flush()
         if self.checkpoint_dir is not None:
             state = Checkpoint(
-                step=self.step,
-                phase=self.phase,
-                train_idx=self.train_idx,
-                model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                batch_rng=self.batch_rng.get_state(),
-                data_key=self.data_key,
-            )
+                step=self.step, phase=self.phase, train_idx=self.train_idx, model=model,
+                optimizer=optimizer, batch_rng=self.batch_rng.get_state(), data_key=self.data_key,
+            )  # fmt: skip
             save_checkpoint(self.checkpoint_dir, state)
 
-    def _batch(self) -> tuple[Tensor, Tensor]:
-        size = self.spec.optimizer.batch_size
-        if size is None or size >= len(self.train_idx):
-            return self.train_tokens, self.train_targets
-        pick = torch.randint(len(self.train_idx), (size,), generator=self.batch_rng).to(self.device)
-        return self.train_tokens[pick], self.train_targets[pick]
+    def load(self, ckpt: Checkpoint) -> None:
+        if ckpt.data_key != self.data_key:
+            raise EngineError("checkpoint: it was written for a different task, model or seed")
+        if ckpt.step > self.total:
+            raise EngineError(f"checkpoint: it is at step {ckpt.step}, past the run's {self.total} steps")
+        self.batch_rng.set_state(ckpt.batch_rng)
+        self.step, self.phase = ckpt.step, ckpt.phase
+        self.set_train_idx(ckpt.train_idx)
+
+    def fail(self, exc: Exception) -> None:
+        self.exception = exc
+        self.result = RunResult(
+            self.step, self.total, final_metrics=self.final_metrics, error=f"{type(exc).__name__}: {exc}"
+        )
+
+
+class _Ensemble:
+    """K members' parameters stacked along a leading dimension, their optimizer and the step loop.
+
+    Row r of every parameter belongs to self.members[r]; a member that finishes, stops or fails
+    drops out and the rows are compacted.
+    """
+
+    def __init__(self, specs: Sequence[RunSpec], sinks: Sequence[MetricSink], dirs: Sequence[Path | None], device: torch.device):
+        self.device = device
+        self.loss_kind = specs[0].loss
+        self.logits_fn = transformer_logits if isinstance(specs[0].model, TransformerSpec) else mlp_logits
+        table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
+        self.tokens = table.tokens.to(device)  # (N, 3)
+        self.labels = table.labels.to(device)  # (N,)
+        self.members = [_Member(spec, sink, d, device) for spec, sink, d in zip(specs, sinks, dirs)]
+        self.members_by_index = list(self.members)
+        states = [build_model(spec).state_dict() for spec in specs]
+        checkpoints = [None if d is None else load_checkpoint(d, "cpu") for d in dirs]
+        for member, state, ckpt in zip(self.members, states, checkpoints):
+            if ckpt is not None:
+                try:
+                    member.load(ckpt)
+                except EngineError as exc:
+                    member.fail(exc)
+                    continue
+                state.update(ckpt.model)
+        self.params = {
+            name: torch.stack([state[name] for state in states]).to(device).requires_grad_()
+            for name in states[0]
+        }  # every parameter (K, ...)
+        self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()))
+        for row, ckpt in enumerate(checkpoints):
+            if ckpt is not None and self.members[row].exception is None:
+                self.optimizer.load_member_state_dict(row, ckpt.optimizer)
+        self._hyper_key: tuple[float, ...] = ()
+        self._layout: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] | None = None
+        self.computed_examples: list[int] = []  # per row: the padded batch it computed last step
+        self._drop([m for m in self.members if m.result is not None])
+
+    def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
+        """Runs every member to its end, stop or failure; should_stop gets indices[k] for member k."""
+        index = {id(m): i for m, i in zip(self.members_by_index, indices)}
+        self._evaluate([m for m in self.members if m.needs_eval()])
+        while self.members:
+            done = []
+            for member in self.members:
+                if member.step == member.total:
+                    self._checkpoint(member, RunResult(member.step, member.total, final_metrics=member.final_metrics))
+                    done.append(member)
+                elif should_stop is not None and should_stop(index[id(member)]):
+                    # No evaluation off the eval grid here: a stopped run that is resumed later
+                    # must end with exactly the series of an uninterrupted one.
+                    result = RunResult(member.step, member.total, stopped=True, final_metrics=member.final_metrics)
+                    self._checkpoint(member, result)
+                    done.append(member)
+            self._drop(done)
+            if not self.members:
+                break
+            self._train_step()
+            for member in self.members:
+                self._guard(member, member.sink.progress, member.step, member.total)
+            self._evaluate([m for m in self.members if m.result is None and m.needs_eval()])
+            for member in self.members:
+                every = member.spec.checkpoint_every
+                if member.result is None and every is not None and member.step % every == 0 and member.step < member.total:
+                    self._checkpoint(member, None)
+            self._drop([m for m in self.members if m.result is not None])
+        return [m.result for m in self.members_by_index]  # type: ignore[misc]
+
+    def _guard(self, member: _Member, fn: Callable[..., Any], *args: Any) -> None:
+        """Calls fn; an error (of the member's sink or checkpoint) fails that member alone."""
+        if member.result is not None:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:
+            member.fail(exc)
+
+    def _checkpoint(self, member: _Member, result: RunResult | None) -> None:
+        row = self.members.index(member)
+        model = {name: param[row].detach().clone() for name, param in self.params.items()}
+        opt = member.spec.optimizer
+        lr = learning_rate(opt, member.step)
+        optimizer = self.optimizer.member_state_dict(row, opt, lr, member.weight_decay)
+        self._guard(member, member.checkpoint, model, optimizer)
+        if member.result is None:
+            member.result = result
+
+    def _drop(self, done: list[_Member]) -> None:
+        if not done:
+            return
+        keep = [row for row, m in enumerate(self.members) if m not in done]
+        self.members = [self.members[row] for row in keep]
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.params = {name: param.detach()[rows].requires_grad_() for name, param in self.params.items()}
+        self.optimizer.keep(rows, list(self.params.values()))
+        self._hyper_key, self._layout = (), None
+
+    def _hyperparameters(self) -> tuple[Tensor, Tensor]:
+        """(K,) learning rates and weight decays of this step; sent to the device only on change."""
+        lrs = [learning_rate(m.spec.optimizer, m.step + 1) for m in self.members]
+        wds = [m.weight_decay for m in self.members]
+        if self._hyper_key != (*lrs, *wds):
+            self._hyper_key = (*lrs, *wds)
+            both = torch.tensor([lrs, wds], dtype=torch.float64).to(self.device)
+            self._lr, self._wd = both[0], both[1]
+        return self._lr, self._wd
+
+    def _batch_layout(self) -> list[tuple[Tensor | None, Tensor, Tensor, Tensor]]:
+        """Per size class: (its rows or None for all, example indices (Kc, B), targets (Kc, B),
+        loss weights (Kc, B)) where padding has weight 0 and a member's examples 1 / its batch."""
+        if self._layout is not None:
+            return self._layout
+        batches = [m.batch_idx() for m in self.members]
+        layout = []
+        self.computed_examples = [0] * len(self.members)
+        for rows in size_classes([len(b) for b in batches]):
+            width = max(len(batches[r]) for r in rows)
+            idx = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+            weight = torch.zeros(len(rows), width, device=self.device)
+            for j, r in enumerate(rows):
+                idx[j, : len(batches[r])] = batches[r]
+                weight[j, : len(batches[r])] = 1 / len(batches[r])
+                self.computed_examples[r] = width
+            targets = torch.stack([self.members[r].targets for r in rows]).gather(1, idx)
+            every_row = rows == list(range(len(self.members)))
+            rows_t = None if every_row else torch.tensor(rows, device=self.device)
+            layout.append((rows_t, idx, targets, weight))
+        if all(m.batch_size == len(m.train_idx) for m in self.members):
+            self._layout = layout  # full batch: the same until a phase changes or a member drops
+        return layout
 
     def _train_step(self) -> None:
-        next_phase = next(i for i, end in enumerate(self.ends) if self.step + 1 <= end)
-        if next_phase != self.phase:
-            self._enter_phase(next_phase)
-        lr = learning_rate(self.spec.optimizer, self.step + 1)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-        tokens, targets = self._batch()
-        loss = per_example_loss(self.model(tokens), targets, self.spec.loss).mean()
+        for row, member in enumerate(self.members):
+            phase = member.next_phase()
+            if phase != member.phase:
+                member.enter_phase(phase)
+                if member.spec.phases[phase].reset_optimizer:
+                    self.optimizer.reset(row)
+                self._layout = None
+        lr, wd = self._hyperparameters()
+        total = torch.zeros((), device=self.device)
+        losses = torch.empty(len(self.members), device=self.device)
+        for rows, idx, targets, weight in self._batch_layout():
+            params = self.params if rows is None else {n: p[rows] for n, p in self.params.items()}
+            logits = self.logits_fn(params, self.tokens[idx, 0], self.tokens[idx, 1])  # (Kc, B, vocab)
+            member_loss = (per_example_loss(logits, targets, self.loss_kind) * weight).sum(dim=1)  # (Kc,)
+            total = total + member_loss.sum()
+            if rows is None:
+                losses = member_loss.detach()
+            else:
+                losses[rows] = member_loss.detach()
         # This forward sees the model after `step` steps: its loss is that step's train_loss.
-        if self.step % self.spec.resolved_train_loss_every == 0 and not self._is_eval_step(self.step):
-            self.pending_losses.append((self.step, loss.detach()))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
+        for row, member in enumerate(self.members):
+            if member.logs_train_loss():
+                member.pending_losses.append((member.step, losses[row]))
+        for param in self.params.values():
+            param.grad = None
+        total.backward()  # members share no parameters: each gets its own loss's gradient
+        self.optimizer.step(lr, wd)
+        for member in self.members:
+            member.step += 1
 
-    def train(self, should_stop: Callable[[], bool] | None) -> RunResult:
-        if self._is_eval_step(self.step) or self.step == self.total:
-            self._evaluate()
-        checkpoint_every = self.spec.checkpoint_every
-        while self.step < self.total:
-            if should_stop is not None and should_stop():
-                # No evaluation off the eval grid here: a stopped run that is resumed later
-                # must end with exactly the series of an uninterrupted one.
-                self._checkpoint()
-                return RunResult(self.step, self.total, stopped=True, final_metrics=self.final_metrics)
-            self._train_step()
-            self.sink.progress(self.step, self.total)
-            if self._is_eval_step(self.step) or self.step == self.total:
-                self._evaluate()
-            if checkpoint_every is not None and self.step % checkpoint_every == 0 and self.step < self.total:
-                self._checkpoint()
-        self._checkpoint()
-        return RunResult(self.step, self.total, final_metrics=self.final_metrics)
+    def _evaluate(self, members: list[_Member]) -> None:
+        if not members:
+            return
+        rows = [self.members.index(m) for m in members]
+        rows_t = torch.tensor(rows, device=self.device)
+        params = {name: param.detach()[rows_t] for name, param in self.params.items()}
+        metrics = evaluate(
+            self.logits_fn, params, self.tokens, torch.stack([m.targets for m in members]),
+            self.labels, [m.train_idx_dev for m in members],
+            [m.test_idx for m in members], self.loss_kind,
+        )  # fmt: skip
+        for member, values in zip(members, metrics):
+            self._guard(member, member.log_eval, values)

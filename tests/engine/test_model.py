@@ -76,7 +76,7 @@ def test_mlp_variant_shapes_and_norm_groups():
     assert isinstance(net, Mlp)
     tokens, _ = _random_batch(17, 5, torch.Generator().manual_seed(0))
     assert net(tokens).shape == (5, 17)
-    norms = component_norms(net)
+    norms = {name: norm[0] for name, norm in component_norms({n: q[None] for n, q in net.named_parameters()}).items()}
     assert set(norms) == {"embed", "attn", "mlp", "unembed", "total"}
     assert float(norms["attn"]) == 0.0
     parts = sum(float(norms[k]) ** 2 for k in ("embed", "attn", "mlp", "unembed"))
