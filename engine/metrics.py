@@ -15,9 +15,10 @@ LossKind = Literal["cross_entropy", "mse"]
 
 
 def per_example_loss(logits: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
-    """(..., vocab), (...) -> (...). Cross-entropy takes its log-softmax in float32 whatever the dtype."""
+    """(..., vocab), (...) -> (...). Cross-entropy takes its log-softmax in at least float32."""
     if kind == "cross_entropy":
-        flat = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none")
+        wide = logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32))
+        flat = F.cross_entropy(wide, targets.flatten(), reduction="none")
         return flat.view(targets.shape)
     one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
     return (logits - one_hot).square().mean(dim=-1)

@@ -1,0 +1,139 @@
+"""An ensemble trains each member exactly as train_run trains it alone, whatever their differences."""
+
+import random
+
+import pytest
+import torch
+
+from engine.optim import EnsembleOptimizer
+from engine.sink import MemorySink
+from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
+from engine.train import ensemble_key, size_classes, train_ensemble, train_run
+
+from . import single_cpu_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_cpu_thread():
+        yield
+
+
+def _spec(**changes) -> RunSpec:
+    base = dict(task=TaskSpec(p=23, train_size=250), phases=[PhaseSpec(steps=40)], eval_every=10, train_loss_every=3, device="cpu")
+    return RunSpec(**{**base, **changes})
+
+
+MEMBERS = [
+    _spec(seed=1),
+    _spec(
+        seed=2,
+        task=TaskSpec(p=23, train_size=150, data_seed=3),
+        optimizer=OptimizerSpec(lr=3e-3, weight_decay=0.3, warmup_steps=5),
+        phases=[PhaseSpec(steps=20), PhaseSpec(steps=30, train_set="subset", subset_size=70, weight_decay=2.0)],
+    ),
+    _spec(seed=3, task=TaskSpec(p=23, train_size=100, data_seed=5, random_labels=True), optimizer=OptimizerSpec(weight_decay=0.1, betas=(0.8, 0.95))),
+]
+
+
+def _assert_same_series(a: MemorySink, b: MemorySink) -> None:
+    assert set(a.series) == set(b.series)
+    for name, points in a.series.items():
+        assert points.keys() == b.series[name].keys(), name
+        for step, value in points.items():
+            assert b.series[name][step] == pytest.approx(value, abs=1e-5), (name, step)
+
+
+@pytest.fixture
+def float64():
+    # In float32 a padded member's sums run in another order; Adam turns those last-bit differences
+    # into ~1e-3 drift over tens of steps. In float64 the drift stays ~1e-14: the same computation.
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_ensemble_of_different_members_matches_each_run_trained_alone(float64):
+    assert len({ensemble_key(spec) for spec in MEMBERS}) == 1
+    alone = [MemorySink() for _ in MEMBERS]
+    for spec, sink in zip(MEMBERS, alone):
+        train_run(spec, sink)
+    together = [MemorySink() for _ in MEMBERS]
+    results = train_ensemble(MEMBERS, together)
+    assert [r.final_step for r in results] == [40, 50, 40]
+    for a, b in zip(alone, together):
+        _assert_same_series(a, b)
+
+
+def test_size_classes_never_make_a_member_compute_more_than_twice_its_examples():
+    rng = random.Random(0)
+    for _ in range(200):
+        sizes = [rng.randint(1, 5000) for _ in range(rng.randint(1, 20))]
+        classes = size_classes(sizes)
+        assert sorted(i for c in classes for i in c) == list(range(len(sizes)))
+        for c in classes:
+            assert max(sizes[i] for i in c) <= 2 * min(sizes[i] for i in c)
+    assert size_classes([100, 3000, 190, 2000]) == [[1, 3], [0, 2]]
+
+
+def test_per_phase_weight_decay_is_honoured():
+    by_phase, by_optimizer = MemorySink(), MemorySink()
+    train_run(_spec(phases=[PhaseSpec(steps=20, weight_decay=0.0)]), by_phase)
+    train_run(_spec(phases=[PhaseSpec(steps=20)], optimizer=OptimizerSpec(weight_decay=0.0)), by_optimizer)
+    _assert_same_series(by_optimizer, by_phase)
+    default = MemorySink()
+    train_run(_spec(phases=[PhaseSpec(steps=20)]), default)
+    assert default.series["param_norm"][20] < by_phase.series["param_norm"][20]
+
+
+def test_ensemble_adamw_matches_torch_adamw_per_member():
+    g = torch.Generator().manual_seed(0)
+    specs = [OptimizerSpec(lr=1e-2, weight_decay=1.0), OptimizerSpec(lr=3e-3, weight_decay=0.1, betas=(0.8, 0.9))]
+    start = torch.randn(2, 5, 4, generator=g)
+    stacked = start.clone().requires_grad_()
+    ensemble = EnsembleOptimizer(specs, [stacked])
+    singles = [start[k].clone().requires_grad_() for k in range(2)]
+    torch_opts = [torch.optim.AdamW([p], lr=s.lr, betas=s.betas, weight_decay=s.weight_decay) for p, s in zip(singles, specs)]
+    for _ in range(5):
+        grad = torch.randn(2, 5, 4, generator=g)
+        stacked.grad = grad.clone()
+        ensemble.step(torch.tensor([s.lr for s in specs], dtype=torch.float64), torch.tensor([s.weight_decay for s in specs], dtype=torch.float64))
+        for k, (p, opt) in enumerate(zip(singles, torch_opts)):
+            p.grad = grad[k].clone()
+            opt.step()
+    for k, p in enumerate(singles):
+        torch.testing.assert_close(stacked[k], p, rtol=0, atol=1e-6)
+        state = ensemble.member_state_dict(k, specs[k], specs[k].lr, specs[k].weight_decay)["state"][0]
+        torch.testing.assert_close(state["exp_avg_sq"], torch_opts[k].state[p]["exp_avg_sq"], rtol=1e-6, atol=0)
+
+
+class _BrokenSink(MemorySink):
+    def log(self, step, metrics):
+        if step >= 20:
+            raise OSError("disk full")
+        super().log(step, metrics)
+
+
+def test_a_failing_sink_drops_its_member_and_a_stopped_member_resumes_alone(tmp_path, float64):
+    specs = MEMBERS
+    alone = [MemorySink() for _ in specs]
+    for spec, sink in zip(specs, alone):
+        train_run(spec, sink)
+    sinks = [MemorySink(), _BrokenSink(), MemorySink()]
+    dirs = [tmp_path / str(k) for k in range(3)]
+    results = train_ensemble(specs, sinks, checkpoint_dirs=dirs, should_stop=lambda k: k == 2 and sinks[2].last_step >= 15)
+    assert results[0].error is None and results[0].final_step == 40 and not results[0].stopped
+    assert results[1].error == "OSError: disk full" and results[1].final_step == 20
+    assert results[2].stopped and results[2].final_step == 15
+    _assert_same_series(alone[0], sinks[0])
+
+    resumed = MemorySink()
+    train_run(specs[2], resumed, checkpoint_dir=dirs[2])
+    merged = MemorySink()
+    for piece in (sinks[2], resumed):
+        for name, points in piece.series.items():
+            merged.series.setdefault(name, {}).update(points)
+    _assert_same_series(alone[2], merged)
+    assert min(resumed.series["train_loss"]) == 15
