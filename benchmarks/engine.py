@@ -1,0 +1,136 @@
+"""Training engine speed on the paper's configuration (P = 113, D = 3,830, 1-layer transformer, AdamW).
+
+`python -m benchmarks.engine [--quick] [--device cpu|cuda] [--peak-tflops X]` measures, in one
+process and interleaved, the steps/s of the all-positions reference (tests/engine/reference_model.py)
+and of the engine's single run, the run-steps/s of ensembles of K runs, memory, achieved FLOP/s,
+and the cost of evaluation and logging at the default interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+
+from engine.model import build_model
+from engine.sink import MemorySink
+from engine.spec import PhaseSpec, RunSpec, TaskSpec
+from engine.tasks import build_task
+from engine.train import _Ensemble, resolve_device
+from tests.engine.reference_model import reference_forward
+
+SPEC = RunSpec(task=TaskSpec(p=113, train_size=3830), phases=[PhaseSpec(steps=10_000)])
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense TF32 tensor-core peaks
+
+
+def matmul_flops_per_step(spec: RunSpec) -> float:
+    """The engine's matmul FLOPs for one full-batch step (forward x3 for forward + backward)."""
+    m, v, d = spec.model, spec.task.vocab_size, spec.model.d_model
+    examples = spec.task.resolved_train_size
+    per_example = 2 * (2 * d * m.d_mlp + d * v)  # MLP in, MLP out, unembed at '='
+    tables = 2 * (2 * (v + 1)) * (d * m.n_heads * m.d_head * 2 + d * m.n_heads)  # OV and score tables
+    return 3 * (examples * per_example + tables)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class _Reference:
+    """The all-positions forward with torch.optim.AdamW: the baseline a naive implementation pays."""
+
+    def __init__(self, device: torch.device):
+        self.model = build_model(SPEC).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
+        data = build_task(SPEC.task)
+        self.tokens = data.tokens[data.train_idx].to(device)
+        self.targets = data.targets[data.train_idx].to(device)
+
+    def step(self) -> None:
+        loss = F.cross_entropy(reference_forward(self.model, self.tokens), self.targets)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def _ensemble(k: int, device: torch.device) -> _Ensemble:
+    specs = [SPEC.model_copy(update={"seed": s}) for s in range(k)]
+    return _Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
+
+
+def _time(fn, steps: int, device: torch.device) -> float:
+    """Seconds per call of fn over `steps` calls, after one warm-up call."""
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and K <= 8 (CPU: under 5 minutes)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the fraction")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    steps, rounds = (5, 3) if args.quick else (20, 5)
+    sizes = [1, 8] if args.quick else [1, 8, 32, 128]
+    if device.type == "cpu":
+        sizes = sizes[:3]  # K = 128 needs ~15 GB and minutes a step on a CPU
+
+    reference, single = _Reference(device), _ensemble(1, device)
+    ref_times, single_times = [], []
+    for _ in range(rounds):  # interleaved: load from other processes hits both alike
+        ref_times.append(_time(reference.step, steps, device))
+        single_times.append(_time(single._train_step, steps, device))
+    t_ref, t_single = min(ref_times), min(single_times)
+    flops = matmul_flops_per_step(SPEC)
+    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), threads {torch.get_num_threads()}")
+    print(f"reference (all positions): {1 / t_ref:8.2f} steps/s")
+    print(f"engine single run:         {1 / t_single:8.2f} steps/s   {t_ref / t_single:.2f}x reference")
+
+    peak = args.peak_tflops
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
+    speedups = {}
+    for k in sizes:
+        ensemble = single if k == 1 else _ensemble(k, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = min(_time(ensemble._train_step, max(1, steps // max(1, k // 8)), device) for _ in range(2))
+        t_ref_now = _time(reference.step, 2, device)
+        rate = k / t
+        speedups[k] = rate * t_ref_now
+        achieved = flops * k / t
+        fraction = f"{achieved / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else "peak unknown on this device"
+        memory = (
+            f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU peak"
+            if device.type == "cuda"
+            else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB max RSS (process)"
+        )
+        print(
+            f"ensemble K={k:3d}: {rate:8.2f} run-steps/s   {speedups[k]:.2f}x reference   "
+            f"{achieved / 1e9:.1f} GFLOP/s ({fraction})   {memory}"
+        )
+        del ensemble
+
+    # Evaluation + logging at the default interval (total / 1000 = every 10 steps for 10,000 steps).
+    every = SPEC.resolved_eval_every
+    members = single.members
+    t_eval = min(_time(lambda: (members[0].__setattr__("last_eval_step", -1), single._evaluate(members)), max(1, steps // 2), device) for _ in range(rounds))
+    t_step = min(_time(single._train_step, steps, device) for _ in range(rounds))
+    print(f"eval + log: {t_eval * 1e3:.1f} ms per eval, every {every} steps of {t_step * 1e3:.1f} ms: {t_eval / (every * t_step):.1%} overhead")
+    k_best = max(speedups)
+    print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
