@@ -15,10 +15,11 @@ from typing import Any
 
 from sqlalchemy import insert, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.downsample import SeriesRef, downsample_buckets
+from groklab.store.downsample import SeriesRef, _fold_points, bucket_width, downsample_buckets
 from groklab.store.metric_query import select_series
 from groklab.store.metrics import series_ids, write_points
 from groklab.store.migrate import upgrade
@@ -40,15 +41,60 @@ def curve(step: int, k: int) -> float:
     return math.exp(-step / 50_000) * (1 + 0.1 * math.sin(step * (k + 1) / 100))
 
 
+def series_points(names: list[str], steps: int, first_step: int = 0) -> list[tuple[str, int, float]]:
+    return [(name, step, curve(step, k)) for step in range(first_step, first_step + steps) for k, name in enumerate(names)]
+
+
 def write_series(url: str, run_id: int, names: list[str], steps: int, batch: int = BATCH) -> float:
     """Points/s of write_points, the worker's path, in batches of `batch` points."""
-    points = [(name, step, curve(step, k)) for step in range(steps) for k, name in enumerate(names)]
+    points = series_points(names, steps)
     cache: dict[str, int] = {}
     started = time.perf_counter()
     for i in range(0, len(points), batch):
         with session_scope(url) as session:
             write_points(session, run_id, points[i : i + batch], series_cache=cache, step=points[i][1])
     return len(points) / (time.perf_counter() - started)
+
+
+def staged_copy_upsert(session: Session, run_id: int, points: list[tuple[str, int, float]], cache: dict[str, int]) -> None:
+    """The previous write path (without its latest_metrics update): binary COPY into a temporary
+    table, INSERT ... ON CONFLICT from it, TRUNCATE; no rollups."""
+    if not cache:
+        cache.update(series_ids(session, run_id, {name for name, _, _ in points}))
+    connection = session.connection().connection.driver_connection
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS metric_points_staging "
+            "(series_id integer, step bigint, value double precision)"
+        )
+        with cursor.copy("COPY metric_points_staging FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", "int8", "float8"])
+            for name, step, value in points:
+                copy.write_row((cache[name], step, value))
+        cursor.execute(
+            "INSERT INTO metric_points SELECT * FROM metric_points_staging ORDER BY series_id, step "
+            "ON CONFLICT (series_id, step) DO UPDATE SET value = EXCLUDED.value"
+        )
+        cursor.execute("TRUNCATE metric_points_staging")
+
+
+def interleaved_ingest(url: str, run_ids: list[int], steps: int, first_step: int = 0) -> tuple[float, float]:
+    """Points/s of write_points and of the previous path, batch by batch in turn (10 series each)."""
+    names = [f"m{k}" for k in range(10)]
+    points = series_points(names, steps, first_step)
+    caches: list[dict[str, int]] = [{}, {}]
+    spent = [0.0, 0.0]
+    for i in range(0, len(points), BATCH):
+        chunk = points[i : i + BATCH]
+        for which in (0, 1):
+            started = time.perf_counter()
+            with session_scope(url) as session:
+                if which == 0:
+                    write_points(session, run_ids[0], chunk, series_cache=caches[0], step=chunk[0][1])
+                else:
+                    staged_copy_upsert(session, run_ids[1], chunk, caches[1])
+            spent[which] += time.perf_counter() - started
+    return len(points) / spent[0], len(points) / spent[1]
 
 
 def one_insert_per_point(url: str, run_id: int, count: int) -> float:
@@ -91,9 +137,18 @@ def p50_ms(action: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def buckets_in_sql(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
+def buckets_in_sql(url: str, series: list[SeriesRef], end_step: int, max_points: int, start_step: int = 0) -> int:
     with session_scope(url) as session:
-        return len(downsample_buckets(session, series, start_step=0, end_step=end_step, max_points=max_points))
+        return len(
+            downsample_buckets(session, series, start_step=start_step, end_step=end_step, max_points=max_points)
+        )
+
+
+def buckets_from_points(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
+    """The previous read path: one GROUP BY over every point (what SQLite still does)."""
+    width = bucket_width(0, end_step, max_points)
+    with session_scope(url) as session:
+        return len(_fold_points(session, [s.id for s in series], 0, end_step, width))
 
 
 def buckets_in_python(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
@@ -133,28 +188,49 @@ def vacuum(url: str) -> None:
 def bench_ingest_and_read(url: str, quick: bool) -> None:
     ingest_points = 200_000 if quick else 1_000_000
     naive_points = 5_000 if quick else 20_000
-    run_id, naive_run = new_runs(url, 2)
-    rate = write_series(url, run_id, [f"m{k}" for k in range(10)], ingest_points // 10)
+    run_id, staged_run, naive_run = new_runs(url, 3)
+    rate, staged = interleaved_ingest(url, [run_id, staged_run], ingest_points // 10)
+    rewrite, _ = interleaved_ingest(url, [run_id, staged_run], ingest_points // 50)
     many = executemany_upsert(url, naive_run, ingest_points // 5)
     naive = one_insert_per_point(url, naive_run, naive_points)
-    print(f"ingest: write_points (binary COPY + upsert, batches of {BATCH}): {rate:,.0f} points/s")
-    print(f"        executemany upsert, same batches:                {many:,.0f} points/s ({rate / many:.1f}x slower than COPY)")
-    print(f"        one INSERT per point (baseline):                 {naive:,.0f} points/s ({rate / naive:.0f}x slower than COPY)")
+    print(f"ingest: write_points (COPY into metric_points + rollups, batches of {BATCH}): {rate:,.0f} points/s")
+    print(f"        previous path (COPY to staging + upsert, no rollups), interleaved:  {staged:,.0f} points/s ({rate / staged:.1f}x slower)")
+    print(f"        write_points re-writing existing steps (upsert + rollup recompute):  {rewrite:,.0f} points/s")
+    print(f"        executemany upsert, same batches:                                   {many:,.0f} points/s ({rate / many:.1f}x slower)")
+    print(f"        one INSERT per point (baseline):                                    {naive:,.0f} points/s ({rate / naive:.0f}x slower)")
 
     per_series = 200_000 if quick else 2_000_000
     [read_run] = new_runs(url, 1)
     names = [f"r{k}" for k in range(5)]
     started = time.perf_counter()
-    write_series(url, read_run, names, per_series, batch=50_000)
-    print(f"read:   loaded 5 x {per_series:,} points in {time.perf_counter() - started:.0f} s")
+    load = write_series(url, read_run, names, per_series, batch=50_000)
+    print(f"read:   loaded 5 x {per_series:,} points in {time.perf_counter() - started:.0f} s ({load:,.0f} points/s, batches of 50,000)")
     vacuum(url)
     with session_scope(url) as session:
         series = select_series(session, [read_run], names)
     end = per_series - 1
-    sql = p50_ms(lambda: buckets_in_sql(url, series, end, 1000), 7)
+    # Interleaved: one slow previous-path query between every few rollup ones.
+    rollup_times: list[float] = []
+    unaligned_times: list[float] = []
+    points_times: list[float] = []
+    buckets_in_sql(url, series, end, 1000)
+    for round_ in range(9):
+        rollup_times.append(timed(lambda: buckets_in_sql(url, series, end, 1000)))
+        unaligned_times.append(timed(lambda: buckets_in_sql(url, series, end, 1000, start_step=7)))
+        if round_ % 3 == 0:
+            points_times.append(timed(lambda: buckets_from_points(url, series, end, 1000)))
+    sql, unaligned, points = (statistics.median(t) * 1000 for t in (rollup_times, unaligned_times, points_times))
     python = p50_ms(lambda: buckets_in_python(url, series, end, 1000), 1 if not quick else 3)
-    print(f"read:   5 series x {per_series:,} points -> 1,000 buckets in SQL: p50 {sql:.0f} ms")
-    print(f"        fetch all points + downsample in Python (baseline): p50 {python:.0f} ms ({python / sql:.1f}x slower)")
+    print(f"read:   5 series x {per_series:,} points -> 1,000 buckets from rollups: p50 {sql:.0f} ms")
+    print(f"        same from step 7 (every bucket edge splits a 16-step block):  p50 {unaligned:.0f} ms")
+    print(f"        previous path, GROUP BY over every point, interleaved:       p50 {points:.0f} ms ({points / sql:.0f}x slower)")
+    print(f"        fetch all points + downsample in Python (baseline):          p50 {python:.0f} ms ({python / sql:.0f}x slower)")
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
 
 
 def bench_big_table(url: str, quick: bool) -> None:
@@ -178,10 +254,14 @@ def bench_big_table(url: str, quick: bool) -> None:
     big = p50_ms(query, 21)
     with session_scope(url) as session:
         count = session.scalar(text("SELECT count(*) FROM metric_points"))
-        size = session.scalar(text("SELECT pg_total_relation_size('metric_points')"))
+        points_size = session.scalar(text("SELECT pg_total_relation_size('metric_points')"))
+        rollups_size = session.scalar(text("SELECT pg_total_relation_size('metric_rollups')"))
     print(f"table:  {count:,} points ({runs} runs x {names} metrics x {steps} steps), loaded at {(count - names * steps) / load:,.0f} points/s")
     print(f"        one run's 10 series -> 1,000 buckets: p50 {big:.1f} ms vs {small:.1f} ms on a 1-run table ({big / small:.2f}x)")
-    print(f"        {size / count:.1f} bytes on disk per point (table + primary key, pg_total_relation_size / count)")
+    print(
+        f"        {(points_size + rollups_size) / count:.1f} bytes on disk per point: {points_size / count:.1f} points "
+        f"(table + primary key) + {rollups_size / count:.1f} rollups (pg_total_relation_size / count)"
+    )
 
 
 def main() -> None:

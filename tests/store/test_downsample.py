@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.downsample import bucket_width, downsample_buckets
+from groklab.store.downsample import Bucket, bucket_width, downsample_buckets
+from groklab.store.forks import copy_parent_points
 from groklab.store.metric_query import select_series
 from groklab.store.metrics import write_points
 from groklab.store.migrate import upgrade
@@ -54,18 +56,9 @@ def _new_run(url: str, points: dict[int, float]) -> int:
     return run_id
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(query=queries())
-def test_buckets_equal_a_brute_force_fold_and_tile_the_range(
-    database: str, query: tuple[dict[int, float], int, int, int]
+def _assert_buckets_equal_a_brute_force_fold(
+    buckets: list[Bucket], points: dict[int, float], start: int, end: int, max_points: int
 ) -> None:
-    points, start, end, max_points = query
-    run_id = _new_run(database, points)
-    with session_scope(database) as session:
-        series = select_series(session, [run_id], ["m"])
-        buckets = downsample_buckets(
-            session, series, start_step=start, end_step=end, max_points=max_points
-        )
     width = bucket_width(start, end, max_points)
     assert -(-(end - start + 1) // width) <= max_points
     stored = {s: (v if math.isfinite(v) else None) for s, v in points.items() if start <= s <= end}
@@ -92,6 +85,72 @@ def test_buckets_equal_a_brute_force_fold_and_tile_the_range(
     if finite_all:
         assert min(finite_all) in {b.min for b in buckets}
         assert max(finite_all) in {b.max for b in buckets}
+
+
+def _downsample(url: str, run_id: int, start: int, end: int, max_points: int) -> list[Bucket]:
+    with session_scope(url) as session:
+        series = select_series(session, [run_id], ["m"])
+        return downsample_buckets(session, series, start_step=start, end_step=end, max_points=max_points)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=queries())
+def test_buckets_equal_a_brute_force_fold_and_tile_the_range(
+    database: str, query: tuple[dict[int, float], int, int, int]
+) -> None:
+    points, start, end, max_points = query
+    run_id = _new_run(database, points)
+    buckets = _downsample(database, run_id, start, end, max_points)
+    _assert_buckets_equal_a_brute_force_fold(buckets, points, start, end, max_points)
+
+
+def _long_series() -> tuple[dict[int, float], list[dict[int, float]]]:
+    """A series with gaps, NaN, inf and spikes over every rollup width, and the batches that
+    wrote it: some new steps, some overwriting earlier values (former extremes among them)."""
+    rng = random.Random(7)
+    steps = [*range(0, 40_000), *range(70_000, 150_000), *range(150_000, 420_000, 997)]
+    first = {step: rng.gauss(0, 1) for step in steps}
+    for step in rng.sample(steps, 300):
+        first[step] = rng.choice([math.nan, math.inf, -math.inf, 1e6 * rng.random(), -1e6])
+    rewrites = {step: rng.choice([rng.gauss(0, 1), math.nan, 5.0, -5.0]) for step in rng.sample(steps, 2_000)}
+    # The biggest value and a whole block are overwritten too, and some rewrites add new steps.
+    rewrites[max(first, key=lambda s: first[s] if math.isfinite(first[s]) else -math.inf)] = 0.0
+    rewrites |= {step: 1.5 for step in range(70_000, 70_256)} | {step: 2.5 for step in range(40_000, 40_050)}
+    batches = [dict(list(first.items())[i : i + 50_000]) for i in range(0, len(first), 50_000)]
+    return first | rewrites, [*batches, rewrites]
+
+
+@pytest.fixture(scope="module")
+def long_run(database: str) -> tuple[int, int, dict[int, float]]:
+    """The long series as written in batches, and a fork (a copy of its points) of it."""
+    final, batches = _long_series()
+    with session_scope(database) as session:
+        parent, child = run_store.create_experiment(
+            session, name="long", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)] * 2
+        ).runs
+        parent_id, child_id = parent.id, child.id
+    for batch in batches:
+        with session_scope(database) as session:
+            write_points(session, parent_id, [("m", step, value) for step, value in batch.items()])
+    with session_scope(database) as session:
+        copy_parent_points(session, parent_id, child_id)
+    return parent_id, child_id, final
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, 430_000),
+    length=st.integers(1, 430_000),
+    max_points=st.integers(1, 40),
+    forked=st.booleans(),
+)
+def test_buckets_of_a_long_rewritten_series_equal_a_brute_force_fold(
+    database: str, long_run: tuple[int, int, dict[int, float]], start: int, length: int, max_points: int, forked: bool
+) -> None:
+    parent_id, child_id, points = long_run
+    end = start + length - 1
+    buckets = _downsample(database, child_id if forked else parent_id, start, end, max_points)
+    _assert_buckets_equal_a_brute_force_fold(buckets, points, start, end, max_points)
 
 
 def test_a_one_step_spike_survives_and_a_flat_series_stays_flat(database: str) -> None:
