@@ -1,15 +1,17 @@
-"""Metric writes are idempotent per (run, name, step) and reads come back in step order."""
+"""Metric writes are idempotent per (run, name, step), keep their rollup blocks exact, and reads come back in step order."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from sqlalchemy import select
 
 from groklab.store import metrics as metric_store
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.migrate import upgrade
+from groklab.store.models import MetricRollup
 
 
 @pytest.mark.parametrize("database", ["postgresql", "sqlite"])
@@ -38,3 +40,36 @@ def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(
     assert run.step == 4
     assert run.latest_metrics == {"loss": [4, 0.125], "acc": [0, None]}
     assert ranged == {"loss": [[2, 0.25]], "nope": []}
+
+
+def test_rollup_blocks_equal_a_fold_of_their_points_after_rewrites(fresh_pg_url: str) -> None:
+    upgrade(fresh_pg_url)
+    with session_scope(fresh_pg_url) as session:
+        run_id = run_store.create_experiment(
+            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
+        ).runs[0].id
+    first = [(name, step, float(step % 97) - 40.0) for step in range(0, 70_000, 7) for name in ("a", "b")]
+    # One batch overwrites every point of "b" from step 56 to 5,000 (blocks' maxima among them),
+    # every 97th point of "a" with 1000 or NaN, and adds a new step: its COPY fails, it is upserted.
+    rewrites = [("a", step, math.nan if step % 2 else 1000.0) for step in range(0, 70_000, 7 * 97)]
+    rewrites += [("b", step, -1.0) for step in range(56, 5_000, 7)] + [("b", 70_001, 3.0)]
+    for batch in (first[:30_000], first[30_000:], rewrites):
+        with session_scope(fresh_pg_url) as session:
+            metric_store.write_points(session, run_id, batch)
+    with session_scope(fresh_pg_url) as session:
+        stored = metric_store.read_series(session, run_id, names=None, start_step=None, end_step=None)
+        ids = metric_store.series_ids(session, run_id, stored)
+        rollups = session.execute(select(MetricRollup)).scalars().all()
+    expected = {}
+    for name, points in stored.items():
+        for width in metric_store.ROLLUP_WIDTHS:
+            for step, value in points:
+                expected.setdefault((ids[name], width, step // width), []).append((step, value))
+    assert {(r.series_id, r.width, r.block) for r in rollups} == expected.keys()
+    for r in rollups:
+        points = expected[r.series_id, r.width, r.block]
+        values = [value for _, value in points if value is not None]
+        assert (r.count, r.value_count) == (len(points), len(values))
+        assert (r.min, r.max) == ((min(values), max(values)) if values else (None, None))
+        assert r.sum == (pytest.approx(sum(values)) if values else None)
+        assert (r.last_step, r.last_value) == points[-1]
