@@ -124,8 +124,7 @@ def main() -> None:
 
     # Evaluation + logging at the default interval (total / 1000 = every 10 steps for 10,000 steps).
     every = SPEC.resolved_eval_every
-    members = single.members
-    t_eval = min(_time(lambda: (members[0].__setattr__("last_eval_step", -1), single._evaluate(members)), max(1, steps // 2), device) for _ in range(rounds))
+    t_eval = min(_time(lambda: single._evaluate(single.members), max(1, steps // 2), device) for _ in range(rounds))
     t_step = min(_time(single._train_step, steps, device) for _ in range(rounds))
     print(f"eval + log: {t_eval * 1e3:.1f} ms per eval, every {every} steps of {t_step * 1e3:.1f} ms: {t_eval / (every * t_step):.1%} overhead")
     k_best = max(speedups)

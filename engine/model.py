@@ -15,6 +15,11 @@ attention score and the value-output (OV) vector of a token at position 0 or 1 a
 computed once per forward from the parameters. Per example we gather two table rows, softmax over
 three positions, and run the MLP and unembedding at one position. Autograd flows through the
 tables; tests/engine/reference_model.py checks logits and gradients against all-positions attention.
+
+The math lives in transformer_logits / mlp_logits, which take every parameter with a leading
+member dimension K: an ensemble of K models is one batched computation (baddbmm, batched einsum,
+one gather over all members' tables). The nn.Modules hold one model's parameters (its init and
+checkpoint format) and run as an ensemble of one.
 """
 
 from __future__ import annotations
