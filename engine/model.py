@@ -126,14 +126,19 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     score_eq = torch.einsum("md,mdh->mh", x_eq, key_dir)  # (K, H)
     ov_eq = torch.einsum("mhk,mhke->mhe", torch.einsum("md,mhdk->mhk", x_eq, W_V), W_O)  # (K, H, d)
 
-    # One gather fetches a's and b's score and OV rows: a at position 0 is row a, b at 1 is row V+1+b.
-    picked = _gather_rows(torch.cat([score_table, ov_table.flatten(2)], dim=-1), torch.stack([a, b + v1], dim=-1))
     kk, batch = a.shape
-    scores = torch.cat([picked[..., :heads], score_eq[:, None, None].expand(kk, batch, 1, heads)], dim=2)
-    attn = scores.softmax(dim=2)  # (K, B, 3, H)
-    ov_ab = picked[..., heads:].view(kk, batch, 2, heads, -1)  # (K, B, 2, H, d)
+    a_row, b_row = a, b + v1  # token a at position 0 is table row a, b at position 1 row V+1+b
+    scores = torch.stack(
+        [_gather_rows(score_table, a_row), _gather_rows(score_table, b_row), score_eq[:, None].expand(kk, batch, heads)],
+        dim=-1,
+    )  # (K, B, H, 3)
+    attn = scores.softmax(dim=-1)
+    ov_a = _gather_rows(ov_table.flatten(2), a_row).view(kk, batch, heads, -1)  # (K, B, H, d)
+    ov_b = _gather_rows(ov_table.flatten(2), b_row).view(kk, batch, heads, -1)
     # broadcast-and-sum, not einsum: einsum lowers to a bmm of K*B tiny products, slow on CPU
-    mixed = (attn[:, :, :2, :, None] * ov_ab).sum(dim=(2, 3)) + attn[:, :, 2] @ ov_eq  # (K, B, d)
+    mixed = (
+        (attn[..., 0, None] * ov_a).sum(dim=2) + (attn[..., 1, None] * ov_b).sum(dim=2) + attn[..., 2] @ ov_eq
+    )  # (K, B, d)
     resid = x_eq[:, None] + mixed  # (K, B, d)
     hidden = F.relu(torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]))  # (K, B, d_mlp)
     resid = resid + torch.baddbmm(p["b_out"][:, None], hidden, p["W_out"])
