@@ -114,7 +114,7 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     """An ensemble of K transformers: p holds each parameter with a leading member dimension K,
     a and b (K, B) are member k's operands in row k. Returns the logits at '=' (K, B, vocab)."""
     W_E, W_pos, W_Q, W_K, W_V, W_O = p["W_E"], p["W_pos"], p["W_Q"], p["W_K"], p["W_V"], p["W_O"]
-    k, v1, heads, d_head = W_E.shape[0], W_E.shape[1], W_Q.shape[1], W_Q.shape[-1]
+    v1, heads, d_head = W_E.shape[1], W_Q.shape[1], W_Q.shape[-1]
     x_eq = W_E[:, v1 - 1] + W_pos[:, 2]  # (K, d) residual at '=' before attention; '=' is token V
     q = torch.einsum("md,mhdk->mhk", x_eq, W_Q)  # (K, H, k), the same for every example
     # score(x) = (x W_K[h]) . q[h] / sqrt(k) = x . key_dir[:, h]: one direction per head

@@ -16,6 +16,7 @@ from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.metrics import evaluate, per_example_loss
 from engine.model import build_model, mlp_logits, transformer_logits
 from engine.optim import EnsembleOptimizer
+from engine.packing import pack_key
 from engine.result import EngineError, RunResult
 from engine.sink import MetricSink
 from engine.spec import OptimizerSpec, RunSpec, ToyCircuitsSpec, TransformerSpec
@@ -49,16 +50,6 @@ def phase_ends(spec: RunSpec) -> list[int]:
         total += phase.steps
         ends.append(total)
     return ends
-
-
-def ensemble_key(spec: RunSpec) -> Hashable:
-    """Specs with equal keys may train as one ensemble: same model shape, task table, loss,
-    optimizer kind and device, full batch. Toy-model and minibatch runs get a key of their own."""
-    if isinstance(spec.model, ToyCircuitsSpec) or spec.optimizer.batch_size is not None:
-        return ("alone", id(spec))
-    task = spec.task
-    table = (task.op, task.n) if task.op == "permutation" else (task.op, task.p)
-    return (table, spec.model.model_dump_json(), spec.loss, spec.optimizer.kind, spec.device)
 
 
 def size_classes(sizes: Sequence[int]) -> list[list[int]]:
@@ -112,7 +103,7 @@ def train_ensemble(
     device: str | None = None,
 ) -> list[RunResult]:
     """Trains specs[k] into sinks[k] (checkpointing to checkpoint_dirs[k]) exactly as train_run
-    would, with specs of one ensemble_key batched together; results in the order of specs.
+    would, with specs of one pack_key batched together; results in the order of specs.
 
     should_stop(k) is polled between member k's steps: a stopped member is checkpointed and drops
     out, the others go on. A member whose sink or checkpoint fails drops out with the error in its
@@ -121,7 +112,8 @@ def train_ensemble(
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
     groups: dict[Hashable, list[int]] = {}
     for k, spec in enumerate(specs):
-        groups.setdefault(ensemble_key(spec), []).append(k)
+        key = pack_key(spec)
+        groups.setdefault(key if key is not None else ("alone", k), []).append(k)
     results: list[RunResult | None] = [None] * len(specs)
     for indices in groups.values():
         spec = specs[indices[0]]

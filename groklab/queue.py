@@ -14,7 +14,7 @@ from celery import Celery
 
 from groklab.settings import Settings
 
-TRAIN_RUN_TASK = "groklab.train_run"
+TRAIN_RUNS_TASK = "groklab.train_runs"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -50,8 +50,9 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_run(app: Celery, run_id: int) -> None:
-    app.send_task(TRAIN_RUN_TASK, args=[run_id])
+def enqueue_runs(app: Celery, run_ids: list[int]) -> None:
+    """One message for runs that one worker trains together, as one batched ensemble."""
+    app.send_task(TRAIN_RUNS_TASK, args=[list(run_ids)])
 
 
 def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:
@@ -90,10 +91,10 @@ def _read(path: Path) -> Any:
 
 
 def _run_ids(message: Any) -> list[int]:
-    if not isinstance(message, dict) or message.get("headers", {}).get("task") != TRAIN_RUN_TASK:
+    if not isinstance(message, dict) or message.get("headers", {}).get("task") != TRAIN_RUNS_TASK:
         return []
     body = message.get("body", "")
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
     args = json.loads(body)[0]
-    return [int(args[0])] if args else []
+    return [int(run_id) for run_id in args[0]] if args else []

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from celery import Celery
 
-from groklab.queue import enqueue_run, pending_run_ids
+from groklab.queue import enqueue_runs, pending_run_ids
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store.database import session_scope
@@ -48,7 +48,7 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
             if run_id in expired or (in_broker is not None and run_id not in in_broker)
         ]
     for run_id in resent:
-        enqueue_run(celery, run_id)
+        enqueue_runs(celery, [run_id])
     with session_scope(url) as session:
         leases.mark_enqueued(session, resent)
     if expired or resent:

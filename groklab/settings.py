@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     requeue_grace_seconds: float = Field(
         30.0, ge=0, description="A queued run is re-sent only if its last message is older than this."
     )
+    ensemble_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Runs of one experiment that share a model shape train as one batched ensemble "
+        "of up to this many on one worker; 64 or more suits a GPU worker, 1 turns packing off.",
+    )
     broker_visibility_timeout: int = Field(
         7 * 24 * 3600, ge=60, description="Redis redelivers an unacknowledged task after this long."
     )

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from engine.experiments import UngrokkingExperiment, plan_experiment
 from engine.spec import RunSpec
 from groklab.errors import Conflict, NotFound, ServiceUnavailable
-from groklab.queue import enqueue_run
+from engine.packing import pack_runs
+from groklab.queue import enqueue_runs
 from groklab.settings import Settings
 from groklab.store import idempotency, quotas
 from groklab.store import runs as run_store
@@ -81,10 +82,11 @@ def submit_experiment(
         )
     # Commit before queueing: a worker that picks a run up must find it in the database.
     session.commit()
-    ready = [run.id for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
+    ready = [(run.id, plan.spec) for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
+    packs = pack_runs([spec for _, spec in ready], settings.ensemble_size)
     try:
-        for run_id in ready:
-            enqueue_run(celery, run_id)
+        for pack in packs:
+            enqueue_runs(celery, [ready[i][0] for i in pack])
     except Exception as exc:
         log.exception("could not queue experiment %s", experiment.id)
         run_store.fail_queued_runs(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from groklab.queue import TRAIN_RUN_TASK
+from groklab.queue import TRAIN_RUNS_TASK
 from groklab.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def _check_command(command: list[str]) -> None:
         celery_app = _resolve(command[2] + ":app")
         for included in celery_app.conf.include:
             importlib.import_module(included)
-        assert TRAIN_RUN_TASK in celery_app.tasks, command
+        assert TRAIN_RUNS_TASK in celery_app.tasks, command
     elif program == "groklab":
         main = _resolve(SCRIPTS["groklab"])
         assert callable(main)

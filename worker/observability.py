@@ -37,9 +37,11 @@ def _metrics_server(**_: Any) -> None:
 
 @task_prerun.connect
 def _bind_run(task_id: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **_: Any) -> None:
-    run_id = args[0] if args else (kwargs or {}).get("run_id")
-    if not isinstance(run_id, int):
+    run_ids = args[0] if args else (kwargs or {}).get("run_ids")
+    # A pack of several runs logs each run's lines under that run's ids (worker/tasks.py).
+    if not isinstance(run_ids, list) or len(run_ids) != 1:
         return
+    run_id = run_ids[0]
     experiment_id = None
     try:
         with session_scope(get_settings().resolved_database_url) as session:

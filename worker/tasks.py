@@ -1,9 +1,12 @@
-"""The training task: claim a run's lease, train it with the engine, record the outcome.
+"""The training task: claim runs' leases, train them as one ensemble, record each outcome.
 
-The task is idempotent: it trains only if it wins the run's conditional claim in the database,
-so a duplicate delivery, or a re-send by the reconciler, trains nothing twice. A run always
-resumes from its last checkpoint, so a run re-queued after a lost worker continues where the
-checkpoint left it and re-logs the same points (metric writes are upserts).
+The task is idempotent: it trains a run only if it wins the run's conditional claim in the
+database, so a duplicate delivery, or a re-send by the reconciler, trains nothing twice. A run
+always resumes from its last checkpoint, so a run re-queued after a lost worker continues where
+the checkpoint left it and re-logs the same points (metric writes are upserts).
+
+One message carries the runs of a pack (engine.packing): runs that share a model shape train
+as one batched ensemble, and each keeps its own lease, metrics, checkpoint and outcome.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from celery.worker import state as worker_state
 
-from groklab.queue import TRAIN_RUN_TASK, enqueue_run
+from groklab.logging import log_context
+from groklab.queue import TRAIN_RUNS_TASK, enqueue_runs
 from groklab.settings import Settings, get_settings
 from groklab.store import forks, leases
 from groklab.store import runs as run_store
@@ -25,25 +31,25 @@ from groklab.store.database import session_scope
 from worker.celery_app import app
 from worker.sink import DatabaseMetricSink
 
+if TYPE_CHECKING:
+    from engine.spec import RunSpec
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINTS_PER_RUN = 20
 
 
-def _throttled(check: Callable[[], bool], every_seconds: float) -> Callable[[], bool]:
-    """Ask at most every `every_seconds`; the engine polls between every step."""
-    last = time.monotonic()
+@dataclass
+class Member:
+    """One claimed run of the pack."""
 
-    def throttled() -> bool:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < every_seconds:
-            return False
-        last = now
-        return check()
-
-    return throttled
+    run_id: int
+    experiment_id: int
+    lease: leases.Lease
+    spec_data: dict[str, Any]
+    parent_run_id: int | None
+    sink: DatabaseMetricSink
 
 
 def _worker_shutting_down() -> bool:
@@ -75,96 +81,149 @@ def _start_from_parent(settings: Settings, run_id: int, parent_run_id: int) -> N
         forks.copy_parent_points(session, parent_run_id, run_id)
 
 
-def _send(run_ids: list[int]) -> None:
-    settings = get_settings()
-    for run_id in run_ids:
-        enqueue_run(app, run_id)
+def _send(settings: Settings, run_ids: list[int], specs: Sequence[RunSpec]) -> None:
+    """Queue runs (forks whose parent just succeeded, or re-queued runs) in packs."""
+    from engine.packing import pack_runs
+
+    for pack in pack_runs(specs, settings.ensemble_size):
+        enqueue_runs(app, [run_ids[i] for i in pack])
     with session_scope(settings.resolved_database_url) as session:
         leases.mark_enqueued(session, run_ids)
 
 
-@app.task(name=TRAIN_RUN_TASK, bind=True)
-def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
+def _claim(settings: Settings, run_ids: list[int], worker_name: str) -> list[Member]:
+    members = []
+    for run_id in run_ids:
+        with session_scope(settings.resolved_database_url) as session:
+            lease = leases.claim_run(session, run_id, worker=worker_name, lease_seconds=settings.lease_seconds)
+            if lease is None:
+                log.info("run %s is not claimable (taken, cancelled or finished); skipping", run_id)
+                continue
+            run = run_store.get_run(session, run_id)
+            sink = DatabaseMetricSink(
+                settings.resolved_database_url,
+                lease,
+                lease_seconds=settings.lease_seconds,
+                flush_seconds=settings.metric_flush_seconds,
+                flush_points=settings.metric_flush_points,
+            )
+            members.append(Member(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink))
+    return members
+
+
+def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int], bool]:
+    """should_stop for member k; one database query per poll interval answers for all members."""
+    run_ids = [m.run_id for m in members]
+    cancelled: set[int] = set()
+    last = time.monotonic()
+
+    def cancel_requested(k: int) -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= settings.cancel_poll_seconds:
+            last = now
+            try:
+                with session_scope(settings.resolved_database_url) as session:
+                    cancelled.update(run_store.cancel_requested_among(session, run_ids))
+            except Exception:
+                log.warning("cancel poll failed (database unavailable?)", exc_info=True)
+        return run_ids[k] in cancelled
+
+    return cancel_requested
+
+
+@app.task(name=TRAIN_RUNS_TASK, bind=True)
+def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-untyped-def]
     settings = get_settings()
-    url = settings.resolved_database_url
-    worker_name = self.request.hostname or "worker"
-    with session_scope(url) as session:
-        lease = leases.claim_run(session, run_id, worker=worker_name, lease_seconds=settings.lease_seconds)
-        if lease is None:
-            log.info("run %s is not claimable (taken, cancelled or finished); skipping", run_id)
-            return "skipped"
-        run = run_store.get_run(session, run_id)
-        spec_data, parent_run_id = run.spec, run.parent_run_id
+    members = _claim(settings, [int(r) for r in run_ids], self.request.hostname or "worker")
+    if not members:
+        return {}
 
     # Imported here so that the api, which shares this package's Celery app, never loads torch.
+    from engine.train import train_ensemble
     from engine.spec import RunSpec
-    from engine.train import train_run as train_engine_run
 
-    spec = RunSpec.model_validate(spec_data)
-    if spec.checkpoint_every is None:
-        # Checkpoints bound what a lost worker costs; the spec may ask for its own interval.
-        every = max(spec.resolved_eval_every, spec.total_steps // CHECKPOINTS_PER_RUN)
-        spec = spec.model_copy(update={"checkpoint_every": every})
     _set_torch_threads(settings.torch_threads)
-    sink = DatabaseMetricSink(
-        url,
-        lease,
-        lease_seconds=settings.lease_seconds,
-        flush_seconds=settings.metric_flush_seconds,
-        flush_points=settings.metric_flush_points,
-    )
+    outcomes: dict[int, str] = {}
+    ready: list[Member] = []
+    specs: list[RunSpec] = []
+    for member in members:
+        with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
+            try:
+                spec = RunSpec.model_validate(member.spec_data)
+                if spec.checkpoint_every is None:
+                    # Checkpoints bound what a lost worker costs; a spec may ask for its own interval.
+                    every = max(spec.resolved_eval_every, spec.total_steps // CHECKPOINTS_PER_RUN)
+                    spec = spec.model_copy(update={"checkpoint_every": every})
+                if member.parent_run_id is not None:
+                    _start_from_parent(settings, member.run_id, member.parent_run_id)
+            except Exception as exc:
+                log.exception("run %s could not start", member.run_id)
+                outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
+                continue
+        ready.append(member)
+        specs.append(spec)
+    if not ready:
+        return outcomes
 
-    def cancel_requested() -> bool:
-        try:
-            with session_scope(url) as session:
-                return run_store.is_cancel_requested(session, run_id)
-        except Exception:
-            return False  # a database outage is not a cancel; the sink keeps the points
+    cancel_requested = _cancel_poller(settings, ready)
 
-    check_cancel = _throttled(cancel_requested, settings.cancel_poll_seconds)
-
-    def should_stop() -> bool:
-        return sink.lease_lost or _worker_shutting_down() or check_cancel()
+    def should_stop(k: int) -> bool:
+        return ready[k].sink.lease_lost or _worker_shutting_down() or cancel_requested(k)
 
     try:
-        if parent_run_id is not None:
-            _start_from_parent(settings, run_id, parent_run_id)
-        result = train_engine_run(
-            spec,
-            sink,
-            checkpoint_dir=run_checkpoint_dir(settings, run_id),
+        results = train_ensemble(
+            specs,
+            [member.sink for member in ready],
+            checkpoint_dirs=[run_checkpoint_dir(settings, member.run_id) for member in ready],
             should_stop=should_stop,
             device=None if settings.device == "auto" else settings.device,
         )
-        sink.flush()
     except Exception as exc:
-        log.exception("run %s failed", run_id)
-        sink.flush()
-        return _finish(url, lease, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
+        log.exception("ensemble of runs %s failed", [m.run_id for m in ready])
+        for member in ready:
+            member.sink.flush()
+            outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return outcomes
 
-    if sink.lease_lost:
-        return "lease-lost"
-    if result.stopped and _worker_shutting_down() and not cancel_requested():
-        with session_scope(url) as session:
-            released = leases.release_to_queue(session, lease, reason=f"{worker_name} shut down; re-queued")
-        if released:
-            _send([run_id])
-        log.info("run %s checkpointed at step %s and re-queued (worker shutting down)", run_id, result.final_step)
-        return run_store.QUEUED
-    status = run_store.CANCELLED if result.stopped else run_store.SUCCEEDED
-    log.info("run %s %s at step %s (%s points)", run_id, status, result.final_step, sink.points_written)
-    return _finish(url, lease, status)
+    requeue: list[tuple[int, RunSpec]] = []
+    for member, spec, result in zip(ready, specs, results, strict=True):
+        with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
+            member.sink.flush()
+            if member.sink.lease_lost:
+                outcomes[member.run_id] = "lease-lost"
+            elif result.error is not None:
+                outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=result.error)
+            elif result.stopped and _worker_shutting_down() and not cancel_requested(ready.index(member)):
+                with session_scope(settings.resolved_database_url) as session:
+                    released = leases.release_to_queue(
+                        session, member.lease, reason=f"{member.lease.worker} shut down; re-queued"
+                    )
+                if released:
+                    requeue.append((member.run_id, spec))
+                log.info("run %s checkpointed at step %s and re-queued (worker shutting down)", member.run_id, result.final_step)
+                outcomes[member.run_id] = run_store.QUEUED
+            else:
+                status = run_store.CANCELLED if result.stopped else run_store.SUCCEEDED
+                log.info("run %s %s at step %s (%s points)", member.run_id, status, result.final_step, member.sink.points_written)
+                outcomes[member.run_id] = _finish(settings, member, status)
+    if requeue:
+        _send(settings, [run_id for run_id, _ in requeue], [spec for _, spec in requeue])
+    return outcomes
 
 
-def _finish(url: str, lease: leases.Lease, status: str, error: str | None = None) -> str:
-    with session_scope(url) as session:
-        if not leases.finish(session, lease, status=status, error=error):
+def _finish(settings: Settings, member: Member, status: str, error: str | None = None) -> str:
+    with session_scope(settings.resolved_database_url) as session:
+        if not leases.finish(session, member.lease, status=status, error=error):
             return "lease-lost"
         if status == run_store.SUCCEEDED:
-            children = forks.waiting_children(session, lease.run_id)
+            children = [run_store.get_run(session, child) for child in forks.waiting_children(session, member.run_id)]
+            child_ids, child_specs = [c.id for c in children], [c.spec for c in children]
         else:
-            forks.fail_children(session, lease.run_id, parent_status=status)
-            children = []
-    if children:
-        _send(children)
+            forks.fail_children(session, member.run_id, parent_status=status)
+            child_ids, child_specs = [], []
+    if child_ids:
+        from engine.spec import RunSpec
+
+        _send(settings, child_ids, [RunSpec.model_validate(spec) for spec in child_specs])
     return status

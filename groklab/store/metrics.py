@@ -134,30 +134,31 @@ def _copy_or_upsert(cursor: Any, rows: dict[tuple[int, int], float | None]) -> N
 
 # Each statement recomputes whole blocks, so it is right whether the batch added points or
 # overwrote one that was a block's min or max. The blocks come as runs of consecutive blocks
-# (a worker's batch is one run per series), read with one index range scan each.
+# (a worker's batch is one run per series), read with one index range scan each; a block's last
+# value is the point at its last step, one primary-key probe rather than an ordered aggregate.
 _RECOMPUTE_ROLLUPS = (
     "INSERT INTO metric_rollups "
     "(series_id, width, block, count, value_count, min, max, sum, last_step, last_value) "
-    "SELECT t.series_id, %(width)s, floor(c.{position}::float8 / %(ratio)s)::bigint, {aggregates} "
+    "SELECT b.*, p.value FROM (SELECT t.series_id, %(width)s, "
+    "floor(c.{position}::float8 / %(ratio)s)::bigint, {aggregates} "
     "FROM unnest(%(series)s::int[], %(first)s::bigint[], %(last)s::bigint[]) AS t (series_id, first, last) "
     "JOIN {children} c ON c.series_id = t.series_id{child_width} "
     "AND c.{position} BETWEEN t.first * %(ratio)s AND t.last * %(ratio)s + %(ratio)s - 1 "
-    "GROUP BY 1, 2, 3 "
+    "GROUP BY 1, 2, 3) AS b (series_id, width, block, count, value_count, min, max, sum, last_step) "
+    "JOIN metric_points p ON p.series_id = b.series_id AND p.step = b.last_step "
     "ON CONFLICT (series_id, width, block) DO UPDATE SET count = EXCLUDED.count, "
     "value_count = EXCLUDED.value_count, min = EXCLUDED.min, max = EXCLUDED.max, "
     "sum = EXCLUDED.sum, last_step = EXCLUDED.last_step, last_value = EXCLUDED.last_value"
 )
 _ROLLUP_FROM_POINTS = _RECOMPUTE_ROLLUPS.format(
     position="step",
-    aggregates="count(*), count(c.value), min(c.value), max(c.value), sum(c.value), max(c.step), "
-    "(array_agg(c.value ORDER BY c.step DESC))[1]",
+    aggregates="count(*), count(c.value), min(c.value), max(c.value), sum(c.value), max(c.step)",
     children="metric_points",
     child_width="",
 )
 _ROLLUP_FROM_BLOCKS = _RECOMPUTE_ROLLUPS.format(
     position="block",
-    aggregates="sum(c.count), sum(c.value_count), min(c.min), max(c.max), sum(c.sum), "
-    "max(c.last_step), (array_agg(c.last_value ORDER BY c.last_step DESC))[1]",
+    aggregates="sum(c.count), sum(c.value_count), min(c.min), max(c.max), sum(c.sum), max(c.last_step)",
     children="metric_rollups",
     child_width=" AND c.width = %(child_width)s",
 )

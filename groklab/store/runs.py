@@ -186,5 +186,6 @@ def request_cancel(session: Session, run_id: int, *, owner: str | None = None) -
     return run
 
 
-def is_cancel_requested(session: Session, run_id: int) -> bool:
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+def cancel_requested_among(session: Session, run_ids: Sequence[int]) -> set[int]:
+    """Which of these runs a user asked to cancel."""
+    return set(session.scalars(select(Run.id).where(Run.id.in_(run_ids), Run.cancel_requested.is_(True))))

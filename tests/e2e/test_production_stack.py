@@ -39,6 +39,8 @@ def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client) -> 
         window = client.get(f"/v1/runs/{run['id']}/metrics", params={"names": "train_acc", "start_step": 100, "end_step": 200})
         assert [s for s, _ in window.json()["series"]["train_acc"]] == list(range(100, 201, 10))
 
+    # One worker trained the three as one batched ensemble: their training overlapped in time.
+    assert max(r["started_at"] for r in runs.values()) < min(r["finished_at"] for r in runs.values())
     fractions = sorted(r["spec"]["task"]["train_fraction"] for r in runs.values())
     assert fractions == [0.5, 0.6, 0.7]
 

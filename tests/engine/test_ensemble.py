@@ -8,7 +8,8 @@ import torch
 from engine.optim import EnsembleOptimizer
 from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
-from engine.train import ensemble_key, size_classes, train_ensemble, train_run
+from engine.packing import pack_key
+from engine.train import size_classes, train_ensemble, train_run
 
 from . import single_cpu_thread
 
@@ -56,7 +57,7 @@ def float64():
 
 
 def test_ensemble_of_different_members_matches_each_run_trained_alone(float64):
-    assert len({ensemble_key(spec) for spec in MEMBERS}) == 1
+    assert len({pack_key(spec) for spec in MEMBERS}) == 1
     alone = [MemorySink() for _ in MEMBERS]
     for spec, sink in zip(MEMBERS, alone):
         train_run(spec, sink)
