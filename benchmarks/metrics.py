@@ -194,7 +194,7 @@ def bench_ingest_and_read(url: str, quick: bool) -> None:
     many = executemany_upsert(url, naive_run, ingest_points // 5)
     naive = one_insert_per_point(url, naive_run, naive_points)
     print(f"ingest: write_points (COPY into metric_points + rollups, batches of {BATCH}): {rate:,.0f} points/s")
-    print(f"        previous path (COPY to staging + upsert, no rollups), interleaved:  {staged:,.0f} points/s ({rate / staged:.1f}x slower)")
+    print(f"        previous path (COPY to staging + upsert, no rollups), interleaved:  {staged:,.0f} points/s ({staged / rate:.2f}x write_points)")
     print(f"        write_points re-writing existing steps (upsert + rollup recompute):  {rewrite:,.0f} points/s")
     print(f"        executemany upsert, same batches:                                   {many:,.0f} points/s ({rate / many:.1f}x slower)")
     print(f"        one INSERT per point (baseline):                                    {naive:,.0f} points/s ({rate / naive:.0f}x slower)")
