@@ -13,13 +13,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.downsample import SeriesRef, _fold_points, bucket_width, downsample_buckets
+from groklab.store.downsample import (
+    SeriesRef,
+    _fold_points,
+    bucket_width,
+    downsample_buckets,
+)
 from groklab.store.metric_query import select_series
 from groklab.store.metrics import series_ids, write_points
 from groklab.store.migrate import upgrade

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import and_, func, select, text
@@ -78,7 +79,7 @@ def downsample_buckets(
                 ref.run_id,
                 ref.name,
                 step_start,
-                step_end if step_end < end_step else end_step,
+                min(end_step, step_end),
                 count,
                 low,
                 high,
@@ -158,7 +159,7 @@ def _fold_rollups(
     block_last = [(end_step + 1) // top - 1]
     # Below the top width, only the children of split blocks can be inside a bucket.
     levels = ROLLUP_WIDTHS[: ROLLUP_WIDTHS.index(top) + 1]
-    for child, parent in zip(levels, levels[1:]):
+    for child, parent in pairwise(levels):
         ratio = parent // child
         for split in sorted({cut // parent for cut in cuts if cut % parent}):
             block_widths.append(child)

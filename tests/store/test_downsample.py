@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -79,7 +80,7 @@ def _assert_buckets_equal_a_brute_force_fold(
             assert bucket.mean == pytest.approx(sum(finite) / len(finite), rel=1e-9, abs=1e-9)
         else:
             assert bucket.mean is None
-    for earlier, later in zip(buckets, buckets[1:]):
+    for earlier, later in pairwise(buckets):
         assert earlier.step_end < later.step_start
     finite_all = [v for v in stored.values() if v is not None]
     if finite_all:
@@ -108,7 +109,7 @@ def _long_series() -> tuple[dict[int, float], list[dict[int, float]]]:
     """A series with gaps, NaN, inf and spikes over every rollup width, and the batches that
     wrote it: some new steps, some overwriting earlier values (former extremes among them)."""
     rng = random.Random(7)
-    steps = [*range(0, 40_000), *range(70_000, 150_000), *range(150_000, 420_000, 997)]
+    steps = [*range(40_000), *range(70_000, 150_000), *range(150_000, 420_000, 997)]
     first = {step: rng.gauss(0, 1) for step in steps}
     for step in rng.sample(steps, 300):
         first[step] = rng.choice([math.nan, math.inf, -math.inf, 1e6 * rng.random(), -1e6])
