@@ -1,31 +1,36 @@
-"""Command line: `python -m engine run SPEC.json --out DIR [--device cpu]` trains one run locally.
+"""Command line: `python -m engine run SPEC.json --out DIR [--device cpu]` trains locally.
 
-Writes every metric point to DIR/metrics.csv (columns run, name, step, value) and the checkpoint
-to DIR/checkpoint.pt; a DIR that already holds a checkpoint resumes it (metrics.csv then holds the
-points from the resumed step on). An invalid spec exits with code 2 and names the field.
+SPEC is what the server takes: one run, a sweep, or one of the paper's kinds (examples/). Every
+metric point goes to DIR/metrics.csv (columns run, name, step, value; `run` is the run's index
+in the plan). A one-run spec keeps its checkpoint in DIR, others in DIR/run-<index>; a forked run
+starts from its parent's final checkpoint. A DIR that already holds a checkpoint resumes it
+(metrics.csv then holds the points from the resumed step on). An invalid spec exits with code 2
+and names the field.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
+from engine.experiments import ExperimentRequest, PlannedRun, plan_experiment
 from engine.result import EngineError
 from engine.sink import CsvSink
-from engine.spec import RunSpec
+from engine.spec import SpecError
 
 
 class ProgressBarSink:
     """A CsvSink that also advances a tqdm bar."""
 
-    def __init__(self, csv: CsvSink, total_steps: int):
+    def __init__(self, csv: CsvSink, total_steps: int, label: str):
         self.csv = csv
-        self.bar = tqdm(total=total_steps, unit="step")
+        self.bar = tqdm(total=total_steps, unit="step", desc=label)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.csv.log(step, metrics)
@@ -40,46 +45,66 @@ class ProgressBarSink:
 
     def close(self) -> None:
         self.bar.close()
-        self.csv.close()
 
 
-def _load_spec(path: Path) -> RunSpec:
+def _load_plan(path: Path) -> list[PlannedRun]:
     try:
-        return RunSpec.model_validate_json(path.read_text())
+        request = TypeAdapter(ExperimentRequest).validate_json(path.read_text())
+        return plan_experiment(request, max_runs=10_000)
     except OSError as exc:
         sys.exit(f"error: cannot read spec {path}: {exc.strerror}")
+    except SpecError as exc:
+        print(f"error: invalid spec {path}:\n  {exc}", file=sys.stderr)
+        sys.exit(2)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"])
+            loc = ".".join(str(part) for part in err["loc"] if part != "sweep" or len(err["loc"]) > 1)
             lines.append(f"  {loc or '(spec)'}: {err['msg'].removeprefix('Value error, ')}")
         print(f"error: invalid spec {path}:\n" + "\n".join(lines), file=sys.stderr)
         sys.exit(2)
 
 
+def _run_dir(out: Path, plan: list[PlannedRun], index: int) -> Path:
+    return out if len(plan) == 1 else out / f"run-{index}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="train one run from a RunSpec JSON file")
+    run = commands.add_parser("run", help="train the runs of a spec file (one run, a sweep or a kind)")
     run.add_argument("spec", type=Path)
     run.add_argument("--out", type=Path, required=True, help="directory for metrics.csv and checkpoint.pt")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the spec's device")
     args = parser.parse_args(argv)
 
-    spec = _load_spec(args.spec)
+    plan = _load_plan(args.spec)
     from engine.train import train_run  # after validation: a bad spec fails fast, without torch
 
     args.out.mkdir(parents=True, exist_ok=True)
-    sink = ProgressBarSink(CsvSink(args.out / "metrics.csv"), spec.total_steps)
+    csv = CsvSink(args.out / "metrics.csv")
     try:
-        result = train_run(spec, sink, checkpoint_dir=args.out, device=args.device)
+        for index, planned in enumerate(plan):
+            run_dir = _run_dir(args.out, plan, index)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if planned.parent_index is not None and not (run_dir / "checkpoint.pt").exists():
+                parent_dir = _run_dir(args.out, plan, planned.parent_index)
+                shutil.copyfile(parent_dir / "checkpoint.pt", run_dir / "checkpoint.pt")
+            csv.run = str(index)
+            sink = ProgressBarSink(csv, planned.spec.total_steps, f"run {index} ({planned.role})")
+            try:
+                result = train_run(planned.spec, sink, checkpoint_dir=run_dir, device=args.device)
+            finally:
+                sink.close()
+            summary = ", ".join(
+                f"{k} {result.final_metrics[k]:.4g}" for k in ("train_acc", "test_acc") if k in result.final_metrics
+            )
+            print(f"run {index} done: {result.final_step} steps; {summary}")
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        sink.close()
-    summary = ", ".join(f"{k} {result.final_metrics[k]:.4g}" for k in ("train_acc", "test_acc") if k in result.final_metrics)
-    print(f"done: {result.final_step} steps; {summary}")
+        csv.close()
     return 0
 
 

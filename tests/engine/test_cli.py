@@ -59,3 +59,39 @@ def test_cli_rejects_unknown_field(tmp_path):
 
     assert proc.returncode == 2
     assert "optimizer.learning_rate" in proc.stderr
+
+
+def test_cli_trains_a_sweep_and_a_fork_like_the_server(tmp_path):
+    spec = {
+        "kind": "ungrokking",
+        "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 30}], "eval_every": 10},
+        "subset_sizes": [20, 40],
+        "phase2_steps": 20,
+        "seeds": [0],
+    }
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+
+    proc = _run_cli(str(spec_path), "--out", str(out), "--device", "cpu")
+
+    assert proc.returncode == 0, proc.stderr
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    steps = {run: sorted(int(r["step"]) for r in rows if r["run"] == run and r["name"] == "test_acc") for run in "012"}
+    assert steps["0"] == [0, 10, 20, 30]
+    # The forks start from run 0's final checkpoint: they log their own phase, from its boundary.
+    assert steps["1"] == steps["2"] == [30, 40, 50]
+    for run in "012":
+        assert (out / f"run-{run}" / "checkpoint.pt").exists()
+    assert torch.load(out / "run-2" / "checkpoint.pt", weights_only=True)["step"] == 50
+
+
+def test_cli_rejects_a_bad_kind_naming_the_field(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"kind": "ungrokking", "base": {"task": {"p": 13}}, "subset_sizes": [500]}))
+
+    proc = _run_cli(str(spec_path), "--out", str(tmp_path / "out"))
+
+    assert proc.returncode == 2
+    assert "subset_sizes" in proc.stderr
