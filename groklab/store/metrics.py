@@ -133,7 +133,9 @@ def _copy_or_upsert(cursor: Any, rows: dict[tuple[int, int], float | None]) -> N
 
 
 # Each statement recomputes whole blocks, so it is right whether the batch added points or
-# overwrote one that was a block's min or max. The blocks come as runs of consecutive blocks
+# overwrote one that was a block's min or max. It reads the points other transactions committed,
+# so two writers of one series must not overlap: the worker's flush first renews the run's lease,
+# an UPDATE of the run's row, which makes the flushes of one run take turns. The blocks come as runs of consecutive blocks
 # (a worker's batch is one run per series), read with one index range scan each; a block's last
 # value is the point at its last step, one primary-key probe rather than an ordered aggregate.
 _RECOMPUTE_ROLLUPS = (
