@@ -42,7 +42,7 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
 
     (parent,) = [r for r in runs.values() if r["role"] == "phase1"]
     children = sorted((r for r in runs.values() if r["role"] == "phase2"), key=lambda r: r["spec"]["phases"][-1]["subset_size"])
-    assert [c["spec"]["phases"][-1]["subset_size"] for c in children] == [100, 300, 600]
+    assert [c["spec"]["phases"][-1]["subset_size"] for c in children] == [100, 300, 800]
     for child in children:
         # Trained once, then forked: each child starts after its parent ended, from its state.
         assert child["parent_run_id"] == parent["id"]
@@ -53,12 +53,12 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
     analysis = kinds_client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
     assert analysis["complete"] is True
     final = {c["spec"]["phases"][-1]["subset_size"]: c["latest_metrics"]["test_acc"] for c in children}
-    assert final[100] < 0.3 and final[600] > 0.95
+    assert final[100] < 0.3 and final[800] > 0.95
     labels = {run["id"]: run["label"] for run in analysis["runs"]}
     assert labels[children[0]["id"]] == "ungrokked"
     assert labels[parent["id"]] == "grokked"
     d_crit = analysis["d_crit"]["phase2"]["pooled"]["d_crit"]
-    assert 100 < d_crit < 600
+    assert 100 < d_crit < 800
 
 
 @pytest.mark.slow

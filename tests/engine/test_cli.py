@@ -20,17 +20,20 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_writes_metrics_csv_and_checkpoint(tmp_path):
-    spec = {"task": {"p": 23, "train_fraction": 0.5}, "phases": [{"steps": 200}], "eval_every": 50}
+def _train(tmp_path: Path, spec: dict) -> tuple[Path, list[dict[str, str]]]:
+    """Runs the CLI on `spec` into tmp_path/out; returns that folder and the rows of metrics.csv."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     out = tmp_path / "out"
-
     proc = _run_cli(str(spec_path), "--out", str(out), "--device", "cpu")
-
     assert proc.returncode == 0, proc.stderr
     with (out / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        return out, list(csv.DictReader(f))
+
+
+def test_cli_writes_metrics_csv_and_checkpoint(tmp_path):
+    spec = {"task": {"p": 23, "train_fraction": 0.5}, "phases": [{"steps": 200}], "eval_every": 50}
+    out, rows = _train(tmp_path, spec)
     assert set(rows[0]) == {"run", "name", "step", "value"}
     test_acc_steps = [int(r["step"]) for r in rows if r["name"] == "test_acc"]
     assert test_acc_steps == [0, 50, 100, 150, 200]
@@ -69,15 +72,7 @@ def test_cli_trains_a_sweep_and_a_fork_like_the_server(tmp_path):
         "phase2_steps": 20,
         "seeds": [0],
     }
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    out = tmp_path / "out"
-
-    proc = _run_cli(str(spec_path), "--out", str(out), "--device", "cpu")
-
-    assert proc.returncode == 0, proc.stderr
-    with (out / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    out, rows = _train(tmp_path, spec)
     steps = {run: sorted(int(r["step"]) for r in rows if r["run"] == run and r["name"] == "test_acc") for run in "012"}
     assert steps["0"] == [0, 10, 20, 30]
     # The forks start from run 0's final checkpoint: they log their own phase, from its boundary.

@@ -55,7 +55,7 @@ def _train_runs(root: Path) -> Runs:
     grok = MemorySink()
     train_run(_spec(), grok, checkpoint_dir=root / "grok")
     ungrok = {}
-    for subset_size in (100, 600):
+    for subset_size in (100, 800):
         run_dir = root / f"ungrok_{subset_size}"
         shutil.copytree(root / "grok", run_dir)
         ungrok[subset_size] = MemorySink()
@@ -88,9 +88,10 @@ def test_ungrokking_small_subset_loses_test_accuracy_large_subset_keeps_it(runs)
         assert sink.series["train_acc"][end] == 1.0
         assert sink.series["test_acc"][GROK_STEPS] >= 0.95  # the grokked start
     assert runs.ungrok[100].series["test_acc"][end] < 0.3
-    kept = runs.ungrok[600].series["test_acc"]
-    # the switch to D' costs a transient dip (to ~0.89 on this seed) before it recovers
-    assert min(v for s, v in kept.items() if s >= GROK_STEPS) > 0.8
+    # D'=600 sits near D_crit here: it decays slowly (0.996 -> ~0.95 over 3,000 steps), so the
+    # large subset is 800, which holds above 0.97 after a brief dip at the switch
+    kept = runs.ungrok[800].series["test_acc"]
+    assert min(v for s, v in kept.items() if s >= GROK_STEPS) > 0.9
     assert min(v for s, v in kept.items() if s >= end - 1_000) >= 0.95
 
 
