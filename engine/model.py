@@ -110,11 +110,12 @@ def _gather_rows(tables: Tensor, rows: Tensor) -> Tensor:
     return F.embedding(rows + offset, tables.flatten(0, 1))
 
 
-def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
-    """An ensemble of K transformers: p holds each parameter with a leading member dimension K,
-    a and b (K, B) are member k's operands in row k. Returns the logits at '=' (K, B, vocab)."""
+def _attention_tables(p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The residual at '=' before attention x_eq (K, d), the score (K, 2(V+1), H) and OV output
+    (K, 2(V+1), H, d) of every token at position 0 (rows 0..V) and 1 (rows V+1..), and the score
+    (K, H) and OV output (K, H, d) of '=' itself."""
     W_E, W_pos, W_Q, W_K, W_V, W_O = p["W_E"], p["W_pos"], p["W_Q"], p["W_K"], p["W_V"], p["W_O"]
-    v1, heads, d_head = W_E.shape[1], W_Q.shape[1], W_Q.shape[-1]
+    v1, d_head = W_E.shape[1], W_Q.shape[-1]
     x_eq = W_E[:, v1 - 1] + W_pos[:, 2]  # (K, d) residual at '=' before attention; '=' is token V
     q = torch.einsum("md,mhdk->mhk", x_eq, W_Q)  # (K, H, k), the same for every example
     # score(x) = (x W_K[h]) . q[h] / sqrt(k) = x . key_dir[:, h]: one direction per head
@@ -125,7 +126,14 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     ov_table = torch.einsum("mvhk,mhke->mvhe", torch.einsum("mvd,mhdk->mvhk", x_ab, W_V), W_O)  # (K, 2(V+1), H, d)
     score_eq = torch.einsum("md,mdh->mh", x_eq, key_dir)  # (K, H)
     ov_eq = torch.einsum("mhk,mhke->mhe", torch.einsum("md,mhdk->mhk", x_eq, W_V), W_O)  # (K, H, d)
+    return x_eq, score_table, ov_table, score_eq, ov_eq
 
+
+def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """An ensemble of K transformers: p holds each parameter with a leading member dimension K,
+    a and b (K, B) are member k's operands in row k. Returns the logits at '=' (K, B, vocab)."""
+    x_eq, score_table, ov_table, score_eq, ov_eq = _attention_tables(p)
+    v1, heads = p["W_E"].shape[1], p["W_Q"].shape[1]
     kk, batch = a.shape
     a_row, b_row = a, b + v1  # token a at position 0 is table row a, b at position 1 row V+1+b
     scores = torch.stack(
@@ -143,6 +151,47 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     hidden = F.relu(torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]))  # (K, B, d_mlp)
     resid = resid + torch.baddbmm(p["b_out"][:, None], hidden, p["W_out"])
     return resid @ p["W_U"]  # (K, B, vocab)
+
+
+@torch.no_grad()
+def transformer_pair_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """transformer_logits (up to float rounding, without autograd) for operands a, b (K, N) that
+    cover at least half the V x V grid of pairs (evaluation), computed over the grid and then indexed.
+
+    Over the grid, the attention weights of (a, b) come from a score table of a and one of b, and
+    everything linear in the attention output is a weighted sum of per-token tables: the MLP's
+    pre-activation is sum_h w0[h] (ov_a[h] W_in) + w1[h] (ov_b[h] W_in) + w2[h] (ov_eq[h] W_in)
+    + x_eq W_in + b_in, the same for the unembedding of the residual stream. So no per-pair
+    gathers, and per pair an H-term sum replaces the d_model x d_mlp matmul.
+    """
+    v1 = p["W_E"].shape[1]
+    v = v1 - 1
+    kk, pairs = a.shape
+    if 2 * pairs < v * v:
+        return transformer_logits(p, a, b)
+    x_eq, score_table, ov_table, score_eq, ov_eq = _attention_tables(p)
+    s_a, s_b = score_table[:, :v], score_table[:, v1 : v1 + v]  # (K, V, H)
+    s_eq = score_eq[:, None, None].expand(kk, v, v, -1)
+    attn = torch.stack([s_a[:, :, None].expand_as(s_eq), s_b[:, None].expand_as(s_eq), s_eq], dim=-1).softmax(-1)
+    w_a, w_b, w_eq = attn.unbind(dim=-1)  # (K, V_a, V_b, H) each
+
+    def linear_of_resid(W: Tensor, bias: Tensor | None) -> Tensor:
+        """(x_eq + mixed) @ W (+ bias) over the grid, W (K, d, X) -> (K, V, V, X)."""
+        ov_a, ov_b = ov_table[:, :v] @ W[:, None], ov_table[:, v1 : v1 + v] @ W[:, None]  # (K, V, H, X)
+        ov_e = ov_eq @ W  # (K, H, X)
+        base = (x_eq[:, None] @ W)[:, 0]  # (K, X)
+        if bias is not None:
+            base = base + bias
+        # for each a: (V_b, 2H) @ (2H, X) with the weights of a's and '='s tables side by side
+        out = torch.cat([w_a, w_eq], dim=-1) @ torch.cat([ov_a, ov_e[:, None].expand_as(ov_a)], dim=2)
+        out += (w_b.transpose(1, 2) @ ov_b).transpose(1, 2)  # for each b: (V_a, H) @ (H, X)
+        out += base[:, None, None]
+        return out
+
+    hidden = linear_of_resid(p["W_in"], p["b_in"]).relu_().flatten(1, 2)  # (K, V*V, d_mlp)
+    out_u = p["W_out"] @ p["W_U"]  # (K, d_mlp, vocab): the MLP output goes only to the unembedding
+    logits = torch.baddbmm(linear_of_resid(p["W_U"], (p["b_out"][:, None] @ p["W_U"])[:, 0]).flatten(1, 2), hidden, out_u)
+    return _gather_rows(logits, a * v + b)  # (K, N, vocab)
 
 
 def mlp_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:

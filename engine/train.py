@@ -14,7 +14,7 @@ from torch import Tensor
 
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.metrics import evaluate, per_example_loss
-from engine.model import build_model, mlp_logits, transformer_logits
+from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
 from engine.result import EngineError, RunResult
@@ -251,7 +251,9 @@ class _Ensemble:
     def __init__(self, specs: Sequence[RunSpec], sinks: Sequence[MetricSink], dirs: Sequence[Path | None], device: torch.device):
         self.device = device
         self.loss_kind = specs[0].loss
-        self.logits_fn = transformer_logits if isinstance(specs[0].model, TransformerSpec) else mlp_logits
+        transformer = isinstance(specs[0].model, TransformerSpec)
+        self.logits_fn = transformer_logits if transformer else mlp_logits
+        self.eval_logits_fn = transformer_pair_logits if transformer else mlp_logits  # over all pairs
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
         self.tokens = table.tokens.to(device)  # (N, 3)
         self.labels = table.labels.to(device)  # (N,)
@@ -411,7 +413,7 @@ class _Ensemble:
         rows_t = torch.tensor(rows, device=self.device)
         params = {name: param.detach()[rows_t] for name, param in self.params.items()}
         metrics = evaluate(
-            self.logits_fn, params, self.tokens, torch.stack([m.targets for m in members]),
+            self.eval_logits_fn, params, self.tokens, torch.stack([m.targets for m in members]),
             self.labels, [m.train_idx_dev for m in members],
             [m.test_idx for m in members], self.loss_kind,
         )  # fmt: skip

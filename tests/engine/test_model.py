@@ -81,3 +81,20 @@ def test_mlp_variant_shapes_and_norm_groups():
     assert float(norms["attn"]) == 0.0
     parts = sum(float(norms[k]) ** 2 for k in ("embed", "attn", "mlp", "unembed"))
     assert float(norms["total"]) == pytest.approx(parts**0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("p, heads", [(7, 1), (13, 3), (31, 4)])
+def test_evaluation_over_the_pair_grid_matches_the_shortcut(p, heads):
+    from engine.model import transformer_logits, transformer_pair_logits
+
+    spec = RunSpec(task=TaskSpec(p=p), model=TransformerSpec(d_model=24, n_heads=heads, d_head=8, d_mlp=40), seed=p)
+    net = build_model(spec).double()
+    g = torch.Generator().manual_seed(2)
+    params = {
+        name: (torch.randn(param.shape, generator=g, dtype=torch.float64) * 0.5)[None]
+        for name, param in net.named_parameters()
+    }  # an ensemble of one, non-zero biases, larger scores than at init
+    grid = torch.cartesian_prod(torch.arange(p), torch.arange(p))
+    keep = torch.randperm(len(grid), generator=g)[: len(grid) * 3 // 4]  # any pairs covering >= half
+    a, b = grid[keep, 0][None], grid[keep, 1][None]
+    torch.testing.assert_close(transformer_pair_logits(params, a, b), transformer_logits(params, a, b), rtol=0, atol=1e-9)
