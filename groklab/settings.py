@@ -52,11 +52,12 @@ class Settings(BaseSettings):
         30.0, ge=0, description="A queued run is re-sent only if its last message is older than this."
     )
     ensemble_size: int = Field(
-        8,
+        1,
         ge=1,
         le=1024,
         description="Runs of one experiment that share a model shape train as one batched ensemble "
-        "of up to this many on one worker; 64 or more suits a GPU worker, 1 turns packing off.",
+        "of up to this many on one worker. 1 (no packing) suits CPU workers, where the matmuls "
+        "already fill the cores; 64 suits GPU workers.",
     )
     broker_visibility_timeout: int = Field(
         7 * 24 * 3600, ge=60, description="Redis redelivers an unacknowledged task after this long."

@@ -26,7 +26,9 @@ def pg_database() -> Iterator[str]:
 def pg_stack(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The production topology: PostgreSQL + Redis + one api + one worker, over HTTP."""
     data_dir = tmp_path_factory.mktemp("pg-stack")
-    stack = Stack(env=service_env(pg_database, REDIS_URL, data_dir), log_dir=data_dir)
+    # Packing on, as on a GPU cluster, so that the end-to-end tests train ensembles.
+    env = service_env(pg_database, REDIS_URL, data_dir, GROKLAB_ENSEMBLE_SIZE="8")
+    stack = Stack(env=env, log_dir=data_dir)
     stack.start_worker("w1")
     stack.start_api()
     yield stack

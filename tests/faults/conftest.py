@@ -49,8 +49,9 @@ def fault_stack(servers: tuple[PrivatePostgres, PrivateRedis], tmp_path_factory:
         GROKLAB_LEASE_SECONDS="6",
         GROKLAB_RECONCILE_SECONDS="1",
         GROKLAB_REQUEUE_GRACE_SECONDS="2",
-        # Runs train alone here, so that a resumed run is compared bit for bit with one trained
-        # undisturbed; a batched ensemble agrees with lone runs only up to float32 rounding.
+        # Runs train alone (the default, said here because the comparison depends on it): a
+        # resumed run is compared bit for bit with one trained undisturbed, and a batched
+        # ensemble agrees with lone runs only up to float32 rounding.
         GROKLAB_ENSEMBLE_SIZE="1",
     )
     stack = Stack(env=env, log_dir=data_dir)
