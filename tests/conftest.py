@@ -79,3 +79,9 @@ def fresh_pg_url() -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'groklab.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_database_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of each kind groklab runs on (not migrated)."""
+    return request.getfixturevalue("fresh_pg_url" if request.param == "postgresql" else "sqlite_url")

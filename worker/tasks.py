@@ -187,14 +187,14 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         return outcomes
 
     requeue: list[tuple[int, RunSpec]] = []
-    for member, spec, result in zip(ready, specs, results, strict=True):
+    for k, (member, spec, result) in enumerate(zip(ready, specs, results, strict=True)):
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             member.sink.flush()
             if member.sink.lease_lost:
                 outcomes[member.run_id] = "lease-lost"
             elif result.error is not None:
                 outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=result.error)
-            elif result.stopped and _worker_shutting_down() and not cancel_requested(ready.index(member)):
+            elif result.stopped and _worker_shutting_down() and not cancel_requested(k):
                 with session_scope(settings.resolved_database_url) as session:
                     released = leases.release_to_queue(
                         session, member.lease, reason=f"{member.lease.worker} shut down; re-queued"

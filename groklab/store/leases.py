@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import Run, RunEvent, utcnow
@@ -134,7 +134,7 @@ def runs_to_send(session: Session, *, older_than: datetime) -> list[int]:
             Run.status == QUEUED,
             Run.cancel_requested.is_(False),
             or_(Run.enqueued_at.is_(None), Run.enqueued_at < older_than),
-            or_(Run.parent_run_id.is_(None), and_(parent.status == SUCCEEDED)),
+            or_(Run.parent_run_id.is_(None), parent.status == SUCCEEDED),
         )
         .order_by(Run.id)
     )

@@ -14,11 +14,8 @@ from groklab.store.migrate import upgrade
 from groklab.store.models import MetricRollup
 
 
-@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
-def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(
-    database: str, request: pytest.FixtureRequest
-) -> None:
-    url = request.getfixturevalue("fresh_pg_url" if database == "postgresql" else "sqlite_url")
+def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(empty_database_url: str) -> None:
+    url = empty_database_url
     upgrade(url)
     with session_scope(url) as session:
         experiment = run_store.create_experiment(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -12,11 +11,8 @@ from groklab.store.migrate import upgrade
 from groklab.store.models import metadata
 
 
-@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
-def test_migrations_on_an_empty_database_match_the_models(
-    database: str, request: pytest.FixtureRequest
-) -> None:
-    url = request.getfixturevalue("fresh_pg_url" if database == "postgresql" else "sqlite_url")
+def test_migrations_on_an_empty_database_match_the_models(empty_database_url: str) -> None:
+    url = empty_database_url
     upgrade(url)
     engine = make_engine(url)
     with engine.connect() as connection:
