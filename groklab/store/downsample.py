@@ -8,16 +8,15 @@ values: NaN and inf are stored as null) and last (the value at its highest step)
 a one-step spike survive any N; empty buckets are not returned, so a sparse series stays sparse.
 
 On PostgreSQL, buckets of at least ROLLUP_WIDTHS[0] steps are folded from metric_rollups: each
-bucket is cut, like a segment tree, into the widest aligned blocks that lie inside it, and only
-the points of the narrowest blocks that a bucket edge splits are read raw. The answer is the
+bucket is cut, like a segment tree, into the widest aligned blocks that lie inside it (rollup_cover),
+and only the points of the narrowest blocks that a bucket edge splits are read raw. The answer is the
 same as folding every point; the work grows with the number of buckets, not of points.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import and_, func, select, text
@@ -119,67 +118,88 @@ def _fold_points(
     return session.execute(query).all()
 
 
-# A block [block * width, (block + 1) * width - 1] counts when it lies inside [start, end] and
-# inside one bucket; the Python side only names ranges of blocks whose parent does not. Each range
-# is one index range scan: OFFSET 0 keeps the planner from turning the lateral subqueries into a
-# scan of the whole table, which the row estimates of unnest() would otherwise invite.
+def rollup_cover(lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+    """[lo, hi] as runs of whole aligned rollup blocks, each as wide as fits: (width, first block,
+    last block); the steps no block fits are (0, first step, last step), at most 15 at each end."""
+    narrowest, widest = ROLLUP_WIDTHS[0], ROLLUP_WIDTHS[-1]
+    position = lo
+    while position <= hi:
+        width = 0
+        for candidate in ROLLUP_WIDTHS:  # each width divides the next: alignment is nested
+            if position % candidate or position + candidate - 1 > hi:
+                break
+            width = candidate
+        if width == 0:
+            last = min(hi, position - position % narrowest + narrowest - 1)
+            yield 0, position, last
+            position = last + 1
+            continue
+        count = (hi + 1 - position) // width
+        if width != widest:
+            wider = ROLLUP_WIDTHS[ROLLUP_WIDTHS.index(width) + 1]
+            # Stop where the next width's alignment starts: from there its blocks may fit.
+            count = min(count, (-position) % wider // width or count)
+        yield width, position // width, position // width + count - 1
+        position += count * width
+
+
+# Each block range is one index-only range scan of the covering primary key, and each raw range
+# one of metric_points; OFFSET 0 keeps the planner from turning the lateral subqueries into a scan
+# of the whole table, which the row estimates of unnest() would otherwise invite. A bucket's last
+# value is that of its part with the highest last step: max() of [step, value] arrays compares the
+# steps first (exact as float8 up to 2^53), so no second lookup of the point is needed.
 _FOLD_ROLLUPS = text(
     "WITH parts AS ("
-    "SELECT c.series_id, (c.block * r.width - :start) / :width AS bucket, c.count, "
-    "c.value_count, c.min, c.max, c.sum, c.last_step "
+    "SELECT c.series_id, r.bucket, c.count, c.value_count, c.min, c.max, c.sum, "
+    "ARRAY[c.last_step::float8, c.last_value] AS last "
     "FROM unnest(CAST(:block_widths AS int[]), CAST(:block_first AS bigint[]), "
-    "CAST(:block_last AS bigint[])) AS r (width, first, last) "
+    "CAST(:block_last AS bigint[]), CAST(:block_buckets AS int[])) AS r (width, first, last, bucket) "
     "CROSS JOIN LATERAL (SELECT * FROM metric_rollups WHERE series_id = ANY(CAST(:series AS int[])) "
     "AND width = r.width AND block BETWEEN r.first AND r.last OFFSET 0) AS c "
-    "WHERE c.block * r.width >= :start AND (c.block + 1) * r.width - 1 <= :end "
-    "AND (c.block * r.width - :start) / :width = ((c.block + 1) * r.width - 1 - :start) / :width "
     "UNION ALL "
-    "SELECT p.series_id, (p.step - :start) / :width, 1, CAST(p.value IS NOT NULL AS int), "
-    "p.value, p.value, p.value, p.step "
-    "FROM unnest(CAST(:raw_first AS bigint[]), CAST(:raw_last AS bigint[])) AS r (first, last) "
+    "SELECT p.series_id, r.bucket, 1, CAST(p.value IS NOT NULL AS int), p.value, p.value, p.value, "
+    "ARRAY[p.step::float8, p.value] "
+    "FROM unnest(CAST(:raw_first AS bigint[]), CAST(:raw_last AS bigint[]), CAST(:raw_buckets AS int[])) "
+    "AS r (first, last, bucket) "
     "CROSS JOIN LATERAL (SELECT * FROM metric_points WHERE series_id = ANY(CAST(:series AS int[])) "
-    "AND step BETWEEN r.first AND r.last OFFSET 0) AS p), "
-    "buckets AS (SELECT series_id, bucket, sum(count) AS count, min(min) AS min, max(max) AS max, "
-    "sum(sum) / nullif(sum(value_count), 0) AS mean, max(last_step) AS last_step "
-    "FROM parts GROUP BY series_id, bucket) "
-    "SELECT b.series_id, b.bucket, b.count, b.min, b.max, b.mean, p.value AS last FROM buckets b "
-    "JOIN metric_points p ON p.series_id = b.series_id AND p.step = b.last_step"
+    "AND step BETWEEN r.first AND r.last OFFSET 0) AS p) "
+    "SELECT series_id, bucket, sum(count), min(min), max(max), sum(sum) / nullif(sum(value_count), 0), "
+    "(max(last))[2] FROM parts GROUP BY series_id, bucket"
 )
+
+
+def array_literal(values: Sequence[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _fold_rollups(
     session: Session, ids: list[int], start_step: int, end_step: int, width: int
 ) -> Sequence[Any]:
     """The same rows as _fold_points, from rollup blocks and the few points at bucket edges."""
-    top = max(w for w in ROLLUP_WIDTHS if w <= width)
-    # Every bucket edge, the range's own two included: a block with one strictly inside is split.
-    cuts = [*range(start_step, end_step + 1, width), end_step + 1]
-    block_widths = [top]
-    block_first = [-(-start_step // top)]
-    block_last = [(end_step + 1) // top - 1]
-    # Below the top width, only the children of split blocks can be inside a bucket.
-    levels = ROLLUP_WIDTHS[: ROLLUP_WIDTHS.index(top) + 1]
-    for child, parent in pairwise(levels):
-        ratio = parent // child
-        for split in sorted({cut // parent for cut in cuts if cut % parent}):
-            block_widths.append(child)
-            block_first.append(split * ratio)
-            block_last.append(split * ratio + ratio - 1)
-    narrowest = ROLLUP_WIDTHS[0]
-    split_blocks = sorted({cut // narrowest for cut in cuts if cut % narrowest})
-    params = {
-        "series": ids,
-        "start": start_step,
-        "end": end_step,
-        "width": width,
-        "block_widths": block_widths,
-        "block_first": block_first,
-        "block_last": block_last,
-        "raw_first": [max(start_step, b * narrowest) for b in split_blocks],
-        "raw_last": [min(end_step, b * narrowest + narrowest - 1) for b in split_blocks],
+    blocks: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+    raw: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for bucket, lo in enumerate(range(start_step, end_step + 1, width)):
+        for block_width, first, last in rollup_cover(lo, min(end_step, lo + width - 1)):
+            if block_width:
+                for column, value in zip(blocks, (block_width, first, last, bucket)):
+                    column.append(value)
+            else:
+                for column, value in zip(raw, (first, last, bucket)):
+                    column.append(value)
+    columns = {
+        "block_widths": blocks[0],
+        "block_first": blocks[1],
+        "block_last": blocks[2],
+        "block_buckets": blocks[3],
+        "raw_first": raw[0],
+        "raw_last": raw[1],
+        "raw_buckets": raw[2],
     }
-    # unnest() and the lateral filters make PostgreSQL expect a few hundred rows where there are
-    # ~20 per bucket, and plan for that: JIT compilation (~200 ms) and a sort instead of hashing.
+    # Sent as array literals: psycopg adapts a list element by element, ~10x slower for the ~5,000
+    # integers per column of a 1,000-bucket read.
+    params = {name: array_literal(values) for name, values in columns.items()} | {"series": array_literal(ids)}
+    # unnest() and the lateral filters make PostgreSQL expect millions of rows where there are
+    # ~10 per bucket, and plan for that: JIT compilation (~200 ms) and a sort instead of hashing.
     saved = session.execute(
         text("SELECT current_setting('jit') AS jit, current_setting('enable_sort') AS sort")
     ).one()

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.downsample import Bucket, bucket_width, downsample_buckets
+from groklab.store.downsample import Bucket, bucket_width, downsample_buckets, rollup_cover
 from groklab.store.forks import copy_parent_points
 from groklab.store.metric_query import select_series
-from groklab.store.metrics import write_points
+from groklab.store.metrics import ROLLUP_WIDTHS, write_points
 from groklab.store.migrate import upgrade
 from tests.services import create_pg_database, drop_pg_database
 
@@ -163,3 +163,21 @@ def test_a_one_step_spike_survives_and_a_flat_series_stays_flat(database: str) -
     assert len(buckets) == 3
     assert max(b.max for b in buckets if b.max is not None) == 1e9
     assert [b.min for b in buckets] == [1.0, 1.0, 1.0]
+
+
+@given(lo=st.integers(0, 300_000), length=st.integers(1, 300_000))
+def test_rollup_cover_tiles_the_range_with_aligned_blocks_and_few_parts(lo: int, length: int) -> None:
+    hi = lo + length - 1
+    parts = list(rollup_cover(lo, hi))
+    covered = []
+    for width, first, last in parts:
+        if width == 0:
+            assert first // ROLLUP_WIDTHS[0] == last // ROLLUP_WIDTHS[0]  # inside one narrowest block
+            covered.append((first, last))
+        else:
+            assert width in ROLLUP_WIDTHS and first <= last
+            covered.append((first * width, (last + 1) * width - 1))
+    assert covered[0][0] == lo and covered[-1][1] == hi
+    assert all(b[0] == a[1] + 1 for a, b in pairwise(covered))  # no gaps, no overlaps
+    # Per width, at most one run on each side of the widest block: the read folds few rows.
+    assert len(parts) <= 2 * len(ROLLUP_WIDTHS) + 1

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from groklab.store.database import make_engine
-from groklab.store.migrate import upgrade
+from groklab.store import runs as run_store
+from groklab.store.database import make_engine, session_scope
+from groklab.store.metrics import ROLLUP_WIDTHS, write_points
+from groklab.store.migrate import alembic_config, upgrade
 from groklab.store.models import metadata
 
 
@@ -22,3 +28,27 @@ def test_migrations_on_an_empty_database_match_the_models(empty_database_url: st
     engine.dispose()
     assert drift == []
     assert {"experiments", "runs", "metric_series", "metric_points", "run_events"} <= tables
+
+
+def test_migration_0004_builds_the_new_rollup_levels_of_points_written_before_it(fresh_pg_url: str) -> None:
+    """Downgrading to 0003 drops the 64-, 1,024- and 16,384-step blocks; upgrading rebuilds them
+    from the blocks below, equal to what write_points keeps."""
+    upgrade(fresh_pg_url)
+    with session_scope(fresh_pg_url) as session:
+        run_id = run_store.create_experiment(
+            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]
+        ).runs[0].id
+        points = [("loss", step, math.sin(step / 700) if step % 501 else math.nan) for step in range(0, 40_000, 3)]
+        write_points(session, run_id, points)
+    rollups = "SELECT * FROM metric_rollups ORDER BY series_id, width, block"
+    with session_scope(fresh_pg_url) as session:
+        kept = session.execute(text(rollups)).all()
+    command.downgrade(alembic_config(fresh_pg_url), "0003")
+    with session_scope(fresh_pg_url) as session:
+        assert {w for (w,) in session.execute(text("SELECT DISTINCT width FROM metric_rollups"))} == {16, 256, 4096, 65536}
+    upgrade(fresh_pg_url)
+    with session_scope(fresh_pg_url) as session:
+        rebuilt = session.execute(text(rollups)).all()
+    assert {row.width for row in rebuilt} == set(ROLLUP_WIDTHS)
+    assert [row[:7] + row[8:] for row in rebuilt] == [row[:7] + row[8:] for row in kept]
+    assert [row.sum for row in rebuilt] == pytest.approx([row.sum for row in kept])
