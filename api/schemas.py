@@ -118,7 +118,7 @@ class MetricQuery(BaseModel):
     names: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=100, description="Series names; all when omitted. Unknown names give no rows."
     )
-    start_step: int = Field(0, ge=0)
+    start_step: int = Field(0, ge=0, description="First step, inclusive.")
     end_step: int | None = Field(
         None, ge=0, description="Inclusive; default the last step of the selected series."
     )

@@ -64,7 +64,42 @@ def query_metrics(
     return _answer(query, request, session, principal.owner)
 
 
-@router.get("/v1/metrics/query", responses=_QUERY_RESPONSES, response_model=None)
+def _get_parameters() -> list[dict[str, Any]]:
+    """MetricQuery's fields as the GET form's query parameters, for the OpenAPI document only.
+
+    Generated from the model so that the two cannot drift; _query_from_params stays the one
+    validator. Lists travel comma-separated and `where` as a JSON object, so both are strings.
+    """
+    properties = MetricQuery.model_json_schema()["properties"]
+    parameters: list[dict[str, Any]] = []
+    for name, field in MetricQuery.model_fields.items():
+        prop = properties[name]
+        schema = next((s for s in prop.get("anyOf", [prop]) if s.get("type") != "null"), {})
+        description = field.description or prop.get("title", name)
+        if schema.get("type") == "array":
+            items = schema.get("items", {})
+            kinds = f"; each one of {', '.join(items['enum'])}" if "enum" in items else ""
+            description += f" Comma-separated{kinds}."
+            schema = {"type": "string"}
+        elif schema.get("type") == "object":
+            description += " A JSON object."
+            schema = {"type": "string"}
+        else:
+            schema = {k: v for k, v in schema.items() if k not in ("title", "description", "default")}
+            if field.default is not None:
+                schema["default"] = field.default
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+        )
+    return parameters
+
+
+@router.get(
+    "/v1/metrics/query",
+    responses=_QUERY_RESPONSES,
+    response_model=None,
+    openapi_extra={"parameters": _get_parameters()},
+)
 def query_metrics_get(
     request: Request, principal: Principal = Depends(reader), session: Session = Depends(get_session)
 ) -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from api.schemas import MetricQuery
 from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
@@ -157,3 +158,16 @@ def test_bad_queries_are_problems_naming_the_field(client: httpx.Client, pg_data
     assert (bad_where.status_code, _problem_field(bad_where)) == (422, "where")
     unknown_name = client.post("/v1/metrics/query", json={"run_ids": [run_id], "names": ["nope"]})
     assert unknown_name.status_code == 200 and unknown_name.json()["rows"] == []
+
+
+def test_openapi_declares_every_get_query_parameter(client: httpx.Client) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/metrics/query"]["get"]
+    parameters = operation.get("parameters", [])
+    assert sorted(p["name"] for p in parameters) == sorted(MetricQuery.model_fields)
+    for parameter in parameters:
+        assert parameter["in"] == "query" and parameter["required"] is False, parameter
+        assert parameter["description"] and parameter["schema"]["type"] in ("string", "integer"), parameter
+    by_name = {p["name"]: p for p in parameters}
+    assert "Comma-separated" in by_name["run_ids"]["description"]
+    assert by_name["where"]["schema"]["type"] == "string" and "JSON" in by_name["where"]["description"]
+    assert by_name["max_points"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 10_000}
