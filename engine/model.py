@@ -11,9 +11,9 @@ P = 113 the model has 226,688 parameters, Nanda's 226,816 minus the 128 weights 
 Only the logits at '=' (position 2) are ever read, and with one layer they depend on the other
 positions only through what '=' attends to. So the forward pass is the exact last-position
 shortcut: the query is one vector (token '=' at position 2 is the same in every example), and the
-attention score and the value-output (OV) vector of a token at position 0 or 1 are lookup tables
-computed once per forward from the parameters. Per example we gather two table rows, softmax over
-three positions, and run the MLP and unembedding at one position. Autograd flows through the
+attention score and the value vector of a token at position 0 or 1 are lookup tables computed
+once per forward from the parameters. Per example we gather two table rows, softmax over three
+positions, mix the values, and run W_O, the MLP and the unembedding at one position. Autograd flows through the
 tables; tests/engine/reference_model.py checks logits and gradients against all-positions attention.
 
 The math lives in transformer_logits / mlp_logits, which take every parameter with a leading
@@ -111,10 +111,10 @@ def _gather_rows(tables: Tensor, rows: Tensor) -> Tensor:
 
 
 def _attention_tables(p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The residual at '=' before attention x_eq (K, d), the score (K, 2(V+1), H) and OV output
-    (K, 2(V+1), H, d) of every token at position 0 (rows 0..V) and 1 (rows V+1..), and the score
-    (K, H) and OV output (K, H, d) of '=' itself."""
-    W_E, W_pos, W_Q, W_K, W_V, W_O = p["W_E"], p["W_pos"], p["W_Q"], p["W_K"], p["W_V"], p["W_O"]
+    """The residual at '=' before attention x_eq (K, d), the score (K, 2(V+1), H) and value
+    (K, 2(V+1), H, d_head) of every token at position 0 (rows 0..V) and 1 (rows V+1..), and the
+    score (K, H) and value (K, H, d_head) of '=' itself."""
+    W_E, W_pos, W_Q, W_K, W_V = p["W_E"], p["W_pos"], p["W_Q"], p["W_K"], p["W_V"]
     v1, d_head = W_E.shape[1], W_Q.shape[-1]
     x_eq = W_E[:, v1 - 1] + W_pos[:, 2]  # (K, d) residual at '=' before attention; '=' is token V
     q = torch.einsum("md,mhdk->mhk", x_eq, W_Q)  # (K, H, k), the same for every example
@@ -123,16 +123,16 @@ def _attention_tables(p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, 
 
     x_ab = (W_E[:, None] + W_pos[:, :2, None]).flatten(1, 2)  # (K, 2(V+1), d) every token at pos 0, 1
     score_table = x_ab @ key_dir  # (K, 2(V+1), H)
-    ov_table = torch.einsum("mvhk,mhke->mvhe", torch.einsum("mvd,mhdk->mvhk", x_ab, W_V), W_O)  # (K, 2(V+1), H, d)
+    value_table = torch.einsum("mvd,mhdk->mvhk", x_ab, W_V)  # (K, 2(V+1), H, k)
     score_eq = torch.einsum("md,mdh->mh", x_eq, key_dir)  # (K, H)
-    ov_eq = torch.einsum("mhk,mhke->mhe", torch.einsum("md,mhdk->mhk", x_eq, W_V), W_O)  # (K, H, d)
-    return x_eq, score_table, ov_table, score_eq, ov_eq
+    value_eq = torch.einsum("md,mhdk->mhk", x_eq, W_V)  # (K, H, k)
+    return x_eq, score_table, value_table, score_eq, value_eq
 
 
 def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     """An ensemble of K transformers: p holds each parameter with a leading member dimension K,
     a and b (K, B) are member k's operands in row k. Returns the logits at '=' (K, B, vocab)."""
-    x_eq, score_table, ov_table, score_eq, ov_eq = _attention_tables(p)
+    x_eq, score_table, value_table, score_eq, value_eq = _attention_tables(p)
     v1, heads = p["W_E"].shape[1], p["W_Q"].shape[1]
     kk, batch = a.shape
     a_row, b_row = a, b + v1  # token a at position 0 is table row a, b at position 1 row V+1+b
@@ -141,12 +141,12 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
         dim=-1,
     )  # (K, B, H, 3)
     attn = scores.softmax(dim=-1)
-    ov_a = _gather_rows(ov_table.flatten(2), a_row).view(kk, batch, heads, -1)  # (K, B, H, d)
-    ov_b = _gather_rows(ov_table.flatten(2), b_row).view(kk, batch, heads, -1)
-    # broadcast-and-sum, not einsum: einsum lowers to a bmm of K*B tiny products, slow on CPU
-    mixed = (
-        (attn[..., 0, None] * ov_a).sum(dim=2) + (attn[..., 1, None] * ov_b).sum(dim=2) + attn[..., 2] @ ov_eq
-    )  # (K, B, d)
+    # Mix the values (H x d_head per example) and then apply W_O once, as one matmul: mixing the
+    # OV outputs (H x d_model) instead moves 4x the elements through the gathers and products.
+    v_a = _gather_rows(value_table.flatten(2), a_row).view(kk, batch, heads, -1)  # (K, B, H, k)
+    v_b = _gather_rows(value_table.flatten(2), b_row).view(kk, batch, heads, -1)
+    z = attn[..., 0, None] * v_a + attn[..., 1, None] * v_b + attn[..., 2, None] * value_eq[:, None]
+    mixed = z.flatten(2) @ p["W_O"].flatten(1, 2)  # (K, B, H*k) @ (K, H*k, d) -> (K, B, d)
     resid = x_eq[:, None] + mixed  # (K, B, d)
     hidden = F.relu(torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]))  # (K, B, d_mlp)
     resid = resid + torch.baddbmm(p["b_out"][:, None], hidden, p["W_out"])
@@ -169,11 +169,20 @@ def transformer_pair_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Te
     kk, pairs = a.shape
     if 2 * pairs < v * v:
         return transformer_logits(p, a, b)
-    x_eq, score_table, ov_table, score_eq, ov_eq = _attention_tables(p)
-    s_a, s_b = score_table[:, :v], score_table[:, v1 : v1 + v]  # (K, V, H)
-    s_eq = score_eq[:, None, None].expand(kk, v, v, -1)
-    attn = torch.stack([s_a[:, :, None].expand_as(s_eq), s_b[:, None].expand_as(s_eq), s_eq], dim=-1).softmax(-1)
-    w_a, w_b, w_eq = attn.unbind(dim=-1)  # (K, V_a, V_b, H) each
+    x_eq, score_table, value_table, score_eq, value_eq = _attention_tables(p)
+    W_O = p["W_O"]
+    ov_table = torch.einsum("mvhk,mhke->mvhe", value_table, W_O)  # (K, 2(V+1), H, d) OV output per token
+    ov_eq = torch.einsum("mhk,mhke->mhe", value_eq, W_O)  # (K, H, d)
+    # Softmax over the three positions, written out over (K, V_a, V_b, H): torch's softmax over a
+    # last dimension of 3 is several times slower.
+    s_a, s_b, s_e = score_table[:, :v, None], score_table[:, None, v1 : v1 + v], score_eq[:, None, None]
+    top = torch.maximum(torch.maximum(s_a, s_b), s_e)
+    e_a, e_b, e_e = (s_a - top).exp(), (s_b - top).exp(), (s_e - top).exp()
+    total = e_a + e_b + e_e
+    # For each a, a's and '='s weights side by side with a 1 for the constant part; for each b,
+    # b's weights laid out by b (a contiguous copy: a matmul over the transposed view is ~5x slower).
+    weights_a = torch.cat([e_a / total, e_e / total, torch.ones_like(total[..., :1])], dim=-1)  # (K, V_a, V_b, 2H+1)
+    weights_b = (e_b / total).transpose(1, 2).contiguous()  # (K, V_b, V_a, H)
 
     def linear_of_resid(W: Tensor, bias: Tensor | None) -> Tensor:
         """(x_eq + mixed) @ W (+ bias) over the grid, W (K, d, X) -> (K, V, V, X)."""
@@ -182,16 +191,19 @@ def transformer_pair_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Te
         base = (x_eq[:, None] @ W)[:, 0]  # (K, X)
         if bias is not None:
             base = base + bias
-        # for each a: (V_b, 2H) @ (2H, X) with the weights of a's and '='s tables side by side
-        out = torch.cat([w_a, w_eq], dim=-1) @ torch.cat([ov_a, ov_e[:, None].expand_as(ov_a)], dim=2)
-        out += (w_b.transpose(1, 2) @ ov_b).transpose(1, 2)  # for each b: (V_a, H) @ (H, X)
-        out += base[:, None, None]
+        # for each a: (V_b, 2H+1) @ (2H+1, X), then for each b: (V_a, H) @ (H, X)
+        tables_a = torch.cat([ov_a, ov_e[:, None].expand_as(ov_a), base[:, None, None].expand(kk, v, 1, -1)], dim=2)
+        out = weights_a @ tables_a
+        out += (weights_b @ ov_b).transpose(1, 2)
         return out
 
     hidden = linear_of_resid(p["W_in"], p["b_in"]).relu_().flatten(1, 2)  # (K, V*V, d_mlp)
     out_u = p["W_out"] @ p["W_U"]  # (K, d_mlp, vocab): the MLP output goes only to the unembedding
     logits = torch.baddbmm(linear_of_resid(p["W_U"], (p["b_out"][:, None] @ p["W_U"])[:, 0]).flatten(1, 2), hidden, out_u)
-    return _gather_rows(logits, a * v + b)  # (K, N, vocab)
+    rows = a * v + b
+    if pairs == v * v and torch.equal(rows, torch.arange(pairs, device=rows.device).expand_as(rows)):
+        return logits  # the grid in its own order, as every evaluation asks: no copy
+    return _gather_rows(logits, rows)  # (K, N, vocab)
 
 
 def mlp_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
