@@ -36,6 +36,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A host tensor made inside the step loop, copied to the device without waiting for it: a
+    copy from pageable memory makes the host wait for the GPU's queue to drain, every step."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def learning_rate(opt: OptimizerSpec, step: int) -> float:
     """The learning rate of optimizer step `step` (1-based): linear warm-up from 0, then constant."""
     if step >= opt.warmup_steps:
@@ -170,7 +178,7 @@ class _Member:
         if self.batch_size == len(self.train_idx):
             return self.train_idx_dev
         pick = torch.randint(len(self.train_idx), (self.batch_size,), generator=self.batch_rng)
-        return self.train_idx_dev[pick.to(self.device)]
+        return self.train_idx_dev[to_device(pick, self.device)]
 
     @property
     def weight_decay(self) -> float:
@@ -347,7 +355,7 @@ class _Ensemble:
         wds = [m.weight_decay for m in self.members]
         if self._hyper_key != (*lrs, *wds):
             self._hyper_key = (*lrs, *wds)
-            both = torch.tensor([lrs, wds], dtype=torch.float64).to(self.device)
+            both = to_device(torch.tensor([lrs, wds], dtype=torch.float64), self.device)
             self._lr, self._wd = both[0], both[1]
         return self._lr, self._wd
 
@@ -369,7 +377,7 @@ class _Ensemble:
                 self.computed_examples[r] = width
             targets = torch.stack([self.members[r].targets for r in rows]).gather(1, idx)
             every_row = rows == list(range(len(self.members)))
-            rows_t = None if every_row else torch.tensor(rows, device=self.device)
+            rows_t = None if every_row else to_device(torch.tensor(rows), self.device)
             layout.append((rows_t, idx, targets, weight))
         if all(m.batch_size == len(m.train_idx) for m in self.members):
             self._layout = layout  # full batch: the same until a phase changes or a member drops
