@@ -15,6 +15,7 @@ from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metrics import write_points
+from tests.api.conftest import Backend
 
 
 def _runs_with_points(
@@ -38,9 +39,10 @@ def _runs_with_points(
     return experiment_id, run_ids
 
 
-def test_csv_round_trips_to_the_stored_numbers(client: httpx.Client, pg_database: str) -> None:
+def test_csv_round_trips_to_the_stored_numbers(backend: Backend) -> None:
+    client, database_url = backend
     values = {0: 0.1, 1: 1 / 3, 2: -2.5e-300, 3: 1.7976931348623157e308, 4: math.nan, 5: 5e-324}
-    _, [run_id] = _runs_with_points(pg_database, {"loss": values})
+    _, [run_id] = _runs_with_points(database_url, {"loss": values})
     response = client.get("/v1/metrics/query", params={"run_ids": str(run_id), "format": "csv"})
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
     rows = list(csv.DictReader(io.StringIO(response.text)))
@@ -49,9 +51,10 @@ def test_csv_round_trips_to_the_stored_numbers(client: httpx.Client, pg_database
     assert got == {s: (v if math.isfinite(v) else None) for s, v in values.items()}
 
 
-def test_buckets_in_every_format_carry_the_same_numbers(client: httpx.Client, pg_database: str) -> None:
+def test_buckets_in_every_format_carry_the_same_numbers(backend: Backend) -> None:
+    client, database_url = backend
     _, run_ids = _runs_with_points(
-        pg_database, {"loss": {s: 1 / (s + 1) for s in range(100)}, "acc": {0: 0.5}}, count=2
+        database_url, {"loss": {s: 1 / (s + 1) for s in range(100)}, "acc": {0: 0.5}}, count=2
     )
     body = {"run_ids": run_ids, "names": ["loss", "nope"], "max_points": 7}
     as_json = client.post("/v1/metrics/query", json=body).json()
@@ -69,9 +72,10 @@ def test_buckets_in_every_format_carry_the_same_numbers(client: httpx.Client, pg
     assert parsed == as_json["rows"]
 
 
-def test_experiment_filter_by_status_and_spec_fields(client: httpx.Client, pg_database: str) -> None:
+def test_experiment_filter_by_status_and_spec_fields(backend: Backend) -> None:
+    client, database_url = backend
     spec = {"task": {"train_size": 1000}, "optimizer": {"weight_decay": 1.0}}
-    experiment_id, run_ids = _runs_with_points(pg_database, {"loss": {0: 1.0}}, count=2, spec=spec)
+    experiment_id, run_ids = _runs_with_points(database_url, {"loss": {0: 1.0}}, count=2, spec=spec)
     query = {"experiment_id": experiment_id, "status": ["succeeded"], "max_points": 10}
     match = client.post("/v1/metrics/query", json={**query, "where": {"task.train_size": 1000.0}})
     assert {r["run_id"] for r in match.json()["rows"]} == set(run_ids)
@@ -84,8 +88,9 @@ def test_experiment_filter_by_status_and_spec_fields(client: httpx.Client, pg_da
     assert queued.json()["rows"] == []
 
 
-def test_raw_points_page_through_every_point_once(client: httpx.Client, pg_database: str) -> None:
-    _, run_ids = _runs_with_points(pg_database, {"a": {s: s for s in range(25)}, "b": {3: 3.0}}, count=2)
+def test_raw_points_page_through_every_point_once(backend: Backend) -> None:
+    client, database_url = backend
+    _, run_ids = _runs_with_points(database_url, {"a": {s: s for s in range(25)}, "b": {3: 3.0}}, count=2)
     seen, cursor = [], None
     while True:
         params: dict[str, Any] = {"run_ids": ",".join(map(str, run_ids)), "limit": 7, "start_step": 1}
@@ -101,8 +106,9 @@ def test_raw_points_page_through_every_point_once(client: httpx.Client, pg_datab
     assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
 
 
-def test_large_answers_are_gzipped(client: httpx.Client, pg_database: str) -> None:
-    _, [run_id] = _runs_with_points(pg_database, {"loss": {s: s / 7 for s in range(3000)}})
+def test_large_answers_are_gzipped(backend: Backend) -> None:
+    client, database_url = backend
+    _, [run_id] = _runs_with_points(database_url, {"loss": {s: s / 7 for s in range(3000)}})
     response = client.post(
         "/v1/metrics/query", json={"run_ids": [run_id]}, headers={"Accept-Encoding": "gzip"}
     )
@@ -112,11 +118,10 @@ def test_large_answers_are_gzipped(client: httpx.Client, pg_database: str) -> No
     assert len(response.json()["rows"]) == 3000
 
 
-def test_finished_runs_get_an_etag_and_304_but_running_ones_do_not(
-    client: httpx.Client, pg_database: str
-) -> None:
-    _, [done] = _runs_with_points(pg_database, {"loss": {0: 1.0}})
-    _, [running] = _runs_with_points(pg_database, {"loss": {0: 1.0}}, finish=False)
+def test_finished_runs_get_an_etag_and_304_but_running_ones_do_not(backend: Backend) -> None:
+    client, database_url = backend
+    _, [done] = _runs_with_points(database_url, {"loss": {0: 1.0}})
+    _, [running] = _runs_with_points(database_url, {"loss": {0: 1.0}}, finish=False)
     first = client.post("/v1/metrics/query", json={"run_ids": [done], "max_points": 5})
     etag = first.headers["etag"]
     again = client.post(
@@ -136,8 +141,9 @@ def _problem_field(response: httpx.Response) -> str:
     return response.json()["errors"][0]["field"]
 
 
-def test_bad_queries_are_problems_naming_the_field(client: httpx.Client, pg_database: str) -> None:
-    _, [run_id] = _runs_with_points(pg_database, {"loss": {0: 1.0}})
+def test_bad_queries_are_problems_naming_the_field(backend: Backend) -> None:
+    client, database_url = backend
+    _, [run_id] = _runs_with_points(database_url, {"loss": {0: 1.0}})
     cases = [
         ({"run_ids": [run_id, 10**9]}, 404, "run_ids"),
         ({"experiment_id": 10**9}, 404, "experiment_id"),

@@ -12,6 +12,7 @@ from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metrics import write_points
+from tests.api.conftest import Backend
 
 
 def _events(response: httpx.Response) -> Iterator[dict[str, Any]]:
@@ -31,19 +32,18 @@ def _write(url: str, run_id: int, points: list[tuple[str, int, float]]) -> None:
         write_points(session, run_id, points)
 
 
-def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(
-    client: httpx.Client, pg_database: str
-) -> None:
-    with session_scope(pg_database) as session:
+def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(backend: Backend) -> None:
+    client, database_url = backend
+    with session_scope(database_url) as session:
         run_id = run_store.create_experiment(
             session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
         ).runs[0].id
-    with session_scope(pg_database) as session:
+    with session_scope(database_url) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
     assert lease is not None
-    _write(pg_database, run_id, [(n, s, s + 0.5) for s in range(4) for n in ("loss", "acc")])
+    _write(database_url, run_id, [(n, s, s + 0.5) for s in range(4) for n in ("loss", "acc")])
     # Step 4 arrives in two batches, as when the worker flushes between two logs of one step.
-    _write(pg_database, run_id, [("loss", 4, 4.5)])
+    _write(database_url, run_id, [("loss", 4, 4.5)])
     received: list[tuple[str, int, dict[str, Any]]] = []
     url = f"/v1/runs/{run_id}/metrics/stream"
     with client.stream("GET", url) as response:
@@ -52,8 +52,8 @@ def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(
             received.append((event["id"], event["event"], json.loads(event["data"])))
             if event["id"] == "3":
                 break
-    _write(pg_database, run_id, [("acc", 4, 4.5)])
-    _write(pg_database, run_id, [(n, s, s + 0.5) for s in range(5, 10) for n in ("loss", "acc")])
+    _write(database_url, run_id, [("acc", 4, 4.5)])
+    _write(database_url, run_id, [(n, s, s + 0.5) for s in range(5, 10) for n in ("loss", "acc")])
     end = None
     with client.stream("GET", url, headers={"Last-Event-ID": "3"}, params={"after_step": 0}) as response:
         for event in _events(response):
@@ -62,7 +62,7 @@ def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(
                 break
             received.append((event["id"], event["event"], json.loads(event["data"])))
             if event["id"] == "8":
-                with session_scope(pg_database) as session:
+                with session_scope(database_url) as session:
                     leases.finish(session, lease, status=run_store.SUCCEEDED)
     assert [int(event_id) for event_id, _, _ in received] == list(range(10))
     assert all(kind == "points" for _, kind, _ in received)
@@ -72,14 +72,13 @@ def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(
     assert end == {"run_id": run_id, "status": "succeeded", "step": 9}
 
 
-def test_a_finished_run_streams_its_points_after_the_step_and_ends(
-    client: httpx.Client, pg_database: str
-) -> None:
-    with session_scope(pg_database) as session:
+def test_a_finished_run_streams_its_points_after_the_step_and_ends(backend: Backend) -> None:
+    client, database_url = backend
+    with session_scope(database_url) as session:
         run_id = run_store.create_experiment(
             session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=3)]
         ).runs[0].id
-    with session_scope(pg_database) as session:
+    with session_scope(database_url) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
         assert lease is not None
         write_points(session, run_id, [("loss", s, float(s)) for s in range(3)])
