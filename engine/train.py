@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from engine.memory import members_that_fit
 from engine.metrics import evaluate, per_example_loss
 from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
 from engine.optim import EnsembleOptimizer
@@ -109,13 +110,16 @@ def train_ensemble(
     checkpoint_dirs: Sequence[Path | None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
     device: str | None = None,
+    memory_bytes: int | None = None,
 ) -> list[RunResult]:
     """Trains specs[k] into sinks[k] (checkpointing to checkpoint_dirs[k]) exactly as train_run
     would, with specs of one pack_key batched together; results in the order of specs.
 
     should_stop(k) is polled between member k's steps: a stopped member is checkpointed and drops
     out, the others go on. A member whose sink or checkpoint fails drops out with the error in its
-    RunResult. Members may resume at different steps and have different phase schedules.
+    RunResult. Members may resume at different steps and have different phase schedules. A group
+    larger than the device's free memory holds (or memory_bytes, when given: engine.memory) trains
+    in consecutive chunks that each fit.
     """
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
     groups: dict[Hashable, list[int]] = {}
@@ -131,12 +135,15 @@ def train_ensemble(
             stop = None if should_stop is None else lambda k=indices[0]: should_stop(k)
             results[indices[0]] = train_toy_run(spec, sinks[indices[0]], should_stop=stop)
             continue
-        ensemble = _Ensemble(
-            [specs[k] for k in indices], [sinks[k] for k in indices], [dirs[k] for k in indices],
-            resolve_device(device or spec.device),
-        )  # fmt: skip
-        for k, result in zip(indices, ensemble.train(should_stop, indices)):
-            results[k] = result
+        torch_device = resolve_device(device or spec.device)
+        fit = members_that_fit([specs[k] for k in indices], torch_device, memory_bytes)
+        for start in range(0, len(indices), fit):
+            chunk = indices[start : start + fit]
+            ensemble = _Ensemble(
+                [specs[k] for k in chunk], [sinks[k] for k in chunk], [dirs[k] for k in chunk], torch_device
+            )
+            for k, result in zip(chunk, ensemble.train(should_stop, chunk)):
+                results[k] = result
     return [result for result in results if result is not None]
 
 

@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from engine.memory import MEMORY_FRACTION, member_bytes, members_that_fit
 from engine.optim import EnsembleOptimizer
 from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
@@ -138,3 +139,26 @@ def test_a_failing_sink_drops_its_member_and_a_stopped_member_resumes_alone(tmp_
             merged.series.setdefault(name, {}).update(points)
     _assert_same_series(alone[2], merged)
     assert min(resumed.series["train_loss"]) == 15
+
+
+def test_members_that_fit_follow_the_memory_budget_and_the_largest_member():
+    small, large = _spec(), _spec(task=TaskSpec(p=23, train_size=500))
+    assert member_bytes(large) > member_bytes(small)
+    budget = int(3 * member_bytes(large) / MEMORY_FRACTION)
+    assert members_that_fit([small, large], torch.device("cpu"), budget) == 3
+    assert members_that_fit([small], torch.device("cpu"), budget) > 3
+    assert members_that_fit([large], torch.device("cpu"), 1) == 1  # never fewer than one
+
+
+def test_a_pack_larger_than_memory_trains_in_chunks_each_exactly_as_alone():
+    # With room for one member at a time, each member is an ensemble of one: the very computation
+    # of train_run, so its series equal the lone run's bit for bit (a batched ensemble's do not in
+    # float32, see the float64 fixture).
+    alone = [MemorySink() for _ in MEMBERS]
+    for spec, sink in zip(MEMBERS, alone):
+        train_run(spec, sink)
+    chunked = [MemorySink() for _ in MEMBERS]
+    one_at_a_time = int(max(member_bytes(spec) for spec in MEMBERS) / MEMORY_FRACTION)
+    results = train_ensemble(MEMBERS, chunked, memory_bytes=one_at_a_time)
+    assert [r.final_step for r in results] == [40, 50, 40]
+    assert [a.series for a in alone] == [c.series for c in chunked]
