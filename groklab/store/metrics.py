@@ -102,7 +102,7 @@ def write_points(
 ROLLUP_WIDTHS = (16, 64, 256, 1024, 4096, 16384, 65536)
 """Block widths of metric_rollups: 4 blocks of one width make one block of the next. A bucket is
 cut into at most 3 blocks per width at each edge (~10 blocks per bucket in benchmarks/metrics.py);
-16 per width, as in migration 0003, folded twice as many rows per read."""
+with 16 to one, as migration 0003 had them, a read folded twice as many rows."""
 
 
 def _write_points_postgresql(session: Session, rows: dict[tuple[int, int], float | None]) -> None:
@@ -227,26 +227,29 @@ def _merge_rollups_of_new_points(cursor: Any, batch: _Batch) -> None:
     cursor.execute(
         _MERGE_ROLLUPS,
         {
-            "series": _array_literal(batch.series[starts]),
-            "blocks": _array_literal(blocks[starts]),
-            "counts": _array_literal(ends - starts + 1),
-            "value_counts": _array_literal(value_counts),
-            "mins": _array_literal(np.fmin.reduceat(batch.values, starts)),
-            "maxes": _array_literal(np.fmax.reduceat(batch.values, starts)),
-            "sums": _array_literal(sums),
-            "last_steps": _array_literal(batch.steps[ends]),
-            "last_values": _array_literal(batch.values[ends]),
+            "series": array_literal(batch.series[starts]),
+            "blocks": array_literal(blocks[starts]),
+            "counts": array_literal(ends - starts + 1),
+            "value_counts": array_literal(value_counts),
+            "mins": array_literal(np.fmin.reduceat(batch.values, starts)),
+            "maxes": array_literal(np.fmax.reduceat(batch.values, starts)),
+            "sums": array_literal(sums),
+            "last_steps": array_literal(batch.steps[ends]),
+            "last_values": array_literal(batch.values[ends]),
             "narrowest": ROLLUP_WIDTHS[0],
-            "wider": _array_literal(np.array(ROLLUP_WIDTHS[1:])),
+            "wider": array_literal(ROLLUP_WIDTHS[1:]),
         },
     )
 
 
-def _array_literal(values: np.ndarray) -> str:
-    """A PostgreSQL array literal, NaN as NULL; repr() of a float reads back as the same float8."""
-    if values.dtype.kind == "f":
-        return "{" + ",".join("NULL" if math.isnan(x) else repr(x) for x in values.tolist()) + "}"
-    return "{" + ",".join(map(str, values.tolist())) + "}"
+def array_literal(values: np.ndarray | Sequence[int]) -> str:
+    """A PostgreSQL array literal, NaN as NULL: psycopg adapts a list element by element, several
+    times slower for thousands of values. repr() of a float reads back as the same float8."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f":
+            return "{" + ",".join("NULL" if math.isnan(x) else repr(x) for x in values.tolist()) + "}"
+        values = values.tolist()
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 # Each statement recomputes whole blocks, so it is right whether the batch added points or
