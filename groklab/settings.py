@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         60, ge=1, description="Experiments one owner may submit in any 60 seconds."
     )
+    idempotency_key_hours: float = Field(
+        24.0, gt=0, description="How long an Idempotency-Key replays its experiment; after that it may be reused."
+    )
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of a worker's Prometheus /metrics server; 0 turns it off."
     )

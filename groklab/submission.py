@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from celery import Celery
 from pydantic import BaseModel
@@ -53,7 +54,10 @@ def submit_experiment(
     if idempotency_key is not None:
         # The validated spec, not the raw bytes: a retry that re-serialises the body still matches.
         request_hash = hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
-        replayed = idempotency.find_replay(session, owner=owner, key=idempotency_key, request_hash=request_hash)
+        replayed = idempotency.find_replay(
+            session, owner=owner, key=idempotency_key, request_hash=request_hash,
+            lifetime=timedelta(hours=settings.idempotency_key_hours),
+        )  # fmt: skip
         if replayed is not None:
             return Submission(replayed, replayed=True)
     total_steps = sum(run.spec.total_steps for run in planned)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from groklab.store.database import session_scope
-from groklab.store.models import Experiment, Run
+from groklab.store.models import Experiment, IdempotencyKey, Run, utcnow
 from tests.services import REDIS_URL, Stack, bearer, create_key, tiny_spec
 
 
@@ -104,3 +105,27 @@ def test_malformed_idempotency_key_is_422(http: httpx.Client, owner: tuple[str, 
     response = http.post("/v1/experiments", json=tiny_spec(), headers={**headers, "Idempotency-Key": "x" * 201})
     assert response.status_code == 422
     assert "idempotency-key" in response.json()["errors"][0]["field"].lower()
+
+
+def test_a_key_older_than_its_lifetime_is_forgotten_and_may_name_a_new_request(
+    auth_stack: Stack, http: httpx.Client, owner: tuple[str, dict[str, str]]
+) -> None:
+    name, headers = owner
+    keyed = {**headers, "Idempotency-Key": "daily-report"}
+    first = http.post("/v1/experiments", json=tiny_spec(), headers=keyed)
+    assert first.status_code == 201, first.text
+    # A day and a bit later (the default lifetime is 24 h): the same key, another body.
+    with session_scope(auth_stack.env["GROKLAB_DATABASE_URL"]) as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.owner == name)
+            .values(created_at=utcnow() - timedelta(hours=25))
+        )
+    second = http.post("/v1/experiments", json=tiny_spec(seeds=[7]), headers=keyed)
+    assert second.status_code == 201, second.text
+    assert "idempotent-replayed" not in second.headers
+    assert second.json()["id"] != first.json()["id"]
+    # ...and the new use replays as any fresh key does.
+    again = http.post("/v1/experiments", json=tiny_spec(seeds=[7]), headers=keyed)
+    assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == second.json()["id"]
+    assert _stored(auth_stack, name)[:2] == (2, 2)
