@@ -15,6 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from engine.memory import members_that_fit
 from engine.model import build_model
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
@@ -81,9 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     steps, rounds = (5, 3) if args.quick else (20, 5)
-    sizes = [1, 8] if args.quick else [1, 8, 32, 128]
-    if device.type == "cpu":
-        sizes = sizes[:3]  # K = 128 needs ~15 GB and minutes a step on a CPU
+    # As memory allows: the sizes whose members fit in the device's free memory at once.
+    fit = members_that_fit([SPEC], device)
+    sizes = [k for k in ([1, 8] if args.quick else [1, 8, 32, 128]) if k <= fit]
 
     reference, single = _Reference(device), _ensemble(1, device)
     ref_times, single_times = [], []
