@@ -9,7 +9,7 @@ from celery import Celery
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
-from groklab.queue import make_celery
+from groklab.dispatch import make_celery
 from groklab.settings import Settings, get_settings
 from groklab.store.database import session_scope
 

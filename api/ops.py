@@ -6,7 +6,6 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
@@ -14,6 +13,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import get_celery
+from groklab.dispatch import queue_length
 from groklab.logging import configure_logging, log_context
 from groklab.settings import Settings, get_settings
 from groklab.store import stats
@@ -105,20 +106,11 @@ class StoreCollector(Collector):
 
 
 def broker_queue_length(settings: Settings) -> int | None:
-    """LLEN on Redis or the files in the filesystem broker's folder; None when it cannot tell."""
-    url = settings.resolved_broker_url
     try:
-        if url.startswith(("redis://", "rediss://")):
-            import redis
-
-            with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1) as client:
-                return int(client.llen(settings.queue_name))
-        if url.startswith("filesystem://"):
-            folder = Path(settings.broker_folder) / "queue"
-            return sum(1 for p in folder.glob("*.msg")) if folder.is_dir() else 0
+        return queue_length(get_celery(), settings.queue_name)
     except Exception:
         log.warning("metrics: cannot read the broker queue length", exc_info=True)
-    return None
+        return None
 
 
 _collector: StoreCollector | None = None

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from celery import Celery
 
-from groklab.queue import enqueue_runs, pending_run_ids
+from groklab.dispatch import dispatch_runs, pending_run_ids
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store.database import session_scope
@@ -47,10 +47,9 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
             for run_id in candidates
             if run_id in expired or (in_broker is not None and run_id not in in_broker)
         ]
-    for run_id in resent:
-        enqueue_runs(celery, [run_id])
-    with session_scope(url) as session:
-        leases.mark_enqueued(session, resent)
+    if resent:
+        with session_scope(url) as session:
+            dispatch_runs(session, celery, resent, ensemble_size=settings.ensemble_size)
     if expired or resent:
         log.warning("reconciler: re-queued expired runs %s, re-sent runs %s", expired, resent)
     return ReconcileReport(expired=expired, resent=resent)

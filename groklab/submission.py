@@ -1,7 +1,7 @@
 """Submitting an experiment: plan its runs, apply the owner's limits, store them, queue them.
 
 Runs that continue another run's final state (ungrokking's phase 2) are stored as queued but
-sent to the broker only when their parent succeeds (the worker sends them then).
+sent to the broker only when their parent succeeds (groklab.forks hands them on then).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 
 from engine.experiments import UngrokkingExperiment, plan_experiment
 from engine.spec import RunSpec
+from groklab.dispatch import BrokerUnreachable, dispatch_runs
 from groklab.errors import Conflict, NotFound, ServiceUnavailable
-from engine.packing import pack_runs
-from groklab.queue import enqueue_runs
 from groklab.settings import Settings
 from groklab.store import idempotency, quotas
 from groklab.store import runs as run_store
@@ -84,18 +83,12 @@ def submit_experiment(
         idempotency.remember(
             session, owner=owner, key=idempotency_key, request_hash=request_hash, experiment_id=experiment.id
         )
-    # Commit before queueing: a worker that picks a run up must find it in the database.
-    session.commit()
-    ready = [(run.id, plan.spec) for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
-    packs = pack_runs([spec for _, spec in ready], settings.ensemble_size)
+    ready = [run.id for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
     try:
-        for pack in packs:
-            enqueue_runs(celery, [ready[i][0] for i in pack])
-    except Exception as exc:
+        dispatch_runs(session, celery, ready, ensemble_size=settings.ensemble_size)
+    except BrokerUnreachable as exc:
         log.exception("could not queue experiment %s", experiment.id)
-        run_store.fail_queued_runs(
-            session, [run.id for run in experiment.runs], error=f"could not reach the broker: {exc}"
-        )
+        run_store.fail_queued_runs(session, [run.id for run in experiment.runs], error=str(exc))
         session.commit()
         raise ServiceUnavailable(
             f"experiment {experiment.id} was stored but the broker is unreachable; its runs are marked failed"

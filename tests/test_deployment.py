@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from groklab.queue import TRAIN_RUNS_TASK
+from groklab.dispatch import TRAIN_RUNS_TASK
 from groklab.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The worker's entry point: `celery -A worker.celery_app worker`."""
 
-from groklab.queue import make_celery
+from groklab.dispatch import make_celery
 from groklab.settings import get_settings
 from worker import observability  # noqa: F401  (JSON logs with run ids, worker /metrics)
 

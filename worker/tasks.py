@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from celery.worker import state as worker_state
 
 from groklab.logging import log_context
-from groklab.queue import TRAIN_RUNS_TASK, enqueue_runs
+from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
 from groklab.settings import Settings, get_settings
 from groklab.store import forks, leases
 from groklab.store import runs as run_store
@@ -79,16 +79,6 @@ def _start_from_parent(settings: Settings, run_id: int, parent_run_id: int) -> N
     os.replace(own / ".parent.tmp", own / CHECKPOINT_FILE)
     with session_scope(settings.resolved_database_url) as session:
         forks.copy_parent_points(session, parent_run_id, run_id)
-
-
-def _send(settings: Settings, run_ids: list[int], specs: Sequence[RunSpec]) -> None:
-    """Queue runs (forks whose parent just succeeded, or re-queued runs) in packs."""
-    from engine.packing import pack_runs
-
-    for pack in pack_runs(specs, settings.ensemble_size):
-        enqueue_runs(app, [run_ids[i] for i in pack])
-    with session_scope(settings.resolved_database_url) as session:
-        leases.mark_enqueued(session, run_ids)
 
 
 def _claim(settings: Settings, run_ids: list[int], worker_name: str) -> list[Member]:
@@ -186,7 +176,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
         return outcomes
 
-    requeue: list[tuple[int, RunSpec]] = []
+    requeue: list[int] = []
     for k, (member, spec, result) in enumerate(zip(ready, specs, results, strict=True)):
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             member.sink.flush()
@@ -200,7 +190,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
                         session, member.lease, reason=f"{member.lease.worker} shut down; re-queued"
                     )
                 if released:
-                    requeue.append((member.run_id, spec))
+                    requeue.append(member.run_id)
                 log.info("run %s checkpointed at step %s and re-queued (worker shutting down)", member.run_id, result.final_step)
                 outcomes[member.run_id] = run_store.QUEUED
             else:
@@ -208,7 +198,8 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
                 log.info("run %s %s at step %s (%s points)", member.run_id, status, result.final_step, member.sink.points_written)
                 outcomes[member.run_id] = _finish(settings, member, status)
     if requeue:
-        _send(settings, [run_id for run_id, _ in requeue], [spec for _, spec in requeue])
+        with session_scope(settings.resolved_database_url) as session:
+            dispatch_runs(session, app, requeue, ensemble_size=settings.ensemble_size)
     return outcomes
 
 
@@ -217,13 +208,9 @@ def _finish(settings: Settings, member: Member, status: str, error: str | None =
         if not leases.finish(session, member.lease, status=status, error=error):
             return "lease-lost"
         if status == run_store.SUCCEEDED:
-            children = [run_store.get_run(session, child) for child in forks.waiting_children(session, member.run_id)]
-            child_ids, child_specs = [c.id for c in children], [c.spec for c in children]
+            children = forks.waiting_children(session, member.run_id)
+            if children:
+                dispatch_runs(session, app, children, ensemble_size=settings.ensemble_size)
         else:
             forks.fail_children(session, member.run_id, parent_status=status)
-            child_ids, child_specs = [], []
-    if child_ids:
-        from engine.spec import RunSpec
-
-        _send(settings, child_ids, [RunSpec.model_validate(spec) for spec in child_specs])
     return status

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from api.deps import get_celery
 from api.schemas import HealthOut
-from groklab.queue import broker_reachable
+from groklab.dispatch import broker_reachable
 from groklab.settings import Settings, get_settings
 from groklab.store.database import session_scope
 

@@ -49,7 +49,6 @@ def create_experiment(
 ) -> Experiment:
     experiment = Experiment(name=name, kind=kind, spec=spec, owner=owner)
     session.add(experiment)
-    now = utcnow()
     for index, new in enumerate(runs):
         experiment.runs.append(
             Run(
@@ -59,9 +58,6 @@ def create_experiment(
                 role=new.role,
                 parent_run_id=new.parent_run_id,
                 status=QUEUED,
-                # A run sent now is marked so, and the reconciler leaves the api time to publish
-                # it; a fork waits (unsent) for its parent.
-                enqueued_at=None if new.parent_index is not None else now,
             )
         )
     session.flush()

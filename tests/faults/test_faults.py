@@ -13,7 +13,7 @@ import torch
 from engine.sink import MemorySink
 from engine.spec import ExperimentSpec
 from engine.train import train_run
-from groklab.queue import enqueue_runs, make_celery
+from groklab.dispatch import make_celery, send_message
 from groklab.settings import Settings
 from tests.faults.conftest import FAULT_SUMMARY
 from tests.faults.servers import PrivatePostgres, PrivateRedis
@@ -91,7 +91,7 @@ def test_kill_9_worker_mid_run_another_worker_finishes_it(fault_stack: Stack, cl
 def test_same_task_delivered_twice_is_trained_once(fault_stack: Stack, client: httpx.Client) -> None:
     spec = {**fault_spec(seed=2), "phases": [{"steps": 300}]}
     run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
-    enqueue_runs(make_celery(Settings(**_settings_of(fault_stack))), [run_id])
+    send_message(make_celery(Settings(**_settings_of(fault_stack))), [run_id])
     FAULT_SUMMARY["faults injected"] += 1
     run = wait_for_runs(client, [run_id], timeout=120)[run_id]
     time.sleep(2)  # the duplicate message is consumed and skipped by now

@@ -1,0 +1,164 @@
+"""Sending runs to the broker and reading what waits there: the one place that queues work.
+
+Everything that queues runs calls `dispatch_runs`: the api when an experiment is submitted, the
+worker for runs it re-queues and for fork children whose parent succeeded, the reconciler for
+runs the broker lost. The broker only carries run ids; a task reads everything else from the
+database, so sending a run twice is harmless (only one worker wins its claim).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from engine.packing import pack_runs
+from engine.spec import RunSpec
+from groklab.settings import Settings
+from groklab.store import leases
+from groklab.store import runs as run_store
+
+TRAIN_RUNS_TASK = "groklab.train_runs"
+
+
+class BrokerUnreachable(RuntimeError):
+    """A message could not be sent; the runs stay queued (marked enqueued) in the database."""
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("groklab", broker=settings.resolved_broker_url, set_as_current=False)
+    transport_options: dict[str, object] = {}
+    if settings.resolved_broker_url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        # Redis hands an unacknowledged task to another worker after this long; runs can take
+        # days, and the run lease (not the broker) is what detects a lost worker.
+        transport_options = {"visibility_timeout": settings.broker_visibility_timeout}
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue_name,
+        task_ignore_result=True,
+        # Long training tasks: take one message at a time and acknowledge it only when done,
+        # so a worker that dies mid-run leaves its message to be delivered again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def dispatch_runs(session: Session, app: Celery, run_ids: Sequence[int], *, ensemble_size: int) -> None:
+    """Pack the queued runs, mark them enqueued, commit, then send one message per pack.
+
+    The commit comes first so that a worker taking a message finds its run, and so that a
+    reconciler pass in between sees the runs as just sent and gives the messages
+    `requeue_grace_seconds` to arrive instead of sending them again. Raises BrokerUnreachable
+    when a message cannot be sent; the reconciler re-sends such runs after the grace period.
+    """
+    packs = _packs(session, run_ids, ensemble_size)
+    leases.mark_enqueued(session, list(run_ids))
+    session.commit()
+    try:
+        for pack in packs:
+            send_message(app, pack)
+    except Exception as exc:
+        raise BrokerUnreachable(f"could not reach the broker: {exc}") from exc
+
+
+def _packs(session: Session, run_ids: Sequence[int], ensemble_size: int) -> list[list[int]]:
+    """Runs of one experiment that one worker can train as one batched ensemble (engine.packing)."""
+    by_experiment: dict[int, list[tuple[int, RunSpec]]] = {}
+    for run_id in run_ids:
+        run = run_store.get_run(session, run_id)
+        by_experiment.setdefault(run.experiment_id, []).append((run_id, RunSpec.model_validate(run.spec)))
+    packs = []
+    for runs in by_experiment.values():
+        packs += [[runs[i][0] for i in pack] for pack in pack_runs([spec for _, spec in runs], ensemble_size)]
+    return packs
+
+
+def send_message(app: Celery, run_ids: Sequence[int]) -> None:
+    """One message for runs that one worker trains together; callers go through dispatch_runs."""
+    app.send_task(TRAIN_RUNS_TASK, args=[list(run_ids)])
+
+
+def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+def pending_run_ids(app: Celery, queue_name: str) -> set[int] | None:
+    """Run ids with a message waiting in the broker for a worker to take it.
+
+    Messages that a worker took but has not acknowledged do not count: their worker may be
+    dead, and Redis would hand them out again only after the (days-long) visibility timeout.
+    None when the broker cannot be inspected; the reconciler then re-sends only expired runs.
+    """
+    messages = _waiting_messages(app, queue_name)
+    if messages is None:
+        return None
+    return {run_id for message in messages for run_id in _run_ids(_decode(message))}
+
+
+def queue_length(app: Celery, queue_name: str) -> int | None:
+    """Task messages waiting in the broker's queue; None when it cannot tell."""
+    messages = _waiting_messages(app, queue_name)
+    return None if messages is None else len(messages)
+
+
+def _waiting_messages(app: Celery, queue_name: str) -> list[bytes] | None:
+    """The raw messages in the queue (a list in Redis, files for the filesystem broker)."""
+    url = app.conf.broker_url or ""
+    if url.startswith("filesystem://"):
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        return [data for path in sorted(folder.glob("*.msg")) if (data := _read(path)) is not None]
+    if url.startswith(("redis://", "rediss://")):
+        with app.connection_for_read() as connection:
+            # One try, so that a scrape or a reconciler pass during an outage does not hang.
+            connection.ensure_connection(max_retries=1, timeout=1)
+            return list(connection.default_channel.client.lrange(queue_name, 0, -1))
+    return None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # a worker took the message between the listing and the read
+        return None
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def _run_ids(message: Any) -> list[int]:
+    if not isinstance(message, dict) or message.get("headers", {}).get("task") != TRAIN_RUNS_TASK:
+        return []
+    body = message.get("body", "")
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    return [int(run_id) for run_id in args[0]] if args else []
