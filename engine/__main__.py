@@ -11,7 +11,6 @@ and names the field.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     plan = _load_plan(args.spec)
-    from engine.train import train_run  # after validation: a bad spec fails fast, without torch
+    # After validation: a bad spec fails fast, without loading torch.
+    from engine.checkpoint import start_from_parent
+    from engine.train import train_run
 
     args.out.mkdir(parents=True, exist_ok=True)
     csv = CsvSink(args.out / "metrics.csv")
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         for index, planned in enumerate(plan):
             run_dir = _run_dir(args.out, plan, index)
             run_dir.mkdir(parents=True, exist_ok=True)
-            if planned.parent_index is not None and not (run_dir / "checkpoint.pt").exists():
-                parent_dir = _run_dir(args.out, plan, planned.parent_index)
-                shutil.copyfile(parent_dir / "checkpoint.pt", run_dir / "checkpoint.pt")
+            if planned.parent_index is not None:
+                # The parent's points are already in metrics.csv, under the parent's index.
+                start_from_parent(_run_dir(args.out, plan, planned.parent_index), run_dir)
             csv.run = str(index)
             sink = ProgressBarSink(csv, planned.spec.total_steps, f"run {index} ({planned.role})")
             try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,3 +56,19 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
     data["train_idx"] = data["train_idx"].cpu()
     data["batch_rng"] = data["batch_rng"].cpu()
     return Checkpoint(**data)
+
+
+def start_from_parent(parent_dir: Path, child_dir: Path, copy_series: Callable[[], None] | None = None) -> bool:
+    """Start a forked run from its parent's final state, unless it has a checkpoint of its own
+    (it is resuming): `copy_series` first, then the parent's checkpoint, atomically, so a start
+    that fails half-way is simply done again. True when the child was started from its parent."""
+    path = child_dir / CHECKPOINT_NAME
+    if path.exists():
+        return False
+    if copy_series is not None:
+        copy_series()
+    child_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.parent")
+    shutil.copyfile(parent_dir / CHECKPOINT_NAME, tmp)
+    os.replace(tmp, path)
+    return True

@@ -30,6 +30,9 @@ MAX_PARAMETERS = 50_000_000
 # chart has pixels for, and at the paper config (every 20 steps) cost ~4% of training time
 # (benchmarks/engine.py); every 10 steps costs twice that.
 DEFAULT_EVALUATIONS = 500
+# Checkpoints per run when checkpoint_every is not given: a lost worker or an interrupted
+# `python -m engine run` then costs at most a twentieth of the run, for 20 checkpoint writes.
+DEFAULT_CHECKPOINTS = 20
 
 
 class StrictModel(BaseModel):
@@ -193,7 +196,7 @@ class RunSpec(StrictModel):
         None, description="Steps between training-loss points; default equals eval_every."
     )
     checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="Steps between checkpoints (a final one is always written)."
+        None, description="Steps between checkpoints (a final one is always written); default ~20 per run."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -208,6 +211,10 @@ class RunSpec(StrictModel):
     @property
     def resolved_train_loss_every(self) -> int:
         return self.train_loss_every or self.resolved_eval_every
+
+    @property
+    def resolved_checkpoint_every(self) -> int:
+        return self.checkpoint_every or max(self.resolved_eval_every, self.total_steps // DEFAULT_CHECKPOINTS)
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:

@@ -321,8 +321,8 @@ class _Ensemble:
                 self._guard(member, member.sink.progress, member.step, member.total)
             self._evaluate([m for m in self.members if m.result is None and m.needs_eval()])
             for member in self.members:
-                every = member.spec.checkpoint_every
-                if member.result is None and every is not None and member.step % every == 0 and member.step < member.total:
+                every = member.spec.resolved_checkpoint_every
+                if member.result is None and member.step % every == 0 and member.step < member.total:
                     self._checkpoint(member, None)
             self._drop([m for m in self.members if m.result is not None])
         return [m.result for m in self.members_by_index]  # type: ignore[misc]

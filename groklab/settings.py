@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     checkpoint_dir: Path | None = Field(
         None, description="Where workers keep run checkpoints; default data_dir/checkpoints."
     )
+    checkpoint_url: str | None = Field(
+        None,
+        description="Where checkpoints are stored: file:///path, s3://bucket/prefix, or none for "
+        "the database itself (so every host that reaches the database reaches them).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, SeaweedFS); none is AWS."
+    )
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="Worker processes `groklab up` starts.")
@@ -110,6 +121,10 @@ class Settings(BaseSettings):
     @property
     def resolved_checkpoint_dir(self) -> Path:
         return (self.checkpoint_dir or self.data_dir / "checkpoints").resolve()
+
+    def run_checkpoint_dir(self, run_id: int) -> Path:
+        # Only the integer run id goes into the path: nothing user-supplied names a file.
+        return self.resolved_checkpoint_dir / str(int(run_id))
 
     @property
     def broker_folder(self) -> Path:

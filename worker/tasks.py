@@ -13,31 +13,27 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from celery.worker import state as worker_state
 
-from groklab.logging import log_context
+from engine.spec import RunSpec
+from engine.train import train_ensemble
+from groklab import forks
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
+from groklab.logging import log_context
 from groklab.settings import Settings, get_settings
-from groklab.store import forks, leases
+from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from worker.celery_app import app
 from worker.sink import DatabaseMetricSink
 
-if TYPE_CHECKING:
-    from engine.spec import RunSpec
-
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINTS_PER_RUN = 20
 
 
 @dataclass
@@ -58,27 +54,8 @@ def _worker_shutting_down() -> bool:
 
 
 def _set_torch_threads(threads: int | None) -> None:
-    import torch
-
     # `groklab up` shares the cores among its workers through GROKLAB_TORCH_THREADS.
     torch.set_num_threads(threads or os.cpu_count() or 1)
-
-
-def run_checkpoint_dir(settings: Settings, run_id: int) -> Path:
-    # Only the integer run id goes into the path: nothing user-supplied names a file.
-    return settings.resolved_checkpoint_dir / str(int(run_id))
-
-
-def _start_from_parent(settings: Settings, run_id: int, parent_run_id: int) -> None:
-    """A forked run starts from its parent's final checkpoint and history (unless resuming)."""
-    own = run_checkpoint_dir(settings, run_id)
-    if (own / CHECKPOINT_FILE).exists():
-        return
-    own.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_checkpoint_dir(settings, parent_run_id) / CHECKPOINT_FILE, own / ".parent.tmp")
-    os.replace(own / ".parent.tmp", own / CHECKPOINT_FILE)
-    with session_scope(settings.resolved_database_url) as session:
-        forks.copy_parent_points(session, parent_run_id, run_id)
 
 
 def _claim(settings: Settings, run_ids: list[int], worker_name: str) -> list[Member]:
@@ -129,10 +106,6 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
     if not members:
         return {}
 
-    # Imported here so that the api, which shares this package's Celery app, never loads torch.
-    from engine.train import train_ensemble
-    from engine.spec import RunSpec
-
     _set_torch_threads(settings.torch_threads)
     outcomes: dict[int, str] = {}
     ready: list[Member] = []
@@ -141,12 +114,8 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             try:
                 spec = RunSpec.model_validate(member.spec_data)
-                if spec.checkpoint_every is None:
-                    # Checkpoints bound what a lost worker costs; a spec may ask for its own interval.
-                    every = max(spec.resolved_eval_every, spec.total_steps // CHECKPOINTS_PER_RUN)
-                    spec = spec.model_copy(update={"checkpoint_every": every})
                 if member.parent_run_id is not None:
-                    _start_from_parent(settings, member.run_id, member.parent_run_id)
+                    forks.start_child(settings, member.run_id, member.parent_run_id)
             except Exception as exc:
                 log.exception("run %s could not start", member.run_id)
                 outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -165,7 +134,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         results = train_ensemble(
             specs,
             [member.sink for member in ready],
-            checkpoint_dirs=[run_checkpoint_dir(settings, member.run_id) for member in ready],
+            checkpoint_dirs=[settings.run_checkpoint_dir(member.run_id) for member in ready],
             should_stop=should_stop,
             device=None if settings.device == "auto" else settings.device,
         )
@@ -207,10 +176,5 @@ def _finish(settings: Settings, member: Member, status: str, error: str | None =
     with session_scope(settings.resolved_database_url) as session:
         if not leases.finish(session, member.lease, status=status, error=error):
             return "lease-lost"
-        if status == run_store.SUCCEEDED:
-            children = forks.waiting_children(session, member.run_id)
-            if children:
-                dispatch_runs(session, app, children, ensemble_size=settings.ensemble_size)
-        else:
-            forks.fail_children(session, member.run_id, parent_status=status)
+        forks.hand_off(session, app, settings, member.run_id, status)
     return status

@@ -1,13 +1,19 @@
-"""Forked runs: a child continues from its parent's final state (ungrokking's phase 2)."""
+"""The SQL of the fork lifecycle (groklab/forks.py): waiting children, their failure, copied series."""
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from typing import Any
+
+from sqlalchemy import ColumnElement, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
-from groklab.store.metrics import copy_series_points
-from groklab.store.models import MetricSeries, Run, utcnow
-from groklab.store.runs import FAILED, QUEUED, transition
+from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run, utcnow
+from groklab.store.runs import FAILED, QUEUED, SUCCEEDED, transition
+
+
+def parent_succeeded(child: Any, parent: Any) -> ColumnElement[bool]:
+    """The condition, over a run and its outer-joined parent, that lets the run start."""
+    return or_(child.parent_run_id.is_(None), parent.status == SUCCEEDED)
 
 
 def waiting_children(session: Session, parent_run_id: int) -> list[int]:
@@ -49,3 +55,23 @@ def copy_parent_points(session: Session, parent_run_id: int, child_run_id: int) 
             insert(MetricSeries).values(run_id=child_run_id, name=name).returning(MetricSeries.id)
         )
         copy_series_points(session, parent_series_id, child_series_id)
+
+
+def copy_series_points(session: Session, from_series_id: int, to_series_id: int) -> None:
+    """Give a new series every point (and rollup block) of another one."""
+    session.execute(
+        insert(MetricPoint).from_select(
+            ["series_id", "step", "value"],
+            select(literal(to_series_id), MetricPoint.step, MetricPoint.value).where(
+                MetricPoint.series_id == from_series_id
+            ),
+        )
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        columns = [c for c in MetricRollup.__table__.columns if c.name != "series_id"]
+        session.execute(
+            insert(MetricRollup).from_select(
+                ["series_id", *(c.name for c in columns)],
+                select(literal(to_series_id), *columns).where(MetricRollup.series_id == from_series_id),
+            )
+        )

@@ -15,7 +15,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import Run, RunEvent, utcnow
-from groklab.store.runs import FINISHED_STATUSES, QUEUED, RUNNING, SUCCEEDED, transition
+from groklab.store.forks import parent_succeeded
+from groklab.store.runs import FINISHED_STATUSES, QUEUED, RUNNING, transition
 
 
 class LeaseLost(RuntimeError):
@@ -122,10 +123,8 @@ def expire_leases(session: Session, *, now: datetime | None = None) -> list[int]
 
 
 def runs_to_send(session: Session, *, older_than: datetime) -> list[int]:
-    """Queued runs whose last message (if any) is older than `older_than` and may start now.
-
-    A forked run may start only once its parent has succeeded.
-    """
+    """Queued runs whose last message (if any) is older than `older_than` and may start now
+    (a fork only once its parent succeeded)."""
     parent = aliased(Run)
     query = (
         select(Run.id)
@@ -134,7 +133,7 @@ def runs_to_send(session: Session, *, older_than: datetime) -> list[int]:
             Run.status == QUEUED,
             Run.cancel_requested.is_(False),
             or_(Run.enqueued_at.is_(None), Run.enqueued_at < older_than),
-            or_(Run.parent_run_id.is_(None), parent.status == SUCCEEDED),
+            parent_succeeded(Run, parent),
         )
         .order_by(Run.id)
     )

@@ -9,11 +9,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from psycopg.errors import UniqueViolation
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run
+from groklab.store.models import MetricPoint, MetricSeries, Run
 
 Point = tuple[str, int, float]
 
@@ -316,26 +316,6 @@ def _recompute_rollups(cursor: Any, keys: Iterable[tuple[int, int]]) -> None:
             },
         )
         child_width = width
-
-
-def copy_series_points(session: Session, from_series_id: int, to_series_id: int) -> None:
-    """Give a new series every point (and rollup block) of another one."""
-    session.execute(
-        insert(MetricPoint).from_select(
-            ["series_id", "step", "value"],
-            select(literal(to_series_id), MetricPoint.step, MetricPoint.value).where(
-                MetricPoint.series_id == from_series_id
-            ),
-        )
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        columns = [c for c in MetricRollup.__table__.columns if c.name != "series_id"]
-        session.execute(
-            insert(MetricRollup).from_select(
-                ["series_id", *(c.name for c in columns)],
-                select(literal(to_series_id), *columns).where(MetricRollup.series_id == from_series_id),
-            )
-        )
 
 
 def read_series(

@@ -1,0 +1,45 @@
+"""The fork lifecycle: a child run waits for its parent, starts from its final state, fails with it.
+
+A child (ungrokking's phase 2) is planned with a `parent_index` or `parent_run_id`
+(engine.experiments.PlannedRun) and stored as a queued run with `parent_run_id`. Then:
+- it waits: submission sends only runs without a parent in the plan, and the reconciler sends a
+  child only once its parent succeeded (`store.forks.parent_succeeded`);
+- when the parent finishes, `hand_off` sends its waiting children if it succeeded, or fails them;
+- when a worker takes it, `start_child` gives it the parent's final checkpoint (the function
+  `python -m engine` uses too) and a copy of the parent's series, so its own series tell its
+  whole history. Both are skipped for a child that is resuming from a checkpoint of its own.
+
+The SQL of all three is in groklab/store/forks.py.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from engine.checkpoint import start_from_parent
+from groklab.dispatch import dispatch_runs
+from groklab.settings import Settings
+from groklab.store import forks as fork_store
+from groklab.store import runs as run_store
+from groklab.store.database import session_scope
+
+
+def start_child(settings: Settings, run_id: int, parent_run_id: int) -> None:
+    def copy_series() -> None:
+        with session_scope(settings.resolved_database_url) as session:
+            fork_store.copy_parent_points(session, parent_run_id, run_id)
+
+    start_from_parent(
+        settings.run_checkpoint_dir(parent_run_id), settings.run_checkpoint_dir(run_id), copy_series
+    )
+
+
+def hand_off(session: Session, celery: Celery, settings: Settings, parent_run_id: int, status: str) -> None:
+    """A finished parent's waiting children: sent if it succeeded (this commits), failed otherwise."""
+    if status == run_store.SUCCEEDED:
+        children = fork_store.waiting_children(session, parent_run_id)
+        if children:
+            dispatch_runs(session, celery, children, ensemble_size=settings.ensemble_size)
+    else:
+        fork_store.fail_children(session, parent_run_id, parent_status=status)
