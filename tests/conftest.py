@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,50 @@ import pytest
 import redis
 
 from groklab.store.migrate import upgrade
-from tests.services import REDIS_URL, Stack, create_pg_database, drop_pg_database, service_env
+from tests.servers import start_postgres, start_redis
+from tests.services import (
+    Stack,
+    TestServers,
+    create_pg_database,
+    drop_pg_database,
+    redis_url,
+    service_env,
+    use_servers,
+)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM or a closed terminal ends the run as Ctrl-C does, so that the session fixtures'
+    # teardown stops the private servers instead of leaving them behind.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_servers() -> Iterator[TestServers]:
+    """PostgreSQL and Redis for the whole run: private ones on free loopback ports, started from
+    the test extras' binaries and removed at the end, unless GROKLAB_TEST_PG_ADMIN (a libpq URL
+    of a database whose user may create databases) or GROKLAB_TEST_REDIS name existing ones."""
+    cleanups = []
+    pg_admin_url = os.environ.get("GROKLAB_TEST_PG_ADMIN")
+    if not pg_admin_url:
+        postgres = start_postgres()
+        cleanups.append(postgres.remove)
+        pg_admin_url = postgres.admin_url()
+    broker_url = os.environ.get("GROKLAB_TEST_REDIS")
+    if not broker_url:
+        broker = start_redis()
+        cleanups.append(broker.kill)
+        broker_url = broker.url
+    servers = TestServers(pg_admin_url=pg_admin_url, redis_url=broker_url)
+    use_servers(servers)
+    yield servers
+    for cleanup in reversed(cleanups):
+        cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +72,7 @@ def pg_stack(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """The production topology: PostgreSQL + Redis + one api + one worker, over HTTP."""
     data_dir = tmp_path_factory.mktemp("pg-stack")
     # Packing on, as on a GPU cluster, so that the end-to-end tests train ensembles.
-    env = service_env(pg_database, REDIS_URL, data_dir, GROKLAB_ENSEMBLE_SIZE="8")
+    env = service_env(pg_database, redis_url(), data_dir, GROKLAB_ENSEMBLE_SIZE="8")
     stack = Stack(env=env, log_dir=data_dir)
     stack.start_worker("w1")
     stack.start_api()
@@ -47,7 +92,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("auth-stack")
     env = service_env(
         url,
-        REDIS_URL,
+        redis_url(),
         data_dir,
         GROKLAB_AUTH="required",
         GROKLAB_SUBMISSIONS_PER_MINUTE="5",
@@ -59,7 +104,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.start_api()
     yield stack
     stack.stop()
-    redis.Redis.from_url(REDIS_URL).delete(env["GROKLAB_QUEUE_NAME"])
+    redis.Redis.from_url(redis_url()).delete(env["GROKLAB_QUEUE_NAME"])
     drop_pg_database(name)
 
 

@@ -18,9 +18,37 @@ import httpx
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get("GROKLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("GROKLAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass(frozen=True)
+class TestServers:
+    """The PostgreSQL (an admin libpq URL) and Redis the test run uses; see tests/conftest.py."""
+
+    pg_admin_url: str
+    redis_url: str
+
+
+_servers: TestServers | None = None
+
+
+def use_servers(servers: TestServers) -> None:
+    global _servers
+    _servers = servers
+
+
+def _current_servers() -> TestServers:
+    if _servers is None:
+        raise RuntimeError("the test servers are set up by the session fixture in tests/conftest.py")
+    return _servers
+
+
+def pg_admin_url() -> str:
+    return _current_servers().pg_admin_url
+
+
+def redis_url() -> str:
+    return _current_servers().redis_url
 
 
 def free_port() -> int:
@@ -32,14 +60,14 @@ def free_port() -> int:
 def create_pg_database() -> tuple[str, str]:
     """A fresh, empty database; returns (its name, its SQLAlchemy URL)."""
     name = f"groklab_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    base, _, _ = pg_admin_url().rpartition("/")
     return name, f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
 
 
 def drop_pg_database(name: str) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

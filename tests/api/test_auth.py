@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import REDIS_URL, ROOT, Stack, bearer, create_key, service_env, tiny_spec
+from tests.services import ROOT, Stack, bearer, create_key, redis_url, service_env, tiny_spec
 
 ANCHOR_PARAMS = ("run_id", "experiment_id")
 
@@ -214,7 +214,7 @@ def test_cors_headers_only_for_configured_origins(auth_stack: Stack, http: httpx
 
 
 def _stack(tmp_path: Path, database_url: str, **env: str) -> Stack:
-    stack = Stack(env=service_env(database_url, REDIS_URL, tmp_path, **env), log_dir=tmp_path)
+    stack = Stack(env=service_env(database_url, redis_url(), tmp_path, **env), log_dir=tmp_path)
     stack.start_api()
     return stack
 

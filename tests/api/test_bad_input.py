@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from groklab.store.database import session_scope
 from groklab.store.models import Experiment, Run
-from tests.services import REDIS_URL, Stack, tiny_spec
+from tests.services import Stack, redis_url, tiny_spec
 
 
 def _counts(url: str) -> tuple[int, int]:
@@ -27,7 +27,7 @@ def unchanged(pg_database: str, pg_stack: Stack) -> Iterator[None]:
     yield
     assert _counts(pg_database) == before
     queue = pg_stack.env["GROKLAB_QUEUE_NAME"]
-    assert redis.Redis.from_url(REDIS_URL).llen(queue) == 0
+    assert redis.Redis.from_url(redis_url()).llen(queue) == 0
 
 
 def _assert_problem(response: httpx.Response, status: int, field: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from groklab.store.migrate import upgrade
-from tests.services import REDIS_URL, Stack, create_key, create_pg_database, drop_pg_database, service_env
+from tests.services import Stack, create_key, create_pg_database, drop_pg_database, redis_url, service_env
 
 MAX_EXAMPLES = 40
 EXCLUDED_PATHS = "|".join(
@@ -45,7 +45,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack
     data_dir = tmp_path_factory.mktemp("fuzz-stack")
     env = service_env(
         url,
-        REDIS_URL,
+        redis_url(),
         data_dir,
         GROKLAB_AUTH="required",
         GROKLAB_RECONCILE_SECONDS="0",
@@ -55,7 +55,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack
     stack.start_api()
     yield stack, create_key(url, "fuzzer")
     stack.stop()
-    redis.Redis.from_url(REDIS_URL).delete(env["GROKLAB_QUEUE_NAME"])
+    redis.Redis.from_url(redis_url()).delete(env["GROKLAB_QUEUE_NAME"])
     drop_pg_database(name)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from groklab.store.database import session_scope
 from groklab.store.models import Experiment, IdempotencyKey, Run, utcnow
-from tests.services import REDIS_URL, Stack, bearer, create_key, tiny_spec
+from tests.services import Stack, bearer, create_key, redis_url, tiny_spec
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def _stored(stack: Stack, owner: str) -> tuple[int, int, int]:
     with session_scope(stack.env["GROKLAB_DATABASE_URL"]) as session:
         experiments = session.scalar(select(func.count(Experiment.id)).where(Experiment.owner == owner))
         runs = session.scalar(select(func.count(Run.id)).join(Experiment).where(Experiment.owner == owner))
-    return experiments, runs, redis.Redis.from_url(REDIS_URL).llen(stack.env["GROKLAB_QUEUE_NAME"])
+    return experiments, runs, redis.Redis.from_url(redis_url()).llen(stack.env["GROKLAB_QUEUE_NAME"])
 
 
 def test_retry_with_same_key_and_body_returns_the_same_experiment_and_queues_nothing(

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.services import (
-    REDIS_URL,
     Stack,
     free_port,
+    redis_url,
     service_env,
     tiny_spec,
     wait_for_runs,
@@ -97,7 +97,7 @@ def test_worker_log_lines_are_json_with_run_and_experiment_ids(pg_stack: Stack, 
 def metered_worker(pg_database: str, tmp_path: Path) -> Iterator[Stack]:
     """An api and a worker of their own queue, the worker serving /metrics on a free port."""
     port = free_port()
-    env = service_env(pg_database, REDIS_URL, tmp_path, GROKLAB_WORKER_METRICS_PORT=str(port))
+    env = service_env(pg_database, redis_url(), tmp_path, GROKLAB_WORKER_METRICS_PORT=str(port))
     stack = Stack(env=env, log_dir=tmp_path)
     stack.start_worker("metered")
     stack.start_api()

@@ -7,7 +7,7 @@ import time
 import httpx
 import redis
 
-from tests.services import REDIS_URL, Stack, tiny_spec, wait_for_runs, wait_until
+from tests.services import Stack, redis_url, tiny_spec, wait_for_runs, wait_until
 
 LONG_STEPS = 1_000_000
 
@@ -95,7 +95,7 @@ def test_cancelled_queued_run_never_starts(client: httpx.Client, pg_stack: Stack
     client.post(f"/v1/runs/{busy}/cancel")
     wait_for_runs(client, [busy])
     # Once the worker has taken the cancelled run's message off the queue, it must have skipped it.
-    queue = redis.Redis.from_url(REDIS_URL)
+    queue = redis.Redis.from_url(redis_url())
     wait_until(lambda: queue.llen(pg_stack.env["GROKLAB_QUEUE_NAME"]) == 0, timeout=30)
     time.sleep(1.0)
     run = client.get(f"/v1/runs/{waiting}").json()

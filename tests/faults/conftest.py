@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from groklab.store.migrate import upgrade
-from tests.faults.servers import PrivatePostgres, PrivateRedis
+from tests.servers import PrivatePostgres, PrivateRedis
 from tests.services import Stack, service_env
 
 FAULT_SUMMARY = {"faults injected": 0, "runs finished": 0, "points lost": 0, "duplicates": 0}
@@ -25,8 +23,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
-    # Not under pytest's tmp_path: PostgreSQL runs as its own user and must reach its folder.
-    postgres = PrivatePostgres(Path(tempfile.mkdtemp(prefix="groklab-private-pg-")))
+    # Servers of their own, apart from the session's, since these tests stop and wipe them.
+    postgres = PrivatePostgres()
     postgres.init()
     postgres.start()
     upgrade(postgres.url)
@@ -34,8 +32,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateP
     broker.start()
     yield postgres, broker
     broker.kill()
-    postgres.stop()
-    shutil.rmtree(postgres.root, ignore_errors=True)
+    postgres.remove()
 
 
 @pytest.fixture(scope="module")
