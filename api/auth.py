@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -101,6 +102,8 @@ def _scoped(scope: str) -> Callable[[Principal], Principal]:
 
 
 reader = _scoped(READ)
-"""Dependency of every read (GET, and POST queries that change nothing)."""
 writer = _scoped(WRITE)
-"""Dependency of every change: submitting experiments, cancelling runs."""
+ReaderDep = Annotated[Principal, Depends(reader)]
+"""The caller of every read (GET, and POST queries that change nothing)."""
+WriterDep = Annotated[Principal, Depends(writer)]
+"""The caller of every change: submitting experiments, cancelling runs."""

@@ -1,9 +1,10 @@
-"""FastAPI dependencies: settings, a database session per request, the Celery app."""
+"""FastAPI dependencies: settings, a database session per request, the Celery app (auth: api/auth.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends
@@ -13,8 +14,10 @@ from groklab.dispatch import make_celery
 from groklab.settings import Settings, get_settings
 from groklab.store.database import session_scope
 
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-def get_session(settings: Settings = Depends(get_settings)) -> Iterator[Session]:
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
     with session_scope(settings.resolved_database_url) as session:
         yield session
 
@@ -22,3 +25,7 @@ def get_session(settings: Settings = Depends(get_settings)) -> Iterator[Session]
 @lru_cache
 def get_celery() -> Celery:
     return make_celery(get_settings())
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]

@@ -15,7 +15,7 @@ from api.dashboard import install_dashboard
 from api.deps import get_celery
 from api.ops import install_ops
 from api.problems import PROBLEM_RESPONSES, install_problem_handlers
-from api.routes import analysis, experiments, health, metrics, runs
+from api.routes import analysis, experiments, health, metric_query, metric_stream, runs
 from groklab.reconciler import ReconcilerThread
 from groklab.settings import get_settings
 
@@ -59,7 +59,8 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(runs.router)
     app.include_router(analysis.router)
-    app.include_router(metrics.router)
+    app.include_router(metric_query.router)
+    app.include_router(metric_stream.router)
     install_dashboard(app)
     install_ops(app)
     return app

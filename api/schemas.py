@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from groklab.store.downsample import Bucket
+from groklab.store.metric_reads import PointRow
+from groklab.store.runs import RunStatus
 
 
 class RunOut(BaseModel):
@@ -140,25 +142,6 @@ class MetricQuery(BaseModel):
         return self
 
 
-class MetricPointRow(BaseModel):
-    run_id: int
-    name: str
-    step: int
-    value: float | None = Field(description="null where the logged value was NaN or infinite.")
-
-
-class MetricBucketRow(BaseModel):
-    run_id: int
-    name: str
-    step_start: int = Field(description="First step the bucket covers (inclusive).")
-    step_end: int = Field(description="Last step the bucket covers (inclusive).")
-    count: int = Field(description="Points in the bucket, null values included.")
-    min: float | None
-    max: float | None
-    mean: float | None = Field(description="Mean of the bucket's non-null values.")
-    last: float | None = Field(description="Value at the bucket's highest step.")
-
-
 class MetricQueryOut(BaseModel):
     """The long layout: one row per (run, name, step) or, downsampled, per (run, name, bucket)."""
 
@@ -166,5 +149,5 @@ class MetricQueryOut(BaseModel):
     start_step: int
     end_step: int | None = Field(description="The resolved end; null when no series has points.")
     bucket_width: int | None = Field(description="Steps per bucket; null for raw points.")
-    rows: list[MetricPointRow] | list[MetricBucketRow]
+    rows: list[PointRow] | list[Bucket]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")

@@ -1,6 +1,6 @@
 """Reads the paper's quantities off metric series: per-run labels, accuracy vs D, D_crit, efficiency.
 
-Pure functions over `{name: [[step, value], ...]}` series (as groklab.store.metrics.read_series
+Pure functions over `{name: [[step, value], ...]}` series (as groklab.store.metric_reads.read_series
 returns them) and run specs; nothing here touches the database or HTTP.
 """
 

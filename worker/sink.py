@@ -17,7 +17,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from groklab import telemetry
 from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, renew
-from groklab.store.metrics import Point, write_points
+from groklab.store.metric_writes import Point, write_points
 
 log = logging.getLogger(__name__)
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from api.auth import Principal, reader
-from api.deps import get_session
+from api.auth import ReaderDep
+from api.deps import SessionDep
 from engine.spec import RunSpec
 from groklab import analysis
 from groklab.errors import InvalidInput
-from groklab.store import metrics as metric_store
+from groklab.store import metric_reads
 from groklab.store import runs as run_store
 from groklab.store.models import Run
 
@@ -47,8 +47,11 @@ def thresholds(
         raise InvalidInput(message, field=field) from exc
 
 
+ThresholdsDep = Annotated[analysis.Thresholds, Depends(thresholds)]
+
+
 def _analyse(session: Session, run: Run, limits: analysis.Thresholds) -> dict[str, Any]:
-    series = metric_store.read_series(
+    series = metric_reads.read_series(
         session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None
     )
     return analysis.analyse_run(series, RunSpec.model_validate(run.spec), limits)
@@ -60,10 +63,10 @@ _CSV_TOO = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 @router.get("/v1/runs/{run_id}/analysis", responses=_CSV_TOO)
 def run_analysis(
     run_id: int,
+    limits: ThresholdsDep,
+    principal: ReaderDep,
+    session: SessionDep,
     format: Format = Query("json"),
-    limits: analysis.Thresholds = Depends(thresholds),
-    principal: Principal = Depends(reader),
-    session: Session = Depends(get_session),
 ) -> Any:
     """Milestones, final values and the label of one run (any status: the series so far)."""
     run = run_store.get_run(session, run_id, owner=principal.owner)
@@ -78,10 +81,10 @@ def run_analysis(
 @router.get("/v1/experiments/{experiment_id}/analysis", responses=_CSV_TOO)
 def experiment_analysis(
     experiment_id: int,
+    limits: ThresholdsDep,
+    principal: ReaderDep,
+    session: SessionDep,
     format: Format = Query("json"),
-    limits: analysis.Thresholds = Depends(thresholds),
-    principal: Principal = Depends(reader),
-    session: Session = Depends(get_session),
 ) -> Any:
     """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
     experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from celery import Celery
-from fastapi import APIRouter, Depends, Header, Query, Response
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Header, Query, Response
 
-from api.auth import Principal, reader, writer
-from api.deps import get_celery, get_session
+from api.auth import ReaderDep, WriterDep
+from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.problems import Problem
 from api.schemas import ExperimentDetailOut, ExperimentOut, ExperimentPage, RunOut
 from engine.experiments import ExperimentRequest
-from groklab.settings import Settings, get_settings
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
 from groklab.submission import submit_experiment as submit
@@ -42,6 +39,10 @@ def experiment_out(experiment: Experiment) -> ExperimentOut:
 def submit_experiment(
     request: ExperimentRequest,
     response: Response,
+    principal: WriterDep,
+    session: SessionDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
     idempotency_key: str | None = Header(
         None,
         min_length=1,
@@ -50,10 +51,6 @@ def submit_experiment(
         description="Retrying with the same key and body returns the first answer's experiment "
         "instead of a new one; the same key with another body is a 409.",
     ),
-    principal: Principal = Depends(writer),
-    session: Session = Depends(get_session),
-    celery: Celery = Depends(get_celery),
-    settings: Settings = Depends(get_settings),
 ) -> ExperimentOut:
     """Plan the experiment's runs (a sweep, or one of the paper's kinds), store and queue them."""
     submission = submit(
@@ -66,10 +63,10 @@ def submit_experiment(
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
+    principal: ReaderDep,
+    session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
     cursor: int | None = Query(None, ge=1, le=run_store.MAX_ID, description="next_cursor of the previous page"),
-    principal: Principal = Depends(reader),
-    session: Session = Depends(get_session),
 ) -> ExperimentPage:
     experiments = run_store.list_experiments(
         session, limit=limit, before_id=cursor, owner=principal.owner
@@ -79,11 +76,7 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentDetailOut)
-def get_experiment(
-    experiment_id: int,
-    principal: Principal = Depends(reader),
-    session: Session = Depends(get_session),
-) -> ExperimentDetailOut:
+def get_experiment(experiment_id: int, principal: ReaderDep, session: SessionDep) -> ExperimentDetailOut:
     experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
     return ExperimentDetailOut(
         **experiment_out(experiment).model_dump(),

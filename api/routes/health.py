@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import get_celery
+from api.deps import CeleryDep, SettingsDep
 from api.schemas import HealthOut
 from groklab.dispatch import broker_reachable
-from groklab.settings import Settings, get_settings
+from groklab.settings import Settings
 from groklab.store.database import session_scope
 
 router = APIRouter(tags=["health"])
@@ -22,9 +21,7 @@ def healthz() -> HealthOut:
 
 
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
-def readyz(
-    settings: Settings = Depends(get_settings), celery: Celery = Depends(get_celery)
-) -> JSONResponse:
+def readyz(settings: SettingsDep, celery: CeleryDep) -> JSONResponse:
     checks = {"database": _database_reachable(settings), "broker": broker_reachable(celery)}
     ready = all(checks.values())
     body = HealthOut(status="ok" if ready else "unavailable", checks=checks)

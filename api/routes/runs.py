@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query
 
-from api.auth import Principal, reader, writer
-from api.deps import get_session
-from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage, RunStatus
+from api.auth import ReaderDep, WriterDep
+from api.deps import SessionDep
+from api.query_params import comma_list
+from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage
 from groklab.errors import InvalidInput
-from groklab.store import metrics as metric_store
+from groklab.store import metric_reads
 from groklab.store import runs as run_store
+from groklab.store.runs import RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 
 @router.get("", response_model=RunPage)
 def list_runs(
+    principal: ReaderDep,
+    session: SessionDep,
     experiment_id: int | None = Query(None, ge=1, le=run_store.MAX_ID),
     status: RunStatus | None = Query(None),
     limit: int = Query(100, ge=1, le=1000),
     cursor: int | None = Query(None, ge=0, le=run_store.MAX_ID, description="next_cursor of the previous page"),
-    principal: Principal = Depends(reader),
-    session: Session = Depends(get_session),
 ) -> RunPage:
     runs = run_store.list_runs(
         session,
@@ -37,9 +38,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetailOut)
-def get_run(
-    run_id: int, principal: Principal = Depends(reader), session: Session = Depends(get_session)
-) -> RunDetailOut:
+def get_run(run_id: int, principal: ReaderDep, session: SessionDep) -> RunDetailOut:
     run = run_store.get_run(session, run_id, owner=principal.owner)
     events = [
         RunEventOut(status=e.status, at=e.at, message=e.message)  # type: ignore[arg-type]
@@ -51,29 +50,26 @@ def get_run(
 @router.get("/{run_id}/metrics", response_model=MetricsOut)
 def get_metrics(
     run_id: int,
+    principal: ReaderDep,
+    session: SessionDep,
     names: str | None = Query(
         None, description="Comma-separated series names; all series when omitted.", max_length=4000
     ),
     start_step: int | None = Query(None, ge=0),
     end_step: int | None = Query(None, ge=0),
-    principal: Principal = Depends(reader),
-    session: Session = Depends(get_session),
 ) -> MetricsOut:
     """Every point of the chosen series in [start_step, end_step]; unknown names give empty lists."""
     if start_step is not None and end_step is not None and end_step < start_step:
         raise InvalidInput("end_step is before start_step", field="end_step")
     run_store.get_run(session, run_id, owner=principal.owner)
-    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    series = metric_store.read_series(
-        session, run_id, names=wanted, start_step=start_step, end_step=end_step
+    series = metric_reads.read_series(
+        session, run_id, names=comma_list(names), start_step=start_step, end_step=end_step
     )
     return MetricsOut(run_id=run_id, series=series)  # type: ignore[arg-type]
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut)
-def cancel_run(
-    run_id: int, principal: Principal = Depends(writer), session: Session = Depends(get_session)
-) -> RunOut:
+def cancel_run(run_id: int, principal: WriterDep, session: SessionDep) -> RunOut:
     """A queued run is cancelled now; a running one stops within seconds, keeping its metrics."""
     run = run_store.request_cancel(session, run_id, owner=principal.owner)
     return RunOut.from_row(run)

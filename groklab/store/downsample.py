@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.orm import Session, aliased
 
-from groklab.store.metrics import ROLLUP_WIDTHS, array_literal, finite_or_none
+from groklab.store.metric_writes import finite_or_none
 from groklab.store.models import MetricPoint
+from groklab.store.rollups import ROLLUP_WIDTHS, array_literal
 
 
 @dataclass(frozen=True)
@@ -35,15 +37,17 @@ class SeriesRef:
 
 @dataclass(frozen=True)
 class Bucket:
+    """One downsampled row; its fields, in order, are the columns of every format the api serves."""
+
     run_id: int
     name: str
-    step_start: int
-    step_end: int
-    count: int
+    step_start: Annotated[int, Field(description="First step the bucket covers (inclusive).")]
+    step_end: Annotated[int, Field(description="Last step the bucket covers (inclusive).")]
+    count: Annotated[int, Field(description="Points in the bucket, null values included.")]
     min: float | None
     max: float | None
-    mean: float | None
-    last: float | None
+    mean: Annotated[float | None, Field(description="Mean of the bucket's non-null values.")]
+    last: Annotated[float | None, Field(description="Value at the bucket's highest step.")]
 
 
 def bucket_width(start_step: int, end_step: int, max_points: int) -> int:
@@ -66,7 +70,7 @@ def downsample_buckets(
     if session.get_bind().dialect.name == "postgresql" and width >= ROLLUP_WIDTHS[0]:
         rows = _fold_rollups(session, ids, start_step, end_step, width)
     else:
-        rows = _fold_points(session, ids, start_step, end_step, width)
+        rows = fold_points(session, ids, start_step, end_step, width)
     by_id = {s.id: s for s in series}
     buckets = []
     for series_id, bucket, count, low, high, mean, last in rows:
@@ -90,7 +94,7 @@ def downsample_buckets(
     return buckets
 
 
-def _fold_points(
+def fold_points(
     session: Session, ids: list[int], start_step: int, end_step: int, width: int
 ) -> Sequence[Any]:
     """(series_id, bucket, count, min, max, mean, last) of each non-empty bucket, from every point."""
@@ -171,7 +175,7 @@ _FOLD_ROLLUPS = text(
 def _fold_rollups(
     session: Session, ids: list[int], start_step: int, end_step: int, width: int
 ) -> Sequence[Any]:
-    """The same rows as _fold_points, from rollup blocks and the few points at bucket edges."""
+    """The same rows as fold_points, from rollup blocks and the few points at bucket edges."""
     blocks: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
     raw: tuple[list[int], list[int], list[int]] = ([], [], [])
     for bucket, lo in enumerate(range(start_step, end_step + 1, width)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from groklab.errors import Conflict, NotFound
 from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = RUN_STATUSES
 FINISHED_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ID = 2**31 - 1
 """Ids are 32-bit on PostgreSQL: a larger one cannot exist, and binding it is a database error."""

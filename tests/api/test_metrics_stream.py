@@ -11,7 +11,7 @@ import httpx
 from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.metrics import write_points
+from groklab.store.metric_writes import write_points
 from tests.api.conftest import Backend
 
 

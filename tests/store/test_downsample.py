@@ -15,9 +15,10 @@ from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.downsample import Bucket, bucket_width, downsample_buckets, rollup_cover
 from groklab.store.forks import copy_parent_points
-from groklab.store.metric_query import select_series
-from groklab.store.metrics import ROLLUP_WIDTHS, write_points
+from groklab.store.metric_reads import select_series
+from groklab.store.metric_writes import write_points
 from groklab.store.migrate import upgrade
+from groklab.store.rollups import ROLLUP_WIDTHS
 from tests.services import create_pg_database, drop_pg_database
 
 

@@ -7,11 +7,13 @@ import math
 import pytest
 from sqlalchemy import select
 
-from groklab.store import metrics as metric_store
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
+from groklab.store.metric_reads import read_series
+from groklab.store.metric_writes import series_ids, write_points
 from groklab.store.migrate import upgrade
 from groklab.store.models import MetricRollup
+from groklab.store.rollups import ROLLUP_WIDTHS
 
 
 def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(empty_database_url: str) -> None:
@@ -23,16 +25,16 @@ def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(empty_database_u
         )
         run_id = experiment.runs[0].id
     with session_scope(url) as session:
-        metric_store.write_points(
+        write_points(
             session, run_id, [("loss", 2, 0.5), ("loss", 0, 1.0), ("acc", 0, math.nan)], step=2
         )
     with session_scope(url) as session:
         # A resumed run logs step 2 again (and goes on): still one point per step.
-        metric_store.write_points(session, run_id, [("loss", 2, 0.25), ("loss", 4, 0.125)], step=4)
+        write_points(session, run_id, [("loss", 2, 0.25), ("loss", 4, 0.125)], step=4)
     with session_scope(url) as session:
-        series = metric_store.read_series(session, run_id, names=None, start_step=None, end_step=None)
+        series = read_series(session, run_id, names=None, start_step=None, end_step=None)
         run = run_store.get_run(session, run_id)
-        ranged = metric_store.read_series(session, run_id, names=["loss", "nope"], start_step=1, end_step=3)
+        ranged = read_series(session, run_id, names=["loss", "nope"], start_step=1, end_step=3)
     assert series == {"loss": [[0, 1.0], [2, 0.25], [4, 0.125]], "acc": [[0, None]]}
     assert run.step == 4
     assert run.latest_metrics == {"loss": [4, 0.125], "acc": [0, None]}
@@ -52,14 +54,14 @@ def test_rollup_blocks_equal_a_fold_of_their_points_after_rewrites(fresh_pg_url:
     rewrites += [("b", step, -1.0) for step in range(56, 5_000, 7)] + [("b", 70_001, 3.0)]
     for batch in (first[:30_000], first[30_000:], rewrites):
         with session_scope(fresh_pg_url) as session:
-            metric_store.write_points(session, run_id, batch)
+            write_points(session, run_id, batch)
     with session_scope(fresh_pg_url) as session:
-        stored = metric_store.read_series(session, run_id, names=None, start_step=None, end_step=None)
-        ids = metric_store.series_ids(session, run_id, stored)
+        stored = read_series(session, run_id, names=None, start_step=None, end_step=None)
+        ids = series_ids(session, run_id, stored)
         rollups = session.execute(select(MetricRollup)).scalars().all()
     expected = {}
     for name, points in stored.items():
-        for width in metric_store.ROLLUP_WIDTHS:
+        for width in ROLLUP_WIDTHS:
             for step, value in points:
                 expected.setdefault((ids[name], width, step // width), []).append((step, value))
     assert {(r.series_id, r.width, r.block) for r in rollups} == expected.keys()

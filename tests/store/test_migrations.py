@@ -12,9 +12,10 @@ from sqlalchemy import inspect, text
 
 from groklab.store import runs as run_store
 from groklab.store.database import make_engine, session_scope
-from groklab.store.metrics import ROLLUP_WIDTHS, write_points
+from groklab.store.metric_writes import write_points
 from groklab.store.migrate import alembic_config, upgrade
 from groklab.store.models import metadata
+from groklab.store.rollups import ROLLUP_WIDTHS
 
 
 def test_migrations_on_an_empty_database_match_the_models(empty_database_url: str) -> None:

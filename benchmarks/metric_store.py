@@ -1,6 +1,6 @@
 """Metric store on PostgreSQL: ingest rate, downsampled reads, and a 20M-point table.
 
-`python -m benchmarks.metrics [--quick]` creates and drops its own databases next to the admin
+`python -m benchmarks.metric_store [--quick]` creates and drops its own databases next to the admin
 database named by GROKLAB_TEST_PG_ADMIN (default postgresql://postgres@127.0.0.1:5432/test).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -19,18 +20,14 @@ from sqlalchemy.orm import Session
 
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.downsample import (
-    SeriesRef,
-    _fold_points,
-    bucket_width,
-    downsample_buckets,
-)
-from groklab.store.metric_query import select_series
-from groklab.store.metrics import series_ids, write_points
+from groklab.store.database import create_database, drop_database
+from groklab.store.downsample import SeriesRef, bucket_width, downsample_buckets, fold_points
+from groklab.store.metric_reads import select_series
+from groklab.store.metric_writes import series_ids, write_points
 from groklab.store.migrate import upgrade
 from groklab.store.models import MetricPoint
-from tests.services import create_pg_database, drop_pg_database
 
+ADMIN_URL = os.environ.get("GROKLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 BATCH = 5000  # the worker's default metric_flush_points
 
 
@@ -153,7 +150,7 @@ def buckets_from_points(url: str, series: list[SeriesRef], end_step: int, max_po
     """The previous read path: one GROUP BY over every point (what SQLite still does)."""
     width = bucket_width(0, end_step, max_points)
     with session_scope(url) as session:
-        return len(_fold_points(session, [s.id for s in series], 0, end_step, width))
+        return len(fold_points(session, [s.id for s in series], 0, end_step, width))
 
 
 def buckets_in_python(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
@@ -274,12 +271,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the points")
     args = parser.parse_args()
     for bench in (bench_ingest_and_read, bench_big_table):
-        name, url = create_pg_database()
+        name, url = create_database(ADMIN_URL, prefix="groklab_bench")
         try:
             upgrade(url)
             bench(url, args.quick)
         finally:
-            drop_pg_database(name)
+            drop_database(ADMIN_URL, name)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Metric reads across runs: which runs and series a query means, raw pages, and new points to stream."""
+"""Metric reads: one run's series, and across runs which runs and series a query means, raw pages
+or downsampled buckets (groklab/store/downsample.py), and the new points to stream."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from psycopg.errors import QueryCanceled
+from pydantic import Field
 from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -29,10 +31,12 @@ class QueryTimeout(GroklabError):
 
 @dataclass(frozen=True)
 class PointRow:
+    """One raw point; its fields, in order, are the columns of every format the api serves."""
+
     run_id: int
     name: str
     step: int
-    value: float | None
+    value: Annotated[float | None, Field(description="null where the logged value was NaN or infinite.")]
 
 
 @dataclass(frozen=True)
@@ -267,3 +271,34 @@ def read_metrics(
         )
         width = bucket_width(start_step, end_step, max_points)
         return MetricRows(start_step, end_step, width, buckets=buckets)
+
+
+def read_series(
+    session: Session,
+    run_id: int,
+    *,
+    names: Sequence[str] | None,
+    start_step: int | None,
+    end_step: int | None,
+) -> dict[str, list[list[float | int | None]]]:
+    """{name: [[step, value], ...]} in step order; every requested name is present, maybe empty."""
+    series_query = select(MetricSeries.id, MetricSeries.name).where(MetricSeries.run_id == run_id)
+    if names:
+        series_query = series_query.where(MetricSeries.name.in_(names))
+    ids = {series_id: name for series_id, name in session.execute(series_query)}
+    result: dict[str, list[list[float | int | None]]] = {name: [] for name in names or []}
+    result.update({name: [] for name in ids.values()})
+    if not ids:
+        return result
+    query = (
+        select(MetricPoint.series_id, MetricPoint.step, MetricPoint.value)
+        .where(MetricPoint.series_id.in_(ids))
+        .order_by(MetricPoint.series_id, MetricPoint.step)
+    )
+    if start_step is not None:
+        query = query.where(MetricPoint.step >= start_step)
+    if end_step is not None:
+        query = query.where(MetricPoint.step <= end_step)
+    for series_id, step, value in session.execute(query):
+        result[ids[series_id]].append([step, value])
+    return result
