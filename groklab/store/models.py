@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -220,3 +221,34 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class CheckpointRecord(Base):
+    """One stored checkpoint of a run: the index row; its bytes live in the checkpoint store's blob.
+
+    The blob key is unique per write (it names the writer's fencing token and a nonce), so a
+    fenced-off writer's late blob can never replace the one this row points to.
+    """
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "step", name="pk_checkpoints"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    fencing_token: Mapped[int] = mapped_column(Integer, comment="The run's lease token of the writer.")
+    blob_key: Mapped[str] = mapped_column(String(300))
+    kept: Mapped[bool] = mapped_column(Boolean, default=False, comment="Spared by retention.")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class CheckpointChunk(Base):
+    """A slice of a checkpoint blob when the database itself is the checkpoint store."""
+
+    __tablename__ = "checkpoint_chunks"
+    __table_args__ = (PrimaryKeyConstraint("blob_key", "seq", name="pk_checkpoint_chunks"),)
+
+    blob_key: Mapped[str] = mapped_column(String(300))
+    seq: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
