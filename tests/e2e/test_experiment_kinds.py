@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from statistics import median
 
 import httpx
 import pytest
@@ -43,17 +44,20 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
     (parent,) = [r for r in runs.values() if r["role"] == "phase1"]
     children = sorted((r for r in runs.values() if r["role"] == "phase2"), key=lambda r: r["spec"]["phases"][-1]["subset_size"])
     assert [c["spec"]["phases"][-1]["subset_size"] for c in children] == [100, 300, 800]
+    late_test_acc = {}
     for child in children:
         # Trained once, then forked: each child starts after its parent ended, from its state.
         assert child["parent_run_id"] == parent["id"]
         assert child["started_at"] >= parent["finished_at"]
-        steps = [s for s, _ in kinds_client.get(f"/v1/runs/{child['id']}/metrics", params={"names": "test_acc"}).json()["series"]["test_acc"]]
+        series = kinds_client.get(f"/v1/runs/{child['id']}/metrics", params={"names": "test_acc"}).json()["series"]
+        steps = [s for s, _ in series["test_acc"]]
         assert steps[0] == 0 and steps[-1] == 5500 and steps == sorted(set(steps))
+        # The median of the last 10 evaluations: one evaluation may sit on a loss spike.
+        late_test_acc[child["spec"]["phases"][-1]["subset_size"]] = median(v for _, v in series["test_acc"][-10:])
 
     analysis = kinds_client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
     assert analysis["complete"] is True
-    final = {c["spec"]["phases"][-1]["subset_size"]: c["latest_metrics"]["test_acc"] for c in children}
-    assert final[100] < 0.3 and final[800] > 0.95
+    assert late_test_acc[100] < 0.3 and late_test_acc[800] > 0.95  # measured ~0.07 and ~0.99
     labels = {run["id"]: run["label"] for run in analysis["runs"]}
     assert labels[children[0]["id"]] == "ungrokked"
     assert labels[parent["id"]] == "grokked"

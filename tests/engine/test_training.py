@@ -1,5 +1,5 @@
 """The engine reproduces the paper's phenomena at P=47 on a CPU: grokking, ungrokking, and their
-absence without weight decay or with random labels (shared/PAPER.md, scaled-down configurations).
+absence without weight decay or with random labels (docs/paper.md, scaled-down configurations).
 
 The long runs are shared through one module-scoped fixture; ungrokking resumes copies of the
 grokked run's checkpoint with a second phase on a subset D', as the paper continues grokked nets.
@@ -7,6 +7,7 @@ grokked run's checkpoint with a second phase on a subset D', as the paper contin
 
 import shutil
 from dataclasses import dataclass
+from statistics import median
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,16 @@ def _spec(task: TaskSpec = TASK, **changes) -> RunSpec:
 def _ungrok_spec(subset_size: int) -> RunSpec:
     phases = [PhaseSpec(steps=GROK_STEPS), PhaseSpec(steps=UNGROK_STEPS, train_set="subset", subset_size=subset_size)]
     return _spec(phases=phases)
+
+
+def last(series: dict[int, float], k: int) -> list[float]:
+    """The values at the last k evaluations.
+
+    Training-dynamics tests assert medians of these, never one evaluation: a net that keeps its
+    accuracy still shows one-evaluation loss spikes (0.87 at P=47), and where they fall moves with
+    float rounding, so a single value decides nothing.
+    """
+    return [series[step] for step in sorted(series)[-k:]]
 
 
 @dataclass
@@ -76,8 +87,9 @@ def test_grokking_train_accuracy_first_test_accuracy_much_later(runs):
     train, test = runs.grok.series["train_acc"], runs.grok.series["test_acc"]
     memorised = [s for s in sorted(test) if train[s] == 1.0 and test[s] < 0.6]
     assert memorised, "no eval step with train acc 1.0 and test acc < 0.6"
-    assert max(test[s] for s in test if s > memorised[0]) >= 0.95
-    assert test[GROK_STEPS] >= 0.95
+    generalised = [s for s in sorted(test) if test[s] >= 0.95]
+    assert generalised and generalised[0] >= 5 * memorised[0]  # measured: step 1,500 vs 100
+    assert median(last(test, 5)) >= 0.95  # measured 0.995
 
 
 @pytest.mark.slow
@@ -85,31 +97,29 @@ def test_ungrokking_small_subset_loses_test_accuracy_large_subset_keeps_it(runs)
     end = GROK_STEPS + UNGROK_STEPS
     for sink in runs.ungrok.values():
         assert sink.series["phase"][end] == 1.0
-        assert sink.series["train_acc"][end] == 1.0
-        assert sink.series["test_acc"][GROK_STEPS] >= 0.95  # the grokked start
-    assert runs.ungrok[100].series["test_acc"][end] < 0.3
-    # D'=600 sits near D_crit here: it decays slowly (0.996 -> ~0.95 over 3,000 steps), so the
-    # large subset is 800, which holds at ~0.996 apart from one-evaluation loss spikes (0.88 at step
-    # 3,100; where they fall moves with float rounding), never near the D'=100 collapse
+        assert median(last(sink.series["train_acc"], 5)) == 1.0
+        assert sink.series["test_acc"][GROK_STEPS] >= 0.95  # the grokked start, the same for both
+    # The last 1,000 steps (10 evaluations). D'=600 sits near D_crit here and decays slowly (0.996
+    # -> ~0.95 over 3,000 steps), so the large subset is 800, which holds at ~0.99.
+    assert median(last(runs.ungrok[100].series["test_acc"], 10)) < 0.3  # measured 0.065
     kept = runs.ungrok[800].series["test_acc"]
-    assert min(v for s, v in kept.items() if s >= GROK_STEPS) > 0.8
-    assert sorted(v for s, v in kept.items() if s >= GROK_STEPS)[1] > 0.95  # the spike is one point
-    assert min(v for s, v in kept.items() if s >= end - 1_000) >= 0.95
+    assert median(last(kept, 10)) >= 0.95  # measured 0.992
+    phase_two = [v for s, v in kept.items() if s >= GROK_STEPS]
+    assert sum(v >= 0.95 for v in phase_two) >= 0.8 * len(phase_two)  # measured 29 of 31
 
 
 @pytest.mark.slow
 def test_no_grokking_without_weight_decay_in_the_same_budget(runs):
     series = runs.no_weight_decay.series
-    assert series["train_acc"][GROK_STEPS] == 1.0
-    assert series["test_acc"][GROK_STEPS] < 0.6
+    assert median(last(series["train_acc"], 5)) == 1.0
+    assert median(last(series["test_acc"], 5)) < 0.6  # measured 0.33-0.39
 
 
 @pytest.mark.slow
 def test_random_labels_are_memorised_with_test_accuracy_at_chance(runs):
     series = runs.random_labels.series
-    last = max(series["train_acc"])
-    assert series["train_acc"][last] == 1.0
-    assert series["test_acc"][last] < 0.1
+    assert median(last(series["train_acc"], 5)) == 1.0
+    assert median(last(series["test_acc"], 5)) < 0.1  # chance is 1/47; measured 0.024
 
 
 @pytest.mark.parametrize(
