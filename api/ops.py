@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import get_celery
 from groklab.dispatch import queue_length
-from groklab.logging import configure_logging, log_context
+from groklab.json_logs import configure_logging, log_context
 from groklab.settings import Settings, get_settings
 from groklab.store import stats
 from groklab.store.database import session_scope

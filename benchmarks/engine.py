@@ -19,7 +19,7 @@ from engine.memory import members_that_fit
 from engine.model import build_model
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
-from engine.tasks import build_task
+from engine.datasets import build_task
 from engine.train import _Ensemble, resolve_device
 from tests.engine.reference_model import reference_forward
 

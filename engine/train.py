@@ -14,14 +14,14 @@ from torch import Tensor
 
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.memory import members_that_fit
-from engine.metrics import evaluate, per_example_loss
+from engine.evaluation import evaluate, per_example_loss
 from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
 from engine.result import EngineError, RunResult
 from engine.sink import MetricSink
 from engine.spec import OptimizerSpec, RunSpec, ToyCircuitsSpec, TransformerSpec
-from engine.tasks import build_task, derived_seed, subset_indices
+from engine.datasets import build_task, derived_seed, subset_indices
 
 BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the init seed
 

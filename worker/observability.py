@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from groklab import telemetry
 from groklab.errors import GroklabError
-from groklab.logging import Bound, bind, configure_logging, unbind
+from groklab.json_logs import Bound, bind, configure_logging, unbind
 from groklab.settings import get_settings
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope

@@ -25,7 +25,7 @@ from engine.spec import RunSpec
 from engine.train import train_ensemble
 from groklab import forks
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
-from groklab.logging import log_context
+from groklab.json_logs import log_context
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store

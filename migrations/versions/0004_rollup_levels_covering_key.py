@@ -1,6 +1,6 @@
 """Metric rollups every 4x in width (16, 64, ..., 65536) and a primary key that covers them.
 
-Downsampled reads fold ~10 blocks per bucket instead of ~22 (benchmarks/metrics.py) and read them
+Downsampled reads fold ~10 blocks per bucket instead of ~22 (benchmarks/metric_store.py) and read them
 with an index-only scan.
 
 Revision ID: 0004

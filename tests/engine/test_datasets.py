@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.spec import TaskSpec
-from engine.tasks import build_task, operation_table, subset_indices
+from engine.datasets import build_task, operation_table, subset_indices
 
 
 @pytest.mark.parametrize(
