@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.spec import SpecError
+from engine.spec import SpecError, error_field
 from groklab.errors import GroklabError
 
 PROBLEM_JSON = "application/problem+json"
@@ -60,25 +60,12 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
-    # Drop FastAPI's 'body'/'query' prefix and pydantic's union tags so the field reads like the spec.
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
-
-
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     errors = []
     for err in exc.errors():
-        message = str(err.get("msg", "invalid"))
-        field = _field_of(err.get("loc", ()))
-        # Model-level validators name their field in the message as 'field: why'.
-        if message.startswith("Value error, ") and ": " in message:
-            inner = message[len("Value error, ") :]
-            named, _, why = inner.partition(": ")
-            if named and " " not in named:
-                field = f"{field}.{named}" if field != "body" else named
-                message = why
-        errors.append({"field": field, "message": message, "type": err.get("type")})
+        # Without FastAPI's 'body'/'query' prefix the field reads like the spec.
+        field, message = error_field(err, ignore=("body", "query", "path", "header"))
+        errors.append({"field": field or "body", "message": message, "type": err.get("type")})
     return errors
 
 

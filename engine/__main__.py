@@ -21,7 +21,7 @@ from tqdm import tqdm
 from engine.experiments import ExperimentRequest, PlannedRun, plan_experiment
 from engine.result import EngineError
 from engine.sink import CsvSink
-from engine.spec import SpecError
+from engine.spec import SpecError, error_field
 
 
 class ProgressBarSink:
@@ -56,10 +56,9 @@ def _load_plan(path: Path) -> list[PlannedRun]:
         print(f"error: invalid spec {path}:\n  {exc}", file=sys.stderr)
         sys.exit(2)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"] if part != "sweep" or len(err["loc"]) > 1)
-            lines.append(f"  {loc or '(spec)'}: {err['msg'].removeprefix('Value error, ')}")
+        # A request without 'kind' is the sweep: its errors are located under the union tag 'sweep'.
+        fields = [error_field(err, ignore=("sweep",)) for err in exc.errors()]
+        lines = [f"  {field or '(spec)'}: {message}" for field, message in fields]
         print(f"error: invalid spec {path}:\n" + "\n".join(lines), file=sys.stderr)
         sys.exit(2)
 

@@ -207,9 +207,7 @@ def _run_spec(defaults: dict[str, Any], base: dict[str, Any], *changes: dict[str
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise SpecError(f"base.{loc}" if loc else "base", err["msg"]) from exc
+        raise SpecError.of(exc, under="base") from exc
 
 
 def _check_cap(count: int, max_runs: int, field: str) -> None:
@@ -278,7 +276,7 @@ def _plan_ungrokking(
             parent_spec = phase1_spec
         else:
             parent_spec = _run_spec(_UNGROKKING_DEFAULTS, request.base, {"seed": seed})
-        phase1_size = _final_train_size(parent_spec)
+        phase1_size = parent_spec.final_train_size
         too_big = [d for d in request.subset_sizes if d > phase1_size]
         if too_big:
             raise SpecError(
@@ -308,14 +306,6 @@ def _plan_ungrokking(
                     )
                 )
     return runs
-
-
-def _final_train_size(spec: RunSpec) -> int:
-    """The training-set size in force at the end of the spec's last phase."""
-    size = spec.task.resolved_train_size
-    for phase in spec.phases:
-        size = spec.task.resolved_train_size if phase.subset_size is None else phase.subset_size
-    return size
 
 
 def _plan_semi_grokking(request: SemiGrokkingExperiment, max_runs: int) -> list[PlannedRun]:

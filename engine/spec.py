@@ -6,8 +6,10 @@ a 1-layer transformer with d_model 128, full-batch AdamW at lr 1e-3, betas (0.9,
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -155,6 +157,12 @@ class OptimizerSpec(StrictModel):
         None, description="Minibatch size; None is full batch (the paper's setup)."
     )
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (1-based): linear warm-up from 0, then constant."""
+        if step >= self.warmup_steps:
+            return self.lr
+        return self.lr * step / self.warmup_steps
+
 
 class PhaseSpec(StrictModel):
     """A stretch of training on one training set; ungrokking is phase 1 on D, phase 2 on D' < D."""
@@ -216,21 +224,24 @@ class RunSpec(StrictModel):
     def resolved_checkpoint_every(self) -> int:
         return self.checkpoint_every or max(self.resolved_eval_every, self.total_steps // DEFAULT_CHECKPOINTS)
 
+    def phase_train_sizes(self) -> list[int]:
+        """Each phase's training-set size: the task's D, or D' for a 'subset' phase."""
+        return [phase.subset_size or self.task.resolved_train_size for phase in self.phases]
+
+    @property
+    def final_train_size(self) -> int:
+        """The training-set size in force at the last phase (D' for ungrokking's phase 2)."""
+        return self.phase_train_sizes()[-1]
+
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
-        size = self.task.resolved_train_size
-        for i, phase in enumerate(self.phases):
-            if phase.train_set == "full":
-                size = self.task.resolved_train_size
-            else:
-                assert phase.subset_size is not None
-                if phase.subset_size > size:
-                    raise _field_error(
-                        f"phases.{i}.subset_size",
-                        f"subset of {phase.subset_size} is larger than the previous phase's "
-                        f"training set of {size}",
-                    )
-                size = phase.subset_size
+        sizes = self.phase_train_sizes()
+        for i, (previous, size) in enumerate(zip([self.task.resolved_train_size, *sizes], sizes)):
+            if self.phases[i].train_set == "subset" and size > previous:
+                raise _field_error(
+                    f"phases.{i}.subset_size",
+                    f"subset of {size} is larger than the previous phase's training set of {previous}",
+                )
         params = parameter_count(self)
         if params > MAX_PARAMETERS:
             raise _field_error(
@@ -309,7 +320,7 @@ class ExperimentSpec(RunSpec):
         runs = []
         for assignment in self.sweep.assignments():
             for seed in self.seeds:
-                data = _deep_copy(base)
+                data = copy.deepcopy(base)
                 data["seed"] = seed
                 try:
                     for path, value in assignment.items():
@@ -318,11 +329,7 @@ class ExperimentSpec(RunSpec):
                 except (IndexError, KeyError, TypeError, ValueError) as exc:
                     if not isinstance(exc, ValidationError):
                         raise SpecError("sweep", f"cannot set {assignment}: {exc}") from exc
-                    err = exc.errors()[0]
-                    loc = ".".join(str(p) for p in err["loc"])
-                    raise SpecError(
-                        f"sweep.{loc}" if loc else "sweep", f"{err['msg']} (for {assignment})"
-                    ) from exc
+                    raise SpecError.of(exc, under="sweep", note=f" (for {assignment})") from exc
         return runs
 
 
@@ -333,6 +340,25 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    @classmethod
+    def of(cls, exc: ValidationError, *, under: str, note: str = "") -> SpecError:
+        """The first error of a nested model's validation, named under the field `under`."""
+        field, message = error_field(exc.errors()[0])
+        return cls(f"{under}.{field}" if field else under, message + note)
+
+
+def error_field(err: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(dotted field, message) of one pydantic error; `ignore` drops location parts (FastAPI's
+    'body', 'query'...). A validator's ValueError names its field as 'field: why' (_field_error):
+    that field joins the location and the message keeps only the why."""
+    parts = [str(part) for part in err.get("loc", ()) if part not in ignore]
+    message = str(err.get("msg", "invalid"))
+    named, colon, why = message.removeprefix("Value error, ").partition(": ")
+    if message.startswith("Value error, ") and colon and named and " " not in named:
+        parts.append(named)
+        message = why
+    return ".".join(parts), message
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -348,14 +374,6 @@ def _check_path(path: str) -> None:
     root = path.split(".", 1)[0]
     if root not in _SWEEPABLE_ROOTS or root == "seed" and "." in path:
         raise _field_error(f"sweep.{path}", f"unknown field '{root}'")
-
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:

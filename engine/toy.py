@@ -86,7 +86,7 @@ def train_toy_run(
     step = 0
     for phase_index, phase in enumerate(spec.phases):
         for _ in range(phase.steps):
-            lr = spec.optimizer.lr * _warmup_scale(step + 1, spec.optimizer.warmup_steps)
+            lr = spec.optimizer.learning_rate(step + 1)
             _gradient_step(params, toy, norm_factors[phase_index], spec.optimizer.weight_decay, lr)
             step += 1
             stop = step < total and should_stop is not None and should_stop()
@@ -118,18 +118,12 @@ def _check_supported(spec: RunSpec) -> None:
 def _norm_factors_per_phase(spec: RunSpec, toy: ToyCircuitsSpec) -> list[tuple[float, float]]:
     """(P_G, P_M) for each phase; P_M follows the phase's training-set size when it depends on D."""
     factors = []
-    for phase in spec.phases:
-        # As in the transformer trainer: a 'full' phase goes back to the task's whole training set.
-        train_size = phase.subset_size or spec.task.resolved_train_size
+    for train_size in spec.phase_train_sizes():
         if toy.mem_norm_per_example > 0:
             factors.append((toy.gen_norm_factor, toy.mem_norm_per_example * train_size))
         else:
             factors.append((toy.gen_norm_factor, toy.mem_norm_factor))
     return factors
-
-
-def _warmup_scale(step: int, warmup_steps: int) -> float:
-    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
 
 
 def _gradient_step(

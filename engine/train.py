@@ -20,7 +20,7 @@ from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
 from engine.result import EngineError, RunResult
 from engine.sink import MetricSink
-from engine.spec import OptimizerSpec, RunSpec, ToyCircuitsSpec, TransformerSpec
+from engine.spec import RunSpec, ToyCircuitsSpec, TransformerSpec
 from engine.datasets import build_task, derived_seed, subset_indices
 
 BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the init seed
@@ -43,13 +43,6 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def learning_rate(opt: OptimizerSpec, step: int) -> float:
-    """The learning rate of optimizer step `step` (1-based): linear warm-up from 0, then constant."""
-    if step >= opt.warmup_steps:
-        return opt.lr
-    return opt.lr * step / opt.warmup_steps
 
 
 def phase_ends(spec: RunSpec) -> list[int]:
@@ -224,7 +217,7 @@ class _Member:
     def log_eval(self, metrics: dict[str, float]) -> None:
         self.log_pending_losses()
         metrics["phase"] = float(self.phase)
-        metrics["lr"] = learning_rate(self.spec.optimizer, self.step)
+        metrics["lr"] = self.spec.optimizer.learning_rate(self.step)
         self.sink.log(self.step, metrics)
         self.final_metrics, self.last_eval_step = metrics, self.step
 
@@ -340,7 +333,7 @@ class _Ensemble:
         row = self.members.index(member)
         model = {name: param[row].detach().clone() for name, param in self.params.items()}
         opt = member.spec.optimizer
-        lr = learning_rate(opt, member.step)
+        lr = opt.learning_rate(member.step)
         optimizer = self.optimizer.member_state_dict(row, opt, lr, member.weight_decay)
         self._guard(member, member.checkpoint, model, optimizer)
         if member.result is None:
@@ -358,7 +351,7 @@ class _Ensemble:
 
     def _hyperparameters(self) -> tuple[Tensor, Tensor]:
         """(K,) learning rates and weight decays of this step; sent to the device only on change."""
-        lrs = [learning_rate(m.spec.optimizer, m.step + 1) for m in self.members]
+        lrs = [m.spec.optimizer.learning_rate(m.step + 1) for m in self.members]
         wds = [m.weight_decay for m in self.members]
         if self._hyper_key != (*lrs, *wds):
             self._hyper_key = (*lrs, *wds)

@@ -21,14 +21,6 @@ from engine.spec import RunSpec
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
 SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase")
-LABELS = (
-    "not_converged",
-    "ungrokked",
-    "generalised_without_delay",
-    "grokked",
-    "semi_grokked",
-    "memorised",
-)
 CROSSING_LEVEL = 0.5
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -90,14 +82,6 @@ def last_phase_start(series: Series, spec: RunSpec) -> int | None:
     return sum(p.steps for p in spec.phases[:-1])
 
 
-def run_train_size(spec: RunSpec) -> int:
-    """D of the last phase: D' for an ungrokking run, the task's D otherwise."""
-    size = spec.task.resolved_train_size
-    for phase in spec.phases:
-        size = spec.task.resolved_train_size if phase.subset_size is None else phase.subset_size
-    return size
-
-
 def run_weight_decay(spec: RunSpec) -> float:
     """The weight decay in force during the last phase."""
     last = spec.phases[-1].weight_decay
@@ -126,7 +110,7 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "final_param_norm": final_norm[-1][1] if final_norm else None,
         "loss_target_step": norm_step,
         "param_norm_at_loss_target": norm,
-        "train_size": run_train_size(spec),
+        "train_size": spec.final_train_size,
         "weight_decay": run_weight_decay(spec),
         "seed": spec.seed,
     }
@@ -354,7 +338,7 @@ RUN_ROW_FIELDS = (
 def run_row(run: RunRecord) -> dict[str, Any]:
     """One flat row per run; the analysis fields are null until the run succeeded."""
     row: dict[str, Any] = {"id": run.id, "index": run.index, "status": run.status, "role": run.role,
-                           "seed": run.spec.seed, "train_size": run_train_size(run.spec),
+                           "seed": run.spec.seed, "train_size": run.spec.final_train_size,
                            "weight_decay": run_weight_decay(run.spec)}
     for name in RUN_ROW_FIELDS:
         if name not in row:

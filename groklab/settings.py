@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.spec import DEFAULT_MAX_RUNS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GROKLAB_", extra="ignore")
@@ -46,7 +48,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per worker; default splits the cores."
     )
-    max_runs_per_experiment: int = Field(500, ge=1)
+    max_runs_per_experiment: int = Field(DEFAULT_MAX_RUNS, ge=1)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     metric_flush_seconds: float = Field(
         1.0, gt=0, description="A worker writes buffered metric points at least this often."

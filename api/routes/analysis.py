@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import ReaderDep
 from api.deps import SessionDep
-from engine.spec import RunSpec
+from engine.spec import RunSpec, error_field
 from groklab import analysis
 from groklab.errors import InvalidInput
 from groklab.store import metric_reads
@@ -43,7 +43,7 @@ def thresholds(
             loss_target=loss_target,
         )
     except ValidationError as exc:
-        field, _, message = exc.errors()[0]["msg"].removeprefix("Value error, ").partition(": ")
+        field, message = error_field(exc.errors()[0])
         raise InvalidInput(message, field=field) from exc
 
 
