@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -23,10 +22,6 @@ _bearer = HTTPBearer(
 )
 
 
-class InsecureConfig(RuntimeError):
-    """Auth turned off on an address other machines can reach."""
-
-
 @dataclass(frozen=True)
 class Principal:
     owner: str
@@ -34,30 +29,6 @@ class Principal:
 
 
 LOCAL = Principal(owner=LOCAL_OWNER, scopes=frozenset({READ, WRITE}))
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def auth_required(settings: Settings) -> bool:
-    """Raises InsecureConfig for auth 'off' on a non-loopback host, so such a server never starts."""
-    if settings.auth == "required":
-        return True
-    if is_loopback(settings.host):
-        return False
-    if settings.auth == "off":
-        raise InsecureConfig(
-            f"GROKLAB_AUTH=off is only allowed when the api is bound to a loopback address, not "
-            f"{settings.host!r}: anyone who can reach it could submit and cancel work. Create a "
-            "key with `groklab keys create --owner NAME` and use GROKLAB_AUTH=auto or required."
-        )
-    return True
 
 
 def _challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
@@ -74,7 +45,7 @@ def current_principal(
     credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
     settings: Settings = Depends(get_settings),
 ) -> Principal:
-    if not auth_required(settings):
+    if not settings.auth_required():
         return LOCAL
     if credentials is None:
         raise Unauthorized(

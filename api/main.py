@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from api.auth import auth_required
 from api.body_limit import BodySizeLimit
 from api.dashboard import install_dashboard
 from api.deps import get_celery
@@ -35,7 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    auth_required(settings)  # refuses to build an app with auth off on a reachable address
+    settings.auth_required()  # refuses to build an app with auth off on a reachable address
     app = FastAPI(
         title="groklab",
         version="0.1.0",

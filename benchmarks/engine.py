@@ -1,7 +1,7 @@
 """Training engine speed on the paper's configuration (P = 113, D = 3,830, 1-layer transformer, AdamW).
 
 `python -m benchmarks.engine [--quick] [--device cpu|cuda] [--peak-tflops X]` measures, in one
-process and interleaved, the steps/s of the all-positions reference (tests/engine/reference_model.py)
+process and interleaved, the steps/s of the all-positions reference (benchmarks/reference_model.py)
 and of the engine's single run, the run-steps/s of ensembles of K runs, memory, achieved FLOP/s,
 and the cost of evaluation and logging at the default interval.
 """
@@ -20,8 +20,8 @@ from engine.model import build_model
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
 from engine.datasets import build_task
-from engine.train import _Ensemble, resolve_device
-from tests.engine.reference_model import reference_forward
+from engine.train import Ensemble, resolve_device
+from benchmarks.reference_model import reference_forward
 
 SPEC = RunSpec(task=TaskSpec(p=113, train_size=3830), phases=[PhaseSpec(steps=10_000)])
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense TF32 tensor-core peaks
@@ -58,9 +58,9 @@ class _Reference:
         self.opt.step()
 
 
-def _ensemble(k: int, device: torch.device) -> _Ensemble:
+def _ensemble(k: int, device: torch.device) -> Ensemble:
     specs = [SPEC.model_copy(update={"seed": s}) for s in range(k)]
-    return _Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
+    return Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
 
 
 def _time(fn, steps: int, device: torch.device) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
     ref_times, single_times = [], []
     for _ in range(rounds):  # interleaved: load from other processes hits both alike
         ref_times.append(_time(reference.step, steps, device))
-        single_times.append(_time(single._train_step, steps, device))
+        single_times.append(_time(single.train_step, steps, device))
     t_ref, t_single = min(ref_times), min(single_times)
     flops = matmul_flops_per_step(SPEC)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), threads {torch.get_num_threads()}")
@@ -106,7 +106,7 @@ def main() -> None:
         ensemble = single if k == 1 else _ensemble(k, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t = min(_time(ensemble._train_step, max(1, steps // max(1, k // 8)), device) for _ in range(2))
+        t = min(_time(ensemble.train_step, max(1, steps // max(1, k // 8)), device) for _ in range(2))
         t_ref_now = _time(reference.step, 2, device)
         rate = k / t
         speedups[k] = rate * t_ref_now
@@ -125,8 +125,8 @@ def main() -> None:
 
     # Evaluation + logging at the default interval (DEFAULT_EVALUATIONS per run: every 20 steps of 10,000).
     every = SPEC.resolved_eval_every
-    t_eval = min(_time(lambda: single._evaluate(single.members), max(1, steps // 2), device) for _ in range(rounds))
-    t_step = min(_time(single._train_step, steps, device) for _ in range(rounds))
+    t_eval = min(_time(lambda: single.evaluate(single.members), max(1, steps // 2), device) for _ in range(rounds))
+    t_step = min(_time(single.train_step, steps, device) for _ in range(rounds))
     print(
         f"eval + log: {t_eval * 1e3:.1f} ms per eval, every {every} steps (the default) of {t_step * 1e3:.1f} ms: "
         f"{t_eval / (every * t_step):.1%} overhead (every 10 steps: {t_eval / (10 * t_step):.1%})"

@@ -14,7 +14,7 @@ shortcut: the query is one vector (token '=' at position 2 is the same in every 
 attention score and the value vector of a token at position 0 or 1 are lookup tables computed
 once per forward from the parameters. Per example we gather two table rows, softmax over three
 positions, mix the values, and run W_O, the MLP and the unembedding at one position. Autograd
-flows through the tables; tests/engine/reference_model.py checks logits and gradients against
+flows through the tables; benchmarks/reference_model.py checks logits and gradients against
 all-positions attention.
 
 The math lives in transformer_logits / mlp_logits, which take every parameter with a leading

@@ -89,7 +89,7 @@ def train_run(
 
         return train_toy_run(spec, sink, should_stop=should_stop)
     stop = None if should_stop is None else lambda k: should_stop()
-    ensemble = _Ensemble([spec], [sink], [checkpoint_dir], resolve_device(device or spec.device))
+    ensemble = Ensemble([spec], [sink], [checkpoint_dir], resolve_device(device or spec.device))
     result = ensemble.train(stop, [0])[0]
     if ensemble.members_by_index[0].exception is not None:
         raise ensemble.members_by_index[0].exception
@@ -132,7 +132,7 @@ def train_ensemble(
         fit = members_that_fit([specs[k] for k in indices], torch_device, memory_bytes)
         for start in range(0, len(indices), fit):
             chunk = indices[start : start + fit]
-            ensemble = _Ensemble(
+            ensemble = Ensemble(
                 [specs[k] for k in chunk], [sinks[k] for k in chunk], [dirs[k] for k in chunk], torch_device
             )
             for k, result in zip(chunk, ensemble.train(should_stop, chunk)):
@@ -249,7 +249,7 @@ class _Member:
         )
 
 
-class _Ensemble:
+class Ensemble:
     """K members' parameters stacked along a leading dimension, their optimizer and the step loop.
 
     Row r of every parameter belongs to self.members[r]; a member that finishes, stops or fails
@@ -293,7 +293,7 @@ class _Ensemble:
     def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
         """Runs every member to its end, stop or failure; should_stop gets indices[k] for member k."""
         index = {id(m): i for m, i in zip(self.members_by_index, indices)}
-        self._evaluate([m for m in self.members if m.needs_eval()])
+        self.evaluate([m for m in self.members if m.needs_eval()])
         while self.members:
             done = []
             for member in self.members:
@@ -309,10 +309,10 @@ class _Ensemble:
             self._drop(done)
             if not self.members:
                 break
-            self._train_step()
+            self.train_step()
             for member in self.members:
                 self._guard(member, member.sink.progress, member.step, member.total)
-            self._evaluate([m for m in self.members if m.result is None and m.needs_eval()])
+            self.evaluate([m for m in self.members if m.result is None and m.needs_eval()])
             for member in self.members:
                 every = member.spec.resolved_checkpoint_every
                 if member.result is None and member.step % every == 0 and member.step < member.total:
@@ -383,7 +383,7 @@ class _Ensemble:
             self._layout = layout  # full batch: the same until a phase changes or a member drops
         return layout
 
-    def _train_step(self) -> None:
+    def train_step(self) -> None:
         for row, member in enumerate(self.members):
             phase = member.next_phase()
             if phase != member.phase:
@@ -414,7 +414,7 @@ class _Ensemble:
         for member in self.members:
             member.step += 1
 
-    def _evaluate(self, members: list[_Member]) -> None:
+    def evaluate(self, members: list[_Member]) -> None:
         if not members:
             return
         rows = [self.members.index(m) for m in members]

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from api.auth import InsecureConfig, auth_required
 from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
 from groklab.client_cli import add_client_commands, run_client_command
 from groklab.errors import GroklabError
-from groklab.settings import Settings
+from groklab.settings import InsecureConfig, Settings
 from groklab.store import keys as key_store
 from groklab.store.database import session_scope
 from groklab.store.migrate import upgrade
@@ -103,7 +102,7 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
 def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
     settings = Settings(data_dir=data_dir, host=host)
     try:
-        required = auth_required(settings)
+        required = settings.auth_required()
     except InsecureConfig as exc:
         print(f"groklab: refusing to start: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,19 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.spec import DEFAULT_MAX_RUNS
+
+
+class InsecureConfig(RuntimeError):
+    """Auth turned off on an address other machines can reach."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -109,6 +123,20 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
+
+    def auth_required(self) -> bool:
+        """Raises InsecureConfig for auth 'off' on a non-loopback host, so such a server never starts."""
+        if self.auth == "required":
+            return True
+        if is_loopback(self.host):
+            return False
+        if self.auth == "off":
+            raise InsecureConfig(
+                f"GROKLAB_AUTH=off is only allowed when the api is bound to a loopback address, not "
+                f"{self.host!r}: anyone who can reach it could submit and cancel work. Create a "
+                "key with `groklab keys create --owner NAME` and use GROKLAB_AUTH=auto or required."
+            )
+        return True
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,7 +5,7 @@ import torch
 
 from engine.model import Mlp, Transformer, build_model, component_norms
 from engine.spec import MlpSpec, RunSpec, TaskSpec, TransformerSpec
-from .reference_model import reference_forward
+from benchmarks.reference_model import reference_forward
 
 
 def _random_batch(vocab: int, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
