@@ -1,12 +1,13 @@
 """Experiment kinds of Varma et al. (2023), each planned into runs, some forked from others.
 
 A request is one of several models told apart by `kind`; a request without `kind` is the generic
-sweep (the plain `ExperimentSpec`), so older clients keep working. `plan_experiment` turns any of
-them into `PlannedRun`s. A run with a `parent_index` continues from the final state of the run at
+sweep (the plain `ExperimentSpec`), so a plain spec with seeds and a sweep needs no tag.
+`plan_experiment` turns any of them into `PlannedRun`s. A run with a `parent_index` continues from the final state of the run at
 that index: its spec is the parent's with more phases appended, so the engine can resume it from
-the parent's last checkpoint and the phase-1 part is trained once per seed, not once per child.
+the parent's last checkpoint and the phase-1 part is trained once per seed, not once per child
+(the lifecycle of such a fork on the server: groklab/forks.py).
 
-Every kind starts from the paper's setup (shared/PAPER.md); `base` holds RunSpec fields deep-merged
+Every kind starts from the paper's setup (docs/paper.md); `base` holds RunSpec fields deep-merged
 over the kind's defaults, so any of them (task, model, optimizer, phases, eval_every...) can change.
 """
 
@@ -140,7 +141,7 @@ class ToyExperiment(_KindBase):
 
 
 def _kind_of(value: Any) -> str:
-    # No 'kind' means the generic sweep: the request shape from before kinds existed.
+    # No 'kind' means the generic sweep, the one form that needs no tag.
     if isinstance(value, dict):
         return value.get("kind", "sweep")
     return getattr(value, "kind", "sweep")

@@ -1,6 +1,6 @@
 """Run and experiment specifications: plain pydantic models, importable without torch.
 
-Every default is the paper's standard setup (see shared/PAPER.md): (a + b) mod 113, D = 3,830,
+Every default is the paper's standard setup (docs/paper.md): (a + b) mod 113, D = 3,830,
 a 1-layer transformer with d_model 128, full-batch AdamW at lr 1e-3, betas (0.9, 0.98), wd 1.
 """
 
