@@ -137,7 +137,7 @@ class MetricPoint(Base):
     """Append-mostly, read by (series, step range): the primary key is that read's index.
 
     series_id has no foreign key: PostgreSQL checks one per inserted row, which cost more than
-    half of the ingest time (benchmarks/metrics.py). Points are only written for a series created
+    half of the ingest time (benchmarks/metric_store.py). Points are only written for a series created
     in the same transaction, and series are never deleted.
     """
 

@@ -45,8 +45,8 @@ def test_expire_leases_requeues_only_expired_runs_and_fences_their_worker(empty_
         assert again is not None and again.token > old.token
 
 
-def test_runs_to_send_skips_recently_sent_runs_and_forks_of_unfinished_parents(empty_database_url: str) -> None:
-    url = empty_database_url
+def parent_and_child(url: str) -> tuple[int, int]:
+    """A migrated database's new experiment of two queued runs, the second forked from the first."""
     upgrade(url)
     with session_scope(url) as session:
         experiment = run_store.create_experiment(
@@ -55,7 +55,12 @@ def test_runs_to_send_skips_recently_sent_runs_and_forks_of_unfinished_parents(e
             spec={},
             runs=[run_store.NewRun(spec={}, total_steps=10), run_store.NewRun(spec={}, total_steps=10, parent_index=0)],
         )
-        parent, child = (run.id for run in experiment.runs)
+        return experiment.runs[0].id, experiment.runs[1].id
+
+
+def test_runs_to_send_skips_recently_sent_runs_and_forks_of_unfinished_parents(empty_database_url: str) -> None:
+    url = empty_database_url
+    parent, _ = parent_and_child(url)
     with session_scope(url) as session:
         assert leases.runs_to_send(session, older_than=utcnow()) == [parent]
         leases.mark_enqueued(session, [parent])

@@ -12,7 +12,7 @@ from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metric_reads import read_series
-from groklab.store.migrate import upgrade
+from tests.store.test_leases import parent_and_child
 from worker import tasks
 from worker.sink import DatabaseMetricSink
 
@@ -32,18 +32,6 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> RecordingBroker:
     return recording
 
 
-def _parent_and_child(url: str) -> tuple[int, int]:
-    upgrade(url)
-    with session_scope(url) as session:
-        experiment = run_store.create_experiment(
-            session,
-            name=None,
-            spec={},
-            runs=[run_store.NewRun(spec={}, total_steps=10), run_store.NewRun(spec={}, total_steps=10, parent_index=0)],
-        )
-        return experiment.runs[0].id, experiment.runs[1].id
-
-
 def _claimed(settings: Settings, run_id: int, lease_seconds: float = 60) -> tasks.Member:
     settings = settings.model_copy(update={"lease_seconds": lease_seconds})
     [member] = tasks._claim(settings, [run_id], "test-worker")
@@ -60,7 +48,7 @@ def _status(url: str, run_id: int) -> run_store.Run:
 
 
 def test_a_succeeded_parent_sends_its_waiting_child(empty_database_url: str, tmp_path: Path, broker: RecordingBroker) -> None:
-    parent, child = _parent_and_child(empty_database_url)
+    parent, child = parent_and_child(empty_database_url)
     settings = _settings(empty_database_url, tmp_path)
     member = _claimed(settings, parent)
     assert tasks._claim(settings, [parent], "another-worker") == []  # a duplicate delivery trains nothing
@@ -71,7 +59,7 @@ def test_a_succeeded_parent_sends_its_waiting_child(empty_database_url: str, tmp
 
 
 def test_a_failed_parent_fails_its_child_and_sends_nothing(empty_database_url: str, tmp_path: Path, broker: RecordingBroker) -> None:
-    parent, child = _parent_and_child(empty_database_url)
+    parent, child = parent_and_child(empty_database_url)
     settings = _settings(empty_database_url, tmp_path)
     member = _claimed(settings, parent)
     assert tasks._finish(settings, member, run_store.FAILED, error="boom") == run_store.FAILED
@@ -84,7 +72,7 @@ def test_a_fenced_off_worker_finishes_nothing_and_writes_no_points(
     empty_database_url: str, tmp_path: Path, broker: RecordingBroker
 ) -> None:
     url = empty_database_url
-    parent, child = _parent_and_child(url)
+    parent, child = parent_and_child(url)
     settings = _settings(url, tmp_path)
     member = _claimed(settings, parent, lease_seconds=-1)
     with session_scope(url) as session:
@@ -104,7 +92,7 @@ def test_points_stay_buffered_through_a_database_outage_and_are_written_after(
     empty_database_url: str, tmp_path: Path
 ) -> None:
     url = empty_database_url
-    parent, _ = _parent_and_child(url)
+    parent, _ = parent_and_child(url)
     with session_scope(url) as session:
         lease = leases.claim_run(session, parent, worker="w", lease_seconds=60)
     assert lease is not None
