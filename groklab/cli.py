@@ -1,27 +1,28 @@
-"""The `groklab` command: `up` runs the embedded server (api + workers), `migrate` the schema,
-`keys` creates, lists and revokes API keys; submit, status, watch, metrics and cancel talk to an api."""
+"""The `groklab` command: `up` runs the embedded server (api + workers, a dead worker replaced),
+`migrate` the schema, `keys` creates, lists and revokes API keys; submit, status, watch, metrics,
+cancel and delete talk to an api."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import signal
-import subprocess
+import socket
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
 from groklab.client_cli import add_client_commands, run_client_command
+from groklab.dispatch import make_celery
 from groklab.errors import GroklabError
+from groklab.reconciler import hand_back_worker_runs
 from groklab.settings import InsecureConfig, Settings
 from groklab.store import keys as key_store
 from groklab.store.database import session_scope
 from groklab.store.migrate import upgrade
-
-STOP_TIMEOUT_SECONDS = 20
+from groklab.supervisor import Supervisor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,22 +112,30 @@ def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
     env.setdefault("GROKLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     upgrade(settings.resolved_database_url)
 
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool", "solo", "--loglevel", "INFO", "-n", f"worker{i}@%h",
-            ],
-            env=env,
-        )
+    host_name = socket.gethostname()
+    workers_by_name = {
+        f"worker{i}@{host_name}": [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "--pool", "solo", "--loglevel", "INFO", "-n", f"worker{i}@{host_name}",
+        ]
         for i in range(workers)
-    ]
-    processes.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
-            env=env,
+    }  # fmt: skip
+    celery = make_celery(settings)
+
+    def hand_back(worker: str, code: int) -> None:
+        run_ids = hand_back_worker_runs(
+            settings, celery, worker, reason=f"worker {worker} died (exit {code}); re-queued"
         )
+        if run_ids:
+            print(f"groklab: handed back runs {run_ids} of worker {worker}", file=sys.stderr, flush=True)
+
+    supervisor = Supervisor(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
+        workers_by_name,
+        env,
+        hand_back,
     )
+    supervisor.start()
     print(
         f"groklab is up: http://{host}:{port} (docs at /docs), {workers} worker(s), "
         f"database {settings.resolved_database_url}, broker {settings.resolved_broker_url} in "
@@ -154,30 +163,9 @@ def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    exit_code = 0
-    while not stopping:
-        for process in processes:
-            if process.poll() is not None:
-                print(f"groklab: a child process exited with {process.returncode}; stopping", file=sys.stderr)
-                exit_code = 1
-                stopping = True
-        time.sleep(0.2)
-    _stop(processes)
+    exit_code = supervisor.run(lambda: stopping)
     print("groklab stopped.", flush=True)
     return exit_code
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 if __name__ == "__main__":

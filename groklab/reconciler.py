@@ -3,7 +3,8 @@
 Each pass (1) re-queues running runs whose lease expired (their worker was killed or lost) and
 (2) re-sends queued runs that have no message in the broker (Redis restarted or flushed, a
 publish failed, a forked run whose parent just finished). Sending twice is harmless: a worker
-trains a run only if it wins the conditional claim in the database.
+trains a run only if it wins the conditional claim in the database. A worker known to be dead
+(`groklab up` saw it exit) has its runs handed back at once, without waiting for the lease.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
     if expired or resent:
         log.warning("reconciler: re-queued expired runs %s, re-sent runs %s", expired, resent)
     return ReconcileReport(expired=expired, resent=resent)
+
+
+def hand_back_worker_runs(settings: Settings, celery: Celery, worker: str, *, reason: str) -> list[int]:
+    """Re-queue and re-send the runs of a worker known to be dead (`groklab up` saw it exit),
+    without waiting for their leases to expire."""
+    with session_scope(settings.resolved_database_url) as session:
+        run_ids = leases.release_worker_runs(session, worker, reason=reason)
+        if run_ids:
+            dispatch_runs(session, celery, run_ids, ensemble_size=settings.ensemble_size)
+    if run_ids:
+        log.warning("handed back runs %s of dead worker %s", run_ids, worker)
+    return run_ids
 
 
 class ReconcilerThread(threading.Thread):

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import Run, RunEvent, utcnow
 from groklab.store.forks import parent_succeeded
-from groklab.store.runs import FINISHED_STATUSES, QUEUED, RUNNING, transition
+from groklab.store.runs import CANCELLED, FINISHED_STATUSES, QUEUED, RUNNING, transition
 
 
 class LeaseLost(RuntimeError):
@@ -119,6 +119,46 @@ def expire_leases(session: Session, *, now: datetime | None = None) -> list[int]
             enqueued_at=None,
         ):
             requeued.append(run_id)
+    return requeued
+
+
+def release_worker_runs(session: Session, worker: str, *, reason: str) -> list[int]:
+    """Re-queue the running runs whose lease `worker` holds, because it is known to be dead.
+
+    Unlike `expire_leases` this does not wait for the leases to run out; bumping the token still
+    fences the worker, so even a worker wrongly taken for dead could write nothing more. A run
+    whose cancel was requested is cancelled instead, since nobody is left to stop it.
+    """
+    held = list(
+        session.scalars(
+            select(Run.id).where(Run.status == RUNNING, Run.worker == worker).order_by(Run.id)
+        )
+    )
+    requeued = []
+    for run_id in held:
+        fence = {"lease_token": Run.lease_token + 1, "lease_expires_at": None}
+        if transition(
+            session,
+            run_id,
+            from_statuses=[RUNNING],
+            to_status=QUEUED,
+            message=reason,
+            extra_where=[Run.worker == worker, Run.cancel_requested.is_(False)],
+            enqueued_at=None,
+            **fence,
+        ):
+            requeued.append(run_id)
+        else:
+            transition(
+                session,
+                run_id,
+                from_statuses=[RUNNING],
+                to_status=CANCELLED,
+                message=f"{reason}; its cancel was requested, so it is cancelled",
+                extra_where=[Run.worker == worker],
+                finished_at=utcnow(),
+                **fence,
+            )
     return requeued
 
 

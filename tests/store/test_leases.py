@@ -67,3 +67,26 @@ def test_runs_to_send_skips_recently_sent_runs_and_forks_of_unfinished_parents(e
     with session_scope(url) as session:
         assert leases.runs_to_send(session, older_than=utcnow() - timedelta(minutes=1)) == []
         assert leases.runs_to_send(session, older_than=utcnow() + timedelta(minutes=1)) == [parent]
+
+
+def test_release_worker_runs_requeues_a_dead_workers_runs_at_once_and_fences_it(empty_database_url: str) -> None:
+    url = empty_database_url
+    held, cancelling, other = _queued_run(url), _queued_run(url), _queued_run(url)
+    with session_scope(url) as session:
+        old = leases.claim_run(session, held, worker="dead@host", lease_seconds=600)
+        doomed = leases.claim_run(session, cancelling, worker="dead@host", lease_seconds=600)
+        live = leases.claim_run(session, other, worker="alive@host", lease_seconds=600)
+    assert old is not None and doomed is not None and live is not None
+    with session_scope(url) as session:
+        run_store.request_cancel(session, cancelling)
+    with session_scope(url) as session:
+        assert leases.release_worker_runs(session, "dead@host", reason="worker dead@host died") == [held]
+    with session_scope(url) as session:
+        run = run_store.get_run(session, held)
+        assert (run.status, run.lease_token, run.lease_expires_at) == (run_store.QUEUED, old.token + 1, None)
+        assert run_store.run_events(session, held)[-1].message == "worker dead@host died"
+        # Nobody is left to stop a run whose cancel was asked for: it is cancelled, not re-queued.
+        assert run_store.get_run(session, cancelling).status == run_store.CANCELLED
+        assert run_store.get_run(session, other).status == run_store.RUNNING
+        with pytest.raises(leases.LeaseLost):
+            leases.renew(session, old, lease_seconds=60)
