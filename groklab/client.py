@@ -172,6 +172,25 @@ class Client:
         self._request("POST", f"/v1/runs/{_id(run)}/cancel")
         return self.run(run)
 
+    def delete_experiment(
+        self, experiment: ExperimentRef, *, timeout: float = 120.0, poll_seconds: float = 1.0
+    ) -> None:
+        """Delete the experiment with its runs, metrics and checkpoints, cancelling its runs.
+
+        The api refuses (409) while runs are still running, having asked them to stop; this
+        retries until they have, and raises ApiError for any other refusal or after `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._request("DELETE", f"/v1/experiments/{_id(experiment)}")
+                return
+            except ApiError as exc:
+                stopping = exc.status == 409 and any(run.status == "running" for run in self.runs(experiment))
+                if not stopping or time.monotonic() > deadline:
+                    raise
+            time.sleep(poll_seconds)
+
     def analysis(self, experiment: ExperimentRef) -> dict[str, Any]:
         """Accuracy vs D, D_crit with its interval, and each run's label (see the HTTP API)."""
         return self._request("GET", f"/v1/experiments/{_id(experiment)}/analysis").json()

@@ -1,4 +1,4 @@
-"""The client side of the `groklab` command: submit, status, watch, metrics, cancel over HTTP."""
+"""The client side of the `groklab` command: submit, status, watch, metrics, cancel, delete over HTTP."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from groklab.client import (
     watch_runs,
 )
 
-COMMANDS = ("submit", "status", "watch", "metrics", "cancel")
+COMMANDS = ("submit", "status", "watch", "metrics", "cancel", "delete")
 
 
 def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,6 +46,11 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     cancel.add_argument("run", type=int, metavar="RUN")
+
+    delete = commands.add_parser(
+        "delete", parents=[common], help="cancel an experiment's runs, then delete it with its metrics and checkpoints"
+    )
+    delete.add_argument("experiment", type=int, metavar="EXP")
 
 
 def run_client_command(args: argparse.Namespace) -> int:
@@ -134,6 +139,13 @@ def _cancel(client: Client, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _delete(client: Client, args: argparse.Namespace, console: Console) -> int:
+    experiment = client.experiment(args.experiment)
+    client.delete_experiment(experiment)
+    console.print(f"experiment {experiment.id} deleted, with its {len(experiment.run_ids)} run(s), metrics and checkpoints")
+    return 0
+
+
 def _counts(experiment: Experiment) -> str:
     return ", ".join(f"{status} {n}" for status, n in sorted(experiment.status_counts.items()))
 
@@ -147,4 +159,6 @@ def _exit_code(runs: list[Any]) -> int:
     return 0 if all(run.status == "succeeded" for run in runs) else 1
 
 
-_COMMANDS = {"submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel}
+_COMMANDS = {
+    "submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel, "delete": _delete,
+}  # fmt: skip

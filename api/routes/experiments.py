@@ -1,4 +1,4 @@
-"""/v1/experiments: submit a spec (expanded into runs and queued), list and read experiments."""
+"""/v1/experiments: submit a spec (expanded into runs and queued), list, read and delete experiments."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.problems import Problem
 from api.schemas import ExperimentDetailOut, ExperimentOut, ExperimentPage, RunOut
 from engine.experiments import ExperimentRequest
+from groklab import deletion
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
 from groklab.submission import submit_experiment as submit
@@ -82,3 +83,15 @@ def get_experiment(experiment_id: int, principal: ReaderDep, session: SessionDep
         **experiment_out(experiment).model_dump(),
         runs=[RunOut.from_row(run) for run in experiment.runs],
     )
+
+
+@router.delete(
+    "/{experiment_id}",
+    status_code=204,
+    responses={409: {"model": Problem, "description": "Runs are still running (retry), or forks elsewhere need its runs."}},
+)
+def delete_experiment(experiment_id: int, principal: WriterDep, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete the experiment with its runs, metrics and checkpoints. Queued runs are cancelled at
+    once; while runs are running they are asked to stop and the answer is a 409 to retry."""
+    deletion.delete_experiment(session, settings, experiment_id, owner=principal.owner)
+    return Response(status_code=204)

@@ -1,19 +1,38 @@
-"""The SQL of the fork lifecycle (groklab/forks.py): waiting children, their failure, copied series."""
+"""The SQL of the fork lifecycle (groklab/forks.py): waiting children, their failure, copied series,
+and the experiments whose unfinished forks still need a run of another."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sqlalchemy import ColumnElement, insert, literal, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run, utcnow
-from groklab.store.runs import FAILED, QUEUED, SUCCEEDED, transition
+from groklab.store.runs import FAILED, FINISHED_STATUSES, QUEUED, SUCCEEDED, transition
 
 
 def parent_succeeded(child: Any, parent: Any) -> ColumnElement[bool]:
     """The condition, over a run and its outer-joined parent, that lets the run start."""
     return or_(child.parent_run_id.is_(None), parent.status == SUCCEEDED)
+
+
+def experiments_forking_from(session: Session, experiment_id: int) -> list[int]:
+    """Other experiments with unfinished runs forked from a run of this one: they still need its
+    final checkpoint to start from (finished forks already hold a copy of its series)."""
+    parent = aliased(Run)
+    query = (
+        select(Run.experiment_id)
+        .join(parent, Run.parent_run_id == parent.id)
+        .where(
+            parent.experiment_id == experiment_id,
+            Run.experiment_id != experiment_id,
+            Run.status.not_in(FINISHED_STATUSES),
+        )
+        .distinct()
+        .order_by(Run.experiment_id)
+    )
+    return list(session.scalars(query))
 
 
 def waiting_children(session: Session, parent_run_id: int) -> list[int]:

@@ -11,12 +11,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from psycopg.errors import UniqueViolation
-from sqlalchemy import select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from groklab.store import rollups
-from groklab.store.models import MetricPoint, MetricSeries, Run
+from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run
 
 Point = tuple[str, int, float]
 
@@ -100,6 +100,19 @@ def write_points(
     session.execute(
         update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False)
     )
+
+
+def delete_series(session: Session, run_ids: Select[tuple[int]]) -> None:
+    """Delete the runs' series with every point and rollup block of them; points and rollups
+    have no foreign key to cascade from (see MetricPoint), so this comes before the runs go."""
+    series = select(MetricSeries.id).where(MetricSeries.run_id.in_(run_ids))
+    for statement in (
+        delete(MetricPoint).where(MetricPoint.series_id.in_(series)),
+        delete(MetricRollup).where(MetricRollup.series_id.in_(series)),
+        delete(MetricSeries).where(MetricSeries.run_id.in_(run_ids)),
+    ):
+        # Without synchronisation the ORM would ask for every deleted key back (RETURNING).
+        session.execute(statement.execution_options(synchronize_session=False))
 
 
 def _write_points_postgresql(session: Session, rows: dict[tuple[int, int], float | None]) -> None:

@@ -138,7 +138,7 @@ class MetricPoint(Base):
 
     series_id has no foreign key: PostgreSQL checks one per inserted row, which cost more than
     half of the ingest time (benchmarks/metric_store.py). Points are only written for a series created
-    in the same transaction, and series are never deleted.
+    in the same transaction, and a series is deleted only with its points (metric_writes.delete_series).
     """
 
     __tablename__ = "metric_points"

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from groklab.errors import Conflict, NotFound
+from groklab.store.metric_writes import delete_series
 from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -122,6 +123,11 @@ def run_events(session: Session, run_id: int) -> list[RunEvent]:
     return list(session.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
 
 
+def add_event(session: Session, run_id: int, status: str, message: str) -> None:
+    """A note in the run's status history that changes nothing else (e.g. where it resumed)."""
+    session.add(RunEvent(run_id=run_id, status=status, message=message))
+
+
 def transition(
     session: Session,
     run_id: int,
@@ -186,3 +192,24 @@ def request_cancel(session: Session, run_id: int, *, owner: str | None = None) -
 def cancel_requested_among(session: Session, run_ids: Sequence[int]) -> set[int]:
     """Which of these runs a user asked to cancel."""
     return set(session.scalars(select(Run.id).where(Run.id.in_(run_ids), Run.cancel_requested.is_(True))))
+
+
+def cancel_experiment(session: Session, experiment: Experiment) -> list[int]:
+    """Cancel the experiment's queued runs and ask its running ones to stop; the ids still running."""
+    for run in experiment.runs:
+        if run.status in (QUEUED, RUNNING):
+            try:
+                request_cancel(session, run.id)
+            except Conflict:
+                pass  # it finished meanwhile
+    return [run.id for run in experiment.runs if run.status == RUNNING]
+
+
+def delete_experiment(session: Session, experiment_id: int) -> None:
+    """Delete the experiment's rows. Its runs, their events and checkpoint index rows and its
+    idempotency keys cascade; metric points cannot (delete_series), nor checkpoint blobs, which
+    the checkpoint store deletes first."""
+    delete_series(session, select(Run.id).where(Run.experiment_id == experiment_id))
+    session.execute(
+        delete(Experiment).where(Experiment.id == experiment_id).execution_options(synchronize_session=False)
+    )

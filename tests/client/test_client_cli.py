@@ -100,6 +100,24 @@ def test_cli_submits_yaml_watches_reports_status_exports_csv_and_cancels(
     assert "409" in finished.stderr and "Traceback" not in finished.stderr
 
 
+def test_cli_delete_cancels_a_running_experiment_waits_for_its_worker_and_deletes_it(
+    pg_stack: Stack, client: httpx.Client
+) -> None:
+    with Client(pg_stack.base_url) as groklab_client:
+        experiment = groklab_client.submit(tiny_spec(phases=[{"steps": 200_000}], seeds=[0, 1]))
+    wait_for_runs(client, experiment.run_ids[:1], statuses={"running"})
+    assert client.delete(f"/v1/experiments/{experiment.id}").status_code == 409  # a worker holds a lease
+
+    deleted = groklab("delete", str(experiment.id), url=pg_stack.base_url, timeout=120)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"experiment {experiment.id} deleted, with its 2 run(s)" in deleted.stderr
+    assert client.get(f"/v1/experiments/{experiment.id}").status_code == 404
+    assert all(client.get(f"/v1/runs/{run_id}").status_code == 404 for run_id in experiment.run_ids)
+
+    again = groklab("delete", str(experiment.id), url=pg_stack.base_url, timeout=30)
+    assert again.returncode == 1 and "404" in again.stderr and "Traceback" not in again.stderr
+
+
 def test_cli_and_client_say_plainly_that_the_server_is_down() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = groklab("status", url=url, timeout=30)
