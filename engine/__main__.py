@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = _load_plan(args.spec)
     # After validation: a bad spec fails fast, without loading torch.
-    from engine.checkpoint import start_from_parent
+    from engine.checkpoint import CheckpointFolder, start_from_parent
     from engine.train import train_run
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir.mkdir(parents=True, exist_ok=True)
             if planned.parent_index is not None:
                 # The parent's points are already in metrics.csv, under the parent's index.
-                start_from_parent(_run_dir(args.out, plan, planned.parent_index), run_dir)
+                start_from_parent(CheckpointFolder(_run_dir(args.out, plan, planned.parent_index)), CheckpointFolder(run_dir))
             csv.run = str(index)
             sink = ProgressBarSink(csv, planned.spec.total_steps, f"run {index} ({planned.role})")
             try:
-                result = train_run(planned.spec, sink, checkpoint_dir=run_dir, device=args.device)
+                result = train_run(planned.spec, sink, checkpoint=run_dir, device=args.device)
             finally:
                 sink.close()
             summary = ", ".join(

@@ -1,13 +1,13 @@
-"""Training checkpoints: everything a run needs to continue exactly where it stopped."""
+"""Training checkpoints: everything a run needs to continue exactly where it stopped, and where
+they are kept (a folder here; the server passes its own CheckpointStorage)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -58,17 +58,52 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
     return Checkpoint(**data)
 
 
-def start_from_parent(parent_dir: Path, child_dir: Path, copy_series: Callable[[], None] | None = None) -> bool:
+class CheckpointStorage(Protocol):
+    """Where one run's checkpoints go: the latest is what `load` returns."""
+
+    def save(self, ckpt: Checkpoint, keep: bool = False) -> None:
+        """Store `ckpt` as the latest; `keep` also keeps it once later ones replace it."""
+        ...
+
+    def load(self) -> Checkpoint | None: ...
+
+
+class CheckpointFolder:
+    """A run's checkpoints in a folder: checkpoint.pt is the latest, checkpoint-<step>.pt kept ones."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def save(self, ckpt: Checkpoint, keep: bool = False) -> None:
+        path = save_checkpoint(self.directory, ckpt)
+        if keep:
+            kept = self.directory / f"checkpoint-{ckpt.step}.pt"
+            tmp = kept.with_suffix(".pt.tmp")
+            os.link(path, tmp)
+            os.replace(tmp, kept)
+
+    def load(self) -> Checkpoint | None:
+        return load_checkpoint(self.directory)
+
+
+def as_storage(checkpoint: CheckpointStorage | Path | None) -> CheckpointStorage | None:
+    """A folder path stands for a CheckpointFolder."""
+    return CheckpointFolder(checkpoint) if isinstance(checkpoint, Path) else checkpoint
+
+
+def start_from_parent(
+    parent: CheckpointStorage, child: CheckpointStorage, copy_series: Callable[[], None] | None = None
+) -> bool:
     """Start a forked run from its parent's final state, unless it has a checkpoint of its own
-    (it is resuming): `copy_series` first, then the parent's checkpoint, atomically, so a start
-    that fails half-way is simply done again. True when the child was started from its parent."""
-    path = child_dir / CHECKPOINT_NAME
-    if path.exists():
+    (it is resuming): `copy_series` first, then the parent's checkpoint, so a start that fails
+    half-way is simply done again (series writes are upserts; a checkpoint is saved atomically).
+    True when the child was started from its parent."""
+    if child.load() is not None:
         return False
+    ckpt = parent.load()
+    if ckpt is None:
+        raise FileNotFoundError("the parent run has no checkpoint to start from")
     if copy_series is not None:
         copy_series()
-    child_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.parent")
-    shutil.copyfile(parent_dir / CHECKPOINT_NAME, tmp)
-    os.replace(tmp, path)
+    child.save(ckpt)
     return True

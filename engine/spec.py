@@ -206,6 +206,11 @@ class RunSpec(StrictModel):
     checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Steps between checkpoints (a final one is always written); default ~20 per run."
     )
+    checkpoint_keep_every: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Also checkpoint every this many steps and keep those checkpoints for download "
+        "(GET /v1/runs/{id}/checkpoints); by default only the latest checkpoint is kept.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
@@ -223,6 +228,11 @@ class RunSpec(StrictModel):
     @property
     def resolved_checkpoint_every(self) -> int:
         return self.checkpoint_every or max(self.resolved_eval_every, self.total_steps // DEFAULT_CHECKPOINTS)
+
+    def checkpoints_at(self, step: int) -> bool:
+        """Whether training writes a checkpoint after `step` steps (the last one always does)."""
+        keep = self.checkpoint_keep_every
+        return step % self.resolved_checkpoint_every == 0 or (keep is not None and step % keep == 0)
 
     def phase_train_sizes(self) -> list[int]:
         """Each phase's training-set size: the task's D, or D' for a 'subset' phase."""

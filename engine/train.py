@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from engine.checkpoint import Checkpoint, CheckpointStorage, as_storage
 from engine.memory import members_that_fit
 from engine.evaluation import evaluate, per_example_loss
 from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
@@ -71,11 +71,12 @@ def train_run(
     spec: RunSpec,
     sink: MetricSink,
     *,
-    checkpoint_dir: Path | None = None,
+    checkpoint: CheckpointStorage | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
 ) -> RunResult:
-    """Trains one run, resuming from checkpoint_dir/checkpoint.pt when it exists.
+    """Trains one run, resuming from the latest checkpoint in `checkpoint` (a storage, or a
+    folder: engine.checkpoint) when there is one.
 
     Metrics at step s describe the model after s optimizer steps. Every metric is logged at step 0,
     every eval_every steps, at each phase's last step and at the run's last step; train_loss alone
@@ -89,7 +90,7 @@ def train_run(
 
         return train_toy_run(spec, sink, should_stop=should_stop)
     stop = None if should_stop is None else lambda k: should_stop()
-    ensemble = Ensemble([spec], [sink], [checkpoint_dir], resolve_device(device or spec.device))
+    ensemble = Ensemble([spec], [sink], [as_storage(checkpoint)], resolve_device(device or spec.device))
     result = ensemble.train(stop, [0])[0]
     if ensemble.members_by_index[0].exception is not None:
         raise ensemble.members_by_index[0].exception
@@ -100,12 +101,12 @@ def train_ensemble(
     specs: Sequence[RunSpec],
     sinks: Sequence[MetricSink],
     *,
-    checkpoint_dirs: Sequence[Path | None] | None = None,
+    checkpoints: Sequence[CheckpointStorage | Path | None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
     device: str | None = None,
     memory_bytes: int | None = None,
 ) -> list[RunResult]:
-    """Trains specs[k] into sinks[k] (checkpointing to checkpoint_dirs[k]) exactly as train_run
+    """Trains specs[k] into sinks[k] (checkpointing to checkpoints[k]) exactly as train_run
     would, with specs of one pack_key batched together; results in the order of specs.
 
     should_stop(k) is polled between member k's steps: a stopped member is checkpointed and drops
@@ -114,7 +115,7 @@ def train_ensemble(
     larger than the device's free memory holds (or memory_bytes, when given: engine.memory) trains
     in consecutive chunks that each fit.
     """
-    dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
+    storages = [as_storage(c) for c in checkpoints] if checkpoints is not None else [None] * len(specs)
     groups: dict[Hashable, list[int]] = {}
     for k, spec in enumerate(specs):
         key = pack_key(spec)
@@ -133,7 +134,7 @@ def train_ensemble(
         for start in range(0, len(indices), fit):
             chunk = indices[start : start + fit]
             ensemble = Ensemble(
-                [specs[k] for k in chunk], [sinks[k] for k in chunk], [dirs[k] for k in chunk], torch_device
+                [specs[k] for k in chunk], [sinks[k] for k in chunk], [storages[k] for k in chunk], torch_device
             )
             for k, result in zip(chunk, ensemble.train(should_stop, chunk)):
                 results[k] = result
@@ -143,8 +144,8 @@ def train_ensemble(
 class _Member:
     """One run's own state: spec, sink, data, position in the run and pending points."""
 
-    def __init__(self, spec: RunSpec, sink: MetricSink, checkpoint_dir: Path | None, device: torch.device):
-        self.spec, self.sink, self.checkpoint_dir, self.device = spec, sink, checkpoint_dir, device
+    def __init__(self, spec: RunSpec, sink: MetricSink, storage: CheckpointStorage | None, device: torch.device):
+        self.spec, self.sink, self.storage, self.device = spec, sink, storage, device
         self.total = spec.total_steps
         self.ends = phase_ends(spec)
         self.eval_steps = set(self.ends) | {0}
@@ -226,12 +227,13 @@ class _Member:
         # Points before a checkpoint must be durable before it exists: a run resumed from it
         # never logs them again.
         self.sink.flush()
-        if self.checkpoint_dir is not None:
+        if self.storage is not None:
             state = Checkpoint(
                 step=self.step, phase=self.phase, train_idx=self.train_idx, model=model,
                 optimizer=optimizer, batch_rng=self.batch_rng.get_state(), data_key=self.data_key,
             )  # fmt: skip
-            save_checkpoint(self.checkpoint_dir, state)
+            keep_every = self.spec.checkpoint_keep_every
+            self.storage.save(state, keep=keep_every is not None and self.step % keep_every == 0)
 
     def load(self, ckpt: Checkpoint) -> None:
         if ckpt.data_key != self.data_key:
@@ -256,7 +258,9 @@ class Ensemble:
     drops out and the rows are compacted.
     """
 
-    def __init__(self, specs: Sequence[RunSpec], sinks: Sequence[MetricSink], dirs: Sequence[Path | None], device: torch.device):
+    def __init__(
+        self, specs: Sequence[RunSpec], sinks: Sequence[MetricSink], storages: Sequence[CheckpointStorage | None], device: torch.device
+    ):
         self.device = device
         self.loss_kind = specs[0].loss
         transformer = isinstance(specs[0].model, TransformerSpec)
@@ -265,10 +269,10 @@ class Ensemble:
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
         self.tokens = table.tokens.to(device)  # (N, 3)
         self.labels = table.labels.to(device)  # (N,)
-        self.members = [_Member(spec, sink, d, device) for spec, sink, d in zip(specs, sinks, dirs)]
+        self.members = [_Member(spec, sink, d, device) for spec, sink, d in zip(specs, sinks, storages)]
         self.members_by_index = list(self.members)
         states = [build_model(spec).state_dict() for spec in specs]
-        checkpoints = [None if d is None else load_checkpoint(d, "cpu") for d in dirs]
+        checkpoints = [None if d is None else d.load() for d in storages]
         for member, state, ckpt in zip(self.members, states, checkpoints):
             if ckpt is not None:
                 try:
@@ -314,8 +318,7 @@ class Ensemble:
                 self._guard(member, member.sink.progress, member.step, member.total)
             self.evaluate([m for m in self.members if m.result is None and m.needs_eval()])
             for member in self.members:
-                every = member.spec.resolved_checkpoint_every
-                if member.result is None and member.step % every == 0 and member.step < member.total:
+                if member.result is None and member.step < member.total and member.spec.checkpoints_at(member.step):
                     self._checkpoint(member, None)
             self._drop([m for m in self.members if m.result is not None])
         return [m.result for m in self.members_by_index]  # type: ignore[misc]

@@ -10,7 +10,6 @@ and only lose the link to their parent (the foreign key sets it to null).
 
 from __future__ import annotations
 
-import shutil
 
 from sqlalchemy.orm import Session
 
@@ -47,9 +46,7 @@ def delete_experiment(session: Session, settings: Settings, experiment_id: int, 
         )
     checkpoints = CheckpointStore.from_settings(settings)
     for run in experiment.runs:
+        # Before the runs: their index rows would cascade, but the blobs they name would not.
         checkpoints.delete_run(run.id)
-        # Workers of the embedded default keep checkpoints in the shared data folder; SQLite may
-        # give a deleted run's id to a new run, which must not resume from this one's checkpoint.
-        shutil.rmtree(settings.run_checkpoint_dir(run.id), ignore_errors=True)
     run_store.delete_experiment(session, experiment_id)
     session.commit()  # before the answer: the request session would commit only after it is sent

@@ -19,20 +19,23 @@ from sqlalchemy.orm import Session
 
 from engine.checkpoint import start_from_parent
 from groklab.dispatch import dispatch_runs
+from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store
+from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 
 
-def start_child(settings: Settings, run_id: int, parent_run_id: int) -> None:
+def start_child(settings: Settings, store: CheckpointStore, child: RunCheckpoints, parent_run_id: int) -> None:
+    """The child's first checkpoint is its parent's latest, read from the checkpoint store, so the
+    child may train on any host."""
+
     def copy_series() -> None:
         with session_scope(settings.resolved_database_url) as session:
-            fork_store.copy_parent_points(session, parent_run_id, run_id)
+            fork_store.copy_parent_points(session, parent_run_id, child.run_id)
 
-    start_from_parent(
-        settings.run_checkpoint_dir(parent_run_id), settings.run_checkpoint_dir(run_id), copy_series
-    )
+    start_from_parent(RunCheckpoints(store, parent_run_id), child, copy_series)
 
 
 def hand_off(session: Session, celery: Celery, settings: Settings, parent_run_id: int, status: str) -> None:

@@ -41,9 +41,6 @@ class Settings(BaseSettings):
         None, description="Celery broker URL; default is kombu's filesystem broker in data_dir."
     )
     queue_name: str = Field("groklab", description="Celery queue that carries training tasks.")
-    checkpoint_dir: Path | None = Field(
-        None, description="Where workers keep run checkpoints; default data_dir/checkpoints."
-    )
     checkpoint_url: str | None = Field(
         None,
         description="Where checkpoints are stored: file:///path, s3://bucket/prefix, or none for "
@@ -147,14 +144,6 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
-
-    @property
-    def resolved_checkpoint_dir(self) -> Path:
-        return (self.checkpoint_dir or self.data_dir / "checkpoints").resolve()
-
-    def run_checkpoint_dir(self, run_id: int) -> Path:
-        # Only the integer run id goes into the path: nothing user-supplied names a file.
-        return self.resolved_checkpoint_dir / str(int(run_id))
 
     @property
     def broker_folder(self) -> Path:

@@ -26,9 +26,11 @@ from engine.train import train_ensemble
 from groklab import forks
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
 from groklab.json_logs import log_context
+from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store
+from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_app import app
 from worker.sink import DatabaseMetricSink
@@ -46,6 +48,7 @@ class Member:
     spec_data: dict[str, Any]
     parent_run_id: int | None
     sink: DatabaseMetricSink
+    checkpoints: RunCheckpoints
 
 
 def _worker_shutting_down() -> bool:
@@ -58,7 +61,7 @@ def _set_torch_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-def _claim(settings: Settings, run_ids: list[int], worker_name: str) -> list[Member]:
+def _claim(settings: Settings, store: CheckpointStore, run_ids: list[int], worker_name: str) -> list[Member]:
     members = []
     for run_id in run_ids:
         with session_scope(settings.resolved_database_url) as session:
@@ -74,8 +77,22 @@ def _claim(settings: Settings, run_ids: list[int], worker_name: str) -> list[Mem
                 flush_seconds=settings.metric_flush_seconds,
                 flush_points=settings.metric_flush_points,
             )
-            members.append(Member(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink))
+            checkpoints = RunCheckpoints(store, run_id, lease)
+            members.append(Member(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink, checkpoints))
+    for member in members:
+        _note_resume(settings, store, member)
     return members
+
+
+def _note_resume(settings: Settings, store: CheckpointStore, member: Member) -> None:
+    """A run that resumes says from which step, in its status history."""
+    stored = store.list_checkpoints(member.run_id)
+    if not stored:
+        return
+    message = f"resuming from the checkpoint at step {stored[-1].step}"
+    log.info("run %s: %s", member.run_id, message)
+    with session_scope(settings.resolved_database_url) as session:
+        run_store.add_event(session, member.run_id, run_store.RUNNING, message)
 
 
 def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int], bool]:
@@ -102,7 +119,8 @@ def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int],
 @app.task(name=TRAIN_RUNS_TASK, bind=True)
 def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-untyped-def]
     settings = get_settings()
-    members = _claim(settings, [int(r) for r in run_ids], self.request.hostname or "worker")
+    store = CheckpointStore.from_settings(settings)
+    members = _claim(settings, store, [int(r) for r in run_ids], self.request.hostname or "worker")
     if not members:
         return {}
 
@@ -115,7 +133,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             try:
                 spec = RunSpec.model_validate(member.spec_data)
                 if member.parent_run_id is not None:
-                    forks.start_child(settings, member.run_id, member.parent_run_id)
+                    forks.start_child(settings, store, member.checkpoints, member.parent_run_id)
             except Exception as exc:
                 log.exception("run %s could not start", member.run_id)
                 outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -134,7 +152,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         results = train_ensemble(
             specs,
             [member.sink for member in ready],
-            checkpoint_dirs=[settings.run_checkpoint_dir(member.run_id) for member in ready],
+            checkpoints=[member.checkpoints for member in ready],
             should_stop=should_stop,
             device=None if settings.device == "auto" else settings.device,
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import httpx
@@ -37,7 +36,6 @@ class App(NamedTuple):
     http: httpx.Client  # as one owner
     database_url: str
     dialect: str
-    data_dir: str
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -51,7 +49,7 @@ def app(request: pytest.FixtureRequest) -> Iterator[App]:
         stack, url = request.getfixturevalue("sqlite_api_stack")
         headers = {}
     with httpx.Client(base_url=stack.base_url, headers=headers, timeout=30) as http:
-        yield App(http, url, request.param, stack.env["GROKLAB_DATA_DIR"])
+        yield App(http, url, request.param)
 
 
 def submit(app: App, **spec_overrides: object) -> dict:  # type: ignore[type-arg]
@@ -75,14 +73,7 @@ def start(app: App, run_id: int, *, steps: int = 40) -> leases.Lease:
     store = CheckpointStore.from_settings(Settings(database_url=app.database_url))
     store.put(lease, 10, b"weights at 10")
     store.put(lease, 20, b"weights at 20" * 1000)
-    checkpoint_dir(app, run_id).mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir(app, run_id) / "checkpoint.pt").write_bytes(b"a worker's local checkpoint")
     return lease
-
-
-def checkpoint_dir(app: App, run_id: int) -> Path:
-    """The folder a worker of this stack would checkpoint the run to."""
-    return Path(app.data_dir) / "checkpoints" / str(run_id)
 
 
 def finish(app: App, lease: leases.Lease, status: str = SUCCEEDED) -> None:
@@ -140,7 +131,6 @@ def test_delete_removes_every_row_and_checkpoint_of_the_experiment_and_nothing_e
     assert app.http.get(f"/v1/experiments/{kept['id']}").status_code == 200
     for run_id in doomed["run_ids"]:
         assert app.http.get(f"/v1/runs/{run_id}").status_code == 404
-        assert not (checkpoint_dir(app, run_id)).exists()
     again = app.http.delete(f"/v1/experiments/{doomed['id']}")
     assert again.status_code == 404 and again.headers["content-type"].startswith("application/problem+json")
     assert app.http.get(f"/v1/experiments/{doomed['id']}").status_code == 404

@@ -59,10 +59,10 @@ def test_stop_and_resume_reproduces_the_straight_run(tmp_path, changes, stop):
     train_run(spec, straight)
 
     first, second = MemorySink(), MemorySink()
-    result = train_run(spec, first, checkpoint_dir=tmp_path, should_stop=_stop_at(first, stop))
+    result = train_run(spec, first, checkpoint=tmp_path, should_stop=_stop_at(first, stop))
     assert result.stopped and result.final_step == stop
     assert (tmp_path / CHECKPOINT_NAME).exists()
-    result = train_run(spec, second, checkpoint_dir=tmp_path)
+    result = train_run(spec, second, checkpoint=tmp_path)
     assert not result.stopped and result.final_step == spec.total_steps
 
     _assert_same_series(straight, [first, second])
@@ -89,10 +89,10 @@ def test_periodic_checkpoint_resumes_a_crashed_run(tmp_path):
 
     crashed = MemorySink()
     with pytest.raises(_Crash):
-        train_run(spec, crashed, checkpoint_dir=tmp_path, should_stop=_crash_after(crashed, 47))
+        train_run(spec, crashed, checkpoint=tmp_path, should_stop=_crash_after(crashed, 47))
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 40
     resumed = MemorySink()
-    train_run(spec, resumed, checkpoint_dir=tmp_path)
+    train_run(spec, resumed, checkpoint=tmp_path)
 
     assert min(resumed.series["train_loss"]) == 40
     _assert_same_series(straight, [crashed, resumed])
@@ -104,8 +104,8 @@ def test_finished_run_continues_when_resumed_with_more_phases(tmp_path):
     train_run(_spec(phases=phases), straight)
 
     first, second = MemorySink(), MemorySink()
-    train_run(_spec(phases=phases[:1]), first, checkpoint_dir=tmp_path)
-    train_run(_spec(phases=phases), second, checkpoint_dir=tmp_path)
+    train_run(_spec(phases=phases[:1]), first, checkpoint=tmp_path)
+    train_run(_spec(phases=phases), second, checkpoint=tmp_path)
 
     _assert_same_series(straight, [first, second])
     assert second.series["phase"][60] == 1.0
@@ -120,14 +120,14 @@ def test_same_spec_gives_identical_metrics_run_to_run():
 
 
 def test_checkpoint_of_another_task_is_refused(tmp_path):
-    train_run(_spec(phases=[PhaseSpec(steps=2)]), MemorySink(), checkpoint_dir=tmp_path)
+    train_run(_spec(phases=[PhaseSpec(steps=2)]), MemorySink(), checkpoint=tmp_path)
     other = _spec(task=TASK.model_copy(update={"data_seed": 1}))
     with pytest.raises(EngineError, match="checkpoint"):
-        train_run(other, MemorySink(), checkpoint_dir=tmp_path)
+        train_run(other, MemorySink(), checkpoint=tmp_path)
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
-    train_run(_spec(phases=[PhaseSpec(steps=3)], optimizer=OptimizerSpec(batch_size=8)), MemorySink(), checkpoint_dir=tmp_path)
+    train_run(_spec(phases=[PhaseSpec(steps=3)], optimizer=OptimizerSpec(batch_size=8)), MemorySink(), checkpoint=tmp_path)
     data = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert data["step"] == 3 and data["phase"] == 0
     assert {"model", "optimizer", "batch_rng", "train_idx"} <= set(data)

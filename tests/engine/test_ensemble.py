@@ -125,14 +125,14 @@ def test_a_failing_sink_drops_its_member_and_a_stopped_member_resumes_alone(tmp_
         train_run(spec, sink)
     sinks = [MemorySink(), _BrokenSink(), MemorySink()]
     dirs = [tmp_path / str(k) for k in range(3)]
-    results = train_ensemble(specs, sinks, checkpoint_dirs=dirs, should_stop=lambda k: k == 2 and sinks[2].last_step >= 15)
+    results = train_ensemble(specs, sinks, checkpoints=dirs, should_stop=lambda k: k == 2 and sinks[2].last_step >= 15)
     assert results[0].error is None and results[0].final_step == 40 and not results[0].stopped
     assert results[1].error == "OSError: disk full" and results[1].final_step == 20
     assert results[2].stopped and results[2].final_step == 15
     _assert_same_series(alone[0], sinks[0])
 
     resumed = MemorySink()
-    train_run(specs[2], resumed, checkpoint_dir=dirs[2])
+    train_run(specs[2], resumed, checkpoint=dirs[2])
     merged = MemorySink()
     for piece in (sinks[2], resumed):
         for name, points in piece.series.items():

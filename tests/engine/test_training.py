@@ -64,13 +64,13 @@ def runs(tmp_path_factory) -> Runs:
 
 def _train_runs(root: Path) -> Runs:
     grok = MemorySink()
-    train_run(_spec(), grok, checkpoint_dir=root / "grok")
+    train_run(_spec(), grok, checkpoint=root / "grok")
     ungrok = {}
     for subset_size in (100, 800):
         run_dir = root / f"ungrok_{subset_size}"
         shutil.copytree(root / "grok", run_dir)
         ungrok[subset_size] = MemorySink()
-        train_run(_ungrok_spec(subset_size), ungrok[subset_size], checkpoint_dir=run_dir)
+        train_run(_ungrok_spec(subset_size), ungrok[subset_size], checkpoint=run_dir)
     no_wd = MemorySink()
     train_run(_spec(optimizer=OptimizerSpec(weight_decay=0.0)), no_wd)
     random_labels = MemorySink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from typing import Any
@@ -59,6 +60,14 @@ def finished_once(client: httpx.Client, run_ids: list[int]) -> None:
         FAULT_SUMMARY["runs finished"] += 1
 
 
+def resumed_from(run: dict[str, Any]) -> int:
+    """The step of the stored checkpoint the run's last worker resumed it from."""
+    (step,) = [
+        int(m.group(1)) for e in run["events"] if (m := re.fullmatch(r"resuming from the checkpoint at step (\d+)", e["message"] or ""))
+    ][-1:]
+    return step
+
+
 def running_past(client: httpx.Client, run_id: int, step: int) -> dict[str, Any]:
     return wait_until(
         lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] == "running" and r["step"] >= step and r,
@@ -83,6 +92,7 @@ def test_kill_9_worker_mid_run_another_worker_finishes_it(fault_stack: Stack, cl
     assert run["status"] == "succeeded"
     assert not run["worker"].startswith(victim + "@")
     assert "lease expired" in " ".join(e["message"] or "" for e in run["events"])
+    assert resumed_from(run) > 0  # from the last periodic checkpoint before the kill, not step 0
     finished_once(client, [run_id])
     assert_series_complete_and_equal(client, run_id, spec)
     fault_stack.start_worker(victim)
@@ -166,7 +176,8 @@ def test_sigterm_worker_checkpoints_requeues_and_exits(fault_stack: Stack, clien
     run = wait_for_runs(client, [run_id], timeout=180)[run_id]
     messages = " ".join(e["message"] or "" for e in run["events"])
     assert f"{name}@" in messages and "shut down; re-queued" in messages
-    assert [e["status"] for e in run["events"]] == ["queued", "running", "queued", "running", "succeeded"]
+    assert [e["status"] for e in run["events"]] == ["queued", "running", "queued", "running", "running", "succeeded"]
+    assert resumed_from(run) >= 300  # the checkpoint written at the SIGTERM, not step 0
     finished_once(client, [run_id])
     assert_series_complete_and_equal(client, run_id, spec)
     fault_stack.start_worker(name)

@@ -10,6 +10,7 @@ import pytest
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
+from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 from groklab.store.metric_reads import read_series
 from tests.store.test_leases import parent_and_child
@@ -34,7 +35,7 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> RecordingBroker:
 
 def _claimed(settings: Settings, run_id: int, lease_seconds: float = 60) -> tasks.Member:
     settings = settings.model_copy(update={"lease_seconds": lease_seconds})
-    [member] = tasks._claim(settings, [run_id], "test-worker")
+    [member] = tasks._claim(settings, CheckpointStore.from_settings(settings), [run_id], "test-worker")
     return member
 
 
@@ -51,7 +52,7 @@ def test_a_succeeded_parent_sends_its_waiting_child(empty_database_url: str, tmp
     parent, child = parent_and_child(empty_database_url)
     settings = _settings(empty_database_url, tmp_path)
     member = _claimed(settings, parent)
-    assert tasks._claim(settings, [parent], "another-worker") == []  # a duplicate delivery trains nothing
+    assert tasks._claim(settings, CheckpointStore.from_settings(settings), [parent], "another-worker") == []  # a duplicate delivery trains nothing
     assert tasks._finish(settings, member, run_store.SUCCEEDED) == run_store.SUCCEEDED
     assert broker.messages == [[child]]
     run = _status(empty_database_url, child)
