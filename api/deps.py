@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, a database session per request, the Celery app (auth: api/auth.py)."""
+"""FastAPI dependencies: settings, a database session per request, the Celery app, the checkpoint
+store (auth: api/auth.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from groklab.dispatch import make_celery
 from groklab.settings import Settings, get_settings
+from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -27,5 +29,12 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
+@lru_cache
+def get_checkpoint_store() -> CheckpointStore:
+    # One per process: an S3 store holds a client with its connection pool.
+    return CheckpointStore.from_settings(get_settings())
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+CheckpointStoreDep = Annotated[CheckpointStore, Depends(get_checkpoint_store)]

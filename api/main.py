@@ -14,7 +14,7 @@ from api.dashboard import install_dashboard
 from api.deps import get_celery
 from api.ops import install_ops
 from api.problems import PROBLEM_RESPONSES, install_problem_handlers
-from api.routes import analysis, experiments, health, metric_query, metric_stream, runs
+from api.routes import analysis, checkpoints, experiments, health, metric_query, metric_stream, runs
 from groklab.reconciler import ReconcilerThread
 from groklab.settings import get_settings
 
@@ -57,6 +57,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(runs.router)
+    app.include_router(checkpoints.router)
     app.include_router(analysis.router)
     app.include_router(metric_query.router)
     app.include_router(metric_stream.router)

@@ -1,4 +1,5 @@
-"""A typed Python client of the groklab HTTP API: submit, wait, read metrics and analyses, cancel.
+"""A typed Python client of the groklab HTTP API: submit, wait, read metrics and analyses, load
+trained models, cancel, delete.
 
     from groklab.client import Client
     client = Client()                       # GROKLAB_URL, GROKLAB_API_KEY, or the arguments
@@ -6,6 +7,7 @@
     runs = client.wait(experiment)          # a progress bar per run while they train
     rows = client.metrics(runs[0], ["test_acc"], max_points=500)
     frame = client.metrics(runs[0], ["test_acc"], as_dataframe=True)   # needs pandas
+    model = client.load_model(runs[0])     # the trained nn.Module, from its stored checkpoint
 """
 
 from __future__ import annotations
@@ -190,6 +192,29 @@ class Client:
                 if not stopping or time.monotonic() > deadline:
                     raise
             time.sleep(poll_seconds)
+
+    def checkpoints(self, run: RunRef) -> list[dict[str, Any]]:
+        """The run's stored checkpoints: {step, bytes, sha256, kept, created_at}, in step order."""
+        return self._request("GET", f"/v1/runs/{_id(run)}/checkpoints").json()["checkpoints"]
+
+    def download_checkpoint(self, run: RunRef, step: int | None = None, *, optimizer: bool = False) -> bytes:
+        """A safetensors file: the model's weights at `step` (the latest when None), or with
+        optimizer=True the whole checkpoint the run resumes from."""
+        path = f"/v1/runs/{_id(run)}/checkpoints/{'latest' if step is None else int(step)}"
+        return self._request("GET", path, params={"optimizer": optimizer}).content
+
+    def load_model(self, run: RunRef, step: int | None = None) -> Any:
+        """The engine's nn.Module (engine.model) with the run's weights at `step` (the latest when
+        None), in eval mode, on the CPU: ready for analysis in a notebook. Needs torch."""
+        from safetensors.torch import load
+
+        from engine.model import build_model
+        from engine.spec import RunSpec
+
+        spec = RunSpec.model_validate((run if isinstance(run, Run) else self.run(run)).spec)
+        model = build_model(spec)
+        model.load_state_dict(load(self.download_checkpoint(run, step)))
+        return model.eval()
 
     def analysis(self, experiment: ExperimentRef) -> dict[str, Any]:
         """Accuracy vs D, D_crit with its interval, and each run's label (see the HTTP API)."""

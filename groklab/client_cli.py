@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -18,9 +19,6 @@ from groklab.client import (
     load_spec,
     watch_runs,
 )
-
-COMMANDS = ("submit", "status", "watch", "metrics", "cancel", "delete")
-
 
 def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds the client subcommands to the `groklab` parser."""
@@ -46,6 +44,14 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     cancel.add_argument("run", type=int, metavar="RUN")
+
+    checkpoint = commands.add_parser(
+        "checkpoint", parents=[common], help="download a run's weights (safetensors), or list its checkpoints"
+    )
+    checkpoint.add_argument("run", type=int, metavar="RUN")
+    checkpoint.add_argument("--step", type=int, help="a stored step (default: the latest)")
+    checkpoint.add_argument("-o", "--output", type=Path, help="the file to write (default: list the checkpoints)")
+    checkpoint.add_argument("--optimizer", action="store_true", help="the whole checkpoint, AdamW state included")
 
     delete = commands.add_parser(
         "delete", parents=[common], help="cancel an experiment's runs, then delete it with its metrics and checkpoints"
@@ -139,6 +145,19 @@ def _cancel(client: Client, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _checkpoint(client: Client, args: argparse.Namespace, console: Console) -> int:
+    if args.output is None:
+        table = Table("step", "bytes", "kept", "created")
+        for info in client.checkpoints(args.run):
+            table.add_row(str(info["step"]), f"{info['bytes']:,}", "yes" if info["kept"] else "", info["created_at"])
+        Console().print(table)
+        return 0
+    data = client.download_checkpoint(args.run, args.step, optimizer=args.optimizer)
+    args.output.write_bytes(data)
+    console.print(f"run {args.run}: wrote {len(data):,} bytes to {args.output}", markup=False)
+    return 0
+
+
 def _delete(client: Client, args: argparse.Namespace, console: Console) -> int:
     experiment = client.experiment(args.experiment)
     client.delete_experiment(experiment)
@@ -161,4 +180,6 @@ def _exit_code(runs: list[Any]) -> int:
 
 _COMMANDS = {
     "submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel, "delete": _delete,
+    "checkpoint": _checkpoint,
 }  # fmt: skip
+COMMANDS = frozenset(_COMMANDS)
