@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from groklab.store.migrate import upgrade
+from tests.seaweedfs import BUCKET, SeaweedFS
 from tests.servers import start_postgres, start_redis
 from tests.services import (
     Stack,
@@ -56,6 +57,18 @@ def test_servers() -> Iterator[TestServers]:
     yield servers
     for cleanup in reversed(cleanups):
         cleanup()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """A private SeaweedFS S3 server with an empty BUCKET, started when a test first needs it."""
+    server = SeaweedFS()
+    try:
+        server.start()
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ WEED = Path(sysconfig.get_path("scripts")) / "weed"
 # rule valid for any port we hand it, even though each gRPC port is also given explicitly.
 PORT_RANGE = (20000, 55535)
 ROLES = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
+# The bucket the session's server (the `seaweedfs` fixture, tests/conftest.py) is started with.
+BUCKET = "groklab-checkpoints"
 
 
 def free_loopback_ports(count: int) -> list[int]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
+
+from groklab.store.database import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -58,17 +59,12 @@ def free_port() -> int:
 
 
 def create_pg_database() -> tuple[str, str]:
-    """A fresh, empty database; returns (its name, its SQLAlchemy URL)."""
-    name = f"groklab_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = pg_admin_url().rpartition("/")
-    return name, f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    """A fresh, empty database on the test run's PostgreSQL; returns (its name, its SQLAlchemy URL)."""
+    return create_database(pg_admin_url())
 
 
 def drop_pg_database(name: str) -> None:
-    with psycopg.connect(pg_admin_url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_admin_url(), name)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -98,9 +94,11 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{log_name}.log").open("ab")
-        process = subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         self.processes.append(process)
         return process
 
@@ -118,7 +116,8 @@ class Stack:
         self.processes.remove(self.api)
         self.start_api()
 
-    def start_worker(self, name: str = "w1") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "w1", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A worker process; `env` overrides the stack's environment for it alone (its own data dir)."""
         process = self._spawn(
             [
                 sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
@@ -126,6 +125,7 @@ class Stack:
                 "--without-mingle", "--without-heartbeat",
             ],
             f"worker-{name}",
+            env,
         )
         self.workers[name] = process
         return process

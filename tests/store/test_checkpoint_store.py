@@ -6,7 +6,6 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,21 +25,7 @@ from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, claim_run, expire_leases
 from groklab.store.migrate import upgrade
 from groklab.store.models import utcnow
-from tests.seaweedfs import SeaweedFS
-
-BUCKET = "groklab-checkpoints"
-
-
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[SeaweedFS]:
-    server = SeaweedFS()
-    try:
-        server.start()
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
-    finally:
-        server.remove()
-
+from tests.seaweedfs import BUCKET, SeaweedFS
 
 class RecordingBlobs:
     """A backend's blob store that remembers the keys written, to look for leftovers."""
