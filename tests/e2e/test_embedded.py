@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from tests.services import ROOT, free_port, tiny_spec, wait_for_runs, wait_http, wait_until
 
@@ -114,21 +113,24 @@ def _worker_pid(supervisor_pid: int) -> int:
 def test_worker_killed_mid_run_is_replaced_and_its_run_resumes_from_its_checkpoint_within_seconds(
     embedded: tuple[subprocess.Popen[str], str, Path, Output],
 ) -> None:
-    process, base_url, data_dir, output = embedded
+    process, base_url, _, output = embedded
     spec = {**tiny_spec(), "phases": [{"steps": 3000}], "eval_every": 20}
     with httpx.Client(base_url=base_url, timeout=30) as client:
         run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
-        checkpoint = data_dir / "checkpoints" / str(run_id) / "checkpoint.pt"
+
+        def stored_steps() -> list[int]:
+            return [c["step"] for c in client.get(f"/v1/runs/{run_id}/checkpoints").json()["checkpoints"]]
+
         wait_until(
             lambda: (run := client.get(f"/v1/runs/{run_id}").json())["status"] == "running"
-            and run["step"] >= 600 and checkpoint.exists(),
+            and run["step"] >= 600 and stored_steps(),
             timeout=120,
         )
         old_worker = _worker_pid(process.pid)
         os.kill(old_worker, signal.SIGKILL)
         killed_at = time.monotonic()
         # The dead worker can write no newer checkpoint: this is the one the run resumes from.
-        resume_step = torch.load(checkpoint, weights_only=True)["step"]
+        resume_step = stored_steps()[-1]
         assert resume_step > 0
 
         steps_after_resume = []
@@ -147,7 +149,8 @@ def test_worker_killed_mid_run_is_replaced_and_its_run_resumes_from_its_checkpoi
     print(f"killed at step >= 600, resumed from step {resume_step} {resumed_after:.1f} s after the kill")
     assert resumed_after < LEASE_SECONDS / 4, resumed_after
     assert min(steps_after_resume) >= resume_step  # it continued, it did not start over
-    assert [e["status"] for e in run["events"]] == ["queued", "running", "queued", "running", "succeeded"]
+    assert [e["status"] for e in run["events"]] == ["queued", "running", "queued", "running", "running", "succeeded"]
+    assert run["events"][4]["message"] == f"resuming from the checkpoint at step {resume_step}"
     requeue = run["events"][2]["message"]
     assert "died" in requeue and "re-queued" in requeue, requeue
     assert f"handed back runs [{run_id}]" in output.text()
