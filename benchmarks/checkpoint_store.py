@@ -34,7 +34,6 @@ from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import create_database, drop_database, session_scope
 from groklab.store.leases import Lease, claim_run
 from groklab.store.migrate import upgrade
-from tests.seaweedfs import SeaweedFS
 
 ADMIN_URL = os.environ.get("GROKLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 SPEC = RunSpec(task=TaskSpec(p=113, train_size=3830))
@@ -58,6 +57,7 @@ def paper_checkpoint_bytes() -> bytes:
 
 
 def running_run(database_url: str) -> Lease:
+    """A run, created and claimed for an hour: checkpoints are written under its lease."""
     with session_scope(database_url) as session:
         run_id = run_store.create_experiment(
             session, name="bench", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]
@@ -87,6 +87,8 @@ def time_put_and_get(settings: Settings, data: bytes, repeats: int) -> tuple[flo
 
 @contextmanager
 def backends(folder: Path) -> Iterator[dict[str, Callable[[], Settings]]]:
+    from tests.seaweedfs import SeaweedFS  # here, so that importing running_run needs no test code
+
     pg_name, pg_url = create_database(ADMIN_URL, prefix="groklab_bench")
     seaweedfs = SeaweedFS()
     try:
