@@ -11,13 +11,10 @@ postgresql://postgres@127.0.0.1:5432/test), a folder, and S3 on a private Seawee
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
 import os
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -28,6 +25,7 @@ import torch
 from engine.checkpoint import Checkpoint
 from engine.model import build_model
 from engine.spec import RunSpec, TaskSpec
+from groklab.run_checkpoints import encode
 from groklab.settings import Settings
 from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointStore
@@ -41,7 +39,7 @@ BUCKET = "groklab-bench"
 
 
 def paper_checkpoint_bytes() -> bytes:
-    """The bytes engine.checkpoint.save_checkpoint writes for the paper model after one AdamW step."""
+    """The bytes a worker stores (groklab.run_checkpoints.encode) for the paper model after one AdamW step."""
     model = build_model(SPEC)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
     for param in model.parameters():
@@ -51,9 +49,7 @@ def paper_checkpoint_bytes() -> bytes:
         step=1, phase=0, train_idx=torch.randperm(113 * 113)[:3830], model=model.state_dict(),
         optimizer=optimizer.state_dict(), batch_rng=torch.Generator().get_state(), data_key="{}",
     )  # fmt: skip
-    buffer = io.BytesIO()
-    torch.save(dataclasses.asdict(ckpt), buffer)
-    return buffer.getvalue()
+    return encode(ckpt)
 
 
 def running_run(database_url: str) -> Lease:
@@ -87,7 +83,7 @@ def time_put_and_get(settings: Settings, data: bytes, repeats: int) -> tuple[flo
 
 @contextmanager
 def backends(folder: Path) -> Iterator[dict[str, Callable[[], Settings]]]:
-    from tests.seaweedfs import SeaweedFS  # here, so that importing running_run needs no test code
+    from groklab.local_seaweedfs import SeaweedFS  # needs the test extras; running_run does not
 
     pg_name, pg_url = create_database(ADMIN_URL, prefix="groklab_bench")
     seaweedfs = SeaweedFS()
@@ -99,14 +95,7 @@ def backends(folder: Path) -> Iterator[dict[str, Callable[[], Settings]]]:
             "file": lambda: Settings(database_url=sqlite_url, checkpoint_url=(folder / "blobs").as_uri()),
             "sqlite": lambda: Settings(database_url=sqlite_url),
             "postgresql": lambda: Settings(database_url=pg_url),
-            "s3 (SeaweedFS)": lambda: Settings(
-                database_url=pg_url,
-                checkpoint_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
-                s3_endpoint_url=seaweedfs.endpoint_url,
-                s3_access_key_id=seaweedfs.access_key_id,
-                s3_secret_access_key=seaweedfs.secret_access_key,
-                s3_region=seaweedfs.region,
-            ),
+            "s3 (SeaweedFS)": lambda: Settings(database_url=pg_url, **seaweedfs.store_settings(BUCKET)),
         }
     finally:
         seaweedfs.remove()

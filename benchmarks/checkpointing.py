@@ -10,7 +10,7 @@ checkpoint storage (encode, put, prune) over the rest of that run's training tim
 machine the wall-clock ratio moves with the load by more than the checkpoints cost; the
 overhead, both of whose terms come from the same run, hardly does.
 
-PostgreSQL: a database created for the run on the server of GROKLAB_BENCH_PG_URL (default
+PostgreSQL: a database created for the run on the server of GROKLAB_TEST_PG_ADMIN (default
 postgresql://postgres@127.0.0.1:5432/test) and dropped at the end; that line is skipped, saying
 why, when the server is not reachable.
 """
@@ -18,7 +18,6 @@ why, when the server is not reachable.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import psycopg
 import torch
 
-from benchmarks.checkpoint_store import running_run
+from benchmarks.checkpoint_store import ADMIN_URL, running_run
 from engine.checkpoint import Checkpoint, CheckpointStorage
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
@@ -37,7 +36,6 @@ from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import create_database, drop_database
 from groklab.store.migrate import upgrade
 
-PG_URL = os.environ.get("GROKLAB_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class TimedStorage:
@@ -82,7 +80,7 @@ def postgres_database(admin_url: str) -> tuple[str | None, str]:
     try:
         return create_database(admin_url, prefix="groklab_bench")
     except psycopg.OperationalError as exc:
-        return None, f"skipped: no PostgreSQL at {admin_url} (set GROKLAB_BENCH_PG_URL): {' '.join(str(exc).split())}"
+        return None, f"skipped: no PostgreSQL at {admin_url} (set GROKLAB_TEST_PG_ADMIN): {' '.join(str(exc).split())}"
 
 
 def main() -> None:
@@ -101,7 +99,7 @@ def main() -> None:
     baseline = train_seconds(spec, device, None)
     print(f"{'no checkpoint storage':<24}{baseline:8.1f} s   (baseline)")
 
-    admin_url = PG_URL.replace("postgresql+psycopg://", "postgresql://", 1)
+    admin_url = ADMIN_URL.replace("postgresql+psycopg://", "postgresql://", 1)
     pg_name, pg_url = postgres_database(admin_url)
     with tempfile.TemporaryDirectory(prefix="groklab-bench-") as folder:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from groklab.local_servers import free_port
 from groklab.store.database import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +50,6 @@ def pg_admin_url() -> str:
 
 def redis_url() -> str:
     return _current_servers().redis_url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def create_pg_database() -> tuple[str, str]:

@@ -19,7 +19,7 @@ import pytest
 
 from groklab.store.migrate import upgrade
 from tests.faults.test_faults import assert_series_complete_and_equal, fault_spec, resumed_from, running_past
-from tests.seaweedfs import BUCKET, SeaweedFS
+from groklab.local_seaweedfs import BUCKET, SeaweedFS
 from tests.services import (
     Stack,
     create_pg_database,
@@ -49,13 +49,7 @@ def _store_env(backend: str, folder: Path, request: pytest.FixtureRequest) -> di
     if backend == "file":
         return {"GROKLAB_CHECKPOINT_URL": (folder / "checkpoints").as_uri()}
     server: SeaweedFS = request.getfixturevalue("seaweedfs")
-    return {
-        "GROKLAB_CHECKPOINT_URL": f"s3://{BUCKET}/{uuid.uuid4().hex}",
-        "GROKLAB_S3_ENDPOINT_URL": server.endpoint_url,
-        "GROKLAB_S3_ACCESS_KEY_ID": server.access_key_id,
-        "GROKLAB_S3_SECRET_ACCESS_KEY": server.secret_access_key,
-        "GROKLAB_S3_REGION": server.region,
-    }
+    return {f"GROKLAB_{name.upper()}": value for name, value in server.store_settings().items()}
 
 
 @pytest.fixture(scope="module", params=["database", "file", "s3"])

@@ -17,7 +17,7 @@ from engine.train import train_run
 from groklab.dispatch import make_celery, send_message
 from groklab.settings import Settings
 from tests.faults.conftest import FAULT_SUMMARY
-from tests.servers import PrivatePostgres, PrivateRedis
+from groklab.local_servers import PrivatePostgres, PrivateRedis
 from tests.services import Stack, tiny_spec, wait_for_runs, wait_until
 
 STEPS = 1500

@@ -25,7 +25,7 @@ from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, claim_run, expire_leases
 from groklab.store.migrate import upgrade
 from groklab.store.models import utcnow
-from tests.seaweedfs import BUCKET, SeaweedFS
+from groklab.local_seaweedfs import BUCKET, SeaweedFS
 
 class RecordingBlobs:
     """A backend's blob store that remembers the keys written, to look for leftovers."""
@@ -58,14 +58,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         return Settings(database_url=database_url, checkpoint_url=(tmp_path / "checkpoints").as_uri())
     if backend == "s3":
         server: SeaweedFS = request.getfixturevalue("seaweedfs")
-        return Settings(
-            database_url=database_url,
-            checkpoint_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
-            s3_endpoint_url=server.endpoint_url,
-            s3_access_key_id=server.access_key_id,
-            s3_secret_access_key=server.secret_access_key,
-            s3_region=server.region,
-        )
+        return Settings(database_url=database_url, **server.store_settings())
     return Settings(database_url=database_url)
 
 
@@ -238,14 +231,7 @@ def test_a_put_waits_out_an_s3_server_that_is_down_and_succeeds_after_its_restar
 ) -> None:
     upgrade(fresh_pg_url)
     store = CheckpointStore.from_settings(
-        Settings(
-            database_url=fresh_pg_url,
-            checkpoint_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
-            s3_endpoint_url=seaweedfs.endpoint_url,
-            s3_access_key_id=seaweedfs.access_key_id,
-            s3_secret_access_key=seaweedfs.secret_access_key,
-            s3_region=seaweedfs.region,
-        )
+        Settings(database_url=fresh_pg_url, **seaweedfs.store_settings())
     )
     lease = running_run(fresh_pg_url)
     store.put(lease, 50, b"before the outage")

