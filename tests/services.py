@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 
 from groklab.local_servers import free_port
 from groklab.store.database import create_database, drop_database
+from groklab.store.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -59,6 +61,21 @@ def create_pg_database() -> tuple[str, str]:
 
 def drop_pg_database(name: str) -> None:
     drop_database(pg_admin_url(), name)
+
+
+@contextmanager
+def migrated_pg_database() -> Iterator[str]:
+    """A database of its own for a stack with its own queue, migrated; dropped afterwards.
+
+    A stack on another stack's database would steal its runs: an api's reconciler re-sends any
+    queued run of its database that has no message waiting in the api's own queue.
+    """
+    name, url = create_pg_database()
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.services import (
     Stack,
     free_port,
+    migrated_pg_database,
     redis_url,
     service_env,
     tiny_spec,
@@ -94,15 +95,16 @@ def test_worker_log_lines_are_json_with_run_and_experiment_ids(pg_stack: Stack, 
 
 
 @pytest.fixture
-def metered_worker(pg_database: str, tmp_path: Path) -> Iterator[Stack]:
-    """An api and a worker of their own queue, the worker serving /metrics on a free port."""
+def metered_worker(tmp_path: Path) -> Iterator[Stack]:
+    """An api and a worker of their own queue and database, the worker serving /metrics on a free port."""
     port = free_port()
-    env = service_env(pg_database, redis_url(), tmp_path, GROKLAB_WORKER_METRICS_PORT=str(port))
-    stack = Stack(env=env, log_dir=tmp_path)
-    stack.start_worker("metered")
-    stack.start_api()
-    yield stack
-    stack.stop()
+    with migrated_pg_database() as database_url:
+        env = service_env(database_url, redis_url(), tmp_path, GROKLAB_WORKER_METRICS_PORT=str(port))
+        stack = Stack(env=env, log_dir=tmp_path)
+        stack.start_worker("metered")
+        stack.start_api()
+        yield stack
+        stack.stop()
 
 
 def test_worker_exposes_steps_and_points_written_counters(metered_worker: Stack) -> None:

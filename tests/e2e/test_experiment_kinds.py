@@ -10,20 +10,21 @@ from statistics import median
 import httpx
 import pytest
 
-from tests.services import ROOT, Stack, redis_url, service_env, wait_for_runs
+from tests.services import ROOT, Stack, migrated_pg_database, redis_url, service_env, wait_for_runs
 
 
 @pytest.fixture(scope="module")
-def kinds_client(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def kinds_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """Two workers, so that forked runs train side by side as they would on a cluster."""
     data_dir: Path = tmp_path_factory.mktemp("kinds-stack")
-    stack = Stack(env=service_env(pg_database, redis_url(), data_dir), log_dir=data_dir)
-    stack.start_worker("k1")
-    stack.start_worker("k2")
-    stack.start_api()
-    with httpx.Client(base_url=stack.base_url, timeout=60) as client:
-        yield client
-    stack.stop()
+    with migrated_pg_database() as database_url:
+        stack = Stack(env=service_env(database_url, redis_url(), data_dir), log_dir=data_dir)
+        stack.start_worker("k1")
+        stack.start_worker("k2")
+        stack.start_api()
+        with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+            yield client
+        stack.stop()
 
 
 def _example(name: str) -> dict:
