@@ -15,15 +15,9 @@ from pydantic import ValidationError
 
 from api.schemas import MetricQuery
 from groklab.errors import InvalidInput
+from groklab.settings import comma_list
 
 _LISTS = ("run_ids", "status", "names")
-
-
-def comma_list(text: str | None) -> list[str] | None:
-    """'a, b,,c' -> ['a', 'b', 'c']; None (or nothing) when no value was given."""
-    if not text:
-        return None
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def metric_query_from_params(request: Request) -> MetricQuery:

@@ -19,6 +19,8 @@ from groklab.client import (
     load_spec,
     watch_runs,
 )
+from groklab.settings import comma_list
+
 
 def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds the client subcommands to the `groklab` parser."""
@@ -119,7 +121,7 @@ def _watch(client: Client, args: argparse.Namespace, console: Console) -> int:
 
 
 def _metrics(client: Client, args: argparse.Namespace, console: Console) -> int:
-    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
+    names = comma_list(args.names)
     if args.csv:
         for chunk in client.metrics_csv(args.run, names, max_points=args.max_points):
             sys.stdout.write(chunk)

@@ -27,6 +27,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+
+def comma_list(text: str | None) -> list[str] | None:
+    """'a, b,,c' -> ['a', 'b', 'c']; None when nothing was given. How groklab reads a list from an
+    environment variable, a query parameter or a CLI flag."""
+    if not text:
+        return None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GROKLAB_", extra="ignore")
 
@@ -118,7 +126,7 @@ class Settings(BaseSettings):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
-            return [origin.strip() for origin in text.split(",") if origin.strip()]
+            return comma_list(text) or []
         return value
 
     def auth_required(self) -> bool:

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query
 
 from api.auth import ReaderDep, WriterDep
 from api.deps import SessionDep
-from api.query_params import comma_list
 from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage
 from groklab.errors import InvalidInput
+from groklab.settings import comma_list
 from groklab.store import metric_reads
 from groklab.store import runs as run_store
 from groklab.store.runs import RunStatus
