@@ -64,7 +64,9 @@ def model_weights(data: bytes) -> bytes:
 
     metadata = read_metadata(data)
     weights = {name[len(MODEL_PREFIX):]: a for name, a in load(data).items() if name.startswith(MODEL_PREFIX)}
-    return save(weights, {"step": metadata["step"], "phase": metadata["phase"]})
+    # One metadata entry: safetensors writes its metadata map in no fixed order, and a download
+    # must be the same bytes each time (its ETag is the stored checkpoint's SHA-256).
+    return save(weights, {"step": metadata["step"]})
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
