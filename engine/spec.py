@@ -229,10 +229,13 @@ class RunSpec(StrictModel):
     def resolved_checkpoint_every(self) -> int:
         return self.checkpoint_every or max(self.resolved_eval_every, self.total_steps // DEFAULT_CHECKPOINTS)
 
+    def keeps_checkpoint_at(self, step: int) -> bool:
+        """Whether the checkpoint after `step` steps is kept for download (checkpoint_keep_every)."""
+        return self.checkpoint_keep_every is not None and step % self.checkpoint_keep_every == 0
+
     def checkpoints_at(self, step: int) -> bool:
         """Whether training writes a checkpoint after `step` steps (the last one always does)."""
-        keep = self.checkpoint_keep_every
-        return step % self.resolved_checkpoint_every == 0 or (keep is not None and step % keep == 0)
+        return step % self.resolved_checkpoint_every == 0 or self.keeps_checkpoint_at(step)
 
     def phase_train_sizes(self) -> list[int]:
         """Each phase's training-set size: the task's D, or D' for a 'subset' phase."""

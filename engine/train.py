@@ -232,8 +232,7 @@ class _Member:
                 step=self.step, phase=self.phase, train_idx=self.train_idx, model=model,
                 optimizer=optimizer, batch_rng=self.batch_rng.get_state(), data_key=self.data_key,
             )  # fmt: skip
-            keep_every = self.spec.checkpoint_keep_every
-            self.storage.save(state, keep=keep_every is not None and self.step % keep_every == 0)
+            self.storage.save(state, keep=self.spec.keeps_checkpoint_at(self.step))
 
     def load(self, ckpt: Checkpoint) -> None:
         if ckpt.data_key != self.data_key:
