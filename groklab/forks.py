@@ -23,11 +23,10 @@ from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 
 
-def start_child(settings: Settings, store: CheckpointStore, child: RunCheckpoints, parent_run_id: int) -> None:
+def start_child(settings: Settings, child: RunCheckpoints, parent_run_id: int) -> None:
     """The child's first checkpoint is its parent's latest, read from the checkpoint store, so the
     child may train on any host."""
 
@@ -35,7 +34,7 @@ def start_child(settings: Settings, store: CheckpointStore, child: RunCheckpoint
         with session_scope(settings.resolved_database_url) as session:
             fork_store.copy_parent_points(session, parent_run_id, child.run_id)
 
-    start_from_parent(RunCheckpoints(store, parent_run_id), child, copy_series)
+    start_from_parent(RunCheckpoints(child.store, parent_run_id), child, copy_series)
 
 
 def hand_off(session: Session, celery: Celery, settings: Settings, parent_run_id: int, status: str) -> None:

@@ -133,7 +133,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             try:
                 spec = RunSpec.model_validate(member.spec_data)
                 if member.parent_run_id is not None:
-                    forks.start_child(settings, store, member.checkpoints, member.parent_run_id)
+                    forks.start_child(settings, member.checkpoints, member.parent_run_id)
             except Exception as exc:
                 log.exception("run %s could not start", member.run_id)
                 outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
