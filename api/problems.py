@@ -44,6 +44,15 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def problem_response(description: str) -> dict[str, Any]:
+    """One operation's documented problem answer (e.g. its 409), with the problem media type."""
+    return {
+        "model": Problem,
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
 def problem(
     status: int,
     title: str,

@@ -35,6 +35,9 @@ class RunOut(BaseModel):
         description="The run whose final state this run continues (a fork); it starts when that run succeeds."
     )
     attempts: int = Field(description="How many times a worker started this run.")
+    stopped_early_at_step: int | None = Field(
+        description="Where a stop_when condition ended the run, which then succeeded before total_steps."
+    )
 
     @classmethod
     def from_row(cls, run: Any) -> RunOut:
@@ -50,7 +53,7 @@ class RunOut(BaseModel):
 
 _RUN_COLUMNS = (
     "id experiment_id index status step total_steps created_at started_at finished_at worker error "
-    "cancel_requested spec role parent_run_id attempts"
+    "cancel_requested spec role parent_run_id attempts stopped_early_at_step"
 ).split()
 
 

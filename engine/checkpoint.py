@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ class Checkpoint:
     optimizer: dict[str, Any]
     batch_rng: Tensor  # torch.Generator.get_state() of the minibatch sampler
     data_key: str  # JSON of the task and model specs: a checkpoint only resumes the same setup
+    stop_held_since: list[int | None] = field(default_factory=list)  # engine.early_stop's state
 
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
@@ -40,6 +41,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
             "optimizer": ckpt.optimizer,
             "batch_rng": ckpt.batch_rng,
             "data_key": ckpt.data_key,
+            "stop_held_since": ckpt.stop_held_since,
         },
         tmp,
     )

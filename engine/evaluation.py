@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.model import component_norms
+from engine.spec import EVAL_METRICS
 
 LossKind = Literal["cross_entropy", "mse"]
 
@@ -33,11 +34,7 @@ def _split_metrics(logits: Tensor, targets: Tensor, kind: LossKind) -> list[Tens
     return [per_example_loss(logits, targets, kind).mean(), accuracy.mean(), correct.mean(), margin.mean()]
 
 
-METRIC_NAMES = [
-    "train_loss", "train_acc", "train_correct_logit", "train_margin",
-    "test_loss", "test_acc", "test_correct_logit", "test_margin",
-    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
-]  # fmt: skip
+METRIC_NAMES = list(EVAL_METRICS)
 EVAL_CHUNK_ELEMENTS = 1 << 26  # bounds one chunk's widest activation (~256 MB in float32)
 
 

@@ -64,6 +64,11 @@ class _KindBase(StrictModel):
     base: dict[str, Any] = Field(
         {}, description="RunSpec fields deep-merged over this kind's defaults (e.g. task.p, phases)."
     )
+    data_seeds: Seeds | None = Field(
+        None,
+        description="The data seed (training split, subsets, label noise) of each of `seeds`, in "
+        "order; by default each run's data seed is its seed, unless base sets task.data_seed.",
+    )
 
 
 class SweepExperiment(ExperimentSpec):
@@ -211,6 +216,19 @@ def _run_spec(defaults: dict[str, Any], base: dict[str, Any], *changes: dict[str
         raise SpecError.of(exc, under="base") from exc
 
 
+def _seeded(request: _KindBase, seeds: list[int]) -> list[dict[str, Any]]:
+    """The spec change of each seed: its model seed and, so that the seeds' spread covers the
+    data as well as the initialisation, its data seed (the seed itself unless the request fixes
+    base.task.data_seed or gives data_seeds)."""
+    if request.data_seeds is not None:
+        if len(request.data_seeds) != len(seeds):
+            raise SpecError("data_seeds", f"give one data seed per seed ({len(seeds)}), not {len(request.data_seeds)}")
+        return [{"seed": seed, "task": {"data_seed": data}} for seed, data in zip(seeds, request.data_seeds)]
+    if "data_seed" in request.base.get("task", {}):
+        return [{"seed": seed} for seed in seeds]
+    return [{"seed": seed, "task": {"data_seed": seed}} for seed in seeds]
+
+
 def _check_cap(count: int, max_runs: int, field: str) -> None:
     if count > max_runs:
         raise SpecError(field, f"the experiment plans {count} runs, over the limit of {max_runs}")
@@ -254,8 +272,8 @@ def _plan_grokking(request: GrokkingExperiment, max_runs: int) -> list[PlannedRu
                 change["task"] = {"train_size": size}
             if decay is not None:
                 change["optimizer"] = {"weight_decay": decay}
-            for seed in request.seeds:
-                spec = _run_spec(_GROKKING_DEFAULTS, request.base, change, {"seed": seed})
+            for seeded in _seeded(request, request.seeds):
+                spec = _run_spec(_GROKKING_DEFAULTS, request.base, change, seeded)
                 runs.append(PlannedRun(spec=spec))
     return runs
 
@@ -272,11 +290,11 @@ def _plan_ungrokking(
     _check_cap(parents + children_per_seed * len(seeds), max_runs, "subset_sizes")
 
     runs: list[PlannedRun] = []
-    for seed in seeds:
+    for seeded in _seeded(request, seeds):
         if external and phase1_spec is not None:
             parent_spec = phase1_spec
         else:
-            parent_spec = _run_spec(_UNGROKKING_DEFAULTS, request.base, {"seed": seed})
+            parent_spec = _run_spec(_UNGROKKING_DEFAULTS, request.base, seeded)
         phase1_size = parent_spec.final_train_size
         too_big = [d for d in request.subset_sizes if d > phase1_size]
         if too_big:
@@ -312,13 +330,9 @@ def _plan_ungrokking(
 def _plan_semi_grokking(request: SemiGrokkingExperiment, max_runs: int) -> list[PlannedRun]:
     _check_cap(len(request.train_sizes) * len(request.seeds), max_runs, "train_sizes")
     return [
-        PlannedRun(
-            spec=_run_spec(
-                _SEMI_GROKKING_DEFAULTS, request.base, {"task": {"train_size": size}, "seed": seed}
-            )
-        )
+        PlannedRun(spec=_run_spec(_SEMI_GROKKING_DEFAULTS, request.base, {"task": {"train_size": size}}, seeded))
         for size in request.train_sizes
-        for seed in request.seeds
+        for seeded in _seeded(request, request.seeds)
     ]
 
 
@@ -331,13 +345,9 @@ def _plan_efficiency(request: EfficiencyExperiment, max_runs: int) -> list[Plann
     for role, random_labels, sizes in groups:
         for size in sizes:
             for decay in request.weight_decays:
-                for seed in request.seeds:
-                    change = {
-                        "task": {"train_size": size, "random_labels": random_labels},
-                        "optimizer": {"weight_decay": decay},
-                        "seed": seed,
-                    }
-                    runs.append(PlannedRun(spec=_run_spec(_EFFICIENCY_DEFAULTS, request.base, change), role=role))
+                for seeded in _seeded(request, request.seeds):
+                    change = {"task": {"train_size": size, "random_labels": random_labels}, "optimizer": {"weight_decay": decay}}
+                    runs.append(PlannedRun(spec=_run_spec(_EFFICIENCY_DEFAULTS, request.base, change, seeded), role=role))
     return runs
 
 

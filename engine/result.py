@@ -14,6 +14,8 @@ class RunResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     """Set when the run failed (its sink or checkpoint raised) and dropped out of its ensemble."""
+    stopped_early_at_step: int | None = None
+    """Set when a stop_when condition ended the run (a success) before its last step."""
 
 
 class EngineError(RuntimeError):

@@ -7,6 +7,7 @@ a 1-layer transformer with d_model 128, full-batch AdamW at lr 1e-3, betas (0.9,
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -35,6 +36,17 @@ DEFAULT_EVALUATIONS = 500
 # Checkpoints per run when checkpoint_every is not given: a lost worker or an interrupted
 # `python -m engine run` then costs at most a twentieth of the run, for 20 checkpoint writes.
 DEFAULT_CHECKPOINTS = 20
+
+
+# The series every evaluation logs (engine.evaluation computes them), and the toy model's.
+EVAL_METRICS = (
+    "train_loss", "train_acc", "train_correct_logit", "train_margin",
+    "test_loss", "test_acc", "test_correct_logit", "test_margin",
+    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
+)  # fmt: skip
+TOY_METRICS = (
+    "train_loss", "train_acc", "test_loss", "test_acc", "w_gen", "w_mem", "norm_gen", "norm_mem", "param_norm",
+)  # fmt: skip
 
 
 class StrictModel(BaseModel):
@@ -186,6 +198,62 @@ class PhaseSpec(StrictModel):
         return self
 
 
+class LinearEvalSchedule(StrictModel):
+    """An evaluation every `every` steps (default: ~500 per run), as `eval_every` gives."""
+
+    kind: Literal["linear"] = "linear"
+    every: Annotated[int, Field(ge=1)] | None = None
+
+
+class LogEvalSchedule(StrictModel):
+    """`points` evaluations spaced geometrically from step 1 to the run's last step.
+
+    Exactly `points` distinct steps from 1 to the last (log_spaced_steps: every step at first,
+    where geometric spacing would put points under a step apart, then geometric), plus step 0 and
+    every phase boundary. A 10^7-step run with 1,000 points evaluates each of its first 116 steps,
+    462 of its first 10^4, and still 180 from step 10^6 on.
+    """
+
+    kind: Literal["log"]
+    points: Annotated[int, Field(ge=2, le=100_000)] = 1_000
+
+
+EvalSchedule = Annotated[LinearEvalSchedule | LogEvalSchedule, Field(discriminator="kind")]
+
+
+@functools.cache
+def log_spaced_steps(total: int, points: int) -> frozenset[int]:
+    """The steps of LogEvalSchedule(points) over a run of `total` steps (boundaries not included):
+    step 0, then min(points, total) distinct steps from 1 to total, each after step 1 the next
+    geometric step over what is left (ratio (total / current) ** (1 / points left)), or the next
+    step where that ratio would land on the current one."""
+    steps, current = [0, 1], 1
+    for left in range(min(points, total) - 1, 0, -1):
+        ratio = (total / current) ** (1 / left)
+        current = total if left == 1 else max(current + 1, round(current * ratio))
+        steps.append(current)
+    return frozenset(steps)
+
+
+class StopCondition(StrictModel):
+    """Stop the run (succeeded) once `metric` has been >= at_least (or <= at_most) at every
+    evaluation for `for_steps` steps, e.g. test_acc >= 0.99 for 2,000 steps: it has grokked."""
+
+    metric: str = Field(description="An evaluation series, e.g. test_acc or train_loss.")
+    at_least: float | None = None
+    at_most: float | None = None
+    for_steps: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> StopCondition:
+        if (self.at_least is None) == (self.at_most is None):
+            raise _field_error("at_least", "give exactly one of at_least and at_most")
+        return self
+
+    def holds(self, value: float) -> bool:
+        return value >= self.at_least if self.at_least is not None else value <= self.at_most  # type: ignore[operator]
+
+
 class RunSpec(StrictModel):
     """Everything one training run needs; the engine's single input."""
 
@@ -200,8 +268,13 @@ class RunSpec(StrictModel):
     eval_every: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Steps between evaluations; default logs ~500 points per run."
     )
+    eval_schedule: EvalSchedule | None = Field(
+        None,
+        description='When to evaluate: {"kind": "linear", "every": N} (as eval_every) or '
+        '{"kind": "log", "points": N} (geometrically spaced, for long runs).',
+    )
     train_loss_every: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="Steps between training-loss points; default equals eval_every."
+        None, description="Steps between training-loss points; default: at the evaluations only."
     )
     checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Steps between checkpoints (a final one is always written); default ~20 per run."
@@ -211,6 +284,9 @@ class RunSpec(StrictModel):
         description="Also checkpoint every this many steps and keep those checkpoints for download "
         "(GET /v1/runs/{id}/checkpoints); by default only the latest checkpoint is kept.",
     )
+    stop_when: Annotated[list[StopCondition], Field(max_length=16)] = Field(
+        [], description="Stop early, succeeded, once any of these conditions has held long enough."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
@@ -218,16 +294,43 @@ class RunSpec(StrictModel):
         return sum(phase.steps for phase in self.phases)
 
     @property
-    def resolved_eval_every(self) -> int:
-        return self.eval_every or max(1, self.total_steps // DEFAULT_EVALUATIONS)
+    def resolved_eval_every(self) -> int | None:
+        """Steps between evaluations of a linear schedule; None for a log schedule."""
+        if isinstance(self.eval_schedule, LogEvalSchedule):
+            return None
+        every = self.eval_schedule.every if self.eval_schedule is not None else self.eval_every
+        return every or max(1, self.total_steps // DEFAULT_EVALUATIONS)
 
-    @property
-    def resolved_train_loss_every(self) -> int:
-        return self.train_loss_every or self.resolved_eval_every
+    def phase_ends(self) -> list[int]:
+        """The step at which each phase ends (cumulative)."""
+        return list(itertools.accumulate(phase.steps for phase in self.phases))
+
+    def is_eval_step(self, step: int) -> bool:
+        """Whether every metric is logged at `step`: step 0, the schedule's steps, each phase's
+        last step and the run's last step."""
+        every = self.resolved_eval_every
+        if every is not None and step % every == 0:
+            return True
+        if every is None and step in log_spaced_steps(self.total_steps, self.eval_schedule.points):  # type: ignore[union-attr]
+            return True
+        return step == 0 or step in self.phase_ends()
+
+    def logs_train_loss(self, step: int) -> bool:
+        """Whether `step` gets a train_loss point of its own (between evaluations, which log
+        train_loss too): every train_loss_every steps when set."""
+        return self.train_loss_every is not None and step % self.train_loss_every == 0 and not self.is_eval_step(step)
+
+    def eval_step_count(self) -> int:
+        """How many evaluations the run logs, computed without training it."""
+        ends = set(self.phase_ends())
+        every = self.resolved_eval_every
+        if every is not None:
+            return self.total_steps // every + 1 + sum(1 for end in ends if end % every)
+        return len(log_spaced_steps(self.total_steps, self.eval_schedule.points) | ends)  # type: ignore[union-attr]
 
     @property
     def resolved_checkpoint_every(self) -> int:
-        return self.checkpoint_every or max(self.resolved_eval_every, self.total_steps // DEFAULT_CHECKPOINTS)
+        return self.checkpoint_every or max(self.resolved_eval_every or 1, self.total_steps // DEFAULT_CHECKPOINTS)
 
     def keeps_checkpoint_at(self, step: int) -> bool:
         """Whether the checkpoint after `step` steps is kept for download (checkpoint_keep_every)."""
@@ -248,6 +351,14 @@ class RunSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
+        if self.eval_every is not None and self.eval_schedule is not None:
+            raise _field_error("eval_schedule", "give eval_every or eval_schedule, not both")
+        metrics = TOY_METRICS if isinstance(self.model, ToyCircuitsSpec) else EVAL_METRICS
+        for i, condition in enumerate(self.stop_when):
+            if condition.metric not in metrics:
+                raise _field_error(
+                    f"stop_when.{i}.metric", f"{condition.metric!r} is not an evaluation series; one of {', '.join(metrics)}"
+                )
         sizes = self.phase_train_sizes()
         for i, (previous, size) in enumerate(zip([self.task.resolved_train_size, *sizes], sizes)):
             if self.phases[i].train_set == "subset" and size > previous:

@@ -33,8 +33,8 @@ The paper's ablations are spec fields:
   current phase's training-set size (subset_size for a 'subset' phase, task.resolved_train_size
   for a 'full' one). A later phase on a small D' makes memorisation efficient again: ungrokking.
 
-The run is deterministic (seed and device are not used). Logged at step 0, every eval_every steps
-and at the last step: train_loss, train_acc, test_loss, test_acc, w_gen, w_mem, norm_gen, norm_mem,
+The run is deterministic (seed and device are not used). Logged at the spec's evaluation steps
+(RunSpec.is_eval_step: step 0, its schedule, each phase's last step): train_loss, train_acc, test_loss, test_acc, w_gen, w_mem, norm_gen, norm_mem,
 param_norm = sqrt(norm_gen^2 + norm_mem^2), and phase (0-based index); train_loss also every
 train_loss_every steps.
 """
@@ -45,6 +45,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.early_stop import EarlyStop
 from engine.result import RunResult
 from engine.sink import MetricSink
 from engine.spec import RunSpec, SpecError, ToyCircuitsSpec
@@ -77,11 +78,11 @@ def train_toy_run(
 
     params = _Subweights(*toy.gen_init, *toy.mem_init)
     total = spec.total_steps
-    eval_every = spec.resolved_eval_every
-    train_loss_every = spec.resolved_train_loss_every
     norm_factors = _norm_factors_per_phase(spec, toy)
     metrics = _metrics(params, toy, norm_factors[0], phase_index=0)
     sink.log(0, metrics)
+    early_stop = EarlyStop(spec.stop_when)
+    early_stop.observe(0, metrics)
 
     step = 0
     for phase_index, phase in enumerate(spec.phases):
@@ -90,10 +91,14 @@ def train_toy_run(
             _gradient_step(params, toy, norm_factors[phase_index], spec.optimizer.weight_decay, lr)
             step += 1
             stop = step < total and should_stop is not None and should_stop()
-            if stop or step == total or step % eval_every == 0:
+            if stop or spec.is_eval_step(step):
                 metrics = _metrics(params, toy, norm_factors[phase_index], phase_index)
                 sink.log(step, metrics)
-            elif step % train_loss_every == 0:
+                if early_stop.observe(step, metrics) and step < total:
+                    sink.progress(step, total)
+                    sink.flush()
+                    return RunResult(step, total, final_metrics=metrics, stopped_early_at_step=step)
+            elif spec.logs_train_loss(step):
                 metrics = _metrics(params, toy, norm_factors[phase_index], phase_index)
                 sink.log(step, {"train_loss": metrics["train_loss"]})
             sink.progress(step, total)

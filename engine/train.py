@@ -5,6 +5,7 @@ is an ensemble of one."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from engine.packing import pack_key
 from engine.result import EngineError, RunResult
 from engine.sink import MetricSink
 from engine.spec import RunSpec, ToyCircuitsSpec, TransformerSpec
+from engine.early_stop import EarlyStop
 from engine.datasets import build_task, derived_seed, subset_indices
 
 BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the init seed
@@ -45,15 +47,6 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     return tensor.to(device)
 
 
-def phase_ends(spec: RunSpec) -> list[int]:
-    """The step at which each phase ends: phase i produces steps ends[i-1] + 1 .. ends[i]."""
-    ends, total = [], 0
-    for phase in spec.phases:
-        total += phase.steps
-        ends.append(total)
-    return ends
-
-
 def size_classes(sizes: Sequence[int]) -> list[list[int]]:
     """Groups member indices so that within a group the largest size is at most twice the smallest:
     padded to its group's largest, no member computes over more than 2x its own examples."""
@@ -74,14 +67,17 @@ def train_run(
     checkpoint: CheckpointStorage | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> RunResult:
     """Trains one run, resuming from the latest checkpoint in `checkpoint` (a storage, or a
-    folder: engine.checkpoint) when there is one.
+    folder: engine.checkpoint) when there is one. Checkpoints are written at the spec's steps
+    (RunSpec.checkpoints_at) and, with checkpoint_seconds, also once that much training time
+    has passed since the last one, so that a lost worker costs at most that long.
 
-    Metrics at step s describe the model after s optimizer steps. Every metric is logged at step 0,
-    every eval_every steps, at each phase's last step and at the run's last step; train_loss alone
-    also every train_loss_every steps, from the training forward (the minibatch's loss when
-    batched). When should_stop() turns True between steps, the run is checkpointed (its points
+    Metrics at step s describe the model after s optimizer steps. Every metric is logged at the
+    spec's evaluation steps (RunSpec.is_eval_step: step 0, its schedule, each phase's last step);
+    train_loss alone also every train_loss_every steps, from the training forward (the minibatch's
+    loss when batched). When should_stop() turns True between steps, the run is checkpointed (its points
     flushed first) and the result says stopped=True; resuming it gives the uninterrupted series.
     An error of the sink or the checkpoint is raised, not returned.
     """
@@ -90,7 +86,9 @@ def train_run(
 
         return train_toy_run(spec, sink, should_stop=should_stop)
     stop = None if should_stop is None else lambda k: should_stop()
-    ensemble = Ensemble([spec], [sink], [as_storage(checkpoint)], resolve_device(device or spec.device))
+    ensemble = Ensemble(
+        [spec], [sink], [as_storage(checkpoint)], resolve_device(device or spec.device), checkpoint_seconds
+    )
     result = ensemble.train(stop, [0])[0]
     if ensemble.members_by_index[0].exception is not None:
         raise ensemble.members_by_index[0].exception
@@ -105,6 +103,7 @@ def train_ensemble(
     should_stop: Callable[[int], bool] | None = None,
     device: str | None = None,
     memory_bytes: int | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> list[RunResult]:
     """Trains specs[k] into sinks[k] (checkpointing to checkpoints[k]) exactly as train_run
     would, with specs of one pack_key batched together; results in the order of specs.
@@ -113,7 +112,7 @@ def train_ensemble(
     out, the others go on. A member whose sink or checkpoint fails drops out with the error in its
     RunResult. Members may resume at different steps and have different phase schedules. A group
     larger than the device's free memory holds (or memory_bytes, when given: engine.memory) trains
-    in consecutive chunks that each fit.
+    in consecutive chunks that each fit. checkpoint_seconds: as in train_run.
     """
     storages = [as_storage(c) for c in checkpoints] if checkpoints is not None else [None] * len(specs)
     groups: dict[Hashable, list[int]] = {}
@@ -134,8 +133,9 @@ def train_ensemble(
         for start in range(0, len(indices), fit):
             chunk = indices[start : start + fit]
             ensemble = Ensemble(
-                [specs[k] for k in chunk], [sinks[k] for k in chunk], [storages[k] for k in chunk], torch_device
-            )
+                [specs[k] for k in chunk], [sinks[k] for k in chunk], [storages[k] for k in chunk], torch_device,
+                checkpoint_seconds,
+            )  # fmt: skip
             for k, result in zip(chunk, ensemble.train(should_stop, chunk)):
                 results[k] = result
     return [result for result in results if result is not None]
@@ -147,8 +147,7 @@ class _Member:
     def __init__(self, spec: RunSpec, sink: MetricSink, storage: CheckpointStorage | None, device: torch.device):
         self.spec, self.sink, self.storage, self.device = spec, sink, storage, device
         self.total = spec.total_steps
-        self.ends = phase_ends(spec)
-        self.eval_steps = set(self.ends) | {0}
+        self.ends = spec.phase_ends()  # phase i produces steps ends[i-1] + 1 .. ends[i]
         self.data_key = json.dumps(
             {"task": spec.task.model_dump(mode="json"), "model": spec.model.model_dump(mode="json"), "seed": spec.seed}
         )
@@ -164,6 +163,8 @@ class _Member:
         self.pending_losses: list[tuple[int, Tensor]] = []  # logged at the next sync, not per step
         self.result: RunResult | None = None
         self.exception: Exception | None = None
+        self.early_stop = EarlyStop(spec.stop_when)
+        self.stops_early = False  # a stop_when condition held long enough at the last evaluation
 
     def set_train_idx(self, idx: Tensor) -> None:
         self.train_idx = idx.cpu()  # checkpointed and subsetted on the host
@@ -198,15 +199,12 @@ class _Member:
             self.set_train_idx(self.base_train_idx)
         self.phase = phase
 
-    def is_eval_step(self, step: int) -> bool:
-        return step % self.spec.resolved_eval_every == 0 or step in self.eval_steps or step == self.total
-
     def needs_eval(self) -> bool:
-        return self.is_eval_step(self.step) and self.last_eval_step != self.step
+        return self.spec.is_eval_step(self.step) and self.last_eval_step != self.step
 
     def logs_train_loss(self) -> bool:
         """Whether this step's training forward gives a train_loss point (eval steps get the eval's)."""
-        return self.step % self.spec.resolved_train_loss_every == 0 and not self.is_eval_step(self.step)
+        return self.spec.logs_train_loss(self.step)
 
     def log_pending_losses(self) -> None:
         if self.pending_losses:
@@ -221,6 +219,7 @@ class _Member:
         metrics["lr"] = self.spec.optimizer.learning_rate(self.step)
         self.sink.log(self.step, metrics)
         self.final_metrics, self.last_eval_step = metrics, self.step
+        self.stops_early = self.early_stop.observe(self.step, metrics) and self.step < self.total
 
     def checkpoint(self, model: dict[str, Tensor], optimizer: dict[str, Any]) -> None:
         self.log_pending_losses()
@@ -231,6 +230,7 @@ class _Member:
             state = Checkpoint(
                 step=self.step, phase=self.phase, train_idx=self.train_idx, model=model,
                 optimizer=optimizer, batch_rng=self.batch_rng.get_state(), data_key=self.data_key,
+                stop_held_since=list(self.early_stop.held_since),
             )  # fmt: skip
             self.storage.save(state, keep=self.spec.keeps_checkpoint_at(self.step))
 
@@ -241,6 +241,7 @@ class _Member:
             raise EngineError(f"checkpoint: it is at step {ckpt.step}, past the run's {self.total} steps")
         self.batch_rng.set_state(ckpt.batch_rng)
         self.step, self.phase = ckpt.step, ckpt.phase
+        self.early_stop = EarlyStop(self.spec.stop_when, ckpt.stop_held_since)
         self.set_train_idx(ckpt.train_idx)
 
     def fail(self, exc: Exception) -> None:
@@ -258,9 +259,16 @@ class Ensemble:
     """
 
     def __init__(
-        self, specs: Sequence[RunSpec], sinks: Sequence[MetricSink], storages: Sequence[CheckpointStorage | None], device: torch.device
+        self,
+        specs: Sequence[RunSpec],
+        sinks: Sequence[MetricSink],
+        storages: Sequence[CheckpointStorage | None],
+        device: torch.device,
+        checkpoint_seconds: float | None = None,
     ):
         self.device = device
+        self.checkpoint_seconds = checkpoint_seconds
+        self.checkpointed_at = time.monotonic()  # the members' last checkpoint (all are written together)
         self.loss_kind = specs[0].loss
         transformer = isinstance(specs[0].model, TransformerSpec)
         self.logits_fn = transformer_logits if transformer else mlp_logits
@@ -309,6 +317,12 @@ class Ensemble:
                     result = RunResult(member.step, member.total, stopped=True, final_metrics=member.final_metrics)
                     self._checkpoint(member, result)
                     done.append(member)
+                elif member.stops_early:
+                    early = RunResult(
+                        member.step, member.total, final_metrics=member.final_metrics, stopped_early_at_step=member.step
+                    )
+                    self._checkpoint(member, early)
+                    done.append(member)
             self._drop(done)
             if not self.members:
                 break
@@ -316,8 +330,11 @@ class Ensemble:
             for member in self.members:
                 self._guard(member, member.sink.progress, member.step, member.total)
             self.evaluate([m for m in self.members if m.result is None and m.needs_eval()])
+            overdue = self.checkpoint_seconds is not None and time.monotonic() - self.checkpointed_at >= self.checkpoint_seconds
+            if overdue:
+                self.checkpointed_at = time.monotonic()
             for member in self.members:
-                if member.result is None and member.step < member.total and member.spec.checkpoints_at(member.step):
+                if member.result is None and member.step < member.total and (overdue or member.spec.checkpoints_at(member.step)):
                     self._checkpoint(member, None)
             self._drop([m for m in self.members if m.result is not None])
         return [m.result for m in self.members_by_index]  # type: ignore[misc]

@@ -88,42 +88,66 @@ def run_weight_decay(spec: RunSpec) -> float:
     return spec.optimizer.weight_decay if last is None else last
 
 
+def continues_on_a_subset(spec: RunSpec) -> bool:
+    """Whether the run's last phase trains on a subset D' of an earlier phase's set: ungrokking's
+    phase 2, whose run inherits its parent's history up to the last phase's start."""
+    return len(spec.phases) > 1 and spec.phases[-1].train_set == "subset"
+
+
 def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[str, Any]:
-    """Milestones, final values and a label for one run (labels: see `label_run`)."""
+    """Milestones, final values and a label for one run (labels: see `label_run`).
+
+    A run whose last phase is on a subset D' (ungrokking's phase 2) is judged by that phase: its
+    label says what the phase did to the accuracy it started with, and its grokking_delay is that
+    phase's own (None when it started generalised: there was nothing left to grok).
+    """
     train_acc, test_acc = _points(series, "train_acc"), _points(series, "test_acc")
+    boundary = last_phase_start(series, spec)
+    at_boundary = _value_at(test_acc, boundary) if boundary is not None else None
     mem_step = _first_step_at_least(train_acc, thresholds.memorised_acc)
     gen_step = _first_step_at_least(test_acc, thresholds.generalised_acc)
-    boundary = last_phase_start(series, spec)
+    delay = gen_step - mem_step if mem_step is not None and gen_step is not None else None
+    if continues_on_a_subset(spec) and boundary is not None:
+        phase_mem = _first_step_at_least([p for p in train_acc if p[0] >= boundary], thresholds.memorised_acc)
+        phase_gen = _first_step_at_least([p for p in test_acc if p[0] >= boundary], thresholds.generalised_acc)
+        started_generalised = at_boundary is not None and at_boundary >= thresholds.generalised_acc
+        delay = None if started_generalised or phase_mem is None or phase_gen is None else phase_gen - phase_mem
     norm_step, norm = norm_at_loss(series, thresholds.loss_target)
     final_norm = _points(series, "param_norm")
     result: dict[str, Any] = {
         "memorisation_step": mem_step,
         "generalisation_step": gen_step,
-        "grokking_delay": gen_step - mem_step if mem_step is not None and gen_step is not None else None,
+        "grokking_delay": delay,
         "final_step": test_acc[-1][0] if test_acc else None,
         "final_train_acc": train_acc[-1][1] if train_acc else None,
         "final_test_acc": test_acc[-1][1] if test_acc else None,
         "max_test_acc": max(v for _, v in test_acc) if test_acc else None,
         "test_acc_at_memorisation": _value_at(test_acc, mem_step) if mem_step is not None else None,
         "last_phase_start_step": boundary,
-        "test_acc_at_last_phase_start": _value_at(test_acc, boundary) if boundary is not None else None,
+        "test_acc_at_last_phase_start": at_boundary,
         "final_param_norm": final_norm[-1][1] if final_norm else None,
         "loss_target_step": norm_step,
         "param_norm_at_loss_target": norm,
         "train_size": spec.final_train_size,
         "weight_decay": run_weight_decay(spec),
         "seed": spec.seed,
+        "data_seed": spec.task.data_seed,
     }
-    result["label"] = label_run(result, test_acc, thresholds)
+    result["label"] = label_run(result, test_acc, thresholds, phase_two=continues_on_a_subset(spec))
     return result
 
 
-def label_run(result: Mapping[str, Any], test_acc: list[tuple[int, float]], t: Thresholds) -> str:
+def label_run(
+    result: Mapping[str, Any], test_acc: list[tuple[int, float]], t: Thresholds, *, phase_two: bool = False
+) -> str:
     """The first label whose rule holds, in this order:
 
     not_converged: train_acc never reached memorised_acc.
-    ungrokked: a multi-phase run with test_acc >= generalised_acc where its last phase starts and
-        a final test_acc below ungrokked_below.
+    For a run whose last phase is on a subset D' (phase_two) and which had generalised
+    (test_acc >= generalised_acc) where that phase started, by its final test_acc:
+        kept: still >= generalised_acc;
+        partially_ungrokked: fell into [ungrokked_below, generalised_acc);
+        ungrokked: fell below ungrokked_below.
     generalised_without_delay: test_acc reached generalised_acc by no_delay_factor x the
         memorisation step.
     grokked: test_acc reached generalised_acc later than that.
@@ -136,13 +160,10 @@ def label_run(result: Mapping[str, Any], test_acc: list[tuple[int, float]], t: T
     if mem_step is None:
         return "not_converged"
     at_boundary = result["test_acc_at_last_phase_start"]
-    if (
-        at_boundary is not None
-        and at_boundary >= t.generalised_acc
-        and final is not None
-        and final < t.ungrokked_below
-    ):
-        return "ungrokked"
+    if phase_two and at_boundary is not None and at_boundary >= t.generalised_acc and final is not None:
+        if final >= t.generalised_acc:
+            return "kept"
+        return "partially_ungrokked" if final >= t.ungrokked_below else "ungrokked"
     if gen_step is not None:
         return "generalised_without_delay" if gen_step <= t.no_delay_factor * mem_step else "grokked"
     at_mem = result["test_acc_at_memorisation"] or 0.0
@@ -322,6 +343,11 @@ def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
         "d_crit": estimates,
         "weight_decay_collapse": collapse,
         "efficiency": efficiency(runs),
+        "seeds": {
+            "model": sorted({run.spec.seed for run in runs}),
+            "data": sorted({run.spec.task.data_seed for run in runs}),
+            "data_varied": len({run.spec.task.data_seed for run in runs}) > 1,
+        },
         "runs": [run_row(run) for run in runs],
     }
 
@@ -329,7 +355,7 @@ def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
 
 
 RUN_ROW_FIELDS = (
-    "id index status role seed train_size weight_decay label memorisation_step generalisation_step "
+    "id index status role seed data_seed train_size weight_decay label memorisation_step generalisation_step "
     "grokking_delay final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
     "final_param_norm param_norm_at_loss_target"
 ).split()
@@ -338,7 +364,8 @@ RUN_ROW_FIELDS = (
 def run_row(run: RunRecord) -> dict[str, Any]:
     """One flat row per run; the analysis fields are null until the run succeeded."""
     row: dict[str, Any] = {"id": run.id, "index": run.index, "status": run.status, "role": run.role,
-                           "seed": run.spec.seed, "train_size": run.spec.final_train_size,
+                           "seed": run.spec.seed, "data_seed": run.spec.task.data_seed,
+                           "train_size": run.spec.final_train_size,
                            "weight_decay": run_weight_decay(run.spec)}
     for name in RUN_ROW_FIELDS:
         if name not in row:

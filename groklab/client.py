@@ -174,6 +174,27 @@ class Client:
         self._request("POST", f"/v1/runs/{_id(run)}/cancel")
         return self.run(run)
 
+    def continue_run(
+        self,
+        run: RunRef,
+        steps: int,
+        *,
+        weight_decay: float | None = None,
+        subset_size: int | None = None,
+        stop_when: list[dict[str, Any]] | None = None,
+    ) -> Run:
+        """Train a succeeded run for `steps` more (a new phase, optionally with its own weight
+        decay or on a subset D'); it is queued again and resumes from its final checkpoint."""
+        body: dict[str, Any] = {"steps": steps, "weight_decay": weight_decay, "subset_size": subset_size}
+        body = {key: value for key, value in body.items() if value is not None}
+        if stop_when:
+            body["stop_when"] = stop_when
+        return Run.from_json(self._request("POST", f"/v1/runs/{_id(run)}/continue", json=body).json())
+
+    def retry(self, experiment: ExperimentRef) -> Experiment:
+        """Re-queue the experiment's failed and cancelled runs, each from its latest checkpoint."""
+        return Experiment.from_json(self._request("POST", f"/v1/experiments/{_id(experiment)}/retry").json())
+
     def delete_experiment(
         self, experiment: ExperimentRef, *, timeout: float = 120.0, poll_seconds: float = 1.0
     ) -> None:

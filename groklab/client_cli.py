@@ -55,6 +55,17 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     checkpoint.add_argument("-o", "--output", type=Path, help="the file to write (default: list the checkpoints)")
     checkpoint.add_argument("--optimizer", action="store_true", help="the whole checkpoint, AdamW state included")
 
+    proceed = commands.add_parser(
+        "continue", parents=[common], help="train a succeeded run further: a new phase, from its final checkpoint"
+    )
+    proceed.add_argument("run", type=int, metavar="RUN")
+    proceed.add_argument("--steps", type=int, required=True, help="steps of the new phase")
+    proceed.add_argument("--weight-decay", type=float, help="the new phase's weight decay (default: the run's)")
+    proceed.add_argument("--subset-size", type=int, help="train the new phase on a subset D' of the last training set")
+
+    retry = commands.add_parser("retry", parents=[common], help="re-queue an experiment's failed and cancelled runs")
+    retry.add_argument("experiment", type=int, metavar="EXP")
+
     delete = commands.add_parser(
         "delete", parents=[common], help="cancel an experiment's runs, then delete it with its metrics and checkpoints"
     )
@@ -160,6 +171,20 @@ def _checkpoint(client: Client, args: argparse.Namespace, console: Console) -> i
     return 0
 
 
+def _continue(client: Client, args: argparse.Namespace, console: Console) -> int:
+    run = client.continue_run(args.run, args.steps, weight_decay=args.weight_decay, subset_size=args.subset_size)
+    console.print(f"run {run.id}: {run.status}, now {run.total_steps:,} steps (from step {run.step:,})", markup=False)
+    return 0
+
+
+def _retry(client: Client, args: argparse.Namespace, console: Console) -> int:
+    before = {run.id: run.status for run in client.runs(args.experiment)}
+    experiment = client.retry(args.experiment)
+    retried = [run_id for run_id, status in before.items() if status in ("failed", "cancelled")]
+    console.print(f"experiment {experiment.id}: re-queued run(s) {', '.join(map(str, retried))}; now {_counts(experiment)}", markup=False)
+    return 0
+
+
 def _delete(client: Client, args: argparse.Namespace, console: Console) -> int:
     experiment = client.experiment(args.experiment)
     client.delete_experiment(experiment)
@@ -182,6 +207,6 @@ def _exit_code(runs: list[Any]) -> int:
 
 _COMMANDS = {
     "submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel, "delete": _delete,
-    "checkpoint": _checkpoint,
+    "checkpoint": _checkpoint, "continue": _continue, "retry": _retry,
 }  # fmt: skip
 COMMANDS = frozenset(_COMMANDS)

@@ -33,6 +33,7 @@ def encode(ckpt: Checkpoint) -> bytes:
     metadata = {
         "format": FORMAT, "step": str(ckpt.step), "phase": str(ckpt.phase),
         "data_key": ckpt.data_key, "optimizer": json.dumps(optimizer),
+        "stop_held_since": json.dumps(ckpt.stop_held_since),
     }  # fmt: skip
     # Rows of the ensemble's stacked parameters: safetensors wants each tensor on its own.
     return save({name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}, metadata)
@@ -55,6 +56,7 @@ def decode(data: bytes) -> Checkpoint:
         optimizer=_unflatten(json.loads(metadata["optimizer"]), tensors),
         batch_rng=tensors["batch_rng"],
         data_key=metadata["data_key"],
+        stop_held_since=json.loads(metadata.get("stop_held_since", "[]")),
     )
 
 

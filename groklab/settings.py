@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="Where checkpoints are stored: file:///path, s3://bucket/prefix, or none for "
         "the database itself (so every host that reaches the database reaches them).",
     )
+    checkpoint_minutes: float | None = Field(
+        10.0,
+        gt=0,
+        description="A training run also checkpoints after this many minutes without one, whatever "
+        "its step cadence, so a lost worker costs at most that long; none turns it off.",
+    )
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (MinIO, SeaweedFS); none is AWS."
     )

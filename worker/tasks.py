@@ -155,6 +155,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             checkpoints=[member.checkpoints for member in ready],
             should_stop=should_stop,
             device=None if settings.device == "auto" else settings.device,
+            checkpoint_seconds=None if settings.checkpoint_minutes is None else 60 * settings.checkpoint_minutes,
         )
     except Exception as exc:
         log.exception("ensemble of runs %s failed", [m.run_id for m in ready])
@@ -183,16 +184,18 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             else:
                 status = run_store.CANCELLED if result.stopped else run_store.SUCCEEDED
                 log.info("run %s %s at step %s (%s points)", member.run_id, status, result.final_step, member.sink.points_written)
-                outcomes[member.run_id] = _finish(settings, member, status)
+                outcomes[member.run_id] = _finish(settings, member, status, stopped_early_at_step=result.stopped_early_at_step)
     if requeue:
         with session_scope(settings.resolved_database_url) as session:
             dispatch_runs(session, app, requeue, ensemble_size=settings.ensemble_size)
     return outcomes
 
 
-def _finish(settings: Settings, member: Member, status: str, error: str | None = None) -> str:
+def _finish(
+    settings: Settings, member: Member, status: str, error: str | None = None, stopped_early_at_step: int | None = None
+) -> str:
     with session_scope(settings.resolved_database_url) as session:
-        if not leases.finish(session, member.lease, status=status, error=error):
+        if not leases.finish(session, member.lease, status=status, error=error, stopped_early_at_step=stopped_early_at_step):
             return "lease-lost"
         forks.hand_off(session, app, settings, member.run_id, status)
     return status

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.auth import ReaderDep, WriterDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.problems import Problem
+from api.problems import problem_response
 from api.schemas import ExperimentDetailOut, ExperimentOut, ExperimentPage, RunOut
 from engine.experiments import ExperimentRequest
-from groklab import deletion
+from groklab import continuation, deletion
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
 from groklab.submission import submit_experiment as submit
@@ -35,7 +35,7 @@ def experiment_out(experiment: Experiment) -> ExperimentOut:
     "",
     status_code=201,
     response_model=ExperimentOut,
-    responses={503: {"model": Problem, "description": "Stored, but the broker is unreachable."}},
+    responses={503: problem_response("Stored, but the broker is unreachable.")},
 )
 def submit_experiment(
     request: ExperimentRequest,
@@ -85,10 +85,25 @@ def get_experiment(experiment_id: int, principal: ReaderDep, session: SessionDep
     )
 
 
+@router.post(
+    "/{experiment_id}/retry",
+    response_model=ExperimentDetailOut,
+    responses={409: problem_response("The experiment has no failed or cancelled runs.")},
+)
+def retry_experiment(
+    experiment_id: int, principal: WriterDep, session: SessionDep, celery: CeleryDep, settings: SettingsDep
+) -> ExperimentDetailOut:
+    """Re-queue the experiment's failed and cancelled runs; each resumes from its latest checkpoint."""
+    experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
+    continuation.retry_experiment(session, celery, settings, experiment)
+    session.expire_all()
+    return get_experiment(experiment_id, principal, session)
+
+
 @router.delete(
     "/{experiment_id}",
     status_code=204,
-    responses={409: {"model": Problem, "description": "Runs are still running (retry), or forks elsewhere need its runs."}},
+    responses={409: problem_response("Runs are still running (retry), or forks elsewhere need its runs.")},
 )
 def delete_experiment(experiment_id: int, principal: WriterDep, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete the experiment with its runs, metrics and checkpoints. Queued runs are cancelled at

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from api.auth import ReaderDep, WriterDep
-from api.deps import SessionDep
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.problems import problem_response
 from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage
+from groklab.continuation import ContinueRequest, continue_run
 from groklab.errors import InvalidInput
 from groklab.settings import comma_list
 from groklab.store import metric_reads
@@ -72,4 +74,23 @@ def get_metrics(
 def cancel_run(run_id: int, principal: WriterDep, session: SessionDep) -> RunOut:
     """A queued run is cancelled now; a running one stops within seconds, keeping its metrics."""
     run = run_store.request_cancel(session, run_id, owner=principal.owner)
+    return RunOut.from_row(run)
+
+
+@router.post(
+    "/{run_id}/continue",
+    response_model=RunOut,
+    responses={409: problem_response("The run is not succeeded.")},
+)
+def continue_finished_run(
+    run_id: int,
+    request: ContinueRequest,
+    principal: WriterDep,
+    session: SessionDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+) -> RunOut:
+    """Train a succeeded run further: a new phase of `steps` (optionally with its own weight decay
+    or on a subset D'), resumed from the run's final checkpoint on any worker."""
+    run = continue_run(session, celery, settings, run_id, request, owner=principal.owner)
     return RunOut.from_row(run)

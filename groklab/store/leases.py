@@ -69,7 +69,9 @@ def renew(session: Session, lease: Lease, *, lease_seconds: float) -> None:
         raise LeaseLost(f"run {lease.run_id}: lease {lease.token} of {lease.worker} is gone")
 
 
-def finish(session: Session, lease: Lease, *, status: str, error: str | None = None) -> bool:
+def finish(
+    session: Session, lease: Lease, *, status: str, error: str | None = None, stopped_early_at_step: int | None = None
+) -> bool:
     if status not in FINISHED_STATUSES:
         raise ValueError(f"not a final status: {status}")
     return transition(
@@ -77,11 +79,12 @@ def finish(session: Session, lease: Lease, *, status: str, error: str | None = N
         lease.run_id,
         from_statuses=[RUNNING],
         to_status=status,
-        message=error,
+        message=error if stopped_early_at_step is None else f"a stop_when condition held: stopped at step {stopped_early_at_step}",
         extra_where=[Run.lease_token == lease.token],
         error=error,
         finished_at=utcnow(),
         lease_expires_at=None,
+        stopped_early_at_step=stopped_early_at_step,
     )
 
 

@@ -118,6 +118,9 @@ class Run(Base):
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(
         JSON, default=dict, comment="name -> [step, value] of each series' last point."
     )
+    stopped_early_at_step: Mapped[int | None] = mapped_column(
+        BigInteger, comment="The step at which a stop_when condition ended the run (it succeeded)."
+    )
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

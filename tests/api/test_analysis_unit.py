@@ -53,6 +53,17 @@ def series(train_acc, test_acc, *, every=100, phase=None, train_loss=None, param
             [0, 0, 0, 0, 1, 1, 1],
             "ungrokked",
         ),
+        # Phase 2 on D' from a grokked start: labelled by what the phase did to its accuracy.
+        ([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.3, 0.99, 1.0, 0.97, 0.96], TWO_PHASES, [0, 0, 0, 0, 1, 1], "kept"),
+        (
+            [0.1, 1.0, 1.0, 1.0, 1.0, 1.0],
+            [0.0, 0.3, 0.99, 1.0, 0.9, 0.8],
+            TWO_PHASES,
+            [0, 0, 0, 0, 1, 1],
+            "partially_ungrokked",
+        ),
+        # A phase 2 that starts ungeneralised is judged like any run.
+        ([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.1, 0.1, 0.1, 0.1, 0.1], TWO_PHASES, [0, 0, 0, 0, 1, 1], "memorised"),
     ],
 )
 def test_every_label_follows_its_rule(train_acc, test_acc, spec, phase, label):
@@ -80,6 +91,17 @@ def test_the_phase_series_places_a_forked_runs_boundary():
     result = analyse_run(data, TWO_PHASES, T)
     assert result["last_phase_start_step"] == 300 and result["test_acc_at_last_phase_start"] == 0.99
     assert result["label"] == "ungrokked" and result["train_size"] == 400
+
+
+def test_a_phase_two_run_does_not_inherit_its_parents_grokking_delay():
+    kept = series([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.97, 1.0, 0.97, 0.96], phase=[0, 0, 0, 0, 1, 1])
+    result = analyse_run(kept, TWO_PHASES, T)
+    assert result["label"] == "kept" and result["grokking_delay"] is None
+    assert analyse_run(kept, ONE_PHASE, T)["grokking_delay"] == 100  # the same history in one phase
+    # Started memorised at step 300, generalised in phase 2 at 500: its own delay.
+    late = series([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.2, 0.2, 0.5, 0.97], phase=[0, 0, 0, 0, 1, 1])
+    result = analyse_run(late, TWO_PHASES, T)
+    assert result["grokking_delay"] == 500 - 300
 
 
 def test_null_points_never_cross_a_threshold():

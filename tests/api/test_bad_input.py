@@ -56,6 +56,12 @@ BAD_SPECS = [
     ({**tiny_spec(), "seeds": [0, 1], "sweep": {"grid": {"task.train_size": list(range(1, 501))}}}, "sweep"),
     ({**tiny_spec(), "sweep": {"grid": {"tsk.p": [13]}}}, "sweep.tsk.p"),
     ({**tiny_spec(), "sweep": {"grid": {"task.p": [13, 12]}, "zip": {}}, "task": {"op": "divide", "p": 13}}, "sweep"),
+    ({**tiny_spec(), "eval_schedule": {"kind": "log", "points": 100}}, "eval_schedule"),  # and eval_every
+    ({**tiny_spec(), "eval_every": None, "eval_schedule": {"kind": "log", "points": 1}}, "eval_schedule.log.points"),
+    ({**tiny_spec(), "eval_every": None, "eval_schedule": {"kind": "cosine"}}, "eval_schedule"),
+    ({**tiny_spec(), "stop_when": [{"metric": "test_accuracy", "at_least": 0.9}]}, "stop_when.0.metric"),
+    ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "for_steps": 10}]}, "stop_when.0.at_least"),
+    ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "at_least": 0.9, "for_steps": -1}]}, "stop_when.0.for_steps"),
 ]
 
 

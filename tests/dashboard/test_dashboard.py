@@ -123,6 +123,34 @@ def test_finished_run_page_plots_every_bucket_the_downsampling_api_returns(
     page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
 
 
+def test_a_log_scheduled_run_is_drawn_on_a_log_step_axis_and_the_reader_can_switch(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    spec = tiny_spec(phases=[{"steps": 3000}], eval_schedule={"kind": "log", "points": 40})
+    spec.pop("eval_every")
+    run_id = submit(client, spec)["run_ids"][0]
+    wait_for_runs(client, [run_id], timeout=180)
+    steps = [s for s, _ in client.get(f"/v1/runs/{run_id}/metrics", params={"names": "test_acc"}).json()["series"]["test_acc"]]
+    assert len(steps) == 41 and steps[:4] == [0, 1, 2, 3] and steps[-1] == 3000  # irregular steps
+
+    # Every point is drawn, not buckets of equal width, which would fold the first steps together.
+    names = [name for series in CHART_SERIES.values() for name in series]
+    stored = client.get(f"/v1/runs/{run_id}/metrics", params={"names": ",".join(names)}).json()["series"]
+    assert {name: len(points) for name, points in stored.items()} == {name: 41 for name in names}
+
+    open_run(page, pg_stack, run_id)
+    axes = "[...document.querySelectorAll('[data-chart]')].map(el => el.dataset.stepAxis)"
+    assert page.is_checked("#log-steps")  # the default for a log-scheduled run
+    assert page.evaluate(axes) == ["log"] * 4
+    assert page_counts(page) == {name: 40 for name in names}  # step 0 has no place on a log axis
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run-log-steps.png"), full_page=True)
+
+    page.uncheck("#log-steps")
+    page.wait_for_function(f"{axes}.every(axis => axis === 'linear')")
+    assert page_counts(page) == {name: 41 for name in names}
+
+
 def test_live_run_page_gains_points_from_the_stream_while_the_run_trains(
     pg_stack: Stack, client: httpx.Client, page: Any
 ) -> None:
@@ -170,6 +198,38 @@ def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(
     assert page.inner_text("#d-crit").startswith("D_crit")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-experiment.png"), full_page=True)
+
+
+def test_ungrokking_experiment_page_shows_the_d_prime_curve_on_a_log_axis_with_phase_one_apart(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    spec = {
+        "kind": "ungrokking",
+        "base": {**tiny_spec(), "phases": [{"steps": 300}]},
+        "subset_sizes": [20, 40, 60],
+        "phase2_steps": 200,
+        "seeds": [0, 1],
+    }
+    experiment = submit(client, spec)
+    wait_for_runs(client, experiment["run_ids"], timeout=300)
+    analysis = client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
+    assert set(analysis["d_crit"]) == {"phase1", "phase2"}
+
+    page.goto(f"{pg_stack.base_url}/#/experiments/{experiment['id']}")
+    page.wait_for_selector('[data-chart="sweep"] canvas')
+    sweep = page.locator('[data-chart="sweep"]').element_handle()
+    assert page.evaluate("el => JSON.parse(el.dataset.points)", sweep) == {"phase2 wd=1": 3}  # D' only
+    assert page.evaluate("el => el.dataset.xAxis", sweep) == "log"
+    # Phase 2's D_crit (or why there is none), never phase 1's "fewer than two sizes".
+    sides = page.locator("#d-crit .d-crit")
+    assert sides.count() == 1 and sides.first.get_attribute("data-role") == "phase2"
+    pooled = analysis["d_crit"]["phase2"]["pooled"]
+    text = sides.first.inner_text()
+    assert text.startswith("D_crit (ungrokking, on D')")
+    assert (str(round(pooled["d_crit"])) in text) if pooled["d_crit"] is not None else (pooled["reason"] in text)
+    assert page.inner_text("#phase1").startswith("phase 1 (D = 84, wd 1): final test accuracy")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-ungrokking.png"), full_page=True)
 
 
 def test_key_form_appears_on_401_and_the_key_is_kept_and_sent(auth_stack: Stack, page: Any) -> None:

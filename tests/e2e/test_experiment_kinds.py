@@ -138,7 +138,8 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
     analysis = kinds_client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
     assert analysis["complete"] is True
     labels = {run["id"]: run["label"] for run in analysis["runs"]}
-    assert labels[children[0]["id"]] == "ungrokked"
+    assert labels[children[0]["id"]] == "ungrokked" and labels[children[-1]["id"]] == "kept"
+    assert all(run["grokking_delay"] is None for run in analysis["runs"])  # none inherits its parent's
     d_crit = analysis["d_crit"]["phase2"]["pooled"]["d_crit"]
     assert 100 < d_crit < 800
 

@@ -51,6 +51,20 @@ def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client) -> 
     assert experiment["id"] in [e["id"] for e in listed]
 
 
+def test_stop_when_ends_a_run_succeeded_where_its_condition_held_long_enough(client: httpx.Client) -> None:
+    spec = tiny_spec(phases=[{"steps": 3000}], stop_when=[{"metric": "train_acc", "at_least": 1.0, "for_steps": 100}])
+    run_id = client.post("/v1/experiments", json=spec).json()["run_ids"][0]
+    run = wait_for_runs(client, [run_id], timeout=120)[run_id]
+    assert run["status"] == "succeeded", run
+    stopped = run["stopped_early_at_step"]
+    assert stopped is not None and 100 <= stopped < 3000 and run["step"] == stopped
+    series = client.get(f"/v1/runs/{run_id}/metrics", params={"names": "train_acc"}).json()["series"]["train_acc"]
+    assert series[-1][0] == stopped
+    held = [value for step, value in series if step >= stopped - 100]
+    assert held and all(value >= 1.0 for value in held)  # at every evaluation of its last 100 steps
+    assert any(f"stopped at step {stopped}" in (e["message"] or "") for e in run["events"])
+
+
 def test_run_listing_pages_with_a_cursor(client: httpx.Client) -> None:
     experiment = client.post("/v1/experiments", json={**tiny_spec(), "phases": [{"steps": 5}], "seeds": [0, 1, 2]}).json()
     wait_for_runs(client, experiment["run_ids"])

@@ -1,6 +1,7 @@
 """A run stopped and resumed from its checkpoint logs the same metrics as one trained straight."""
 
 import pytest
+from pydantic import ValidationError
 import torch
 
 from engine.checkpoint import CHECKPOINT_NAME
@@ -131,3 +132,79 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     data = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert data["step"] == 3 and data["phase"] == 0
     assert {"model", "optimizer", "batch_rng", "train_idx"} <= set(data)
+
+
+class _SavedSteps:
+    """A CheckpointStorage that keeps the latest checkpoint and the step of every save."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.latest = None
+
+    def save(self, ckpt, keep: bool = False) -> None:
+        self.steps.append(ckpt.step)
+        self.latest = ckpt
+
+    def load(self):
+        return self.latest
+
+
+def test_checkpoint_seconds_adds_time_based_checkpoints_to_the_step_cadence():
+    spec = _spec(checkpoint_every=30)
+    by_steps = _SavedSteps()
+    train_run(spec, MemorySink(), checkpoint=by_steps)
+    assert by_steps.steps == [30, 60]
+    # Every step outlasts a microsecond, so every step is past due: one checkpoint after each.
+    by_time = _SavedSteps()
+    timed = MemorySink()
+    train_run(spec, timed, checkpoint=by_time, checkpoint_seconds=1e-6)
+    assert by_time.steps == list(range(1, 61))
+    straight = MemorySink()
+    train_run(spec, straight)
+    _assert_same_series(straight, [timed])  # checkpoints change nothing in the series
+    # An hour never passes here: only the step cadence.
+    hourly = _SavedSteps()
+    train_run(spec, MemorySink(), checkpoint=hourly, checkpoint_seconds=3600)
+    assert hourly.steps == [30, 60]
+
+
+def _first_streak_end(series: dict[int, float], level: float, for_steps: int) -> int | None:
+    """The first evaluation step at which series >= level has held at every evaluation for for_steps."""
+    since = None
+    for step in sorted(series):
+        since = (step if since is None else since) if series[step] >= level else None
+        if since is not None and step - since >= for_steps:
+            return step
+    return None
+
+
+def test_stop_when_ends_the_run_where_the_condition_has_held_long_enough_even_across_a_resume(tmp_path):
+    stop_when = [{"metric": "train_acc", "at_least": 0.9, "for_steps": 20}]
+    spec = _spec(phases=[PhaseSpec(steps=300)], eval_every=5, stop_when=stop_when)
+    straight = MemorySink()
+    train_run(spec.model_copy(update={"stop_when": []}), straight)
+    expected = _first_streak_end(straight.series["train_acc"], 0.9, 20)
+    assert expected is not None and 20 <= expected < 300
+
+    early = MemorySink()
+    result = train_run(spec, early)
+    assert result.stopped_early_at_step == expected and result.final_step == expected and not result.stopped
+    assert max(early.series["test_acc"]) == expected
+    for step, value in early.series["test_acc"].items():
+        assert value == pytest.approx(straight.series["test_acc"][step], abs=1e-6)
+
+    # Interrupted inside the streak and resumed from the checkpoint: the same stopping step.
+    first = MemorySink()
+    interrupted = train_run(spec, first, checkpoint=tmp_path, should_stop=_stop_at(first, expected - 10))
+    assert interrupted.stopped and interrupted.stopped_early_at_step is None
+    resumed = train_run(spec, MemorySink(), checkpoint=tmp_path)
+    assert resumed.stopped_early_at_step == expected
+
+
+def test_stop_when_refuses_an_unknown_series_or_a_condition_without_exactly_one_bound():
+    with pytest.raises(ValidationError, match="stop_when.0.metric"):
+        _spec(stop_when=[{"metric": "test_accuracy", "at_least": 0.9}])
+    with pytest.raises(ValidationError, match="at_least"):
+        _spec(stop_when=[{"metric": "test_acc", "at_least": 0.9, "at_most": 0.95}])
+    with pytest.raises(ValidationError, match="at_least"):
+        _spec(stop_when=[{"metric": "test_acc"}])

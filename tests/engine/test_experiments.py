@@ -80,6 +80,17 @@ def test_ungrokking_children_fork_from_their_seeds_phase1_with_the_parent_spec_a
     }
 
 
+@pytest.mark.parametrize("kind", ["grokking", "ungrokking", "semi_grokking", "efficiency"])
+def test_each_seed_of_a_kind_varies_the_data_unless_the_request_fixes_it(kind):
+    extra = {"subset_sizes": [100]} if kind == "ungrokking" else {"train_sizes": [1500]} if kind == "semi_grokking" else {}
+    runs = plan({"kind": kind, "seeds": [0, 1, 2], **extra})
+    assert {(r.spec.seed, r.spec.task.data_seed) for r in runs} == {(0, 0), (1, 1), (2, 2)}
+    fixed = plan({"kind": kind, "seeds": [0, 1, 2], "base": {"task": {"data_seed": 7}}, **extra})
+    assert {r.spec.task.data_seed for r in fixed} == {7}
+    chosen = plan({"kind": kind, "seeds": [0, 1, 2], "data_seeds": [4, 4, 9], **extra})
+    assert {(r.spec.seed, r.spec.task.data_seed) for r in chosen} == {(0, 4), (1, 4), (2, 9)}
+
+
 def test_ungrokking_from_an_existing_run_plans_only_children_naming_that_run():
     phase1 = RunSpec(seed=7, phases=[PhaseSpec(steps=123)])
     request = REQUEST.validate_python({"kind": "ungrokking", "phase1_run_id": 42, "subset_sizes": [500]})
@@ -148,6 +159,7 @@ def test_base_overrides_merge_deeply_into_the_defaults():
         ({"kind": "ungrokking"}, "subset_sizes"),
         ({"kind": "efficiency", "seeds": list(range(11))}, "memorise_sizes"),
         ({"kind": "toy", "ablations": ["full", "full"]}, "ablations"),
+        ({"kind": "grokking", "seeds": [0, 1], "data_seeds": [5]}, "data_seeds"),
         ({"sweep": {"grid": {"seed": list(range(11))}}}, "sweep"),
     ],
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.spec import ExperimentSpec, PhaseSpec, RunSpec, SpecError, SweepSpec, TaskSpec
+from engine.spec import ExperimentSpec, PhaseSpec, RunSpec, SpecError, SweepSpec, TaskSpec, log_spaced_steps
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,3 +97,23 @@ def test_runs_pack_by_model_and_task_and_never_exceed_the_pack_size():
     ]
     assert pack_runs(specs, size=3) == [[0, 1, 3], [2], [4], [5], [6], [7]]
     assert pack_runs(specs, size=1) == [[i] for i in range(len(specs))]
+
+
+def test_a_log_schedule_of_a_long_run_resolves_its_first_steps_and_ends_on_the_last():
+    steps = sorted(log_spaced_steps(10_000_000, 1_000))
+    assert steps[0] == 0 and steps[-1] == 10_000_000 and len(steps) == len(set(steps))
+    assert len(steps) == 1 + 1_000  # step 0 and exactly the points asked for
+    assert steps[:101] == list(range(101))  # every one of the first steps: memorisation is early
+    assert 400 <= sum(s <= 10_000 for s in steps) <= 500  # measured 462
+    assert sum(s >= 1_000_000 for s in steps) >= 150  # the late jump is still resolved (180)
+    spec = RunSpec(phases=[PhaseSpec(steps=10_000_000)], eval_schedule={"kind": "log", "points": 1000})
+    assert spec.eval_step_count() == len(steps) and spec.resolved_eval_every is None
+    assert spec.resolved_checkpoint_every == 500_000
+
+
+def test_eval_every_and_eval_schedule_together_are_refused_naming_the_field():
+    with pytest.raises(ValidationError, match="eval_schedule"):
+        RunSpec(eval_every=10, eval_schedule={"kind": "log", "points": 100})
+    with pytest.raises(ValidationError, match="points"):
+        RunSpec(eval_schedule={"kind": "log", "points": 1})
+    assert RunSpec(eval_schedule={"kind": "linear", "every": 7}).resolved_eval_every == 7

@@ -8,7 +8,7 @@ worker processes at once, rather than a second time here.
 import pytest
 
 from engine.sink import MemorySink
-from engine.spec import MlpSpec, OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
+from engine.spec import MlpSpec, OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, log_spaced_steps
 from engine.train import train_run
 
 SERIES = {
@@ -50,3 +50,31 @@ def test_full_batch_train_loss_between_evals_matches_the_eval_forward():
     train_run(spec.model_copy(update={"eval_every": 1}), evals)
     for step in (1, 3):
         assert every_step.series["train_loss"][step] == pytest.approx(evals.series["train_loss"][step], abs=1e-6)
+
+
+def test_a_log_schedule_evaluates_at_its_steps_every_phase_boundary_and_the_end():
+    phases = [PhaseSpec(steps=150), PhaseSpec(steps=50, train_set="subset", subset_size=30)]
+    spec = RunSpec(
+        task=TaskSpec(p=11, train_size=60), phases=phases, eval_schedule={"kind": "log", "points": 12}, device="cpu"
+    )
+    sink = MemorySink()
+    train_run(spec, sink)
+    expected = {0, 1, 2, 3, 5, 8, 13, 21, 33, 52, 81, 127, 150, 200}
+    assert log_spaced_steps(200, 12) | {150} == expected  # step 0, 12 points from 1 to 200, the boundary
+    assert set(sink.series["test_acc"]) == expected == set(sink.series["train_loss"])
+    assert spec.eval_step_count() == len(expected)
+    # train_loss_every adds training-loss points between the evaluations, as on a linear schedule.
+    between = MemorySink()
+    train_run(spec.model_copy(update={"train_loss_every": 50}), between)
+    assert set(between.series["train_loss"]) == expected | {50, 100}
+    assert set(between.series["test_acc"]) == expected
+
+
+def test_eval_step_count_equals_the_points_a_linear_run_logs():
+    spec = RunSpec(
+        task=TaskSpec(p=11, train_size=60), phases=[PhaseSpec(steps=25), PhaseSpec(steps=12)], eval_every=10, device="cpu"
+    )
+    sink = MemorySink()
+    train_run(spec, sink)
+    assert sorted(sink.series["test_acc"]) == [0, 10, 20, 25, 30, 37]
+    assert spec.eval_step_count() == 6

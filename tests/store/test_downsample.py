@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.spec import log_spaced_steps
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.downsample import Bucket, bucket_width, downsample_buckets, rollup_cover
@@ -152,6 +153,26 @@ def test_buckets_of_a_long_rewritten_series_equal_a_brute_force_fold(
     parent_id, child_id, points = long_run
     end = start + length - 1
     buckets = _downsample(database, child_id if forked else parent_id, start, end, max_points)
+    _assert_buckets_equal_a_brute_force_fold(buckets, points, start, end, max_points)
+
+
+@pytest.fixture(scope="module")
+def log_scheduled_run(database: str) -> tuple[int, dict[int, float]]:
+    """A 10^7-step run's series on the log evaluation schedule (1,000 points): its steps are
+    every step at first, then ever further apart, across every rollup width."""
+    rng = random.Random(11)
+    points = {step: rng.gauss(0, 1) for step in sorted(log_spaced_steps(10_000_000, 1_000))}
+    return _new_run(database, points), points
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, 10_000_000), length=st.integers(1, 10_000_001), max_points=st.integers(1, 60))
+def test_buckets_of_a_log_scheduled_series_equal_a_brute_force_fold(
+    database: str, log_scheduled_run: tuple[int, dict[int, float]], start: int, length: int, max_points: int
+) -> None:
+    run_id, points = log_scheduled_run
+    end = min(start + length - 1, 10_000_000)
+    buckets = _downsample(database, run_id, start, end, max_points)
     _assert_buckets_equal_a_brute_force_fold(buckets, points, start, end, max_points)
 
 

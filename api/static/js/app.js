@@ -1,6 +1,6 @@
 // The dashboard: hash routes #/ (experiments), #/experiments/ID and #/runs/ID.
 
-import { Unauthorized, forgetKey, get, queryBuckets, saveKey, storedKey, streamMetrics } from "./api.js";
+import { Unauthorized, forgetKey, get, queryBuckets, queryPoints, saveKey, storedKey, streamMetrics } from "./api.js";
 import { StepChart, bucketsToSeries, sweepChart } from "./charts.js";
 
 const MAX_POINTS = 1000;
@@ -90,14 +90,27 @@ async function experimentsPage() {
   every(REFRESH_MS, () => route({ quiet: true }));
 }
 
+const SIDE_NAMES = { phase2: "ungrokking, on D'", run: "from scratch", memorise: "memorising runs", generalise: "generalising runs" };
+
 async function experimentPage(id) {
   const [experiment, analysis] = await Promise.all([get(`/v1/experiments/${id}`), get(`/v1/experiments/${id}/analysis`)]);
   const sweep = h("div", { class: "chart", "data-chart": "sweep" });
-  const role = Object.keys(analysis.d_crit)[0];
-  const pooled = role ? analysis.d_crit[role].pooled : null;
-  const dCritText = pooled?.d_crit != null
-    ? `D_crit (${role}) ≈ ${Math.round(pooled.d_crit)}` + (pooled.interval ? `, 95% interval [${pooled.interval.map(Math.round).join(", ")}]` : "")
-    : `D_crit: ${pooled?.reason || "needs succeeded runs"}`;
+  // Each side's D_crit (ungrokking's phase 2 on D', or runs from scratch), those with an
+  // estimate first; phase 1 of ungrokking trains on one D and has no curve of its own.
+  const sides = Object.entries(analysis.d_crit)
+    .filter(([role]) => role !== "phase1")
+    .sort(([, a], [, b]) => (a.pooled?.d_crit == null) - (b.pooled?.d_crit == null));
+  const dCritLines = sides.map(([role, estimate]) => {
+    const pooled = estimate.pooled;
+    const text = pooled?.d_crit != null
+      ? `D_crit (${SIDE_NAMES[role] || role}) ≈ ${Math.round(pooled.d_crit)}` + (pooled.interval ? `, 95% interval [${pooled.interval.map(Math.round).join(", ")}]` : "")
+      : `D_crit (${SIDE_NAMES[role] || role}): ${pooled?.reason || "needs succeeded runs"}`;
+    return h("p", { class: "d-crit", "data-role": role }, text);
+  });
+  if (!dCritLines.length) dCritLines.push(h("p", { class: "d-crit" }, "D_crit: needs succeeded runs"));
+  const pooled = sides.length ? sides[0][1].pooled : null;
+  const phaseOne = analysis.accuracy_vs_train_size.filter((point) => point.role === "phase1");
+  const phaseOneText = phaseOne.map((p) => `phase 1 (D = ${p.train_size.toLocaleString()}, wd ${p.weight_decay}): final test accuracy ${fmt(p.mean)} (n = ${p.n})`);
   const columns = ["id", "status", "role", "seed", "train_size", "weight_decay", "label", "final_train_acc", "final_test_acc", "grokking_delay"];
   const table = h(
     "table",
@@ -117,11 +130,11 @@ async function experimentPage(id) {
     h("p", {}, h("a", { href: "#/" }, "← experiments")),
     h("h1", {}, `Experiment ${experiment.id}${experiment.name ? `: ${experiment.name}` : ""}`),
     h("p", {}, Object.entries(experiment.status_counts).map(([s, n]) => badge(s, n)), analysis.complete ? "" : " (analysis updates as runs finish)"),
-    h("div", { class: "card" }, sweep, h("p", { id: "d-crit" }, dCritText)),
+    h("div", { class: "card" }, sweep, h("div", { id: "d-crit" }, dCritLines), phaseOneText.length ? h("p", { id: "phase1" }, phaseOneText.join("; ")) : ""),
     h("h2", {}, "Runs"),
     table,
   );
-  sweepChart(sweep, analysis.accuracy_vs_train_size, pooled);
+  sweepChart(sweep, analysis.accuracy_vs_train_size.filter((point) => point.role !== "phase1"), pooled);
   if (!analysis.complete) every(REFRESH_MS, () => route({ quiet: true }));
 }
 
@@ -144,10 +157,27 @@ async function runPage(id) {
     chartsEl,
   );
   const markers = phaseBoundaries(run.spec);
-  const charts = RUN_CHARTS.map((def) => {
-    const el = h("div", { class: "chart", "data-chart": def.id });
-    chartsEl.append(el);
-    return [def.id, new StepChart(el, { title: def.title, metrics: def.metrics, log: def.log, markers })];
+  // Log-spaced evaluations read best on a log step axis; the reader may switch either way.
+  const logSteps = h("input", { type: "checkbox", id: "log-steps" });
+  logSteps.checked = run.spec.eval_schedule?.kind === "log";
+  chartsEl.before(h("label", { class: "option" }, logSteps, " log-scale steps"));
+  let charts = [];
+  const makeCharts = () => {
+    const previous = Object.fromEntries(charts.map(([cid, chart]) => [cid, chart.data]));
+    charts.forEach(([, chart]) => chart.destroy());
+    chartsEl.replaceChildren();
+    charts = RUN_CHARTS.map((def) => {
+      const el = h("div", { class: "chart", "data-chart": def.id });
+      chartsEl.append(el);
+      const options = { title: def.title, metrics: def.metrics, log: def.log, logSteps: logSteps.checked, markers };
+      return [def.id, new StepChart(el, { ...options, data: previous[def.id] })];
+    });
+  };
+  makeCharts();
+  logSteps.addEventListener("change", () => {
+    makeCharts();
+    charts.forEach(([, chart]) => chart.render());
+    publish();
   });
   const names = RUN_CHARTS.flatMap((def) => def.metrics.map((m) => m.name));
   let step = run.step;
@@ -160,6 +190,7 @@ async function runPage(id) {
       ` step ${step.toLocaleString()} / ${run.total_steps.toLocaleString()} `,
       h("progress", { max: "1", value: String(share) }),
       markers.length ? ` · phase boundaries at ${markers.join(", ")} (dashed)` : "",
+      run.stopped_early_at_step != null ? ` · stopped early at step ${run.stopped_early_at_step.toLocaleString()} (stop_when)` : "",
       run.error ? h("pre", { class: "error" }, run.error) : "",
     );
   };
@@ -171,8 +202,12 @@ async function runPage(id) {
     const analysis = await get(`/v1/runs/${id}/analysis`);
     label.textContent = analysis.label || "";
   };
+  // Log-spaced evaluations are few (points x series) but bunched at the start, where buckets of
+  // equal width would fold whole decades into one: those series are read point by point.
+  const pointNames = run.spec.eval_schedule?.kind === "log" ? names.filter((n) => n !== "train_loss" || run.spec.train_loss_every == null) : [];
   const load = async () => {
     const answer = await queryBuckets(Number(id), names, MAX_POINTS);
+    if (pointNames.length) Object.assign(answer.byName, (await queryPoints(Number(id), pointNames)).byName);
     for (const [, chart] of charts) {
       for (const m of chart.metrics) chart.setBuckets(m.name, bucketsToSeries(answer.byName[m.name]));
       chart.render();

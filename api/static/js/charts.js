@@ -45,14 +45,17 @@ function verticalLines(u, xs, style) {
 }
 
 // One chart of several metrics over steps. Each metric is a list of buckets {x, min, max, mean};
-// a bucket of one point (a live point from the stream) has min = max = mean.
+// a bucket of one point (a live point from the stream) has min = max = mean. `log` puts the values
+// on a log axis, `logSteps` the steps (for long runs on a log evaluation schedule; step 0 has no
+// place there and is left out).
 export class StepChart {
-  constructor(el, { title, metrics, log = false, markers = [] }) {
+  constructor(el, { title, metrics, log = false, logSteps = false, markers = [], data = null }) {
     this.el = el;
     this.metrics = metrics;
     this.log = log;
+    this.logSteps = logSteps;
     this.markers = markers;
-    this.data = Object.fromEntries(metrics.map((m) => [m.name, []]));
+    this.data = data || Object.fromEntries(metrics.map((m) => [m.name, []]));
     const series = [{ label: "step" }];
     const bands = [];
     metrics.forEach((metric, i) => {
@@ -70,8 +73,8 @@ export class StepChart {
         height: 240,
         series,
         bands,
-        scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
-        axes: [{ label: "step" }, log ? decadeAxis : { size: 60 }],
+        scales: { x: logSteps ? { time: false, distr: 3 } : { time: false }, y: log ? { distr: 3 } : {} },
+        axes: [logSteps ? { ...decadeAxis, size: 50, label: "step" } : { label: "step" }, log ? decadeAxis : { size: 60 }],
         legend: { live: true },
         hooks: { draw: [(u) => verticalLines(u, this.markers, "rgba(90, 90, 90, 0.8)")] },
       },
@@ -103,9 +106,18 @@ export class StepChart {
     return v == null || (this.log && !(v > 0)) ? null : v;
   }
 
+  plotted(name) {
+    const rows = this.data[name] || [];
+    return this.logSteps ? rows.filter((r) => r.x > 0) : rows;
+  }
+
+  destroy() {
+    this.plot.destroy();
+  }
+
   table() {
     const tables = this.metrics.map((m) => {
-      const rows = this.data[m.name];
+      const rows = this.plotted(m.name);
       return [
         rows.map((r) => r.x),
         rows.map((r) => this.positive(r.min)),
@@ -122,12 +134,13 @@ export class StepChart {
   }
 
   counts() {
-    return Object.fromEntries(this.metrics.map((m) => [m.name, this.size(m.name)]));
+    return Object.fromEntries(this.metrics.map((m) => [m.name, this.plotted(m.name).length]));
   }
 
-  // Plotted buckets per metric, for tests and for anyone reading the page's state.
+  // Plotted buckets per metric and the step axis, for tests and for anyone reading the page's state.
   publish() {
     this.el.dataset.points = JSON.stringify(this.counts());
+    this.el.dataset.stepAxis = this.logSteps ? "log" : "linear";
   }
 }
 
@@ -140,8 +153,9 @@ export function bucketsToSeries(rows) {
   }));
 }
 
-// Final test accuracy against training-set size D, one line per (role, weight decay), with the
-// pooled D_crit estimate as a dashed line inside its shaded bootstrap interval.
+// Final test accuracy against training-set size D on a log axis (as the paper's Fig. 7 draws it),
+// one line per (role, weight decay), with the pooled D_crit estimate as a dashed line inside its
+// shaded bootstrap interval.
 export function sweepChart(el, curves, dCrit) {
   const groups = new Map();
   for (const point of curves) {
@@ -178,13 +192,14 @@ export function sweepChart(el, curves, dCrit) {
       width: chartWidth(el),
       height: 320,
       series,
-      scales: { x: { time: false }, y: { range: [0, 1.02] } },
-      axes: [{ label: "D (training pairs)" }, { label: "test accuracy", size: 60 }],
+      scales: { x: { time: false, distr: 3 }, y: { range: [0, 1.02] } },
+      axes: [{ label: "D (training pairs, log scale)" }, { label: "test accuracy", size: 60 }],
       hooks: { draw: [drawDCrit] },
     },
     data,
     el,
   );
   el.dataset.points = JSON.stringify(Object.fromEntries(keys.map((k, i) => [k, tables[i][0].length])));
+  el.dataset.xAxis = "log";
   return plot;
 }
