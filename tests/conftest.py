@@ -36,6 +36,15 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGHUP, _interrupt)
 
 
+# The module that trains longest (the P=47 dynamics on two workers, minutes): first, so that under
+# pytest-xdist (bin/test) the other test process runs the rest of the suite beside it, not after it.
+LONGEST_FIRST = ("tests/e2e/test_experiment_kinds.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def test_servers() -> Iterator[TestServers]:
     """PostgreSQL and Redis for the whole run: private ones on free loopback ports, started from
