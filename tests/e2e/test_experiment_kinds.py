@@ -162,28 +162,30 @@ def test_grokking_generalises_long_after_memorising_and_is_labelled_grokked(
     assert analysis["memorisation_step"] < analysis["generalisation_step"]
 
 
+def _assert_memorised_only(client: httpx.Client, run_id: int, test_acc_below: float) -> dict[str, Any]:
+    """The run fits its training set, stays below `test_acc_below` on the test set (medians of
+    its last 20 evaluations) and is labelled memorised; returns its analysis."""
+    _succeeded(client, [run_id], timeout=600)
+    series = _series(client, run_id, "train_acc", "test_acc")
+    assert median(last(series["train_acc"], 20)) == 1.0
+    assert median(last(series["test_acc"], 20)) < test_acc_below
+    analysis = client.get(f"/v1/runs/{run_id}/analysis").json()
+    assert analysis["label"] == "memorised", analysis
+    return analysis
+
+
 @pytest.mark.slow
 def test_no_grokking_without_weight_decay_in_the_same_budget(
     kinds_client: httpx.Client, from_scratch: FromScratch
 ) -> None:
-    _succeeded(kinds_client, [from_scratch.no_weight_decay], timeout=600)
-    series = _series(kinds_client, from_scratch.no_weight_decay, "train_acc", "test_acc")
-    assert median(last(series["train_acc"], 20)) == 1.0
-    assert median(last(series["test_acc"], 20)) < 0.6  # measured 0.33-0.39
-    analysis = kinds_client.get(f"/v1/runs/{from_scratch.no_weight_decay}/analysis").json()
-    assert analysis["label"] == "memorised", analysis
+    _assert_memorised_only(kinds_client, from_scratch.no_weight_decay, 0.6)  # measured 0.33-0.39
 
 
 @pytest.mark.slow
 def test_random_labels_are_memorised_with_test_accuracy_at_chance(
     kinds_client: httpx.Client, from_scratch: FromScratch
 ) -> None:
-    _succeeded(kinds_client, [from_scratch.random_labels], timeout=600)
-    series = _series(kinds_client, from_scratch.random_labels, "train_acc", "test_acc")
-    assert median(last(series["train_acc"], 20)) == 1.0
-    assert median(last(series["test_acc"], 20)) < 0.1  # chance is 1/47; measured 0.024
-    analysis = kinds_client.get(f"/v1/runs/{from_scratch.random_labels}/analysis").json()
-    assert analysis["label"] == "memorised", analysis
+    analysis = _assert_memorised_only(kinds_client, from_scratch.random_labels, 0.1)  # chance 1/47; measured 0.024
     assert analysis["final_test_acc"] < 0.1
 
 
