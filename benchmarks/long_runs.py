@@ -86,7 +86,7 @@ def storage() -> None:
 
 
 def early_stop() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     example = json.loads((ROOT / "examples" / "ci" / "grokking.json").read_text())
     plan = plan_experiment(TypeAdapter(ExperimentRequest).validate_python(example), max_runs=100)
     budget = sum(p.spec.total_steps for p in plan)
