@@ -154,7 +154,7 @@ def test_a_log_scheduled_run_is_drawn_on_a_log_step_axis_and_the_reader_can_swit
 def test_live_run_page_gains_points_from_the_stream_while_the_run_trains(
     pg_stack: Stack, client: httpx.Client, page: Any
 ) -> None:
-    run_id = submit(client, tiny_spec(phases=[{"steps": 6000}], eval_every=20))["run_ids"][0]
+    run_id = submit(client, tiny_spec(phases=[{"steps": 3000}], eval_every=10))["run_ids"][0]
     wait_for_runs(client, [run_id], statuses={"running"}, timeout=120)
 
     open_run(page, pg_stack, run_id)

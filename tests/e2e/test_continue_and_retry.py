@@ -89,7 +89,7 @@ def test_continuing_a_run_that_is_not_succeeded_is_409_and_bad_bodies_are_4xx_na
 def test_retry_requeues_an_experiments_cancelled_runs_which_resume_and_finish(client: httpx.Client) -> None:
     # Two models that cannot share an ensemble: each trains alone, as its reference does.
     models = [{**tiny_spec()["model"], "d_mlp": width} for width in (64, 48)]
-    spec = tiny_spec(phases=[{"steps": 3000}], sweep={"zip": {"model": models}})
+    spec = tiny_spec(phases=[{"steps": 1500}], sweep={"zip": {"model": models}})
     experiment = client.post("/v1/experiments", json=spec).json()
     first, second = experiment["run_ids"]
     # Cancelled part-way (the first, checkpointed as it stops) and while queued (the second).
@@ -108,7 +108,7 @@ def test_retry_requeues_an_experiments_cancelled_runs_which_resume_and_finish(cl
     assert "retried (was cancelled" in _messages(runs[first]) and "retried (was cancelled" in _messages(runs[second])
     assert f"resuming from the checkpoint at step {stopped_at}" in _messages(runs[first])
     for run_id, model in ((first, models[0]), (second, models[1])):
-        reference = {**tiny_spec(), "phases": [{"steps": 3000}], "model": model, "seeds": [0]}
+        reference = {**tiny_spec(), "phases": [{"steps": 1500}], "model": model, "seeds": [0]}
         _assert_equal_series(_series(client, run_id), undisturbed_series(reference))
 
     again = client.post(f"/v1/experiments/{experiment['id']}/retry")
