@@ -193,7 +193,12 @@ def test_every_example_plans(path: Path):
         # CI examples stay small: a few runs at P <= 47 (or the closed-form toy).
         assert len(runs) <= 8
         assert all(r.spec.model.kind == "toy_circuits" or r.spec.task.p <= 47 for r in runs)
-        assert all(r.spec.eval_every is not None and r.spec.eval_every <= 50 for r in runs)
+        # Evaluated at least every 50 steps, or on a log schedule of at least 100 points.
+        assert all(
+            (r.spec.eval_every is not None and r.spec.eval_every <= 50)
+            or (r.spec.eval_schedule is not None and r.spec.eval_schedule.kind == "log" and r.spec.eval_schedule.points >= 100)
+            for r in runs
+        )
 
 
 def test_every_kind_has_a_ci_and_a_paper_example():
@@ -201,4 +206,4 @@ def test_every_kind_has_a_ci_and_a_paper_example():
     for folder in ("ci", "paper"):
         found = {json.loads(p.read_text())["kind"] for p in EXAMPLES if p.parent.name == folder}
         assert found == kinds, folder
-    assert len(EXAMPLES) == 12
+    assert len(EXAMPLES) == 13  # and examples/ci/long_run.json, a sweep
