@@ -10,7 +10,7 @@ import copy
 import functools
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -305,15 +305,18 @@ class RunSpec(StrictModel):
         """The step at which each phase ends (cumulative)."""
         return list(itertools.accumulate(phase.steps for phase in self.phases))
 
+    def eval_step_rule(self) -> Callable[[int], bool]:
+        """is_eval_step with the schedule worked out once: the training loops ask it every step."""
+        every = self.resolved_eval_every
+        always = frozenset({0, *self.phase_ends()})
+        if every is None:
+            return (always | log_spaced_steps(self.total_steps, self.eval_schedule.points)).__contains__  # type: ignore[union-attr]
+        return lambda step: step % every == 0 or step in always
+
     def is_eval_step(self, step: int) -> bool:
         """Whether every metric is logged at `step`: step 0, the schedule's steps, each phase's
         last step and the run's last step."""
-        every = self.resolved_eval_every
-        if every is not None and step % every == 0:
-            return True
-        if every is None and step in log_spaced_steps(self.total_steps, self.eval_schedule.points):  # type: ignore[union-attr]
-            return True
-        return step == 0 or step in self.phase_ends()
+        return self.eval_step_rule()(step)
 
     def logs_train_loss(self, step: int) -> bool:
         """Whether `step` gets a train_loss point of its own (between evaluations, which log

@@ -34,9 +34,9 @@ The paper's ablations are spec fields:
   for a 'full' one). A later phase on a small D' makes memorisation efficient again: ungrokking.
 
 The run is deterministic (seed and device are not used). Logged at the spec's evaluation steps
-(RunSpec.is_eval_step: step 0, its schedule, each phase's last step): train_loss, train_acc, test_loss, test_acc, w_gen, w_mem, norm_gen, norm_mem,
-param_norm = sqrt(norm_gen^2 + norm_mem^2), and phase (0-based index); train_loss also every
-train_loss_every steps.
+(RunSpec.is_eval_step: step 0, its schedule, each phase's last step): train_loss, train_acc,
+test_loss, test_acc, w_gen, w_mem, norm_gen, norm_mem, param_norm = sqrt(norm_gen^2 + norm_mem^2),
+and phase (0-based index); train_loss also every train_loss_every steps.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def train_toy_run(
     sink.log(0, metrics)
     early_stop = EarlyStop(spec.stop_when)
     early_stop.observe(0, metrics)
+    is_eval_step = spec.eval_step_rule()
 
     step = 0
     for phase_index, phase in enumerate(spec.phases):
@@ -91,7 +92,7 @@ def train_toy_run(
             _gradient_step(params, toy, norm_factors[phase_index], spec.optimizer.weight_decay, lr)
             step += 1
             stop = step < total and should_stop is not None and should_stop()
-            if stop or spec.is_eval_step(step):
+            if stop or is_eval_step(step):
                 metrics = _metrics(params, toy, norm_factors[phase_index], phase_index)
                 sink.log(step, metrics)
                 if early_stop.observe(step, metrics) and step < total:

@@ -148,6 +148,7 @@ class _Member:
         self.spec, self.sink, self.storage, self.device = spec, sink, storage, device
         self.total = spec.total_steps
         self.ends = spec.phase_ends()  # phase i produces steps ends[i-1] + 1 .. ends[i]
+        self.is_eval_step = spec.eval_step_rule()
         self.data_key = json.dumps(
             {"task": spec.task.model_dump(mode="json"), "model": spec.model.model_dump(mode="json"), "seed": spec.seed}
         )
@@ -200,7 +201,7 @@ class _Member:
         self.phase = phase
 
     def needs_eval(self) -> bool:
-        return self.spec.is_eval_step(self.step) and self.last_eval_step != self.step
+        return self.is_eval_step(self.step) and self.last_eval_step != self.step
 
     def logs_train_loss(self) -> bool:
         """Whether this step's training forward gives a train_loss point (eval steps get the eval's)."""

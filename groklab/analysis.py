@@ -107,7 +107,8 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     mem_step = _first_step_at_least(train_acc, thresholds.memorised_acc)
     gen_step = _first_step_at_least(test_acc, thresholds.generalised_acc)
     delay = gen_step - mem_step if mem_step is not None and gen_step is not None else None
-    if continues_on_a_subset(spec) and boundary is not None:
+    phase_two = continues_on_a_subset(spec)
+    if phase_two and boundary is not None:
         phase_mem = _first_step_at_least([p for p in train_acc if p[0] >= boundary], thresholds.memorised_acc)
         phase_gen = _first_step_at_least([p for p in test_acc if p[0] >= boundary], thresholds.generalised_acc)
         started_generalised = at_boundary is not None and at_boundary >= thresholds.generalised_acc
@@ -133,7 +134,7 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "seed": spec.seed,
         "data_seed": spec.task.data_seed,
     }
-    result["label"] = label_run(result, test_acc, thresholds, phase_two=continues_on_a_subset(spec))
+    result["label"] = label_run(result, test_acc, thresholds, phase_two=phase_two)
     return result
 
 
@@ -343,15 +344,16 @@ def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
         "d_crit": estimates,
         "weight_decay_collapse": collapse,
         "efficiency": efficiency(runs),
-        "seeds": {
-            "model": sorted({run.spec.seed for run in runs}),
-            "data": sorted({run.spec.task.data_seed for run in runs}),
-            "data_varied": len({run.spec.task.data_seed for run in runs}) > 1,
-        },
+        "seeds": _seeds_used(runs),
         "runs": [run_row(run) for run in runs],
     }
 
 
+
+
+def _seeds_used(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    data = sorted({run.spec.task.data_seed for run in runs})
+    return {"model": sorted({run.spec.seed for run in runs}), "data": data, "data_varied": len(data) > 1}
 
 
 RUN_ROW_FIELDS = (
