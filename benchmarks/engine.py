@@ -58,8 +58,8 @@ class _Reference:
         self.opt.step()
 
 
-def _ensemble(k: int, device: torch.device) -> Ensemble:
-    specs = [SPEC.model_copy(update={"seed": s}) for s in range(k)]
+def _ensemble(k: int, device: torch.device, **fields: object) -> Ensemble:
+    specs = [SPEC.model_copy(update={"seed": s, **fields}) for s in range(k)]
     return Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
 
 
@@ -123,13 +123,23 @@ def main() -> None:
         )
         del ensemble
 
-    # Evaluation + logging at the default interval (DEFAULT_EVALUATIONS per run: every 20 steps of 10,000).
+    # Evaluation + logging at the default interval (DEFAULT_EVALUATIONS per run: every 20 steps of
+    # 10,000), without and with the progress measures (on by default for add), interleaved.
     every = SPEC.resolved_eval_every
-    t_eval = min(_time(lambda: single.evaluate(single.members), max(1, steps // 2), device) for _ in range(rounds))
+    plain = _ensemble(1, device, progress_measures=False)
+    plain_times, measured_times = [], []
+    for _ in range(rounds):
+        plain_times.append(_time(lambda: plain.evaluate(plain.members), max(1, steps // 2), device))
+        measured_times.append(_time(lambda: single.evaluate(single.members), max(1, steps // 2), device))
+    t_eval, t_measured = min(plain_times), min(measured_times)
     t_step = min(_time(single.train_step, steps, device) for _ in range(rounds))
     print(
         f"eval + log: {t_eval * 1e3:.1f} ms per eval, every {every} steps (the default) of {t_step * 1e3:.1f} ms: "
         f"{t_eval / (every * t_step):.1%} overhead (every 10 steps: {t_eval / (10 * t_step):.1%})"
+    )
+    print(
+        f"progress measures: +{(t_measured - t_eval) * 1e3:.1f} ms per eval ({t_measured / t_eval:.2f}x the eval), "
+        f"{(t_measured - t_eval) / (every * t_step):.1%} of training time at the default interval"
     )
     k_best = max(speedups)
     print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")

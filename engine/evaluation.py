@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.model import component_norms
+from engine.progress_measures import FourierBasis, progress_measures
 from engine.spec import EVAL_METRICS
 
 LossKind = Literal["cross_entropy", "mse"]
@@ -48,27 +49,56 @@ def evaluate(
     train_idx: Sequence[Tensor],
     test_idx: Sequence[Tensor],
     kind: LossKind,
+    fourier: FourierBasis | None = None,
+    with_progress: Sequence[bool] = (),
 ) -> list[dict[str, float]]:
     """Metrics of each member's current training set and its test set, with one host sync.
 
     params hold K members (leading dimension); one forward over every pair (tokens (N, 3)) gives a
     member's train and test metrics. targets (K, N) are the labels each member trains on (noisy
     under random_labels / label_noise), labels (N,) the true ones; train_idx[k], test_idx[k] index
-    member k's sets. Members are evaluated in chunks to bound memory.
+    member k's sets. Members are evaluated in chunks to bound memory. Members k with
+    with_progress[k] also get engine.progress_measures over the task's grid (fourier).
     """
     members, pairs = targets.shape
     width = max(param.shape[-1] for param in params.values()) * 8  # the widest activation per pair, roughly
     chunk = max(1, EVAL_CHUNK_ELEMENTS // (pairs * width))
-    rows = []
+    rows: list[Tensor] = []
+    extra: list[dict[str, Tensor]] = []
     for start in range(0, members, chunk):
         part = {name: param[start : start + chunk] for name, param in params.items()}
         k = min(chunk, members - start)
         logits = logits_fn(part, tokens[:, 0].expand(k, pairs), tokens[:, 1].expand(k, pairs))  # (k, N, vocab)
         norms = component_norms(part)
+        wanted = [j for j in range(k) if with_progress and with_progress[start + j]]
+        progress = {}
+        if wanted:
+            assert fourier is not None
+            rows_t = torch.tensor(wanted, device=logits.device)
+            measured = progress_measures(
+                fourier, logits[rows_t], labels, targets[start : start + k][rows_t],
+                [train_idx[start + j] for j in wanted], part["W_E"][rows_t, :-1],
+                lambda lg, tg: per_example_loss(lg, tg, kind),
+            )  # fmt: skip
+            progress = dict(zip(wanted, measured))
         for j in range(k):
             train, test = train_idx[start + j], test_idx[start + j]
             values = _split_metrics(logits[j, train], targets[start + j, train], kind)
             values += _split_metrics(logits[j, test], labels[test], kind)
             values += [norms[group][j] for group in ("total", "embed", "attn", "mlp", "unembed")]
-            rows.append(torch.stack(values))
-    return [dict(zip(METRIC_NAMES, row)) for row in torch.stack(rows).tolist()]
+            extra.append(progress.get(j, {}))
+            rows.append(torch.stack(values + [v.to(values[0].dtype) for v in extra[-1].values()]))
+    out = []
+    for values, named in zip(_to_lists(rows), extra):
+        out.append(dict(zip(METRIC_NAMES + list(named), values)))
+    return out
+
+
+def _to_lists(rows: list[Tensor]) -> list[list[float]]:
+    """Every row to the host with one sync, rows of different lengths included."""
+    flat = torch.cat(rows).tolist()
+    out, at = [], 0
+    for row in rows:
+        out.append(flat[at : at + len(row)])
+        at += len(row)
+    return out

@@ -44,6 +44,14 @@ EVAL_METRICS = (
     "test_loss", "test_acc", "test_correct_logit", "test_margin",
     "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
 )  # fmt: skip
+# Nanda et al.'s progress measures (engine.progress_measures), logged beside EVAL_METRICS when a
+# run's resolved_progress_measures is True: defined for the transformer on these ops.
+PROGRESS_MEASURE_OPS = ("add", "subtract")
+KEY_FREQUENCIES = 5
+PROGRESS_METRICS = (
+    "restricted_loss", "excluded_loss", "gini_embed", "gini_logits",
+    *(f"key_freq_{i}" for i in range(1, KEY_FREQUENCIES + 1)),
+)  # fmt: skip
 TOY_METRICS = (
     "train_loss", "train_acc", "test_loss", "test_acc", "w_gen", "w_mem", "norm_gen", "norm_mem", "param_norm",
 )  # fmt: skip
@@ -287,7 +295,28 @@ class RunSpec(StrictModel):
     stop_when: Annotated[list[StopCondition], Field(max_length=16)] = Field(
         [], description="Stop early, succeeded, once any of these conditions has held long enough."
     )
+    progress_measures: bool | None = Field(
+        None,
+        description="Log Nanda et al.'s progress measures (restricted_loss, excluded_loss, gini_embed, "
+        "gini_logits, key_freq_1..5) at every evaluation; transformer on add or subtract only. "
+        "Default: on where defined.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def supports_progress_measures(self) -> bool:
+        return isinstance(self.model, TransformerSpec) and self.task.op in PROGRESS_MEASURE_OPS
+
+    @property
+    def resolved_progress_measures(self) -> bool:
+        """Whether the evaluations log PROGRESS_METRICS: as asked, or by default where defined."""
+        return self.supports_progress_measures if self.progress_measures is None else self.progress_measures
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """Every series an evaluation of this run logs."""
+        if isinstance(self.model, ToyCircuitsSpec):
+            return TOY_METRICS
+        return EVAL_METRICS + (PROGRESS_METRICS if self.resolved_progress_measures else ())
 
     @property
     def total_steps(self) -> int:
@@ -356,7 +385,13 @@ class RunSpec(StrictModel):
     def _check(self) -> RunSpec:
         if self.eval_every is not None and self.eval_schedule is not None:
             raise _field_error("eval_schedule", "give eval_every or eval_schedule, not both")
-        metrics = TOY_METRICS if isinstance(self.model, ToyCircuitsSpec) else EVAL_METRICS
+        if self.progress_measures and not self.supports_progress_measures:
+            raise _field_error(
+                "progress_measures",
+                f"defined for the transformer on {' and '.join(PROGRESS_MEASURE_OPS)} only, "
+                f"not the {self.model.kind} on {self.task.op}",
+            )
+        metrics = self.eval_metric_names()
         for i, condition in enumerate(self.stop_when):
             if condition.metric not in metrics:
                 raise _field_error(

@@ -19,6 +19,7 @@ from engine.evaluation import evaluate, per_example_loss
 from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
+from engine.progress_measures import FourierBasis
 from engine.result import EngineError, RunResult
 from engine.sink import MetricSink
 from engine.spec import RunSpec, ToyCircuitsSpec, TransformerSpec
@@ -276,6 +277,7 @@ class Ensemble:
         self.eval_logits_fn = transformer_pair_logits if transformer else mlp_logits  # over all pairs
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
         self.tokens = table.tokens.to(device)  # (N, 3)
+        self.fourier = FourierBasis.of(specs[0].task, device) if any(s.resolved_progress_measures for s in specs) else None
         self.labels = table.labels.to(device)  # (N,)
         self.members = [_Member(spec, sink, d, device) for spec, sink, d in zip(specs, sinks, storages)]
         self.members_by_index = list(self.members)
@@ -444,6 +446,7 @@ class Ensemble:
             self.eval_logits_fn, params, self.tokens, torch.stack([m.targets for m in members]),
             self.labels, [m.train_idx_dev for m in members],
             [m.test_idx for m in members], self.loss_kind,
+            self.fourier, [m.spec.resolved_progress_measures for m in members],
         )  # fmt: skip
         for member, values in zip(members, metrics):
             self._guard(member, member.log_eval, values)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.spec import RunSpec
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
-SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase")
+SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase", "restricted_loss")
 CROSSING_LEVEL = 0.5
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -42,6 +42,9 @@ class Thresholds(BaseModel):
         0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking"
     )
     loss_target: float = Field(0.01, gt=0, description="train_loss at which efficiency compares norms")
+    circuit_formed_loss: float = Field(
+        0.1, gt=0, description="restricted_loss at or below which the Fourier circuit counts as formed"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Thresholds:
@@ -57,6 +60,10 @@ def _points(series: Series, name: str) -> list[tuple[int, float]]:
 
 def _first_step_at_least(points: list[tuple[int, float]], level: float) -> int | None:
     return next((s for s, v in points if v >= level), None)
+
+
+def _first_step_at_most(points: list[tuple[int, float]], level: float) -> int | None:
+    return next((s for s, v in points if v <= level), None)
 
 
 def _value_at(points: list[tuple[int, float]], step: int) -> float | None:
@@ -114,11 +121,16 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         started_generalised = at_boundary is not None and at_boundary >= thresholds.generalised_acc
         delay = None if started_generalised or phase_mem is None or phase_gen is None else phase_gen - phase_mem
     norm_step, norm = norm_at_loss(series, thresholds.loss_target)
+    # Nanda et al.'s restricted loss (engine.progress_measures) falls as the Fourier circuit
+    # forms, typically long before test accuracy jumps: the lead says by how many steps.
+    circuit_step = _first_step_at_most(_points(series, "restricted_loss"), thresholds.circuit_formed_loss)
     final_norm = _points(series, "param_norm")
     result: dict[str, Any] = {
         "memorisation_step": mem_step,
         "generalisation_step": gen_step,
         "grokking_delay": delay,
+        "circuit_formation_step": circuit_step,
+        "circuit_lead_steps": gen_step - circuit_step if gen_step is not None and circuit_step is not None else None,
         "final_step": test_acc[-1][0] if test_acc else None,
         "final_train_acc": train_acc[-1][1] if train_acc else None,
         "final_test_acc": test_acc[-1][1] if test_acc else None,
@@ -358,7 +370,7 @@ def _seeds_used(runs: Sequence[RunRecord]) -> dict[str, Any]:
 
 RUN_ROW_FIELDS = (
     "id index status role seed data_seed train_size weight_decay label memorisation_step generalisation_step "
-    "grokking_delay final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
+    "grokking_delay circuit_formation_step circuit_lead_steps final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
     "final_param_norm param_norm_at_loss_target"
 ).split()
 

@@ -31,6 +31,7 @@ def thresholds(
     semi_min: float = Query(_DEFAULTS.semi_min, ge=0, le=1),
     semi_rise: float = Query(_DEFAULTS.semi_rise, ge=0, le=1),
     loss_target: float = Query(_DEFAULTS.loss_target, gt=0),
+    circuit_formed_loss: float = Query(_DEFAULTS.circuit_formed_loss, gt=0),
 ) -> analysis.Thresholds:
     try:
         return analysis.Thresholds(
@@ -41,6 +42,7 @@ def thresholds(
             semi_min=semi_min,
             semi_rise=semi_rise,
             loss_target=loss_target,
+            circuit_formed_loss=circuit_formed_loss,
         )
     except ValidationError as exc:
         field, message = error_field(exc.errors()[0])

@@ -1,4 +1,5 @@
-"""/v1/runs/{id}/checkpoints: a run's stored checkpoints, and their weights as safetensors."""
+"""/v1/runs/{id}/checkpoints: a run's stored checkpoints, and their weights as safetensors;
+/v1/runs/{id}/fourier: the Fourier view of a stored checkpoint."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pydantic import BaseModel
 
 from api.auth import ReaderDep
 from api.deps import CheckpointStoreDep, SessionDep
+from engine.spec import RunSpec
 from groklab.errors import InvalidInput, NotFound
-from groklab.run_checkpoints import model_weights
+from groklab.run_checkpoints import decode, model_weights
 from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointInfo
 
@@ -92,3 +94,41 @@ def download_checkpoint(
             yield body[start : start + CHUNK_BYTES]
 
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
+class FourierView(BaseModel):
+    run_id: int
+    step: int
+    frequencies: list[int]
+    embed_power: list[float]
+    logit_power: list[float]
+    key_frequencies: list[int]
+    kept_steps: list[int]
+
+
+@router.get("/{run_id}/fourier", response_model=FourierView)
+def fourier_view(
+    run_id: int,
+    principal: ReaderDep,
+    session: SessionDep,
+    store: CheckpointStoreDep,
+    step: str = Query("latest", description="A stored checkpoint's step, or `latest`.", max_length=20),
+) -> FourierView:
+    """Per frequency k = 1 .. P // 2 (w_k = 2 pi k / P): the power of the embedding W_E over the
+    token axis and of the logits over all pairs in cos / sin(w_k (a + b - c)), and the key
+    frequencies (engine.progress_measures), at a stored checkpoint."""
+    run = run_store.get_run(session, run_id, owner=principal.owner)
+    spec = RunSpec.model_validate(run.spec)
+    if not spec.supports_progress_measures:
+        raise InvalidInput(
+            f"run {run_id} is a {spec.model.kind} on '{spec.task.op}': the Fourier view is defined for "
+            "the transformer on add and subtract",
+            field="run_id",
+        )
+    stored = store.list_checkpoints(run_id)
+    info = _select(stored, run_id, step)
+    from engine.progress_measures import fourier_view as compute  # torch: imported on first use only
+
+    _, data = store.get(run_id, info.step)
+    view = compute(spec, decode(data).model)
+    return FourierView(run_id=run_id, step=info.step, kept_steps=[i.step for i in stored], **view)

@@ -60,6 +60,8 @@ BAD_SPECS = [
     ({**tiny_spec(), "eval_every": None, "eval_schedule": {"kind": "log", "points": 1}}, "eval_schedule.log.points"),
     ({**tiny_spec(), "eval_every": None, "eval_schedule": {"kind": "cosine"}}, "eval_schedule"),
     ({**tiny_spec(), "stop_when": [{"metric": "test_accuracy", "at_least": 0.9}]}, "stop_when.0.metric"),
+    (tiny_spec(task={"op": "permutation", "n": 3}, progress_measures=True), "progress_measures"),
+    (tiny_spec(model={"kind": "mlp"}, progress_measures=True), "progress_measures"),
     ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "for_steps": 10}]}, "stop_when.0.at_least"),
     ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "at_least": 0.9, "for_steps": -1}]}, "stop_when.0.for_steps"),
 ]

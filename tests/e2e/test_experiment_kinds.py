@@ -162,6 +162,32 @@ def test_grokking_generalises_long_after_memorising_and_is_labelled_grokked(
     assert analysis["memorisation_step"] < analysis["generalisation_step"]
 
 
+@pytest.mark.slow
+def test_progress_measures_see_the_circuit_form_long_before_test_loss_falls(
+    kinds_client: httpx.Client, from_scratch: FromScratch
+) -> None:
+    """Nanda et al.'s story on the grokking run: restricted loss (only the key frequencies kept)
+    crosses the level long before test loss does, and excluded loss (those frequencies removed,
+    on the training pairs) rises in between: the Fourier circuit forms while test accuracy waits."""
+    _succeeded(kinds_client, [from_scratch.grok], timeout=600)
+    series = _series(kinds_client, from_scratch.grok, "restricted_loss", "excluded_loss", "test_loss", "gini_embed")
+    level = 0.1  # analysis' circuit_formed_loss, and the same level for test loss
+    formed = next(s for s, v in sorted(series["restricted_loss"].items()) if v <= level)
+    generalised = next(s for s, v in sorted(series["test_loss"].items()) if v <= level)
+    assert generalised >= 2 * formed  # measured at steps 575 and 1,650
+
+    def excluded_around(step: int) -> float:
+        return median(v for s, v in series["excluded_loss"].items() if step - 4 * EVAL_EVERY <= s <= step)
+
+    assert excluded_around(generalised) > excluded_around(formed) + 1.0  # measured ~2.2 and ~6.6
+    gini = series["gini_embed"]
+    assert median(last(gini, 5)) > 3 * gini[0]  # the embedding turns sparse in frequency: 0.03 to 0.39
+
+    analysis = kinds_client.get(f"/v1/runs/{from_scratch.grok}/analysis").json()
+    assert analysis["circuit_formation_step"] == formed
+    assert analysis["circuit_lead_steps"] == analysis["generalisation_step"] - formed > 0
+
+
 def _assert_memorised_only(client: httpx.Client, run_id: int, test_acc_below: float) -> dict[str, Any]:
     """The run fits its training set, stays below `test_acc_below` on the test set (medians of
     its last 20 evaluations) and is labelled memorised; returns its analysis."""

@@ -1,0 +1,198 @@
+"""Nanda et al.'s progress measures (arXiv 2301.05217, Section 5.1) from an evaluation's logits.
+
+On (a + b) mod P the grokked transformer computes logits(a, b, c) ~ sum_k alpha_k cos(w_k (a + b - c)),
+w_k = 2 pi k / P, over a few key frequencies k: a sparse Fourier circuit (C_gen) that forms long
+before test accuracy moves. These measures watch it form, at every evaluation, from the logits
+over all P^2 pairs that the evaluation already has:
+
+- Logit spectrum: the power of the logits in the 2-D subspace spanned by cos and sin of
+  w_k (a + b - c) over the (a, b, c) grid, for k = 1 .. P // 2 (k and P - k are the same
+  frequency). The key frequencies are the KEY_FREQUENCIES frequencies of highest power now (Nanda
+  found 5 at P = 113 and took them from the final model; a live series can only take the current
+  ones, so early in training they are whatever dominates a memorising net's spectrum).
+- restricted_loss: loss over all pairs of the logits with only the key frequencies' components
+  kept, plus the constant: for every output c, the projection of the (a, b) table of logit c onto
+  cos(w_k (a + b)) and sin(w_k (a + b)) for the key k, plus the mean of logit c over all pairs.
+- excluded_loss: loss over the training pairs of the logits with those same components removed.
+  Section 5.1 defines both projections on the MLP activations (then maps them to the logits);
+  here they act on the logits, which are linear in those activations, so the residual stream's
+  key-frequency part is kept (restricted) or removed (excluded) too.
+- gini_logits: the Gini coefficient of the logit spectrum; gini_embed: of the norms of W_E's
+  components in the Fourier basis over the token axis (the constant, then cos and sin of each
+  frequency). Both rise as the representation becomes sparse in frequency.
+
+For subtract, a - b takes the place of a + b (labels (a - b) mod P). Every sum over pairs goes
+through the P values of s = (a +- b) mod P, so the measures cost a few P x P x P passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from engine.spec import KEY_FREQUENCIES, PROGRESS_MEASURE_OPS, RunSpec, TaskSpec
+
+__all__ = ["FourierBasis", "KEY_FREQUENCIES", "PROGRESS_MEASURE_OPS", "fourier_view", "gini", "progress_measures", "spectra"]
+
+
+@dataclass(frozen=True)
+class FourierBasis:
+    """The Fourier basis of one task's grid, on one device."""
+
+    p: int
+    s_of_pair: Tensor  # (P * P,) (a +- b) mod P of every pair, in the task table's row-major order
+    cos: Tensor  # (F, P) cos(w_k s) for k = 1 .. F = P // 2
+    sin: Tensor  # (F, P)
+
+    @classmethod
+    def of(cls, task: TaskSpec, device: torch.device | str = "cpu") -> FourierBasis:
+        if task.op not in PROGRESS_MEASURE_OPS:
+            raise ValueError(f"progress_measures: not defined for op '{task.op}'")
+        p = task.p
+        a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+        s = (a + b if task.op == "add" else a - b) % p
+        k, t = torch.arange(1, p // 2 + 1, dtype=torch.float64), torch.arange(p, dtype=torch.float64)
+        angles = 2 * math.pi * torch.outer(k, t) / p
+        cos, sin = angles.cos(), angles.sin()
+        sin[sin.abs() < 1e-12] = 0.0  # sin(pi t) for k = P / 2: exactly zero, not rounding noise
+        return cls(p, s.flatten().to(device), cos.float().to(device), sin.float().to(device))
+
+    @property
+    def frequencies(self) -> list[int]:
+        return list(range(1, self.p // 2 + 1))
+
+    def orthonormal(self) -> Tensor:
+        """(P, P) rows: the constant, then cos and sin of each frequency, each of unit norm (sin of
+        k = P / 2 is zero for even P and left out, so that the P rows are a basis)."""
+        rows = [torch.ones_like(self.cos[0])]
+        for k in range(len(self.cos)):
+            rows.append(self.cos[k])
+            if 2 * (k + 1) != self.p:
+                rows.append(self.sin[k])
+        basis = torch.stack(rows)
+        return basis / basis.norm(dim=1, keepdim=True)
+
+    def sums_by_s(self, logits: Tensor) -> Tensor:
+        """(K, P * P, C) -> (K, P, C): the logits summed over the pairs of each s."""
+        out = logits.new_zeros(logits.shape[0], self.p, logits.shape[-1])
+        return out.index_add_(1, self.s_of_pair, logits)
+
+    def logit_spectrum(self, sums: Tensor) -> Tensor:
+        """(K, P, C = P) sums by s -> (K, F) power of cos / sin(w_k (s - c)) over the (a, b, c) grid.
+
+        cos(w(s - c)) = cos ws cos wc + sin ws sin wc, sin(w(s - c)) = sin ws cos wc - cos ws sin wc;
+        each has squared norm P^2 sum_t cos^2(w t) (resp. sin^2) over the grid: P^3 / 2, except at
+        k = P / 2 where cos has P^3 and sin is zero.
+        """
+        cos, sin = self.cos.to(sums.dtype), self.sin.to(sums.dtype)  # float64 where the model is
+        cc = torch.einsum("fs,ksc,fc->kf", cos, sums, cos)
+        ss = torch.einsum("fs,ksc,fc->kf", sin, sums, sin)
+        sc = torch.einsum("fs,ksc,fc->kf", sin, sums, cos)
+        cs = torch.einsum("fs,ksc,fc->kf", cos, sums, sin)
+        along_cos, along_sin = cc + ss, sc - cs
+        norm_cos = cos.square().sum(1) * self.p**2
+        norm_sin = (sin.square().sum(1) * self.p**2).clamp(min=1e-30)
+        return along_cos.square() / norm_cos + along_sin.square() / norm_sin
+
+    def key_components(self, sums: Tensor, keys: Tensor) -> Tensor:
+        """(K, P, C) sums by s and (K, n) key frequencies -> (K, P, C): per output c, the projection
+        of the logits onto cos / sin(w_k s) for each member's keys, as a function of s."""
+        cos, sin = self.cos.to(sums.dtype)[keys - 1], self.sin.to(sums.dtype)[keys - 1]  # (K, n, P)
+        # a direction over the grid repeats its s-profile on the P pairs of each s
+        norm_cos = (cos.square().sum(-1) * self.p).clamp(min=1e-30)  # (K, n)
+        norm_sin = (sin.square().sum(-1) * self.p).clamp(min=1e-30)
+        coef_cos = torch.einsum("kns,ksc->knc", cos, sums) / norm_cos[..., None]
+        coef_sin = torch.einsum("kns,ksc->knc", sin, sums) / norm_sin[..., None]
+        return torch.einsum("knc,kns->ksc", coef_cos, cos) + torch.einsum("knc,kns->ksc", coef_sin, sin)
+
+
+def gini(values: Tensor) -> Tensor:
+    """Gini coefficient along the last dimension of non-negative values: 0 when all are equal,
+    (n - 1) / n when one holds everything."""
+    x = values.sort(dim=-1).values
+    n = x.shape[-1]
+    rank = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
+    return ((2 * rank - n - 1) * x).sum(-1) / (n * x.sum(-1).clamp(min=1e-30))
+
+
+def progress_measures(
+    basis: FourierBasis,
+    logits: Tensor,
+    labels: Tensor,
+    train_targets: Tensor,
+    train_idx: list[Tensor],
+    embeddings: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> list[dict[str, Tensor]]:
+    """The measures of K members from their logits over the whole grid.
+
+    logits (K, P * P, P) in the task table's order; labels (P * P,) the true answers; train_targets
+    (K, P * P) what each member trains on, train_idx[k] its training pairs; embeddings (K, P, d) W_E
+    without the '=' row; loss_fn(logits (..., C), targets (...)) -> per-example loss. Values are
+    0-dim tensors (read with one host sync by the caller); key_freq_i is the i-th by power.
+    """
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    sums = basis.sums_by_s(wide)  # (K, P, C)
+    spectrum = basis.logit_spectrum(sums)  # (K, F)
+    n_keys = min(KEY_FREQUENCIES, spectrum.shape[-1])
+    keys = spectrum.topk(n_keys, dim=-1).indices + 1  # (K, n), frequencies by falling power
+    key_part = basis.key_components(sums, keys)[:, basis.s_of_pair]  # (K, P * P, C)
+    constant = sums.sum(1, keepdim=True) / logits.shape[1]  # (K, 1, C) each logit's mean over pairs
+    restricted = loss_fn(key_part + constant, labels.expand(logits.shape[0], -1)).mean(-1)  # (K,)
+    embed_power = (embeddings.to(wide.dtype).transpose(1, 2) @ basis.orthonormal().to(wide.dtype).T).square().sum(1)  # (K, P)
+    gini_embed, gini_logits = gini(embed_power.sqrt()), gini(spectrum)
+    out = []
+    for k, train in enumerate(train_idx):
+        excluded = loss_fn(wide[k, train] - key_part[k, train], train_targets[k, train]).mean()
+        row: dict[str, Tensor] = {
+            "restricted_loss": restricted[k],
+            "excluded_loss": excluded,
+            "gini_embed": gini_embed[k],
+            "gini_logits": gini_logits[k],
+        }
+        row.update({f"key_freq_{i + 1}": keys[k, i].to(wide.dtype) for i in range(n_keys)})
+        out.append(row)
+    return out
+
+
+def spectra(basis: FourierBasis, logits: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor]:
+    """(K, F) the logits' power per frequency and (K, F) the embedding's (cos and sin of each
+    frequency together), for the Fourier view of a checkpoint."""
+    spectrum = basis.logit_spectrum(basis.sums_by_s(logits.float()))
+    per_component = (embeddings.float().transpose(1, 2) @ basis.orthonormal().T).square().sum(1)  # (K, P)
+    embed = torch.zeros_like(spectrum)
+    index = 1
+    for k in range(spectrum.shape[-1]):
+        width = 1 if 2 * (k + 1) == basis.p else 2
+        embed[:, k] = per_component[:, index : index + width].sum(-1)
+        index += width
+    return spectrum, embed
+
+
+def fourier_view(spec: RunSpec, weights: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The Fourier view of one transformer's weights (a checkpoint): per frequency k = 1 .. P // 2,
+    the power of W_E (without '=') and of the logits over all pairs, and the key frequencies."""
+    if not spec.supports_progress_measures:
+        raise ValueError(
+            f"progress_measures: defined for the transformer on {' and '.join(PROGRESS_MEASURE_OPS)} only"
+        )
+    from engine.model import transformer_pair_logits
+
+    basis = FourierBasis.of(spec.task)
+    params = {name: tensor.float()[None] for name, tensor in weights.items()}
+    grid = torch.arange(spec.task.p * spec.task.p)
+    a, b = (grid // spec.task.p)[None], (grid % spec.task.p)[None]
+    logits = transformer_pair_logits(params, a, b)
+    logit_power, embed_power = spectra(basis, logits, params["W_E"][:, :-1])
+    keys = logit_power[0].topk(min(KEY_FREQUENCIES, logit_power.shape[-1])).indices + 1
+    return {
+        "frequencies": basis.frequencies,
+        "embed_power": embed_power[0].tolist(),
+        "logit_power": logit_power[0].tolist(),
+        "key_frequencies": keys.tolist(),
+    }
