@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -30,6 +31,8 @@ CHART_SERIES = {
     "accuracy": ["train_acc", "test_acc"],
     "param_norm": ["param_norm"],
     "margin": ["train_margin", "test_margin"],
+    # Nanda et al.'s progress measures: every transformer on add or subtract logs them.
+    "progress": ["restricted_loss", "excluded_loss", "train_loss", "test_loss"],
 }
 
 def system_chromium() -> str | None:
@@ -89,25 +92,42 @@ def page_counts(page: Any) -> dict[str, int]:
 
 
 def open_run(page: Any, stack: Stack, run_id: int) -> None:
+    # The charts are published once the series are read: 4, or 5 with the progress measures.
     page.goto(f"{stack.base_url}/#/runs/{run_id}")
     page.wait_for_function(
         "id => window.groklab && window.groklab.page === `runs/${id}` "
-        "&& Object.keys(window.groklab.charts).length === 4",
+        "&& Object.keys(window.groklab.charts).length >= 4",
         arg=run_id,
     )
 
 
+def data_json(locator: Any, name: str) -> Any:
+    """A JSON data-* attribute of the element, e.g. data_json(chart, "points")."""
+    return json.loads(locator.get_attribute(f"data-{name}"))
+
+
+@pytest.fixture(scope="module")
+def phased_run(pg_stack: Stack) -> int:
+    """Two phases (weight decay cut at step 2000), train_loss every step, checkpoints kept every
+    1,000 steps for the Fourier view's step choice."""
+    spec = tiny_spec(
+        phases=[{"steps": 2000}, {"steps": 1000, "weight_decay": 0.1}],
+        eval_every=50,
+        train_loss_every=1,
+        checkpoint_keep_every=1000,
+    )
+    with httpx.Client(base_url=pg_stack.base_url, timeout=30) as http:
+        run_id = submit(http, spec)["run_ids"][0]
+        wait_for_runs(http, [run_id], timeout=180)
+    return run_id
+
+
 def test_finished_run_page_plots_every_bucket_the_downsampling_api_returns(
-    pg_stack: Stack, client: httpx.Client, page: Any
+    pg_stack: Stack, client: httpx.Client, page: Any, phased_run: int
 ) -> None:
     # train_loss every step: its 3,001 points fold into 1,000 buckets of 4 steps (the spikes kept
     # as min/max bands); the eval metrics' 61 points each stay one bucket a point.
-    spec = tiny_spec(
-        phases=[{"steps": 2000}, {"steps": 1000, "weight_decay": 0.1}], eval_every=50, train_loss_every=1
-    )
-    run_id = submit(client, spec)["run_ids"][0]
-    wait_for_runs(client, [run_id], timeout=180)
-
+    run_id = phased_run
     open_run(page, pg_stack, run_id)
     expected = api_bucket_counts(client, run_id)
     assert expected["train_loss"] == 751  # ceil(3001 / 4)
@@ -139,9 +159,9 @@ def test_a_log_scheduled_run_is_drawn_on_a_log_step_axis_and_the_reader_can_swit
     assert {name: len(points) for name, points in stored.items()} == {name: 41 for name in names}
 
     open_run(page, pg_stack, run_id)
-    axes = "[...document.querySelectorAll('[data-chart]')].map(el => el.dataset.stepAxis)"
+    axes = "[...document.querySelectorAll('[data-step-axis]')].map(el => el.dataset.stepAxis)"
     assert page.is_checked("#log-steps")  # the default for a log-scheduled run
-    assert page.evaluate(axes) == ["log"] * 4
+    assert page.evaluate(axes) == ["log"] * len(CHART_SERIES)
     assert page_counts(page) == {name: 40 for name in names}  # step 0 has no place on a log axis
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-run-log-steps.png"), full_page=True)
@@ -173,6 +193,84 @@ def test_live_run_page_gains_points_from_the_stream_while_the_run_trains(
     page.wait_for_function("document.querySelector('#run-header .badge').textContent === 'succeeded'")
     assert page_counts(page) == api_bucket_counts(client, run_id)
     assert page_counts(page)["test_acc"] == 301
+
+
+def test_run_page_draws_the_progress_measures_and_the_embedding_spectrum_of_each_kept_step(
+    pg_stack: Stack, client: httpx.Client, page: Any, phased_run: int
+) -> None:
+    run_id = phased_run
+    latest = client.get(f"/v1/runs/{run_id}/fourier").json()
+    assert latest["step"] == 3000 and latest["kept_steps"] == [1000, 2000, 3000]
+
+    open_run(page, pg_stack, run_id)
+    progress = page.locator('[data-chart="progress"]')
+    names = CHART_SERIES["progress"]
+    # Exactly these four series, each with every bucket the downsampling API returns, on a log
+    # value axis with the phase boundary dashed as on the other charts.
+    expected = api_bucket_counts(client, run_id)
+    assert expected["restricted_loss"] == expected["excluded_loss"] == 61
+    assert data_json(progress, "points") == {name: expected[name] for name in names}
+    assert list(data_json(progress, "points")) == names
+    assert page.evaluate("window.groklab.charts.progress") == {name: expected[name] for name in names}
+    assert progress.get_attribute("data-y-axis") == "log"
+    assert data_json(progress, "markers") == data_json(page.locator('[data-chart="loss"]'), "markers") == [2000]
+    assert progress.locator("canvas").count() == 1
+
+    # The spectrum at the latest checkpoint: a bar per frequency, the key frequencies apart.
+    panel = page.locator("#spectrum")
+    spectrum = page.locator('[data-chart="spectrum"]')
+    page.wait_for_function("window.groklab.spectrum && window.groklab.spectrum.step === 3000")
+    assert panel.get_attribute("data-state") == "shown" and panel.is_visible()
+    assert spectrum.get_attribute("data-step") == "3000"
+    assert data_json(spectrum, "frequencies") == latest["frequencies"] == list(range(1, 7))
+    assert data_json(spectrum, "bars") == pytest.approx(latest["embed_power"], rel=1e-12)
+    assert data_json(spectrum, "highlighted") == sorted(latest["key_frequencies"])
+    assert page.locator("#spectrum-step option").all_inner_texts() == ["1,000", "2,000", "3,000"]
+    assert page.input_value("#spectrum-step") == "3000"
+    assert page.inner_text("#spectrum-step-shown") == "showing step 3,000 (latest)"
+    page.wait_for_function("document.querySelector('#run-label').textContent !== '…'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-progress-measures.png"), full_page=True)
+
+    # Another kept step: the bars are read again, that step's.
+    earlier = client.get(f"/v1/runs/{run_id}/fourier", params={"step": 1000}).json()
+    assert earlier["embed_power"] != pytest.approx(latest["embed_power"], rel=1e-3)
+    page.select_option("#spectrum-step", "1000")
+    page.wait_for_function("window.groklab.spectrum.step === 1000")
+    assert spectrum.get_attribute("data-step") == "1000"
+    assert data_json(spectrum, "bars") == pytest.approx(earlier["embed_power"], rel=1e-12)
+    assert data_json(spectrum, "highlighted") == sorted(earlier["key_frequencies"])
+    assert page.inner_text("#spectrum-step-shown") == "showing step 1,000"
+
+    # A failed answer is said in the panel, and the bars shown stay those of the step they are.
+    page.route(
+        lambda url: "/fourier" in url and "step=2000" in url,
+        lambda route: route.fulfill(
+            status=500, content_type="application/problem+json", body=json.dumps({"detail": "the store is down"})
+        ),
+    )
+    page.select_option("#spectrum-step", "2000")
+    page.wait_for_selector('#spectrum[data-state="error"]')
+    assert "the store is down" in page.inner_text("#spectrum-message")
+    assert page.inner_text("#spectrum-step-shown") == "showing step 1,000"
+    assert spectrum.get_attribute("data-step") == "1000"
+
+
+def test_a_run_without_the_progress_measures_shows_neither_new_chart(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    # An MLP: no restricted_loss series, and its Fourier view is a 422, so the panel stays hidden.
+    spec = tiny_spec(model={"kind": "mlp", "d_embed": 8, "d_hidden": 16}, phases=[{"steps": 20}])
+    run_id = submit(client, spec)["run_ids"][0]
+    wait_for_runs(client, [run_id], timeout=120)
+    assert client.get(f"/v1/runs/{run_id}/fourier").status_code == 422
+
+    open_run(page, pg_stack, run_id)
+    page.wait_for_selector('#spectrum[data-state="unavailable"]', state="attached")
+    assert set(page.evaluate("window.groklab.charts")) == set(CHART_SERIES) - {"progress"}
+    assert page.locator('[data-chart="progress"]').count() == 0
+    assert not page.locator("#spectrum").is_visible()
+    assert page.evaluate("window.groklab.spectrum") is None
 
 
 def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(

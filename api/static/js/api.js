@@ -4,6 +4,15 @@ const KEY_STORAGE = "groklab.apiKey";
 
 export class Unauthorized extends Error {}
 
+// A non-2xx answer other than 401, with its status, so that a page can tell "not defined for this
+// run" (422) or "not there yet" (404) from a failure.
+export class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
 export function storedKey() {
   return localStorage.getItem(KEY_STORAGE);
 }
@@ -31,7 +40,7 @@ export async function request(method, path, body) {
   if (body) init.body = JSON.stringify(body);
   const response = await fetch(path, init);
   if (response.status === 401) throw new Unauthorized(await problem(response));
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await problem(response)}`);
+  if (!response.ok) throw new HttpError(response.status, `${method} ${path}: ${response.status} ${await problem(response)}`);
   return response.json();
 }
 

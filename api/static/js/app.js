@@ -1,7 +1,7 @@
 // The dashboard: hash routes #/ (experiments), #/experiments/ID and #/runs/ID.
 
-import { Unauthorized, forgetKey, get, queryBuckets, queryPoints, saveKey, storedKey, streamMetrics } from "./api.js";
-import { StepChart, bucketsToSeries, sweepChart } from "./charts.js";
+import { HttpError, Unauthorized, forgetKey, get, queryBuckets, queryPoints, saveKey, storedKey, streamMetrics } from "./api.js";
+import { StepChart, bucketsToSeries, spectrumChart, sweepChart } from "./charts.js";
 
 const MAX_POINTS = 1000;
 const REFRESH_MS = 5000;
@@ -13,10 +13,24 @@ const RUN_CHARTS = [
   { id: "param_norm", title: "Parameter norm", metrics: [{ name: "param_norm" }] },
   { id: "margin", title: "Logit margin", metrics: [{ name: "train_margin" }, { name: "test_margin" }] },
 ];
+// Nanda et al.'s progress measures (engine/progress_measures.py) beside the losses they explain,
+// train and test in the loss chart's colours; drawn for runs that log them, beside the spectrum.
+const PROGRESS_CHART = {
+  id: "progress",
+  title: "Progress measures (log scale)",
+  log: true,
+  metrics: [
+    { name: "restricted_loss", color: "#2ca02c" },
+    { name: "excluded_loss", color: "#9467bd" },
+    { name: "train_loss", color: "#1f77b4" },
+    { name: "test_loss", color: "#d62728" },
+  ],
+};
 
 const app = document.getElementById("app");
 // What the page shows, for tests and the curious: the route, whether it is live, points per chart.
-const state = (window.groklab = { page: null, live: false, maxPoints: MAX_POINTS, charts: {} });
+// The run page adds `spectrum`: the Fourier view it draws ({step, kept_steps, ...}), null when none.
+const state = (window.groklab = { page: null, live: false, maxPoints: MAX_POINTS, charts: {}, spectrum: null });
 let cleanups = [];
 
 function h(tag, attrs = {}, ...children) {
@@ -145,33 +159,123 @@ function phaseBoundaries(spec) {
   return ends.slice(0, -1);
 }
 
+// The embedding's Fourier spectrum at a stored checkpoint, with a choice of the stored steps; the
+// latest one at first, followed as the run writes new ones until the reader picks another. A run
+// without a Fourier view (422: not a transformer on add or subtract) shows no panel at all.
+function spectrumPanel(runId) {
+  const select = h("select", { id: "spectrum-step", "aria-label": "checkpoint step" });
+  const shown = h("span", { id: "spectrum-step-shown" });
+  const message = h("p", { id: "spectrum-message", class: "muted" }, "loading the Fourier view…");
+  const chartEl = h("div", { "data-chart": "spectrum" });
+  // data-state (loading, shown, error, unavailable) tells a reader whether an answer came yet.
+  const el = h("div", { class: "chart", id: "spectrum", hidden: "", "data-state": "loading" }, h("label", { class: "option" }, "checkpoint step ", select), " ", shown, chartEl, message);
+  let plot = null;
+  let view = null;
+  let followLatest = true;
+  let unavailable = false; // a 422: no Fourier view for this run, now or later
+  let pending = 0; // answers to an earlier choice that arrive after a later one are dropped
+  let destroyed = false;
+
+  const draw = (next) => {
+    view = next;
+    plot?.destroy();
+    chartEl.replaceChildren();
+    plot = spectrumChart(chartEl, view);
+    select.replaceChildren(...view.kept_steps.map((s) => h("option", { value: String(s) }, s.toLocaleString())));
+    select.value = String(view.step);
+    shown.textContent = `showing step ${view.step.toLocaleString()}` + (view.step === view.kept_steps.at(-1) ? " (latest)" : "");
+    message.textContent = `key frequencies (red): ${view.key_frequencies.join(", ")}`;
+    message.className = "muted";
+    state.spectrum = { step: view.step, kept_steps: view.kept_steps, frequencies: view.frequencies, embed_power: view.embed_power, key_frequencies: view.key_frequencies };
+  };
+  const show = async (step, { quiet = false } = {}) => {
+    const ticket = ++pending;
+    if (!quiet) {
+      message.textContent = `loading ${step === "latest" ? "the latest checkpoint" : `step ${step}`}…`;
+      el.dataset.state = "loading";
+    }
+    try {
+      const next = await get(`/v1/runs/${runId}/fourier?step=${step}`);
+      if (ticket !== pending) return;
+      el.hidden = false;
+      el.dataset.state = "shown";
+      draw(next);
+    } catch (error) {
+      if (ticket !== pending) return;
+      if (error instanceof HttpError && error.status === 422) {
+        unavailable = true;
+        el.hidden = true;
+        el.dataset.state = "unavailable";
+        state.spectrum = null;
+        return;
+      }
+      if (error instanceof Unauthorized) return keyForm(error.message);
+      el.hidden = false;
+      // No latest checkpoint is a run that has not written one yet, not a failure.
+      const notYet = error instanceof HttpError && error.status === 404 && step === "latest";
+      el.dataset.state = "error";
+      message.className = notYet ? "muted" : "error";
+      message.textContent = notYet ? "Fourier view: no checkpoint stored yet; it appears once the run writes one." : `Fourier view: ${error.message}`;
+    }
+  };
+  select.addEventListener("change", () => {
+    followLatest = view != null && select.value === String(view.kept_steps.at(-1));
+    show(select.value);
+  });
+  return {
+    el,
+    // The latest checkpoint, unless the reader chose another. Quiet (a timer's) refreshes read the
+    // checkpoint list first, which is cheap, and ask for a Fourier view only of a newer checkpoint.
+    async refresh({ quiet = false } = {}) {
+      if (!followLatest || unavailable || destroyed) return;
+      if (quiet) {
+        const { checkpoints } = await get(`/v1/runs/${runId}/checkpoints`).catch(() => ({ checkpoints: [] }));
+        if (destroyed || !checkpoints.length || checkpoints.at(-1).step === view?.step) return;
+      }
+      await show("latest", { quiet });
+    },
+    destroy() {
+      destroyed = true;
+      pending++;
+      plot?.destroy();
+    },
+  };
+}
+
 async function runPage(id) {
   const run = await get(`/v1/runs/${id}`);
   const header = h("div", { id: "run-header" });
   const label = h("span", { class: "label", id: "run-label" }, "…");
   const chartsEl = h("div", { class: "charts" });
+  const spectrum = spectrumPanel(id);
   app.replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← experiments"), " · ", h("a", { href: `#/experiments/${run.experiment_id}` }, `experiment ${run.experiment_id}`)),
     h("h1", {}, `Run ${run.id} `, label),
     header,
     chartsEl,
   );
+  cleanups.push(spectrum.destroy);
   const markers = phaseBoundaries(run.spec);
   // Log-spaced evaluations read best on a log step axis; the reader may switch either way.
   const logSteps = h("input", { type: "checkbox", id: "log-steps" });
   logSteps.checked = run.spec.eval_schedule?.kind === "log";
   chartsEl.before(h("label", { class: "option" }, logSteps, " log-scale steps"));
   let charts = [];
+  // Whether the run logs the progress measures: known once a restricted_loss point is read.
+  let hasProgress = false;
+  const chartDefs = () => (hasProgress ? [...RUN_CHARTS, PROGRESS_CHART] : RUN_CHARTS);
   const makeCharts = () => {
     const previous = Object.fromEntries(charts.map(([cid, chart]) => [cid, chart.data]));
     charts.forEach(([, chart]) => chart.destroy());
     chartsEl.replaceChildren();
-    charts = RUN_CHARTS.map((def) => {
+    charts = chartDefs().map((def) => {
       const el = h("div", { class: "chart", "data-chart": def.id });
       chartsEl.append(el);
       const options = { title: def.title, metrics: def.metrics, log: def.log, logSteps: logSteps.checked, markers };
       return [def.id, new StepChart(el, { ...options, data: previous[def.id] })];
     });
+    // The spectrum panel keeps its plot across remakes: it has no step axis.
+    chartsEl.append(spectrum.el);
   };
   makeCharts();
   logSteps.addEventListener("change", () => {
@@ -179,7 +283,7 @@ async function runPage(id) {
     charts.forEach(([, chart]) => chart.render());
     publish();
   });
-  const names = RUN_CHARTS.flatMap((def) => def.metrics.map((m) => m.name));
+  const names = [...new Set([...RUN_CHARTS, PROGRESS_CHART].flatMap((def) => def.metrics.map((m) => m.name)))];
   let step = run.step;
   let status = run.status;
 
@@ -208,6 +312,10 @@ async function runPage(id) {
   const load = async () => {
     const answer = await queryBuckets(Number(id), names, MAX_POINTS);
     if (pointNames.length) Object.assign(answer.byName, (await queryPoints(Number(id), pointNames)).byName);
+    if (!hasProgress && answer.byName.restricted_loss.length) {
+      hasProgress = true;
+      makeCharts();
+    }
     for (const [, chart] of charts) {
       for (const m of chart.metrics) chart.setBuckets(m.name, bucketsToSeries(answer.byName[m.name]));
       chart.render();
@@ -220,15 +328,22 @@ async function runPage(id) {
   const endStep = await load();
   showLabel();
   publish();
+  spectrum.refresh();
   if (FINISHED.has(status)) return;
+  // A training run writes checkpoints as it goes; the panel follows them while it shows the latest.
+  every(REFRESH_MS, () => spectrum.refresh({ quiet: true }));
 
   let dirty = false;
   let reloading = false;
+  // A restricted_loss point came from the stream before the page had a progress chart: the chart
+  // is made by reading the series back, so that its losses have the points before this one too.
+  let progressArrived = false;
   every(RENDER_MS, async () => {
     if (!dirty || reloading) return;
     dirty = false;
-    // Live points are raw; once they outnumber the buckets, ask the server to fold them again.
-    if (charts.some(([, chart]) => chart.metrics.some((m) => chart.size(m.name) > 2 * MAX_POINTS))) {
+    // Live points are raw; once they outnumber the buckets, ask the server to fold them again (and
+    // read everything back when the progress chart is due).
+    if ((progressArrived && !hasProgress) || charts.some(([, chart]) => chart.metrics.some((m) => chart.size(m.name) > 2 * MAX_POINTS))) {
       reloading = true;
       await load().finally(() => (reloading = false));
     } else {
@@ -242,6 +357,7 @@ async function runPage(id) {
       status = "running";
       step = Math.max(step, s);
       for (const [, chart] of charts) for (const [name, value] of Object.entries(values)) chart.append(name, s, value);
+      if ("restricted_loss" in values) progressArrived = true;
       dirty = true;
     },
     async onEnd(end) {
@@ -252,6 +368,7 @@ async function runPage(id) {
       showHeader();
       showLabel();
       publish();
+      spectrum.refresh();
     },
     onError(error) {
       if (error instanceof Unauthorized) keyForm(error.message);
@@ -268,6 +385,7 @@ async function route({ quiet = false } = {}) {
   const match = hash.match(/^\/(experiments|runs)\/(\d+)$/);
   state.page = match ? `${match[1]}/${match[2]}` : "experiments";
   state.charts = {};
+  state.spectrum = null;
   if (!quiet) app.replaceChildren(h("p", { class: "loading" }, "loading…"));
   try {
     if (!match) await experimentsPage();

@@ -1,4 +1,5 @@
-// uPlot charts: step series drawn as a mean line inside a min/max band, and the sweep chart.
+// uPlot charts: step series drawn as a mean line inside a min/max band, the sweep chart and the
+// Fourier spectrum's bars.
 
 import uPlot from "../vendor/uPlot-1.6.32.esm.js";
 
@@ -137,10 +138,13 @@ export class StepChart {
     return Object.fromEntries(this.metrics.map((m) => [m.name, this.plotted(m.name).length]));
   }
 
-  // Plotted buckets per metric and the step axis, for tests and for anyone reading the page's state.
+  // Plotted buckets per metric, the axes' scales (as uPlot draws them) and the dashed phase
+  // boundaries, for tests and for anyone reading the page's state.
   publish() {
     this.el.dataset.points = JSON.stringify(this.counts());
     this.el.dataset.stepAxis = this.logSteps ? "log" : "linear";
+    this.el.dataset.yAxis = this.plot.scales.y.distr === 3 ? "log" : "linear";
+    this.el.dataset.markers = JSON.stringify(this.markers);
   }
 }
 
@@ -201,5 +205,45 @@ export function sweepChart(el, curves, dCrit) {
   );
   el.dataset.points = JSON.stringify(Object.fromEntries(keys.map((k, i) => [k, tables[i][0].length])));
   el.dataset.xAxis = "log";
+  return plot;
+}
+
+const KEY_COLOR = "#d62728";
+const OTHER_COLOR = "#7f98b3";
+
+// The embedding's power per frequency k = 1 .. P // 2 at one checkpoint (GET /v1/runs/{id}/fourier),
+// one bar each; the key frequencies (the logits' strongest, engine/progress_measures.py) are a
+// series of their own in red, so that the legend names them and the other bars stay muted.
+export function spectrumChart(el, view) {
+  const keys = new Set(view.key_frequencies);
+  const isKey = view.frequencies.map((k) => keys.has(k));
+  const data = [
+    view.frequencies,
+    view.embed_power.map((v, i) => (isKey[i] ? null : v)),
+    view.embed_power.map((v, i) => (isKey[i] ? v : null)),
+  ];
+  const bars = uPlot.paths.bars({ size: [0.7, 48] });
+  const barSeries = (label, color) => ({ label, stroke: color, fill: fade(color, 0.75), width: 1, paths: bars, points: { show: false } });
+  const plot = new uPlot(
+    {
+      title: `Embedding W_E: Fourier power per frequency, step ${view.step.toLocaleString()}`,
+      width: chartWidth(el),
+      height: 240,
+      series: [{ label: "k" }, barSeries("embed power", OTHER_COLOR), barSeries("key frequency", KEY_COLOR)],
+      // Half a bar of room at either end; bars grow from zero.
+      scales: { x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1] } },
+      axes: [{ label: "frequency k (w = 2πk / P)", space: 18, incrs: [1, 2, 5, 10, 20, 50, 100] }, { size: 60 }],
+      legend: { live: true },
+    },
+    data,
+    el,
+  );
+  // What is drawn, read back from the plot's own columns: each frequency's bar height and the
+  // frequencies drawn as key ones.
+  const drawn = plot.data;
+  el.dataset.step = String(view.step);
+  el.dataset.frequencies = JSON.stringify(drawn[0]);
+  el.dataset.bars = JSON.stringify(drawn[0].map((_, i) => drawn[1][i] ?? drawn[2][i]));
+  el.dataset.highlighted = JSON.stringify(drawn[0].filter((_, i) => drawn[2][i] != null));
   return plot;
 }
