@@ -293,6 +293,14 @@ def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(
     assert page.locator("#runs tr").count() == 1 + 6
     labels = page.locator("#runs .label").all_inner_texts()
     assert sorted(labels) == sorted(run["label"] or "–" for run in analysis["runs"])
+    # when the Fourier circuit formed, beside memorisation and generalisation, per run
+    headers = page.locator("#runs th").all_inner_texts()
+    circuit = headers.index("circuit_formation_step")
+    assert headers[circuit - 1 : circuit + 2] == ["memorisation_step", "circuit_formation_step", "generalisation_step"]
+    shown = sorted(row.locator("td").nth(circuit).inner_text() for row in page.locator("#runs tr").all()[1:])
+    served = [run["circuit_formation_step"] for run in analysis["runs"]]
+    assert shown == sorted("–" if step is None else str(step) for step in served), (shown, served)
+    assert any(step is not None for step in served)
     assert page.inner_text("#d-crit").startswith("D_crit")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-experiment.png"), full_page=True)

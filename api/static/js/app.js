@@ -125,7 +125,7 @@ async function experimentPage(id) {
   const pooled = sides.length ? sides[0][1].pooled : null;
   const phaseOne = analysis.accuracy_vs_train_size.filter((point) => point.role === "phase1");
   const phaseOneText = phaseOne.map((p) => `phase 1 (D = ${p.train_size.toLocaleString()}, wd ${p.weight_decay}): final test accuracy ${fmt(p.mean)} (n = ${p.n})`);
-  const columns = ["id", "status", "role", "seed", "train_size", "weight_decay", "label", "final_train_acc", "final_test_acc", "grokking_delay"];
+  const columns = ["id", "status", "role", "seed", "train_size", "weight_decay", "label", "final_train_acc", "final_test_acc", "memorisation_step", "circuit_formation_step", "generalisation_step", "grokking_delay"];
   const table = h(
     "table",
     { id: "runs" },
