@@ -224,18 +224,42 @@ class Client:
         path = f"/v1/runs/{_id(run)}/checkpoints/{'latest' if step is None else int(step)}"
         return self._request("GET", path, params={"optimizer": optimizer}).content
 
-    def load_model(self, run: RunRef, step: int | None = None) -> Any:
-        """The engine's nn.Module (engine.model) with the run's weights at `step` (the latest when
-        None), in eval mode, on the CPU: ready for analysis in a notebook. Needs torch."""
+    def load_model(self, run: RunRef, step: int | None = None, format: str = "engine") -> Any:
+        """The run's model with its weights at `step` (the latest when None), on the CPU: ready for
+        analysis in a notebook. Needs torch. `format`:
+
+        - "engine": the engine's nn.Module (engine.model), in eval mode.
+        - "transformer_lens" (transformer runs; needs the transformer-lens extra, TransformerLens
+          4.x): the same model over all three positions as a TransformerLens HookedRootModule
+          (groklab.lens.TransformerLensView), in eval mode: run_with_cache, run_with_hooks.
+        - "hooked_transformer" (transformer runs; torch alone): groklab.lens.HookedTransformerWeights,
+          a (state_dict, config) pair for TransformerLens 2.x/3.x:
+          HookedTransformer(HookedTransformerConfig(**config)).load_state_dict(state_dict).
+
+        docs/transformer_lens.md has the details.
+        """
         from safetensors.torch import load
 
         from engine.model import build_model
         from engine.spec import RunSpec
 
+        formats = ("engine", "transformer_lens", "hooked_transformer")
+        if format not in formats:
+            raise ValueError(f"format: {format!r} is not one of {', '.join(map(repr, formats))}")
         spec = RunSpec.model_validate((run if isinstance(run, Run) else self.run(run)).spec)
+        if format != "engine" and spec.model.kind != "transformer":
+            raise ValueError(
+                f"format: only transformer runs have the {format!r} view; this run's model is {spec.model.kind!r}"
+            )
         model = build_model(spec)
         model.load_state_dict(load(self.download_checkpoint(run, step)))
-        return model.eval()
+        if format == "engine":
+            return model.eval()
+        from groklab import lens
+
+        if format == "transformer_lens":
+            return lens.transformer_lens_view(model)
+        return lens.hooked_transformer_weights(model)
 
     def analysis(self, experiment: ExperimentRef) -> dict[str, Any]:
         """Accuracy vs D, D_crit with its interval, and each run's label (see the HTTP API)."""

@@ -119,3 +119,20 @@ def test_another_owners_checkpoints_are_404(auth_stack: Stack) -> None:
         assert http.get(f"/v1/runs/{run_id}/checkpoints", headers=owner).json()["checkpoints"][0]["step"] == 10
         for path in (f"/v1/runs/{run_id}/checkpoints", f"/v1/runs/{run_id}/checkpoints/10"):
             assert http.get(path, headers=stranger).status_code == 404
+
+
+def test_load_model_as_transformer_lens_gives_the_engines_logits_at_eq(trained: tuple[Client, int]) -> None:
+    from groklab.lens import HOOK_NAMES, TransformerLensView
+
+    client, run_id = trained
+    run = client.run(run_id)
+    tokens = build_task(RunSpec.model_validate(run.spec).task).tokens
+    view = client.load_model(run, step=200, format="transformer_lens")
+    assert isinstance(view, TransformerLensView) and not view.training and view.embed.W_E.device.type == "cpu"
+    with torch.no_grad():
+        logits, cache = view.run_with_cache(tokens)
+        difference = (logits[:, 2] - client.load_model(run, step=200)(tokens)).abs().max().item()
+    assert difference <= 1e-5 and set(cache.keys()) == set(HOOK_NAMES)
+    state_dict, config = client.load_model(run, format="hooked_transformer")
+    assert config["d_vocab"] == 14 and config["d_vocab_out"] == 13 and config["n_heads"] == 2
+    assert torch.equal(state_dict["embed.W_E"], client.load_model(run).W_E)
