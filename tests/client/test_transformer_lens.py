@@ -1,7 +1,7 @@
 """The engine's transformer as a TransformerLens HookedRootModule (groklab.lens) with the real
 library: the same logits at '=', TransformerLens's hook names and shapes, hooks, caching and
 activation patching, the HookedTransformer 2.x/3.x state-dict export, and client.load_model's
-formats (the checkpoint from a stand-in download; test_checkpoints.py goes through a server)."""
+formats' refusals (their results through a real server: tests/client/test_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch import Tensor, nn
 from transformer_lens import ActivationCache
 
@@ -256,22 +255,12 @@ def _run(spec: RunSpec) -> Run:
     return Run(1, 1, "succeeded", 20, 20, {}, None, spec.model_dump(mode="json"))
 
 
-def test_load_model_formats(engine_model: nn.Module, grid: Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Client("http://127.0.0.1:9") as client:  # nothing listens there: the download is stood in for
-        monkeypatch.setattr(client, "download_checkpoint", lambda run, step=None: save(engine_model.state_dict()))
-        run = _run(SPEC)
-        engine = client.load_model(run)
-        view = client.load_model(run, format="transformer_lens")
-        state_dict, config = client.load_model(run, format="hooked_transformer")
-        assert type(engine) is type(engine_model) and not engine.training
-        assert isinstance(view, lens.TransformerLensView) and not view.training
-        assert view.embed.W_E.device.type == "cpu"
-        with torch.no_grad():
-            assert_close(view(grid)[:, 2], engine(grid), atol=1e-5)
-        assert list(state_dict) == list(EXPORT_SHAPES) and config == lens.hooked_transformer_config(engine_model)
-
+def test_load_model_refuses_an_unknown_format_and_a_model_without_the_view_before_downloading() -> None:
+    # Nothing listens on port 9: each refusal comes before any request. The formats' results
+    # through a real server: tests/client/test_checkpoints.py.
+    with Client("http://127.0.0.1:9") as client:
         with pytest.raises(ValueError, match="format: 'pytorch' is not one of"):
-            client.load_model(run, format="pytorch")
+            client.load_model(_run(SPEC), format="pytorch")
         mlp = SPEC.model_copy(update={"model": RunSpec.model_validate({"model": {"kind": "mlp"}}).model})
         toy = RunSpec.model_validate({"model": {"kind": "toy_circuits"}, "optimizer": {"kind": "sgd"}})
         for spec in (mlp, toy):
