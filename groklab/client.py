@@ -218,6 +218,13 @@ class Client:
         """The run's stored checkpoints: {step, bytes, sha256, kept, created_at}, in step order."""
         return self._request("GET", f"/v1/runs/{_id(run)}/checkpoints").json()["checkpoints"]
 
+    def fourier(self, run: RunRef, step: int | None = None) -> dict[str, Any]:
+        """The Fourier view of a stored checkpoint (the latest when None): {run_id, step, frequencies,
+        embed_power, logit_power, key_frequencies, kept_steps}; transformer runs on add/subtract."""
+        return self._request(
+            "GET", f"/v1/runs/{_id(run)}/fourier", params={"step": "latest" if step is None else int(step)}
+        ).json()
+
     def download_checkpoint(self, run: RunRef, step: int | None = None, *, optimizer: bool = False) -> bytes:
         """A safetensors file: the model's weights at `step` (the latest when None), or with
         optimizer=True the whole checkpoint the run resumes from."""

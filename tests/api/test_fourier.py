@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.spec import PROGRESS_METRICS
-from groklab.client import Client
+from groklab.client import ApiError, Client
 from tests.services import Stack, tiny_spec, wait_for_runs
 
 P = 13
@@ -30,7 +30,7 @@ def run_id(pg_stack: Stack) -> Iterator[int]:
 def test_fourier_view_matches_numpy_ffts_of_the_downloaded_weights(pg_stack: Stack, run_id: int) -> None:
     with Client(pg_stack.base_url) as client:
         model = client.load_model(run_id, step=200)
-        view = client._request("GET", f"/v1/runs/{run_id}/fourier", params={"step": 200}).json()
+        view = client.fourier(run_id, step=200)
     assert view["step"] == 200 and view["kept_steps"] == [100, 200, 300]
     assert view["frequencies"] == list(range(1, P // 2 + 1))
     k = np.arange(1, P // 2 + 1)
@@ -68,6 +68,9 @@ def test_a_step_that_was_not_kept_is_404_listing_the_kept_steps(client: httpx.Cl
     assert response.status_code == 404
     error = response.json()["errors"][0]
     assert error["field"] == "step" and "100, 200, 300" in error["message"]
+    with Client(str(client.base_url)) as python_client, pytest.raises(ApiError) as raised:
+        python_client.fourier(run_id, step=150)
+    assert raised.value.status == 404 and "100, 200, 300" in str(raised.value)
     assert client.get(f"/v1/runs/{run_id}/fourier", params={"step": "soon"}).status_code == 422
 
 
