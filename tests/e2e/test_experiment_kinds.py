@@ -11,6 +11,7 @@ spec as the ungrokking example's phase 1), so no run is trained twice.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,11 @@ def test_progress_measures_see_the_circuit_form_long_before_test_loss_falls(
         return median(v for s, v in series["excluded_loss"].items() if step - 4 * EVAL_EVERY <= s <= step)
 
     assert excluded_around(generalised) > excluded_around(formed) + 1.0  # measured ~2.2 and ~6.6
+    # In between, removing the key frequencies leaves the net worse than a uniform guess (loss
+    # ln P) on its own training pairs: the circuit carries the training fit too. Measured: ~step 850.
+    chance = math.log(BASE["task"]["p"])
+    worse_than_chance = next(s for s, v in sorted(series["excluded_loss"].items()) if s > formed and v >= chance)
+    assert formed < worse_than_chance < generalised
     gini = series["gini_embed"]
     assert median(last(gini, 5)) > 3 * gini[0]  # the embedding turns sparse in frequency: 0.03 to 0.39
 
