@@ -27,6 +27,7 @@ through the P values of s = (a +- b) mod P, so the measures cost a few P x P x P
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from engine.spec import KEY_FREQUENCIES, PROGRESS_MEASURE_OPS, RunSpec, TaskSpec
 
-__all__ = ["FourierBasis", "KEY_FREQUENCIES", "PROGRESS_MEASURE_OPS", "fourier_view", "gini", "progress_measures", "spectra"]
+__all__ = ["FourierBasis", "KEY_FREQUENCIES", "PROGRESS_MEASURE_OPS", "fourier_view", "gini", "key_frequencies", "progress_measures", "spectra"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,11 @@ class FourierBasis:
     def frequencies(self) -> list[int]:
         return list(range(1, self.p // 2 + 1))
 
+    @functools.cached_property
     def orthonormal(self) -> Tensor:
         """(P, P) rows: the constant, then cos and sin of each frequency, each of unit norm (sin of
-        k = P / 2 is zero for even P and left out, so that the P rows are a basis)."""
+        k = P / 2 is zero for even P and left out, so that the P rows are a basis). Built once per
+        basis: every evaluation projects the embedding onto it."""
         rows = [torch.ones_like(self.cos[0])]
         for k in range(len(self.cos)):
             rows.append(self.cos[k])
@@ -76,6 +79,10 @@ class FourierBasis:
                 rows.append(self.sin[k])
         basis = torch.stack(rows)
         return basis / basis.norm(dim=1, keepdim=True)
+
+    def embed_component_power(self, embeddings: Tensor) -> Tensor:
+        """(K, P, d) W_E without the '=' row -> (K, P) squared norm of each orthonormal component."""
+        return (embeddings.transpose(1, 2) @ self.orthonormal.to(embeddings.dtype).T).square().sum(1)
 
     def sums_by_s(self, logits: Tensor) -> Tensor:
         """(K, P * P, C) -> (K, P, C): the logits summed over the pairs of each s."""
@@ -111,6 +118,11 @@ class FourierBasis:
         return torch.einsum("knc,kns->ksc", coef_cos, cos) + torch.einsum("knc,kns->ksc", coef_sin, sin)
 
 
+def key_frequencies(spectrum: Tensor) -> Tensor:
+    """(K, F) logit spectrum -> (K, n) the KEY_FREQUENCIES frequencies k of highest power, highest first."""
+    return spectrum.topk(min(KEY_FREQUENCIES, spectrum.shape[-1]), dim=-1).indices + 1
+
+
 def gini(values: Tensor) -> Tensor:
     """Gini coefficient along the last dimension of non-negative values: 0 when all are equal,
     (n - 1) / n when one holds everything."""
@@ -139,12 +151,11 @@ def progress_measures(
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
     sums = basis.sums_by_s(wide)  # (K, P, C)
     spectrum = basis.logit_spectrum(sums)  # (K, F)
-    n_keys = min(KEY_FREQUENCIES, spectrum.shape[-1])
-    keys = spectrum.topk(n_keys, dim=-1).indices + 1  # (K, n), frequencies by falling power
+    keys = key_frequencies(spectrum)  # (K, n)
     key_part = basis.key_components(sums, keys)[:, basis.s_of_pair]  # (K, P * P, C)
     constant = sums.sum(1, keepdim=True) / logits.shape[1]  # (K, 1, C) each logit's mean over pairs
     restricted = loss_fn(key_part + constant, labels.expand(logits.shape[0], -1)).mean(-1)  # (K,)
-    embed_power = (embeddings.to(wide.dtype).transpose(1, 2) @ basis.orthonormal().to(wide.dtype).T).square().sum(1)  # (K, P)
+    embed_power = basis.embed_component_power(embeddings.to(wide.dtype))  # (K, P)
     gini_embed, gini_logits = gini(embed_power.sqrt()), gini(spectrum)
     out = []
     for k, train in enumerate(train_idx):
@@ -155,7 +166,7 @@ def progress_measures(
             "gini_embed": gini_embed[k],
             "gini_logits": gini_logits[k],
         }
-        row.update({f"key_freq_{i + 1}": keys[k, i].to(wide.dtype) for i in range(n_keys)})
+        row.update({f"key_freq_{i + 1}": keys[k, i].to(wide.dtype) for i in range(keys.shape[1])})
         out.append(row)
     return out
 
@@ -164,7 +175,7 @@ def spectra(basis: FourierBasis, logits: Tensor, embeddings: Tensor) -> tuple[Te
     """(K, F) the logits' power per frequency and (K, F) the embedding's (cos and sin of each
     frequency together), for the Fourier view of a checkpoint."""
     spectrum = basis.logit_spectrum(basis.sums_by_s(logits.float()))
-    per_component = (embeddings.float().transpose(1, 2) @ basis.orthonormal().T).square().sum(1)  # (K, P)
+    per_component = basis.embed_component_power(embeddings.float())  # (K, P)
     embed = torch.zeros_like(spectrum)
     index = 1
     for k in range(spectrum.shape[-1]):
@@ -189,7 +200,7 @@ def fourier_view(spec: RunSpec, weights: Mapping[str, Tensor]) -> dict[str, Any]
     a, b = (grid // spec.task.p)[None], (grid % spec.task.p)[None]
     logits = transformer_pair_logits(params, a, b)
     logit_power, embed_power = spectra(basis, logits, params["W_E"][:, :-1])
-    keys = logit_power[0].topk(min(KEY_FREQUENCIES, logit_power.shape[-1])).indices + 1
+    keys = key_frequencies(logit_power)[0]
     return {
         "frequencies": basis.frequencies,
         "embed_power": embed_power[0].tolist(),

@@ -97,7 +97,7 @@ def test_even_modulus_has_a_zero_sine_at_the_top_frequency() -> None:
     basis = FourierBasis.of(TaskSpec(p=10))
     assert basis.frequencies == [1, 2, 3, 4, 5]
     assert basis.sin[4].abs().max() == 0
-    assert basis.orthonormal() @ basis.orthonormal().T == pytest.approx(torch.eye(10), abs=1e-5)
+    assert basis.orthonormal @ basis.orthonormal.T == pytest.approx(torch.eye(10), abs=1e-5)
 
 
 def test_progress_measures_are_on_by_default_where_defined_and_a_422_field_elsewhere() -> None:
