@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.spec import KEY_FREQUENCIES, PROGRESS_MEASURE_OPS, RunSpec, TaskSpec
+from engine.spec import KEY_FREQUENCIES, PROGRESS_MEASURE_OPS, PROGRESS_MEASURES_DEFINED_FOR, RunSpec, TaskSpec
 
 __all__ = ["FourierBasis", "KEY_FREQUENCIES", "PROGRESS_MEASURE_OPS", "fourier_view", "gini", "key_frequencies", "progress_measures", "spectra"]
 
@@ -190,7 +190,7 @@ def fourier_view(spec: RunSpec, weights: Mapping[str, Tensor]) -> dict[str, Any]
     the power of W_E (without '=') and of the logits over all pairs, and the key frequencies."""
     if not spec.supports_progress_measures:
         raise ValueError(
-            f"progress_measures: defined for the transformer on {' and '.join(PROGRESS_MEASURE_OPS)} only"
+            f"progress_measures: defined for {PROGRESS_MEASURES_DEFINED_FOR} only"
         )
     from engine.model import transformer_pair_logits
 

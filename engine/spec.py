@@ -47,6 +47,7 @@ EVAL_METRICS = (
 # Nanda et al.'s progress measures (engine.progress_measures), logged beside EVAL_METRICS when a
 # run's resolved_progress_measures is True: defined for the transformer on these ops.
 PROGRESS_MEASURE_OPS = ("add", "subtract")
+PROGRESS_MEASURES_DEFINED_FOR = f"the transformer on {' and '.join(PROGRESS_MEASURE_OPS)}"  # for error messages
 KEY_FREQUENCIES = 5
 PROGRESS_METRICS = (
     "restricted_loss", "excluded_loss", "gini_embed", "gini_logits",
@@ -388,7 +389,7 @@ class RunSpec(StrictModel):
         if self.progress_measures and not self.supports_progress_measures:
             raise _field_error(
                 "progress_measures",
-                f"defined for the transformer on {' and '.join(PROGRESS_MEASURE_OPS)} only, "
+                f"defined for {PROGRESS_MEASURES_DEFINED_FOR} only, "
                 f"not the {self.model.kind} on {self.task.op}",
             )
         metrics = self.eval_metric_names()

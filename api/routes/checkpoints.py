@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from api.auth import ReaderDep
 from api.deps import CheckpointStoreDep, SessionDep
-from engine.spec import RunSpec
+from engine.spec import PROGRESS_MEASURES_DEFINED_FOR, RunSpec
 from groklab.errors import InvalidInput, NotFound
 from groklab.run_checkpoints import decode, model_weights
 from groklab.store import runs as run_store
@@ -122,7 +122,7 @@ def fourier_view(
     if not spec.supports_progress_measures:
         raise InvalidInput(
             f"run {run_id} is a {spec.model.kind} on '{spec.task.op}': the Fourier view is defined for "
-            "the transformer on add and subtract",
+            f"{PROGRESS_MEASURES_DEFINED_FOR}",
             field="run_id",
         )
     stored = store.list_checkpoints(run_id)
