@@ -194,15 +194,18 @@ def test_progress_measures_see_the_circuit_form_long_before_test_loss_falls(
     assert analysis["circuit_lead_steps"] == analysis["generalisation_step"] - formed > 0
 
 
-def _assert_memorised_only(client: httpx.Client, run_id: int, test_acc_below: float) -> dict[str, Any]:
+def _assert_memorised_only(
+    client: httpx.Client, run_id: int, test_acc_below: float, labels: tuple[str, ...] = ("memorised",)
+) -> dict[str, Any]:
     """The run fits its training set, stays below `test_acc_below` on the test set (medians of
-    its last 20 evaluations) and is labelled memorised; returns its analysis."""
+    its last 20 evaluations), never generalises and gets one of `labels`; returns its analysis."""
     _succeeded(client, [run_id], timeout=600)
     series = _series(client, run_id, "train_acc", "test_acc")
     assert median(last(series["train_acc"], 20)) == 1.0
     assert median(last(series["test_acc"], 20)) < test_acc_below
     analysis = client.get(f"/v1/runs/{run_id}/analysis").json()
-    assert analysis["label"] == "memorised", analysis
+    assert analysis["generalisation_step"] is None, analysis
+    assert analysis["label"] in labels, analysis
     return analysis
 
 
@@ -210,7 +213,10 @@ def _assert_memorised_only(client: httpx.Client, run_id: int, test_acc_below: fl
 def test_no_grokking_without_weight_decay_in_the_same_budget(
     kinds_client: httpx.Client, from_scratch: FromScratch
 ) -> None:
-    _assert_memorised_only(kinds_client, from_scratch.no_weight_decay, 0.6)  # measured 0.33-0.39
+    # Test accuracy creeps up after memorisation and ends at 0.33-0.39 (measured), on the edge of the
+    # semi-grokking rule (a rise of 0.1 ending at 0.3 or more), so which of the two labels it gets
+    # moves with float rounding; both say it never generalised, which is what this test proves.
+    _assert_memorised_only(kinds_client, from_scratch.no_weight_decay, 0.6, ("memorised", "semi_grokked"))
 
 
 @pytest.mark.slow
