@@ -35,6 +35,9 @@ def get_checkpoint_store() -> CheckpointStore:
     return CheckpointStore.from_settings(get_settings())
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the route returns, before the response is sent, so
+# a client that got its 200 reads what it wrote. With the default ("request") the commit came
+# after the answer: a DELETE right after a cancel's 200 could still find the run queued.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 CheckpointStoreDep = Annotated[CheckpointStore, Depends(get_checkpoint_store)]

@@ -49,4 +49,4 @@ def delete_experiment(session: Session, settings: Settings, experiment_id: int, 
         # Before the runs: their index rows would cascade, but the blobs they name would not.
         checkpoints.delete_run(run.id)
     run_store.delete_experiment(session, experiment_id)
-    session.commit()  # before the answer: the request session would commit only after it is sent
+    session.commit()

@@ -186,7 +186,8 @@ def test_delete_of_a_parent_refuses_while_a_fork_in_another_experiment_needs_it(
     # Once the fork finished (here: cancelled) it keeps its own rows and loses only its link.
     for run_id in child.json()["run_ids"]:
         assert app.http.post(f"/v1/runs/{run_id}/cancel").status_code == 200
-    assert app.http.delete(f"/v1/experiments/{parent['id']}").status_code == 204
+    deleted = app.http.delete(f"/v1/experiments/{parent['id']}")
+    assert deleted.status_code == 204, deleted.text
     fork = app.http.get(f"/v1/runs/{child.json()['run_ids'][0]}").json()
     assert fork["parent_run_id"] is None and fork["status"] == CANCELLED
 
