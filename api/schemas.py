@@ -38,6 +38,7 @@ class RunOut(BaseModel):
     stopped_early_at_step: int | None = Field(
         description="Where a stop_when condition ended the run, which then succeeded before total_steps."
     )
+    search_round: int | None = Field(description="A d_crit_search probe's round (1, 2, ...); null for other runs.")
 
     @classmethod
     def from_row(cls, run: Any) -> RunOut:
@@ -53,7 +54,7 @@ class RunOut(BaseModel):
 
 _RUN_COLUMNS = (
     "id experiment_id index status step total_steps created_at started_at finished_at worker error "
-    "cancel_requested spec role parent_run_id attempts stopped_early_at_step"
+    "cancel_requested spec role parent_run_id attempts stopped_early_at_step search_round"
 ).split()
 
 
@@ -70,7 +71,7 @@ class RunDetailOut(RunOut):
 class ExperimentOut(BaseModel):
     id: int
     name: str | None
-    kind: str = Field(description="sweep, grokking, ungrokking, semi_grokking, efficiency or toy.")
+    kind: str = Field(description="sweep, grokking, ungrokking, semi_grokking, efficiency, toy or d_crit_search.")
     created_at: datetime
     run_ids: list[int]
     status_counts: dict[str, int]

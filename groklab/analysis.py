@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.experiments import DCritSearchExperiment
+from engine.search import ProbeResult, bracket_after, next_round
 from engine.spec import RunSpec
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
@@ -227,6 +229,7 @@ class RunRecord:
     role: str
     spec: RunSpec
     analysis: dict[str, Any] | None
+    search_round: int | None = None
 
 
 def accuracy_by_size(runs: Sequence[RunRecord]) -> dict[tuple[str, float], dict[int, list[float]]]:
@@ -245,14 +248,16 @@ def _curve(by_size: Mapping[int, list[float]]) -> tuple[list[int], list[float]]:
     return sizes, [float(np.mean(by_size[d])) for d in sizes]
 
 
-def d_crit(by_size: Mapping[int, list[float]], resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
-    """D where mean final test accuracy crosses 0.5, with a bootstrap interval over seeds.
+def d_crit(
+    by_size: Mapping[int, list[float]], resamples: int = BOOTSTRAP_RESAMPLES, level: float = CROSSING_LEVEL
+) -> dict[str, Any]:
+    """D where mean final test accuracy crosses `level` (0.5), with a bootstrap interval over seeds.
 
     Each resample draws, for every D independently, as many seeds as it has with replacement; the
     interval is the 2.5/97.5 percentiles of the resamples that cross (their share is reported).
     """
     sizes, means = _curve(by_size)
-    estimate, reason = first_crossing(sizes, means, CROSSING_LEVEL)
+    estimate, reason = first_crossing(sizes, means, level)
     result: dict[str, Any] = {"d_crit": estimate, "reason": reason, "interval": None, "crossing_share": None}
     if estimate is None:
         return result
@@ -261,7 +266,7 @@ def d_crit(by_size: Mapping[int, list[float]], resamples: int = BOOTSTRAP_RESAMP
     crossings = []
     for _ in range(resamples):
         sample = [float(v[rng.integers(0, len(v), len(v))].mean()) for v in values]
-        x, _ = first_crossing(sizes, sample, CROSSING_LEVEL)
+        x, _ = first_crossing(sizes, sample, level)
         if x is not None:
             crossings.append(x)
     result["crossing_share"] = len(crossings) / resamples
@@ -363,13 +368,61 @@ def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
 
 
 
+def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: bool) -> dict[str, Any]:
+    """A d_crit_search's state: the current bracket, the estimate over its probes with its
+    interval over seeds, every probed size by round, why it ended, and its run-steps beside those
+    of a geometric grid over the same bracket that reaches the same tolerance."""
+    probes = [
+        ProbeResult(run.analysis["train_size"], run.search_round or 1, run.analysis["final_test_acc"])
+        for run in runs
+        if run.role == "probe" and run.analysis is not None and run.analysis["final_test_acc"] is not None
+    ]
+    by_size: dict[int, list[float]] = defaultdict(list)
+    by_round: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for probe in probes:
+        by_size[probe.train_size].append(probe.final_test_acc)
+        by_round[(probe.round, probe.train_size)].append(probe.final_test_acc)
+    low, high = bracket_after(request.low, request.high, probes, request.level)
+    plan = next_round(
+        request.low, request.high, probes, level=request.level, relative_tolerance=request.relative_tolerance,
+        probes_per_round=request.probes_per_round, runs_per_size=len(request.seeds), runs_so_far=len(runs),
+        max_runs=request.max_runs,
+    )  # fmt: skip
+    probe_runs = [run for run in runs if run.role == "probe"]
+    # A probe's own steps: phase 2's on the ungrokking side (phase 1 is trained once per seed).
+    probe_steps = [run.spec.phases[-1].steps if request.side == "ungrokking" else run.spec.total_steps for run in probe_runs]
+    grid_sizes = math.floor(math.log(request.high / request.low) / math.log(1 + request.relative_tolerance)) + 2
+    return {
+        "side": request.side,
+        "level": request.level,
+        "bracket": [low, high],
+        "bracket_ratio": high / low,
+        "ended": ended,
+        "end_reason": plan.ended if ended else None,
+        "rounds": max((p.round for p in probes), default=0),
+        "estimate": d_crit(by_size, level=request.level),
+        "probes": [
+            {"round": r, "train_size": d, "mean_final_test_acc": float(np.mean(v)), "n": len(v)}
+            for (r, d), v in sorted(by_round.items())
+        ],
+        "assumed": f"low {request.low} fails and high {request.high} generalises; they are not trained",
+        "probe_runs": len(probe_runs),
+        "probe_run_steps": sum(probe_steps),
+        "grid_at_same_tolerance": {
+            "sizes": grid_sizes,
+            "runs": grid_sizes * len(request.seeds),
+            "run_steps": grid_sizes * len(request.seeds) * (max(probe_steps) if probe_steps else 0),
+        },
+    }
+
+
 def _seeds_used(runs: Sequence[RunRecord]) -> dict[str, Any]:
     data = sorted({run.spec.task.data_seed for run in runs})
     return {"model": sorted({run.spec.seed for run in runs}), "data": data, "data_varied": len(data) > 1}
 
 
 RUN_ROW_FIELDS = (
-    "id index status role seed data_seed train_size weight_decay label memorisation_step generalisation_step "
+    "id index status role search_round seed data_seed train_size weight_decay label memorisation_step generalisation_step "
     "grokking_delay circuit_formation_step circuit_lead_steps final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
     "final_param_norm param_norm_at_loss_target"
 ).split()
@@ -378,6 +431,7 @@ RUN_ROW_FIELDS = (
 def run_row(run: RunRecord) -> dict[str, Any]:
     """One flat row per run; the analysis fields are null until the run succeeded."""
     row: dict[str, Any] = {"id": run.id, "index": run.index, "status": run.status, "role": run.role,
+                           "search_round": run.search_round,
                            "seed": run.spec.seed, "data_seed": run.spec.task.data_seed,
                            "train_size": run.spec.final_train_size,
                            "weight_decay": run_weight_decay(run.spec)}

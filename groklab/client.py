@@ -75,6 +75,10 @@ class Run:
     latest_metrics: dict[str, float | None]
     error: str | None
     spec: dict[str, Any] = field(repr=False)
+    role: str | None = None
+    """The run's part in its experiment (phase1, phase2, probe, ...)."""
+    search_round: int | None = None
+    """A d_crit_search probe's round."""
 
     @property
     def finished(self) -> bool:
@@ -85,6 +89,7 @@ class Run:
         return cls(
             body["id"], body["experiment_id"], body["status"], body["step"], body["total_steps"],
             dict(body.get("latest_metrics") or {}), body.get("error"), body["spec"],
+            body.get("role"), body.get("search_round"),
         )  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 Each pass (1) re-queues running runs whose lease expired (their worker was killed or lost) and
 (2) re-sends queued runs that have no message in the broker (Redis restarted or flushed, a
-publish failed, a forked run whose parent just finished). Sending twice is harmless: a worker
+publish failed, a forked run whose parent just finished), and (3) plans the next round of a
+d_crit_search whose runs all finished with no round after them. Sending twice is harmless: a worker
 trains a run only if it wins the conditional claim in the database. A worker known to be dead
 (`groklab up` saw it exit) has its runs handed back at once, without waiting for the lease.
 """
@@ -17,6 +18,7 @@ from datetime import timedelta
 from celery import Celery
 
 from groklab.dispatch import dispatch_runs, pending_run_ids
+from groklab.search import advance_waiting_searches
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store.database import session_scope
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 class ReconcileReport:
     expired: list[int]
     resent: list[int]
+    planned: list[int]
+    """Runs of d_crit_search rounds that no worker had planned (groklab/search.py)."""
 
 
 def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
@@ -53,7 +57,8 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
             dispatch_runs(session, celery, resent, ensemble_size=settings.ensemble_size)
     if expired or resent:
         log.warning("reconciler: re-queued expired runs %s, re-sent runs %s", expired, resent)
-    return ReconcileReport(expired=expired, resent=resent)
+    planned = advance_waiting_searches(settings, celery)
+    return ReconcileReport(expired=expired, resent=resent, planned=planned)
 
 
 def hand_back_worker_runs(settings: Settings, celery: Celery, worker: str, *, reason: str) -> list[int]:

@@ -74,6 +74,7 @@ def submit_experiment(
                 role=run.role,
                 parent_index=run.parent_index,
                 parent_run_id=run.parent_run_id,
+                search_round=run.search_round,
             )
             for run in planned
         ],

@@ -23,7 +23,7 @@ from celery.worker import state as worker_state
 
 from engine.spec import RunSpec
 from engine.train import train_ensemble
-from groklab import forks
+from groklab import forks, search
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
 from groklab.json_logs import log_context
 from groklab.run_checkpoints import RunCheckpoints
@@ -198,4 +198,12 @@ def _finish(
         if not leases.finish(session, member.lease, status=status, error=error, stopped_early_at_step=stopped_early_at_step):
             return "lease-lost"
         forks.hand_off(session, app, settings, member.run_id, status)
+        session.commit()
+        experiment_id = run_store.get_run(session, member.run_id).experiment_id
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            search.advance_search(session, app, settings, experiment_id)
+    except Exception:
+        # The run's end is stored; the reconciler's next pass plans the round instead.
+        log.exception("could not advance the search of experiment %s", experiment_id)
     return status

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import ReaderDep
 from api.deps import SessionDep
+from engine.experiments import DCritSearchExperiment
 from engine.spec import RunSpec, error_field
 from groklab import analysis
 from groklab.errors import InvalidInput
@@ -98,10 +99,14 @@ def experiment_analysis(
             role=run.role or "run",
             spec=RunSpec.model_validate(run.spec),
             analysis=_analyse(session, run, limits) if run.status == run_store.SUCCEEDED else None,
+            search_round=run.search_round,
         )
         for run in experiment.runs
     ]
     body = analysis.analyse_experiment(records)
+    if experiment.kind == "d_crit_search":
+        request = DCritSearchExperiment.model_validate(experiment.spec)
+        body["search"] = analysis.search(request, records, ended=experiment.search_ended_at is not None)
     if format == "csv":
         return PlainTextResponse(analysis.rows_csv(body["runs"]), media_type="text/csv")
     return JSONResponse({"experiment_id": experiment.id, "thresholds": limits.model_dump(), **body})

@@ -75,6 +75,9 @@ class Experiment(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    search_ended_at: Mapped[datetime | None] = mapped_column(
+        UtcDateTime, comment="When a d_crit_search planned its last round (it ended)."
+    )
 
     runs: Mapped[list[Run]] = relationship(back_populates="experiment", order_by="Run.id")
 
@@ -121,6 +124,7 @@ class Run(Base):
     stopped_early_at_step: Mapped[int | None] = mapped_column(
         BigInteger, comment="The step at which a stop_when condition ended the run (it succeeded)."
     )
+    search_round: Mapped[int | None] = mapped_column(Integer, comment="A d_crit_search probe's round (1, 2, ...).")
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

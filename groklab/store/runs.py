@@ -38,6 +38,7 @@ class NewRun:
     """Position, among the new runs, of the run whose final state this one continues."""
     parent_run_id: int | None = None
     """An existing run whose final state this one continues."""
+    search_round: int | None = None
 
 
 def create_experiment(
@@ -51,24 +52,34 @@ def create_experiment(
 ) -> Experiment:
     experiment = Experiment(name=name, kind=kind, spec=spec, owner=owner)
     session.add(experiment)
-    for index, new in enumerate(runs):
-        experiment.runs.append(
-            Run(
-                index=index,
-                spec=new.spec,
-                total_steps=new.total_steps,
-                role=new.role,
-                parent_run_id=new.parent_run_id,
-                status=QUEUED,
-            )
-        )
-    session.flush()
-    for run, new in zip(experiment.runs, runs, strict=True):
-        if new.parent_index is not None:
-            run.parent_run_id = experiment.runs[new.parent_index].id
-    session.add_all(RunEvent(run_id=run.id, status=QUEUED) for run in experiment.runs)
-    session.flush()
+    add_runs(session, experiment, runs)
     return experiment
+
+
+def add_runs(session: Session, experiment: Experiment, runs: Sequence[NewRun]) -> list[Run]:
+    """Queued runs appended to the experiment, indexed after its others; `parent_index` counts
+    within `runs`. A d_crit_search adds each round this way."""
+    start = len(experiment.runs)
+    added = [
+        Run(
+            index=start + i,
+            spec=new.spec,
+            total_steps=new.total_steps,
+            role=new.role,
+            parent_run_id=new.parent_run_id,
+            search_round=new.search_round,
+            status=QUEUED,
+        )
+        for i, new in enumerate(runs)
+    ]
+    experiment.runs.extend(added)
+    session.flush()
+    for run, new in zip(added, runs, strict=True):
+        if new.parent_index is not None:
+            run.parent_run_id = added[new.parent_index].id
+    session.add_all(RunEvent(run_id=run.id, status=QUEUED) for run in added)
+    session.flush()
+    return added
 
 
 def get_experiment(session: Session, experiment_id: int, *, owner: str | None = None) -> Experiment:

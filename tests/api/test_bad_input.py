@@ -40,6 +40,8 @@ def _assert_problem(response: httpx.Response, status: int, field: str) -> dict[s
     return body
 
 
+SEARCH = {"kind": "d_crit_search", "low": 20, "high": 80, "seeds": [0, 1], "max_runs": 20,
+          "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5}}
 BAD_SPECS = [
     ({**tiny_spec(), "learning_rate": 0.1}, "learning_rate"),
     ({**tiny_spec(), "task": {"op": "add", "p": "many"}}, "task.p"),
@@ -64,6 +66,16 @@ BAD_SPECS = [
     (tiny_spec(model={"kind": "mlp"}, progress_measures=True), "progress_measures"),
     ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "for_steps": 10}]}, "stop_when.0.at_least"),
     ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "at_least": 0.9, "for_steps": -1}]}, "stop_when.0.for_steps"),
+    ({**SEARCH, "low": 100, "high": 100}, "high"),
+    ({**SEARCH, "high": 169}, "high"),  # P=13 has 169 pairs: no test set would be left
+    ({**SEARCH, "low": 0}, "low"),
+    ({**SEARCH, "side": "ungrokking", "high": 120}, "high"),  # over phase 1's D of 84
+    ({**SEARCH, "relative_tolerance": 0}, "relative_tolerance"),
+    ({**SEARCH, "relative_tolerance": -0.1}, "relative_tolerance"),
+    ({**SEARCH, "max_runs": 3}, "max_runs"),  # one round is 2 sizes x 2 seeds
+    ({**SEARCH, "side": "ungrokking", "max_runs": 5}, "max_runs"),  # + 2 phase-1 runs
+    ({**SEARCH, "max_runs": 100_000}, "max_runs"),  # over the server's runs per experiment
+    ({**SEARCH, "low": 20, "high": 21}, "high"),  # no size between them to probe
 ]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import ROOT, Stack, bearer, create_key, tiny_spec, wait_for_runs
+from tests.services import ROOT, Stack, bearer, create_key, tiny_spec, wait_for_runs, wait_until
 
 CHROMIUM_MISSING = (
     "Chromium is needed for the dashboard tests and was not found. On Debian/Ubuntu: "
@@ -353,3 +353,28 @@ def test_key_form_appears_on_401_and_the_key_is_kept_and_sent(auth_stack: Stack,
     page.reload()  # the stored key is used without asking again
     page.wait_for_selector(f'#experiments a[href="#/experiments/{experiment["id"]}"]')
     assert page.locator("#key-form").count() == 0
+
+
+def test_d_crit_search_page_shows_the_bracket_the_estimate_and_the_probes_by_round(
+    pg_stack: Stack, client: httpx.Client, page: Any
+) -> None:
+    # A wide tolerance ends the search after its first round: two probes, one run each.
+    spec = {"kind": "d_crit_search", "low": 10, "high": 150, "seeds": [0], "relative_tolerance": 3.0,
+            "base": {**tiny_spec(), "task": {"p": 13}}}  # fmt: skip
+    experiment = submit(client, spec)
+    wait_for_runs(client, experiment["run_ids"], timeout=300)
+    search = wait_until(lambda: (s := client.get(f"/v1/experiments/{experiment['id']}/analysis").json()["search"])["ended"] and s)
+
+    page.goto(f"{pg_stack.base_url}/#/experiments/{experiment['id']}")
+    page.wait_for_selector('[data-chart="sweep"] canvas')
+    sweep = page.locator('[data-chart="sweep"]').element_handle()
+    assert page.evaluate("el => JSON.parse(el.dataset.bracket)", sweep) == search["bracket"]
+    assert page.evaluate("el => JSON.parse(el.dataset.points)", sweep) == {"probe wd=1": 2}
+    low, high = search["bracket"]
+    bracket_text = page.inner_text("#bracket")
+    assert bracket_text.startswith(f"Search (from scratch): bracket [{low}, {high}] after 1 round (ended: reached tolerance)")
+    rows = [r.locator("td").all_inner_texts() for r in page.locator("#probes tr").all()[1:]]
+    assert [(int(r[0]), int(r[1]), int(r[3])) for r in rows] == [(p["round"], p["train_size"], p["n"]) for p in search["probes"]]
+    assert "search_round" in page.locator("#runs th").all_inner_texts()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-d-crit-search.png"), full_page=True)

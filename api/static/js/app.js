@@ -104,7 +104,28 @@ async function experimentsPage() {
   every(REFRESH_MS, () => route({ quiet: true }));
 }
 
-const SIDE_NAMES = { phase2: "ungrokking, on D'", run: "from scratch", memorise: "memorising runs", generalise: "generalising runs" };
+const SIDE_NAMES = { phase2: "ungrokking, on D'", run: "from scratch", memorise: "memorising runs", generalise: "generalising runs", probe: "search probes" };
+
+// A d_crit_search's state (the analysis' `search`): its bracket, estimate and probes by round.
+function searchCard(search) {
+  const [low, high] = search.bracket;
+  const state = search.ended ? `ended: ${search.end_reason.replaceAll("_", " ")}` : "searching";
+  const estimate = search.estimate.d_crit != null
+    ? `D_crit ≈ ${Math.round(search.estimate.d_crit)}` + (search.estimate.interval ? `, 95% interval [${search.estimate.interval.map(Math.round).join(", ")}]` : "")
+    : `D_crit: ${search.estimate.reason}`;
+  const side = search.side === "ungrokking" ? "ungrokking, on D'" : "from scratch";
+  return h(
+    "div",
+    { class: "card", id: "search" },
+    h("p", { id: "bracket" }, `Search (${side}): bracket [${low}, ${high}] after ${search.rounds} round${search.rounds === 1 ? "" : "s"} (${state}); ${estimate}`),
+    h(
+      "table",
+      { id: "probes" },
+      h("tr", {}, ["round", "D", "mean final test accuracy", "n"].map((c) => h("th", {}, c))),
+      search.probes.map((p) => h("tr", {}, [p.round, p.train_size, fmt(p.mean_final_test_acc), p.n].map((v) => h("td", {}, String(v))))),
+    ),
+  );
+}
 
 async function experimentPage(id) {
   const [experiment, analysis] = await Promise.all([get(`/v1/experiments/${id}`), get(`/v1/experiments/${id}/analysis`)]);
@@ -125,7 +146,7 @@ async function experimentPage(id) {
   const pooled = sides.length ? sides[0][1].pooled : null;
   const phaseOne = analysis.accuracy_vs_train_size.filter((point) => point.role === "phase1");
   const phaseOneText = phaseOne.map((p) => `phase 1 (D = ${p.train_size.toLocaleString()}, wd ${p.weight_decay}): final test accuracy ${fmt(p.mean)} (n = ${p.n})`);
-  const columns = ["id", "status", "role", "seed", "train_size", "weight_decay", "label", "final_train_acc", "final_test_acc", "memorisation_step", "circuit_formation_step", "generalisation_step", "grokking_delay"];
+  const columns = ["id", "status", "role", ...(analysis.search ? ["search_round"] : []), "seed", "train_size", "weight_decay", "label", "final_train_acc", "final_test_acc", "memorisation_step", "circuit_formation_step", "generalisation_step", "grokking_delay"];
   const table = h(
     "table",
     { id: "runs" },
@@ -145,10 +166,11 @@ async function experimentPage(id) {
     h("h1", {}, `Experiment ${experiment.id}${experiment.name ? `: ${experiment.name}` : ""}`),
     h("p", {}, Object.entries(experiment.status_counts).map(([s, n]) => badge(s, n)), analysis.complete ? "" : " (analysis updates as runs finish)"),
     h("div", { class: "card" }, sweep, h("div", { id: "d-crit" }, dCritLines), phaseOneText.length ? h("p", { id: "phase1" }, phaseOneText.join("; ")) : ""),
+    analysis.search ? searchCard(analysis.search) : "",
     h("h2", {}, "Runs"),
     table,
   );
-  sweepChart(sweep, analysis.accuracy_vs_train_size.filter((point) => point.role !== "phase1"), pooled);
+  sweepChart(sweep, analysis.accuracy_vs_train_size.filter((point) => point.role !== "phase1"), pooled, analysis.search?.bracket);
   if (!analysis.complete) every(REFRESH_MS, () => route({ quiet: true }));
 }
 

@@ -160,7 +160,8 @@ export function bucketsToSeries(rows) {
 // Final test accuracy against training-set size D on a log axis (as the paper's Fig. 7 draws it),
 // one line per (role, weight decay), with the pooled D_crit estimate as a dashed line inside its
 // shaded bootstrap interval.
-export function sweepChart(el, curves, dCrit) {
+// `bracket`: a d_crit_search's current [low, high], drawn as two dashed lines.
+export function sweepChart(el, curves, dCrit, bracket) {
   const groups = new Map();
   for (const point of curves) {
     const key = `${point.role} wd=${point.weight_decay}`;
@@ -179,6 +180,7 @@ export function sweepChart(el, curves, dCrit) {
     series.push({ label: key, stroke: color, width: 2, spanGaps: true, points: { show: true, size: 7, fill: color } });
   });
   const drawDCrit = (u) => {
+    if (bracket) verticalLines(u, bracket, "rgba(44, 160, 44, 0.9)");
     if (!dCrit || dCrit.d_crit == null) return;
     const { ctx, bbox } = u;
     if (dCrit.interval) {
@@ -196,7 +198,8 @@ export function sweepChart(el, curves, dCrit) {
       width: chartWidth(el),
       height: 320,
       series,
-      scales: { x: { time: false, distr: 3 }, y: { range: [0, 1.02] } },
+      // A search's bracket stays in view even where no probe reached its ends.
+      scales: { x: { time: false, distr: 3, ...(bracket ? { range: (u, min, max) => [Math.min(min ?? bracket[0], bracket[0]) * 0.9, Math.max(max ?? bracket[1], bracket[1]) * 1.1] } : {}) }, y: { range: [0, 1.02] } },
       axes: [{ label: "D (training pairs, log scale)" }, { label: "test accuracy", size: 60 }],
       hooks: { draw: [drawDCrit] },
     },
@@ -205,6 +208,7 @@ export function sweepChart(el, curves, dCrit) {
   );
   el.dataset.points = JSON.stringify(Object.fromEntries(keys.map((k, i) => [k, tables[i][0].length])));
   el.dataset.xAxis = "log";
+  if (bracket) el.dataset.bracket = JSON.stringify(bracket);
   return plot;
 }
 
