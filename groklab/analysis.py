@@ -24,6 +24,8 @@ from engine.spec import RunSpec
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
 SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase", "restricted_loss")
 CROSSING_LEVEL = 0.5
+CONVERGED_EVALUATIONS = 5
+"""A run's converged state is the median of its last this-many evaluations (one spikes)."""
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
@@ -43,7 +45,12 @@ class Thresholds(BaseModel):
     semi_rise: float = Field(
         0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking"
     )
-    loss_target: float = Field(0.01, gt=0, description="train_loss at which efficiency compares norms")
+    loss_target: float = Field(
+        0.01, gt=0, description="train_loss at which a run's param_norm_at_loss_target is read"
+    )
+    efficiency_loss: float = Field(
+        1e-4, gt=0, description="train_loss at which the efficiency analysis compares converged circuits' norms"
+    )
     circuit_formed_loss: float = Field(
         0.1, gt=0, description="restricted_loss at or below which the Fourier circuit counts as formed"
     )
@@ -127,6 +134,10 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     # forms, typically long before test accuracy jumps: the lead says by how many steps.
     circuit_step = _first_step_at_most(_points(series, "restricted_loss"), thresholds.circuit_formed_loss)
     final_norm = _points(series, "param_norm")
+
+    def converged(points: list[tuple[int, float]]) -> float | None:
+        return float(np.median([v for _, v in points[-CONVERGED_EVALUATIONS:]])) if points else None
+
     result: dict[str, Any] = {
         "memorisation_step": mem_step,
         "generalisation_step": gen_step,
@@ -143,6 +154,10 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "final_param_norm": final_norm[-1][1] if final_norm else None,
         "loss_target_step": norm_step,
         "param_norm_at_loss_target": norm,
+        "converged_train_loss": converged(_points(series, "train_loss")),
+        "converged_param_norm": converged(final_norm),
+        "converged_train_acc": converged(train_acc),
+        "converged_test_acc": converged(test_acc),
         "train_size": spec.final_train_size,
         "weight_decay": run_weight_decay(spec),
         "seed": spec.seed,
@@ -298,37 +313,73 @@ def weight_decay_collapse(curves: Mapping[float, Mapping[int, list[float]]]) -> 
     return best
 
 
-def efficiency(runs: Sequence[RunRecord]) -> dict[str, Any]:
-    """Parameter norm at the loss target vs D for memorising (random-label) and generalising runs.
+def norm_at_fixed_loss(points: Sequence[tuple[float, float]], loss: float) -> tuple[float | None, str | None]:
+    """A circuit's parameter norm at train loss `loss`, read off a weight-decay sweep at one D.
 
-    The D where the memorising curve rises through the generalising one is a second D_crit
-    estimate. The generalising curve is held flat outside its sizes (C_gen's norm does not depend
-    on D); the search stays within the memorising sizes.
+    `points` are the sweep's converged (train loss, norm) pairs: more weight decay gives a smaller
+    net with a higher loss. A least-squares line of norm against log10(loss) through them, read at
+    `loss` (one noisy run bends it less than joining neighbours would); None with a reason when
+    fewer than two distinct losses or `loss` outside their range (no extrapolation).
     """
-    norms: dict[str, dict[int, list[float]]] = {"memorise": defaultdict(list), "generalise": defaultdict(list)}
+    usable = [(math.log10(l), n) for l, n in points if l is not None and n is not None and l > 0]
+    if len({x for x, _ in usable}) < 2:
+        return None, "needs two runs with different converged losses"
+    xs, ys = np.array([x for x, _ in usable]), np.array([y for _, y in usable])
+    target = math.log10(loss)
+    if not xs.min() <= target <= xs.max():
+        return None, f"train loss {loss:g} is outside the sweep's converged losses [{10 ** xs.min():.3g}, {10 ** xs.max():.3g}]"
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return float(intercept + slope * target), None
+
+
+def efficiency(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """Each circuit's parameter norm at one train loss vs D (the paper's Fig. 3), and their crossing.
+
+    The paper compares converged circuits. C_mem: random-label runs (nothing to generalise), each
+    counted once it fits its training set (converged train_acc >= memorised_acc). C_gen: runs on
+    real labels, each counted once it has generalised (converged test_acc >= generalised_acc); a
+    run that still memorises says nothing about C_gen. A run's converged (train loss, norm) is the
+    median of its last evaluations; at each D the weight-decay sweep's points give the norm at
+    `efficiency_loss` (norm_at_fixed_loss). C_mem's norm grows with D, C_gen's does not: the D
+    where the memorising curve rises through the generalising one (held flat outside its sizes)
+    is a second D_crit estimate.
+    """
+    t = thresholds or Thresholds()
+    points: dict[str, dict[int, list[tuple[float, float]]]] = {"memorise": defaultdict(list), "generalise": defaultdict(list)}
+    excluded: list[dict[str, Any]] = []
     for run in runs:
-        if run.analysis is None or run.analysis["param_norm_at_loss_target"] is None:
+        a = run.analysis
+        if a is None:
             continue
         group = "memorise" if run.spec.task.random_labels else "generalise"
-        norms[group][run.analysis["train_size"]].append(run.analysis["param_norm_at_loss_target"])
-    curves = {
-        group: [{"train_size": d, "mean_param_norm": float(np.mean(v)), "n": len(v)} for d, v in sorted(by.items())]
-        for group, by in norms.items()
-    }
-    result: dict[str, Any] = {**curves, "d_crit": None, "reason": None}
-    if not norms["memorise"] or not norms["generalise"]:
-        result["reason"] = "needs runs of both kinds that reached the loss target"
+        if group == "memorise" and (a["converged_train_acc"] or 0.0) < t.memorised_acc:
+            excluded.append({"run_id": run.id, "reason": "has not memorised its training set"})
+        elif group == "generalise" and (a["converged_test_acc"] or 0.0) < t.generalised_acc:
+            excluded.append({"run_id": run.id, "reason": "has not generalised"})
+        else:
+            points[group][a["train_size"]].append((a["converged_train_loss"], a["converged_param_norm"]))
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for group, by_size in points.items():
+        curves[group] = []
+        for d, pairs in sorted(by_size.items()):
+            norm, why = norm_at_fixed_loss(pairs, t.efficiency_loss)
+            curves[group].append({"train_size": d, "param_norm_at_loss": norm, "n": len(pairs), "reason": why,
+                                  "sweep": [{"train_loss": l, "param_norm": n} for l, n in sorted(pairs)]})  # fmt: skip
+    result: dict[str, Any] = {"loss": t.efficiency_loss, **curves, "excluded": excluded, "d_crit": None, "reason": None}
+    mem = [(c["train_size"], c["param_norm_at_loss"]) for c in curves["memorise"] if c["param_norm_at_loss"] is not None]
+    gen = [(c["train_size"], c["param_norm_at_loss"]) for c in curves["generalise"] if c["param_norm_at_loss"] is not None]
+    if not mem or not gen:
+        result["reason"] = "needs converged circuits of both kinds with a norm at the loss (see each size's reason)"
         return result
-    mem_sizes, mem_norms = _curve(norms["memorise"])
-    gen_sizes, gen_norms = _curve(norms["generalise"])
-    gap = [m - float(np.interp(d, gen_sizes, gen_norms)) for d, m in zip(mem_sizes, mem_norms)]
-    result["d_crit"], reason = first_crossing(mem_sizes, gap, 0.0)
+    gen_sizes, gen_norms = [d for d, _ in gen], [n for _, n in gen]
+    gap = [n - float(np.interp(d, gen_sizes, gen_norms)) for d, n in mem]
+    result["d_crit"], reason = first_crossing([d for d, _ in mem], gap, 0.0)
     if reason is not None:
         result["reason"] = f"norm gap (memorise minus generalise): {reason}"
     return result
 
 
-def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
+def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) -> dict[str, Any]:
     """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
     table = accuracy_by_size(runs)
     curves = [
@@ -360,7 +411,7 @@ def analyse_experiment(runs: Sequence[RunRecord]) -> dict[str, Any]:
         "accuracy_vs_train_size": curves,
         "d_crit": estimates,
         "weight_decay_collapse": collapse,
-        "efficiency": efficiency(runs),
+        "efficiency": efficiency(runs, thresholds),
         "seeds": _seeds_used(runs),
         "runs": [run_row(run) for run in runs],
     }

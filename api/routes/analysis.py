@@ -32,6 +32,7 @@ def thresholds(
     semi_min: float = Query(_DEFAULTS.semi_min, ge=0, le=1),
     semi_rise: float = Query(_DEFAULTS.semi_rise, ge=0, le=1),
     loss_target: float = Query(_DEFAULTS.loss_target, gt=0),
+    efficiency_loss: float = Query(_DEFAULTS.efficiency_loss, gt=0),
     circuit_formed_loss: float = Query(_DEFAULTS.circuit_formed_loss, gt=0),
 ) -> analysis.Thresholds:
     try:
@@ -43,6 +44,7 @@ def thresholds(
             semi_min=semi_min,
             semi_rise=semi_rise,
             loss_target=loss_target,
+            efficiency_loss=efficiency_loss,
             circuit_formed_loss=circuit_formed_loss,
         )
     except ValidationError as exc:
@@ -103,7 +105,7 @@ def experiment_analysis(
         )
         for run in experiment.runs
     ]
-    body = analysis.analyse_experiment(records)
+    body = analysis.analyse_experiment(records, limits)
     if experiment.kind == "d_crit_search":
         request = DCritSearchExperiment.model_validate(experiment.spec)
         body["search"] = analysis.search(request, records, ended=experiment.search_ended_at is not None)

@@ -169,30 +169,61 @@ def record(i, spec, analysis, status="succeeded", role="run"):
     return RunRecord(id=i, index=i, status=status, role=role, spec=spec, analysis=analysis)
 
 
-def efficiency_run(i, size, norm, random_labels):
+def efficiency_run(i, size, loss, norm, random_labels, test_acc=1.0, spike=False):
+    """A converged run: its last evaluations sit at (loss, norm), after an early memorising phase
+    at a much larger norm; `spike` puts one wild evaluation among the last ones."""
     spec = RunSpec(task=TaskSpec(train_size=size, random_labels=random_labels))
-    data = series([1.0, 1.0], [0.0, 0.0], train_loss=[1.0, 0.005], param_norm=[10.0, norm])
+    losses = [1.0, 0.001, loss, loss, loss * (1e4 if spike else 1), loss, loss]
+    norms = [10.0, 80.0, norm, norm, norm * (3 if spike else 1), norm, norm]
+    data = series([1.0] * 7, [0.0, 0.0] + [test_acc] * 5, train_loss=losses, param_norm=norms)
     return record(i, spec, analyse_run(data, spec, T))
 
 
-def test_efficiency_finds_where_memorisation_norm_rises_through_generalisation():
-    runs = [
-        efficiency_run(0, 200, 20.0, True),
-        efficiency_run(1, 400, 28.0, True),
-        efficiency_run(2, 800, 40.0, True),
-        efficiency_run(3, 4000, 32.0, False),
+def sweep(first_id, size, norm_at_1e4, random_labels, **kw):
+    """A weight-decay sweep at one D: losses 1e-6, 1e-4, 1e-2 with norm falling 5 per decade."""
+    return [
+        efficiency_run(first_id + k, size, 10.0 ** e, norm_at_1e4 - 5 * (e + 4), random_labels, **kw)
+        for k, e in enumerate((-6, -4, -2))
     ]
-    result = efficiency(runs)
+
+
+def test_efficiency_reads_each_circuits_norm_at_one_loss_off_the_weight_decay_sweep_and_finds_the_crossing():
+    runs = [
+        *sweep(0, 200, 20.0, True),
+        *sweep(10, 400, 28.0, True, spike=True),  # one wild evaluation each: medians ignore it
+        *sweep(20, 800, 40.0, True),
+        *sweep(30, 4000, 32.0, False),
+    ]
+    result = efficiency(runs, T)
+    assert result["loss"] == 1e-4
+    assert [c["param_norm_at_loss"] for c in result["memorise"]] == pytest.approx([20.0, 28.0, 40.0])
+    assert [c["param_norm_at_loss"] for c in result["generalise"]] == pytest.approx([32.0])
     # Memorisation 28 -> 40 between 400 and 800 crosses the flat generalising norm of 32 at 400 + 400/3.
     assert result["d_crit"] == pytest.approx(400 + 400 / 3)
-    assert [p["train_size"] for p in result["memorise"]] == [200, 400, 800]
+    assert [p["n"] for p in result["memorise"]] == [3, 3, 3]
 
 
-def test_efficiency_without_a_crossing_says_why():
-    runs = [efficiency_run(0, 200, 40.0, True), efficiency_run(1, 400, 50.0, True), efficiency_run(2, 4000, 30.0, False)]
-    result = efficiency(runs)
+def test_a_generalising_run_counts_only_once_it_has_generalised():
+    """The old rule read a norm at the first step the loss target was met, while a generalising run
+    still memorised (its norm then is a memoriser's, at ~80 here): the curves could never cross."""
+    runs = [*sweep(0, 200, 20.0, True), *sweep(10, 800, 40.0, True), *sweep(20, 4000, 32.0, False)]
+    not_yet = sweep(30, 5000, 60.0, False, test_acc=0.4)
+    result = efficiency(runs + not_yet, T)
+    assert [c["train_size"] for c in result["generalise"]] == [4000]
+    assert {e["run_id"] for e in result["excluded"]} == {30, 31, 32}
+    assert all(e["reason"] == "has not generalised" for e in result["excluded"])
+    assert 200 < result["d_crit"] < 800
+
+
+def test_efficiency_without_a_crossing_or_a_usable_sweep_says_why():
+    runs = [*sweep(0, 200, 40.0, True), *sweep(10, 400, 50.0, True), *sweep(20, 4000, 30.0, False)]
+    result = efficiency(runs, T)
     assert result["d_crit"] is None and "at or above" in result["reason"]
-    assert efficiency(runs[:2])["reason"].startswith("needs runs of both kinds")
+    assert efficiency(runs[:6], T)["reason"].startswith("needs converged circuits of both kinds")
+    one_run = efficiency([runs[0], *runs[6:]], T)
+    assert one_run["memorise"][0]["reason"] == "needs two runs with different converged losses"
+    outside = efficiency(runs, Thresholds(efficiency_loss=1.0))
+    assert outside["d_crit"] is None and "outside the sweep" in outside["memorise"][0]["reason"]
 
 
 def phase2_run(i, size, wd, final):
