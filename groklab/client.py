@@ -59,10 +59,14 @@ class Experiment:
     run_ids: list[int]
     status_counts: dict[str, int]
     spec: dict[str, Any] = field(repr=False)
+    created_at: str | None = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Experiment:
-        return cls(body["id"], body.get("name"), list(body["run_ids"]), dict(body["status_counts"]), body["spec"])
+        return cls(
+            body["id"], body.get("name"), list(body["run_ids"]), dict(body["status_counts"]), body["spec"],
+            body.get("created_at"),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class Run:
     """The run's part in its experiment (phase1, phase2, probe, ...)."""
     search_round: int | None = None
     """A d_crit_search probe's round."""
+    started_at: str | None = None
+    finished_at: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -89,7 +95,7 @@ class Run:
         return cls(
             body["id"], body["experiment_id"], body["status"], body["step"], body["total_steps"],
             dict(body.get("latest_metrics") or {}), body.get("error"), body["spec"],
-            body.get("role"), body.get("search_round"),
+            body.get("role"), body.get("search_round"), body.get("started_at"), body.get("finished_at"),
         )  # fmt: skip
 
 
@@ -334,6 +340,26 @@ class Client:
             if not cursor:
                 return
             query["cursor"] = cursor
+
+    def reproduce(
+        self,
+        scale: str | None = None,
+        *,
+        folder: str | Path = "groklab-report",
+        seeds: int | None = None,
+        out: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> Path:
+        """`groklab reproduce`: submit the paper's experiments at `scale` (or re-attach to `folder`'s
+        with resume), wait, and write the HTML report (groklab/reproduce.py); its path."""
+        from groklab.reproduce import reproduce
+
+        report, _ = reproduce(
+            self, scale=scale, seeds=seeds, folder=Path(folder), out=Path(out) if out else None,
+            resume=resume, progress=progress,
+        )  # fmt: skip
+        return report
 
     def wait(
         self,

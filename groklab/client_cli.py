@@ -71,10 +71,21 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     )
     delete.add_argument("experiment", type=int, metavar="EXP")
 
+    reproduce = commands.add_parser(
+        "reproduce", parents=[common],
+        help="submit the paper's experiments, wait, and write one HTML report of every figure and claim",
+    )  # fmt: skip
+    reproduce.add_argument("--scale", help="ci (P=47, 2 cores in under 30 min), paper (GPU workers) or smoke; default ci")
+    reproduce.add_argument("--seeds", type=int, help="seeds per experiment (default: each example's own)")
+    reproduce.add_argument("--dir", type=Path, default=Path("groklab-report"), help="the report folder (default groklab-report)")
+    reproduce.add_argument("--out", type=Path, help="the HTML file (default DIR/report.html)")
+    reproduce.add_argument("--resume", type=Path, metavar="REPORT_DIR", help="re-attach to a report folder's experiments")
+
 
 def run_client_command(args: argparse.Namespace) -> int:
     """Runs one client subcommand; a down server or a refused key is a message, not a traceback."""
-    console = Console(stderr=True)
+    # soft_wrap: an error stays one line however narrow the terminal (scripts grep it).
+    console = Console(stderr=True, soft_wrap=True)
     try:
         with Client(args.url, args.api_key) as client:
             return _COMMANDS[args.command](client, args, console)
@@ -200,6 +211,19 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _reproduce(client: Client, args: argparse.Namespace, console: Console) -> int:
+    from groklab.reproduce import FAIL, reproduce
+
+    folder = args.resume or args.dir
+    report, found = reproduce(
+        client, scale=args.scale, seeds=args.seeds, folder=folder, out=args.out, resume=args.resume is not None
+    )
+    verdicts = [claim.verdict for claim in found]
+    console.print(f"report: {report} ({verdicts.count('pass')} claims pass, {verdicts.count(FAIL)} fail, "
+                  f"{verdicts.count('not testable')} not testable at this scale)", markup=False)  # fmt: skip
+    return 0
+
+
 def _exit_code(runs: list[Any]) -> int:
     """0 when every run succeeded, 1 otherwise, so that scripts can chain on `groklab watch`."""
     return 0 if all(run.status == "succeeded" for run in runs) else 1
@@ -207,6 +231,6 @@ def _exit_code(runs: list[Any]) -> int:
 
 _COMMANDS = {
     "submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel, "delete": _delete,
-    "checkpoint": _checkpoint, "continue": _continue, "retry": _retry,
+    "checkpoint": _checkpoint, "continue": _continue, "retry": _retry, "reproduce": _reproduce,
 }  # fmt: skip
 COMMANDS = frozenset(_COMMANDS)
