@@ -34,6 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # teardown stops the private servers instead of leaving them behind.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
+    # Ctrl-C too, even where the run inherited SIGINT ignored (a child of an xdist worker does):
+    # Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # The module that trains longest (the P=47 dynamics on two workers, minutes): first, so that under

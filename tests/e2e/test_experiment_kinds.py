@@ -106,8 +106,11 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
     (parent,) = _succeeded(kinds_client, [from_scratch.grok], timeout=600).values()
     example = _example("ungrokking")
     assert example["base"]["task"] == BASE["task"] and example["base"]["phases"] == BASE["phases"]
+    # The example's smallest and largest D' (its 300 sits near D_crit and decays slowly, so it
+    # carries no bound): on two workers both train at once, one round of phase 2 instead of two.
+    sizes = [min(example["subset_sizes"]), max(example["subset_sizes"])]
     response = kinds_client.post(
-        "/v1/experiments", json={**example, "phase1_run_id": parent["id"]}
+        "/v1/experiments", json={**example, "subset_sizes": sizes, "phase1_run_id": parent["id"]}
     )
     assert response.status_code == 201, response.text
     experiment = response.json()
@@ -115,7 +118,7 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
     runs = _succeeded(kinds_client, experiment["run_ids"], timeout=600)
 
     children = sorted(runs.values(), key=lambda r: r["spec"]["phases"][-1]["subset_size"])
-    assert [c["spec"]["phases"][-1]["subset_size"] for c in children] == [100, 300, 800]
+    assert [c["spec"]["phases"][-1]["subset_size"] for c in children] == [100, 800]
     end = GROK_STEPS + example["phase2_steps"]
     late_test_acc = {}
     for child in children:
@@ -133,7 +136,6 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
         if child["spec"]["phases"][-1]["subset_size"] == 800:
             phase_two = [v for s, v in series["test_acc"].items() if s >= GROK_STEPS]
             assert sum(v >= 0.95 for v in phase_two) >= 0.8 * len(phase_two)
-    # D'=300 sits near D_crit here and decays slowly, so only 100 and 800 carry bounds.
     assert late_test_acc[100] < 0.3 and late_test_acc[800] > 0.95  # measured ~0.07 and ~0.99
 
     analysis = kinds_client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
