@@ -345,23 +345,29 @@ def _plan_ungrokking(
             runs.append(PlannedRun(spec=parent_spec, role="phase1"))
         for size in request.subset_sizes:
             for decay in request.weight_decays:
-                phase2 = PhaseSpec(
-                    steps=request.phase2_steps,
-                    train_set="subset",
-                    subset_size=size,
-                    weight_decay=decay,
-                    reset_optimizer=request.phase2_reset_optimizer,
+                phase2 = _phase_two(
+                    parent_spec, request.phase2_steps, size, decay, reset_optimizer=request.phase2_reset_optimizer
                 )
-                child = parent_spec.model_copy(update={"phases": [*parent_spec.phases, phase2]})
                 runs.append(
                     PlannedRun(
-                        spec=RunSpec.model_validate(child.model_dump()),
+                        spec=phase2,
                         role="phase2",
                         parent_index=parent_index,
                         parent_run_id=request.phase1_run_id,
                     )
                 )
     return runs
+
+
+def _phase_two(
+    parent: RunSpec, steps: int, subset_size: int, weight_decay: float | None, *, reset_optimizer: bool = False
+) -> RunSpec:
+    """The parent's spec with a phase on a subset D' appended: a fork that continues its final state."""
+    phase = PhaseSpec(
+        steps=steps, train_set="subset", subset_size=subset_size, weight_decay=weight_decay,
+        reset_optimizer=reset_optimizer,
+    )  # fmt: skip
+    return RunSpec.model_validate(parent.model_copy(update={"phases": [*parent.phases, phase]}).model_dump())
 
 
 def _plan_semi_grokking(request: SemiGrokkingExperiment, max_runs: int) -> list[PlannedRun]:
@@ -416,13 +422,8 @@ def plan_search_probes(
                 runs.append(PlannedRun(spec=spec, role="probe", search_round=search_round))
             continue
         for parent_spec in phase1_specs:
-            phase2 = PhaseSpec(
-                steps=request.phase2_steps, train_set="subset", subset_size=size, weight_decay=request.weight_decay
-            )
-            child = parent_spec.model_copy(update={"phases": [*parent_spec.phases, phase2]})
-            runs.append(
-                PlannedRun(spec=RunSpec.model_validate(child.model_dump()), role="probe", search_round=search_round)
-            )
+            spec = _phase_two(parent_spec, request.phase2_steps, size, request.weight_decay)
+            runs.append(PlannedRun(spec=spec, role="probe", search_round=search_round))
     return runs
 
 

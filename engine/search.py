@@ -43,12 +43,12 @@ def probe_sizes(low: int, high: int, count: int) -> list[int]:
     return sorted(d for d in sizes if low < d < high)
 
 
-def mean_accuracy_by_size(probes: Iterable[ProbeResult]) -> dict[int, tuple[float, int]]:
-    """{D: (mean final test accuracy over its probes, how many)}."""
+def mean_accuracy_by_size(probes: Iterable[ProbeResult]) -> dict[int, float]:
+    """{D: mean final test accuracy over its probes}."""
     by_size: dict[int, list[float]] = {}
     for probe in probes:
         by_size.setdefault(probe.train_size, []).append(probe.final_test_acc)
-    return {d: (sum(v) / len(v), len(v)) for d, v in sorted(by_size.items())}
+    return {d: sum(v) / len(v) for d, v in sorted(by_size.items())}
 
 
 def narrow(low: int, high: int, mean_by_size: Mapping[int, float], level: float) -> tuple[int, int]:
@@ -67,15 +67,10 @@ def reached_tolerance(low: int, high: int, relative_tolerance: float) -> bool:
     return high / low < 1 + relative_tolerance
 
 
-def bracket_after(
-    low: int, high: int, probes: Sequence[ProbeResult], level: float, through_round: int | None = None
-) -> tuple[int, int]:
-    """The bracket after narrowing by the rounds up to `through_round` (all by default), one round
-    at a time as the search did."""
-    rounds = sorted({p.round for p in probes if through_round is None or p.round <= through_round})
-    for r in rounds:
-        means = mean_accuracy_by_size(p for p in probes if p.round <= r)
-        low, high = narrow(low, high, {d: m for d, (m, _) in means.items()}, level)
+def bracket_after(low: int, high: int, probes: Sequence[ProbeResult], level: float) -> tuple[int, int]:
+    """The bracket after narrowing by every round so far, one round at a time as the search did."""
+    for r in sorted({p.round for p in probes}):
+        low, high = narrow(low, high, mean_accuracy_by_size(p for p in probes if p.round <= r), level)
     return low, high
 
 

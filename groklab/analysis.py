@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.experiments import DCritSearchExperiment
-from engine.search import ProbeResult, bracket_after, next_round
+from engine.search import ProbeResult, next_round
 from engine.spec import RunSpec
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
@@ -433,12 +433,12 @@ def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: 
     for probe in probes:
         by_size[probe.train_size].append(probe.final_test_acc)
         by_round[(probe.round, probe.train_size)].append(probe.final_test_acc)
-    low, high = bracket_after(request.low, request.high, probes, request.level)
     plan = next_round(
         request.low, request.high, probes, level=request.level, relative_tolerance=request.relative_tolerance,
         probes_per_round=request.probes_per_round, runs_per_size=len(request.seeds), runs_so_far=len(runs),
         max_runs=request.max_runs,
     )  # fmt: skip
+    low, high = plan.bracket
     probe_runs = [run for run in runs if run.role == "probe"]
     # A probe's own steps: phase 2's on the ungrokking side (phase 1 is trained once per seed).
     probe_steps = [run.spec.phases[-1].steps if request.side == "ungrokking" else run.spec.total_steps for run in probe_runs]

@@ -212,7 +212,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def claims(data: Mapping[str, ExperimentData], scale: str) -> list[Claim]:
+def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:
     out: list[Claim] = []
     add = out.append
 
@@ -497,7 +497,7 @@ def _version(package: str) -> str:
 
 def write_report(client: Client, manifest: Manifest, out: Path) -> list[Claim]:
     data = collect(client, manifest)
-    found = claims(data, manifest.scale)
+    found = claims(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(manifest, data, found, figures(data)))
     return found

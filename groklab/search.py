@@ -24,6 +24,7 @@ from engine.search import ProbeResult, next_round
 from engine.spec import RunSpec
 from groklab.dispatch import dispatch_runs
 from groklab.settings import Settings
+from groklab.submission import stored_run
 from groklab.store import runs as run_store
 from groklab.store import search as search_store
 from groklab.store.database import session_scope
@@ -87,21 +88,10 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
     planned = plan_search_probes(
         request, plan.sizes, search_round, [RunSpec.model_validate(r.spec) for r in phase1]
     )
-    new_runs = run_store.add_runs(
-        session,
-        experiment,
-        [
-            run_store.NewRun(
-                spec=run.spec.model_dump(mode="json"),
-                total_steps=run.spec.total_steps,
-                role=run.role,
-                # Probes go size by size, seed by seed within a size, like phase 1's runs.
-                parent_run_id=phase1[i % len(phase1)].id if phase1 else None,
-                search_round=run.search_round,
-            )
-            for i, run in enumerate(planned)
-        ],
-    )
+    if phase1:
+        # Probes go size by size, seed by seed within a size, like phase 1's runs.
+        planned = [run.model_copy(update={"parent_run_id": phase1[i % len(phase1)].id}) for i, run in enumerate(planned)]
+    new_runs = run_store.add_runs(session, experiment, [stored_run(run) for run in planned])
     run_ids = [run.id for run in new_runs]
     dispatch_runs(session, celery, run_ids, ensemble_size=settings.ensemble_size)
     log.info("d_crit_search %s: round %s probes %s in bracket %s", experiment_id, search_round, plan.sizes, plan.bracket)

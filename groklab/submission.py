@@ -16,7 +16,7 @@ from celery import Celery
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from engine.experiments import UngrokkingExperiment, plan_experiment
+from engine.experiments import PlannedRun, UngrokkingExperiment, plan_experiment
 from engine.spec import RunSpec
 from groklab.dispatch import BrokerUnreachable, dispatch_runs
 from groklab.errors import Conflict, NotFound, ServiceUnavailable
@@ -67,17 +67,7 @@ def submit_experiment(
         name=getattr(request, "name", None),
         kind=getattr(request, "kind", "sweep"),
         spec=spec_json,
-        runs=[
-            run_store.NewRun(
-                spec=run.spec.model_dump(mode="json"),
-                total_steps=run.spec.total_steps,
-                role=run.role,
-                parent_index=run.parent_index,
-                parent_run_id=run.parent_run_id,
-                search_round=run.search_round,
-            )
-            for run in planned
-        ],
+        runs=[stored_run(run) for run in planned],
         owner=owner,
     )
     if idempotency_key is not None and request_hash is not None:
@@ -95,6 +85,18 @@ def submit_experiment(
             f"experiment {experiment.id} was stored but the broker is unreachable; its runs are marked failed"
         ) from exc
     return Submission(experiment, replayed=False)
+
+
+def stored_run(planned: PlannedRun) -> run_store.NewRun:
+    """The row a planned run is stored as (by submission, and by a d_crit_search's later rounds)."""
+    return run_store.NewRun(
+        spec=planned.spec.model_dump(mode="json"),
+        total_steps=planned.spec.total_steps,
+        role=planned.role,
+        parent_index=planned.parent_index,
+        parent_run_id=planned.parent_run_id,
+        search_round=planned.search_round,
+    )
 
 
 def _phase1_spec(session: Session, request: BaseModel, owner: str) -> RunSpec | None:

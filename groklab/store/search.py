@@ -19,11 +19,10 @@ def lock_search(session: Session, experiment_id: int) -> None:
     PostgreSQL: a row lock. SQLite: this UPDATE takes the database's write lock, which SQLite
     holds until commit, so the second planner reads only after the first one's round is stored.
     """
-    statement = update(Experiment).where(Experiment.id == experiment_id).values(kind=Experiment.kind)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(Experiment.id).where(Experiment.id == experiment_id).with_for_update())
     else:
-        session.execute(statement)
+        session.execute(update(Experiment).where(Experiment.id == experiment_id).values(kind=Experiment.kind))
 
 
 def searches_between_rounds(session: Session) -> list[int]:
