@@ -242,6 +242,10 @@ def _run_spec(defaults: dict[str, Any], base: dict[str, Any], *changes: dict[str
     """The validated spec of defaults <- base <- changes; errors name the field under `base`."""
     if "seed" in base:
         raise SpecError("base.seed", "set the seeds with the experiment's 'seeds' list")
+    if "eval_schedule" in base and "eval_every" not in base:
+        # The two are one choice: a base that asks for a schedule replaces the kind's default
+        # cadence rather than contradicting it.
+        defaults = {key: value for key, value in defaults.items() if key != "eval_every"}
     data = deep_merge(defaults, base)
     for change in changes:
         data = deep_merge(data, change)

@@ -111,6 +111,15 @@ def test_ungrokking_from_an_existing_run_takes_at_most_one_seed():
     assert info.value.field == "seeds"
 
 
+def test_a_base_eval_schedule_replaces_the_kinds_default_cadence():
+    """Every kind defaults to eval_every; a base asking for a log schedule gets it, not a 422."""
+    schedule = {"kind": "log", "points": 100}
+    runs = plan({"kind": "semi_grokking", "train_sizes": [700], "seeds": [0], "base": {"eval_schedule": schedule}})
+    assert runs[0].spec.eval_every is None and runs[0].spec.eval_schedule.model_dump() == schedule
+    with pytest.raises(SpecError, match="base.eval_schedule"):
+        plan({"kind": "semi_grokking", "train_sizes": [700], "base": {"eval_every": 10, "eval_schedule": schedule}})
+
+
 def test_semi_grokking_defaults_are_twenty_even_sizes_in_the_papers_range():
     runs = plan({"kind": "semi_grokking"})
     sizes = sorted({r.spec.task.resolved_train_size for r in runs})
