@@ -474,7 +474,7 @@ def _seeds_used(runs: Sequence[RunRecord]) -> dict[str, Any]:
 
 RUN_ROW_FIELDS = (
     "id index status role search_round seed data_seed train_size weight_decay label memorisation_step generalisation_step "
-    "grokking_delay circuit_formation_step circuit_lead_steps final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
+    "grokking_delay circuit_formation_step circuit_lead_steps total_steps final_step final_train_acc final_test_acc max_test_acc test_acc_at_last_phase_start "
     "final_param_norm param_norm_at_loss_target"
 ).split()
 
@@ -485,7 +485,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
                            "search_round": run.search_round,
                            "seed": run.spec.seed, "data_seed": run.spec.task.data_seed,
                            "train_size": run.spec.final_train_size,
-                           "weight_decay": run_weight_decay(run.spec)}
+                           "weight_decay": run_weight_decay(run.spec), "total_steps": run.spec.total_steps}
     for name in RUN_ROW_FIELDS:
         if name not in row:
             row[name] = run.analysis.get(name) if run.analysis else None
