@@ -138,6 +138,14 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     def converged(points: list[tuple[int, float]]) -> float | None:
         return float(np.median([v for _, v in points[-CONVERGED_EVALUATIONS:]])) if points else None
 
+    def drift(points: list[tuple[int, float]]) -> float | None:
+        # How far from settled the converged state is: a net whose norm still moves is read
+        # mid-way (weight decay's pull on what the loss does not use takes ~1 / (lr * wd) steps).
+        if not points or not points[-1][1]:
+            return None
+        quarter = next(v for s, v in points if s >= 0.75 * points[-1][0])
+        return abs(points[-1][1] - quarter) / points[-1][1]
+
     result: dict[str, Any] = {
         "memorisation_step": mem_step,
         "generalisation_step": gen_step,
@@ -158,6 +166,7 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "converged_param_norm": converged(final_norm),
         "converged_train_acc": converged(train_acc),
         "converged_test_acc": converged(test_acc),
+        "param_norm_drift": drift(final_norm),
         "train_size": spec.final_train_size,
         "weight_decay": run_weight_decay(spec),
         "seed": spec.seed,
@@ -342,10 +351,12 @@ def efficiency(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) 
     median of its last evaluations; at each D the weight-decay sweep's points give the norm at
     `efficiency_loss` (norm_at_fixed_loss). C_mem's norm grows with D, C_gen's does not: the D
     where the memorising curve rises through the generalising one (held flat outside its sizes)
-    is a second D_crit estimate.
+    is a second D_crit estimate. Each sweep point carries its run's param_norm_drift (and each size
+    the largest): the estimate is only as good as the runs had settled.
     """
     t = thresholds or Thresholds()
     points: dict[str, dict[int, list[tuple[float, float]]]] = {"memorise": defaultdict(list), "generalise": defaultdict(list)}
+    drifts: dict[str, dict[int, list[float | None]]] = {"memorise": defaultdict(list), "generalise": defaultdict(list)}
     excluded: list[dict[str, Any]] = []
     for run in runs:
         a = run.analysis
@@ -358,13 +369,17 @@ def efficiency(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) 
             excluded.append({"run_id": run.id, "reason": "has not generalised"})
         else:
             points[group][a["train_size"]].append((a["converged_train_loss"], a["converged_param_norm"]))
+            drifts[group][a["train_size"]].append(a.get("param_norm_drift"))
     curves: dict[str, list[dict[str, Any]]] = {}
     for group, by_size in points.items():
         curves[group] = []
         for d, pairs in sorted(by_size.items()):
             norm, why = norm_at_fixed_loss(pairs, t.efficiency_loss)
+            moved = [x for x in drifts[group][d] if x is not None]
             curves[group].append({"train_size": d, "param_norm_at_loss": norm, "n": len(pairs), "reason": why,
-                                  "sweep": [{"train_loss": l, "param_norm": n} for l, n in sorted(pairs)]})  # fmt: skip
+                                  "max_param_norm_drift": max(moved) if moved else None,
+                                  "sweep": [{"train_loss": l, "param_norm": n, "param_norm_drift": x}
+                                            for (l, n), x in sorted(zip(pairs, drifts[group][d]), key=lambda p: p[0])]})  # fmt: skip
     result: dict[str, Any] = {"loss": t.efficiency_loss, **curves, "excluded": excluded, "d_crit": None, "reason": None}
     mem = [(c["train_size"], c["param_norm_at_loss"]) for c in curves["memorise"] if c["param_norm_at_loss"] is not None]
     gen = [(c["train_size"], c["param_norm_at_loss"]) for c in curves["generalise"] if c["param_norm_at_loss"] is not None]

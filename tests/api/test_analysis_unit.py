@@ -215,6 +215,18 @@ def test_a_generalising_run_counts_only_once_it_has_generalised():
     assert 200 < result["d_crit"] < 800
 
 
+def test_each_run_says_how_far_its_norm_still_moved_and_the_sweep_carries_it():
+    """param_norm_drift: the relative change of the norm over the run's last quarter of steps."""
+    falling = series([1.0] * 11, [1.0] * 11, train_loss=[1e-4] * 11, param_norm=[40.0 - i for i in range(11)])
+    result = analyse_run(falling, ONE_PHASE, T)  # from the first evaluation at or after step 750 (800: 32) to the last (30)
+    assert result["param_norm_drift"] == pytest.approx((32.0 - 30.0) / 30.0)
+    settled = series([1.0] * 11, [1.0] * 11, train_loss=[1e-4] * 11, param_norm=[30.0] * 11)
+    assert analyse_run(settled, ONE_PHASE, T)["param_norm_drift"] == 0.0
+    runs = [*sweep(0, 200, 20.0, True), *sweep(10, 4000, 32.0, False)]
+    curve = efficiency(runs, T)["memorise"][0]
+    assert [p["param_norm_drift"] for p in curve["sweep"]] == [0.0, 0.0, 0.0] and curve["max_param_norm_drift"] == 0.0
+
+
 def test_efficiency_without_a_crossing_or_a_usable_sweep_says_why():
     runs = [*sweep(0, 200, 40.0, True), *sweep(10, 400, 50.0, True), *sweep(20, 4000, 30.0, False)]
     result = efficiency(runs, T)

@@ -89,6 +89,9 @@ def test_c_mem_rises_with_d_c_gen_is_flat_and_the_crossing_comes_from_the_stored
         assert gen_sizes == request["generalise_sizes"], efficiency["generalise"]
         assert all(a < b for a, b in zip(mem, mem[1:])), mem
         assert (max(gen) - min(gen)) / np.mean(gen) < FLAT_SPREAD, gen
+        for row in efficiency["memorise"] + efficiency["generalise"]:
+            drifts = [point["param_norm_drift"] for point in row["sweep"]]
+            assert all(0 <= x < 1 for x in drifts) and row["max_param_norm_drift"] == max(drifts)
 
         # The crossing: where C_mem's norm rises through C_gen's (held flat below its sizes).
         assert efficiency["d_crit"] is not None, efficiency["reason"]
