@@ -3,7 +3,7 @@
 `python -m benchmarks.d_crit_search` starts `groklab up` (SQLite, filesystem broker, two
 workers) in a temporary folder and submits, on P=47 with half the pairs (phase 1: 2,500 steps;
 phase 2: 3,000 steps on D'):
-- a d_crit_search, side ungrokking, bracket [50, 800], one seed, bisection (one probe a round),
+- a d_crit_search, side ungrokking, bracket [50, 800], one seed, one probe a round,
   to the tolerance of the grid below (its adjacent sizes' ratio);
 - the ungrokking grid of 7 geometric D' in [50, 800], forked from the search's own phase-1 run
   (the same net, so the two differ only in which D' they train).
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from engine.experiments import geometric_sizes
+from engine.search import narrow
 from groklab.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +93,13 @@ def main() -> None:
     print(f"search: bracket [{low}, {high}] (ratio {high / low:.3f}, the grid's adjacent ratio {1 + GRID_TOLERANCE:.3f}), "
           f"ended {state['end_reason']}, estimate {state['estimate']['d_crit']} ({state['estimate']['reason']}), "
           f"{state['probe_runs']} phase-2 runs, {state['probe_run_steps']:,} phase-2 run-steps, done {search_done:.0f} s after the start")  # fmt: skip
-    inside = grid_d_crit["d_crit"] is not None and low <= grid_d_crit["d_crit"] <= high
-    print(f"the grid's D_crit lies inside the search's bracket: {inside}")
+    # The grid measures D_crit to between its adjacent sizes either side of the level; its
+    # D_crit is a straight line between those two, so the search's bracket is checked against both.
+    grid_acc = {run["train_size"]: run["final_test_acc"] for run in grid_analysis["runs"]}
+    grid_low, grid_high = narrow(LOW, HIGH, grid_acc, 0.5)
+    print(f"grid: final test acc {[(d, round(a, 3)) for d, a in sorted(grid_acc.items())]}, bracket [{grid_low}, {grid_high}]")
+    print(f"the search's bracket lies inside the grid's: {grid_low <= low and high <= grid_high}; "
+          f"the grid's interpolated D_crit lies inside the search's bracket: {low <= (grid_d_crit['d_crit'] or 0) <= high}")
     print(f"phase-2 run-steps, grid / search: {grid_runs * PHASE2_STEPS / state['probe_run_steps']:.2f}x; "
           f"a grid at the search's final ratio needs {same_ratio_grid} sizes: {same_ratio_grid / state['probe_runs']:.2f}x")  # fmt: skip
 

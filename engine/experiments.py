@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from engine.search import check_bracket, probe_sizes
+from engine.search import check_bracket, round_sizes
 from engine.spec import ExperimentSpec, PhaseSpec, RunSpec, SpecError, StrictModel
 
 Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1000)]
@@ -443,7 +443,7 @@ def plan_search_start(request: DCritSearchExperiment, max_runs: int) -> list[Pla
     else:
         phase1 = search_phase1_specs(request)
         check_bracket(request.low, request.high, phase1[0].task.num_pairs, largest=min(s.final_train_size for s in phase1))
-    sizes = probe_sizes(request.low, request.high, request.probes_per_round)
+    _, sizes = round_sizes(request.low, request.high, [], level=request.level, count=request.probes_per_round)
     if not sizes:
         raise SpecError("high", f"no integer size lies strictly between low {request.low} and high {request.high}")
     first_round = len(phase1) + len(sizes) * len(request.seeds)

@@ -9,8 +9,13 @@ pair of a failing size below a generalising one. The search ends when high / low
 `relative_tolerance`, when no integer size is left strictly inside the bracket, or when the next
 round would pass `max_runs`.
 
-Pure functions over plain values: the server (groklab/search.py) reads the probes from its
-database and plans the next round with them.
+A search of one probe a round uses the accuracies it has, not only their side of `level`: once
+both ends of its bracket have been probed, it probes where the straight line through their mean
+accuracies (in log D) crosses `level` (regula falsi), kept inside the middle half of the bracket;
+until then it bisects. Test accuracy rises gradually with D, so that point tends to lie near the
+transition; where an interpolated round kept more than half of its bracket (the curve was not
+straight there) the next round bisects, so at worst two rounds cut the log-bracket to 3/8 where
+bisection's two cut it to 1/4. benchmarks/search_rounds.py measures both on logistic curves.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from engine.spec import SpecError
 REACHED_TOLERANCE = "reached_tolerance"
 NO_SIZE_LEFT = "no_size_left"
 MAX_RUNS = "max_runs"
+
+# A one-probe round's probe lies at least this fraction of the log-bracket from either end: an
+# interpolation close to one end would shrink the bracket little when it lands on the wrong side.
+ONE_PROBE_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,11 +76,48 @@ def reached_tolerance(low: int, high: int, relative_tolerance: float) -> bool:
     return high / low < 1 + relative_tolerance
 
 
-def bracket_after(low: int, high: int, probes: Sequence[ProbeResult], level: float) -> tuple[int, int]:
-    """The bracket after narrowing by every round so far, one round at a time as the search did."""
+def interpolated_size(low: int, high: int, mean_by_size: Mapping[int, float], level: float) -> int | None:
+    """Where the line through (log low, mean accuracy at low) and (log high, mean accuracy at high)
+    crosses `level`, held to the middle half of the bracket; None when an end has not been probed
+    (the request's bracket is assumed, not measured) or no integer lies there."""
+    if low not in mean_by_size or high not in mean_by_size:
+        return None
+    below, above = mean_by_size[low], mean_by_size[high]
+    fraction = (level - below) / (above - below) if above > below else 0.5
+    fraction = min(max(fraction, ONE_PROBE_MARGIN), 1 - ONE_PROBE_MARGIN)
+    size = round(low * (high / low) ** fraction)
+    return size if low < size < high else None
+
+
+@dataclass(frozen=True)
+class _Replay:
+    bracket: tuple[int, int]
+    bisect_next: bool
+    """A one-probe search's next round bisects: its last round interpolated and kept more than half."""
+
+
+def _replay(low: int, high: int, probes: Sequence[ProbeResult], level: float) -> _Replay:
+    """Narrows by every round so far, one round at a time as the search did."""
+    bisect_next = False
     for r in sorted({p.round for p in probes}):
-        low, high = narrow(low, high, mean_accuracy_by_size(p for p in probes if p.round <= r), level)
-    return low, high
+        new_low, new_high = narrow(low, high, mean_accuracy_by_size(p for p in probes if p.round <= r), level)
+        kept = math.log(new_high / new_low) / math.log(high / low)
+        bisect_next = not bisect_next and kept > 0.5
+        low, high = new_low, new_high
+    return _Replay((low, high), bisect_next)
+
+
+def round_sizes(
+    low: int, high: int, probes: Sequence[ProbeResult], *, level: float, count: int
+) -> tuple[tuple[int, int], list[int]]:
+    """The bracket the rounds so far leave, and the next round's `count` sizes inside it (none when
+    no integer is left there): even in log D, or the one-probe placement of the module docstring."""
+    replay = _replay(low, high, probes, level)
+    if count == 1 and not replay.bisect_next:
+        size = interpolated_size(*replay.bracket, mean_accuracy_by_size(probes), level)
+        if size is not None:
+            return replay.bracket, [size]
+    return replay.bracket, probe_sizes(*replay.bracket, count)
 
 
 @dataclass(frozen=True)
@@ -98,23 +144,21 @@ def next_round(
     max_runs: int,
 ) -> NextRound:
     """The next round's sizes (each probed `runs_per_size` times, once per seed), or why none."""
-    bracket = bracket_after(low, high, probes, level)
+    room = (max_runs - runs_so_far) // runs_per_size
+    bracket, sizes = round_sizes(low, high, probes, level=level, count=max(1, min(probes_per_round, room)))
     if reached_tolerance(*bracket, relative_tolerance):
         return NextRound(bracket, [], REACHED_TOLERANCE)
-    sizes = probe_sizes(*bracket, probes_per_round)
     if not sizes:
         return NextRound(bracket, [], NO_SIZE_LEFT)
-    room = (max_runs - runs_so_far) // runs_per_size
     if room < 1:
         return NextRound(bracket, [], MAX_RUNS)
-    if room < len(sizes):
-        sizes = probe_sizes(*bracket, room)
     return NextRound(bracket, sizes, None)
 
 
 def rounds_to_tolerance(low: int, high: int, relative_tolerance: float, probes_per_round: int) -> int:
-    """Rounds a search needs, at worst, to bring high / low under 1 + tolerance: each round cuts
-    the log-bracket into probes_per_round + 1 parts (the README's run-count comparison)."""
+    """Rounds a search needs to bring high / low under 1 + tolerance when each round cuts the
+    log-bracket into probes_per_round + 1 parts: at worst with several probes a round, and on a
+    step for one (the README's run-count comparison)."""
     log_ratio, log_goal = math.log(high / low), math.log(1 + relative_tolerance)
     rounds = 0
     while log_ratio >= log_goal:

@@ -1,5 +1,6 @@
-"""The d_crit_search bracket (engine/search.py): probes split it in log D, rounds narrow it around
-the true transition, and the search ends at the tolerance, out of sizes, or at max_runs."""
+"""The d_crit_search bracket (engine/search.py): probes split it in log D (one probe a round:
+where the bracket ends' accuracies say the curve crosses the level), rounds narrow it around the
+true transition, and the search ends at the tolerance, out of sizes, or at max_runs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from engine.search import (
     NO_SIZE_LEFT,
     REACHED_TOLERANCE,
     ProbeResult,
+    interpolated_size,
     narrow,
     next_round,
     probe_sizes,
@@ -38,8 +40,10 @@ def test_narrowing_keeps_a_failing_size_under_a_generalising_one_even_on_a_noisy
     assert narrow(100, 800, {50: 0.9, 900: 0.1}, 0.5) == (100, 800)  # outside the bracket: ignored
 
 
-def _search(d_crit: float, low: int, high: int, tolerance: float, per_round: int, seeds: int, max_runs: int):
-    """Run the search against a step function at d_crit (accuracy 1 at or above it, else 0)."""
+def _search(d_crit: float, low: int, high: int, tolerance: float, per_round: int, seeds: int, max_runs: int,
+            accuracy=None):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Run the search against `accuracy(d)`, by default a step at d_crit (1 at or above it, else 0)."""
+    accuracy = accuracy or (lambda d: float(d >= d_crit))
     probes: list[ProbeResult] = []
     rounds = 0
     while True:
@@ -49,7 +53,7 @@ def _search(d_crit: float, low: int, high: int, tolerance: float, per_round: int
             return plan, rounds, probes
         rounds += 1
         assert 1 <= len(plan.sizes) <= per_round and all(plan.bracket[0] < d < plan.bracket[1] for d in plan.sizes)
-        probes += [ProbeResult(d, rounds, float(d >= d_crit)) for d in plan.sizes for _ in range(seeds)]
+        probes += [ProbeResult(d, rounds, accuracy(d)) for d in plan.sizes for _ in range(seeds)]
 
 
 @given(
@@ -74,6 +78,68 @@ def test_the_bracket_always_holds_d_crit_and_ends_within_tolerance_in_the_predic
         assert new_high == new_low + 1  # every integer between was probed
     # Integer sizes can leave a bracket a little wider than the exact split would: one round more.
     assert rounds <= rounds_to_tolerance(low, high, tolerance, per_round) + 1
+
+
+@given(
+    low=st.integers(2, 500),
+    span=st.floats(1.5, 100),
+    where=st.floats(0.01, 0.99),
+    steepness=st.floats(0.5, 50),
+    tolerance=st.floats(0.02, 1.0),
+)
+def test_one_probe_a_round_on_a_gradual_curve_keeps_d_crit_and_is_at_worst_half_as_fast_as_bisection(
+    low: int, span: float, where: float, steepness: float, tolerance: float
+) -> None:
+    """Test accuracy rising through the level along a logistic in log D (steep or shallow): the
+    interpolated probe may land on either side, and the bracket still holds D_crit."""
+    high = max(low + 2, round(low * span))
+    d_crit = low * (high / low) ** where
+    curve = lambda d: 1 / (1 + math.exp(-steepness * math.log(d / d_crit)))  # noqa: E731
+    plan, rounds, _ = _search(d_crit, low, high, tolerance, 1, seeds=1, max_runs=10_000, accuracy=curve)
+    new_low, new_high = plan.bracket
+    assert new_low < d_crit <= new_high
+    assert plan.ended in (REACHED_TOLERANCE, NO_SIZE_LEFT)
+    # Two rounds cut the log-bracket to at most 3/8 where bisection's cut it to 1/4.
+    assert rounds <= 2 * rounds_to_tolerance(low, high, tolerance, 1) + 1
+
+
+def test_one_probe_a_round_interpolates_once_both_ends_of_the_bracket_are_probed():
+    """The accuracies the D_crit benchmark measured on the CI ungrokking config (D' 200: 0.373,
+    400: 0.908): the request's [50, 800] is bisected until a probe lies on each side."""
+    kwargs = dict(level=0.5, relative_tolerance=0.1, probes_per_round=1, runs_per_size=1, max_runs=20)
+    assert next_round(50, 800, [], runs_so_far=0, **kwargs).sizes == [200]
+    probes = [ProbeResult(200, 1, 0.373)]
+    assert next_round(50, 800, probes, runs_so_far=1, **kwargs).sizes == [400]  # 800 is assumed, not probed
+    probes.append(ProbeResult(400, 2, 0.908))
+    # The line from 0.373 to 0.908 crosses 0.5 0.24 of the way up [200, 400]: held to a quarter.
+    assert next_round(50, 800, probes, runs_so_far=2, **kwargs).sizes == [238]
+    assert probe_sizes(200, 400, 1) == [283]  # where bisection would probe
+
+
+def test_an_interpolated_round_that_keeps_most_of_its_bracket_is_followed_by_bisection():
+    kwargs = dict(level=0.5, relative_tolerance=0.01, probes_per_round=1, runs_per_size=1, max_runs=20)
+    probes = [ProbeResult(400, 1, 0.45), ProbeResult(800, 2, 0.95)]
+    assert next_round(100, 1600, probes, runs_so_far=2, **kwargs).sizes == [476]  # a quarter up [400, 800]
+    probes.append(ProbeResult(476, 3, 0.3))  # a dip: the bracket keeps 3/4 of its log-width
+    plan = next_round(100, 1600, probes, runs_so_far=3, **kwargs)
+    assert plan.bracket == (476, 800)
+    assert plan.sizes == probe_sizes(476, 800, 1) != [interpolated_size(476, 800, {476: 0.3, 800: 0.95}, 0.5)]
+    probes.append(ProbeResult(plan.sizes[0], 4, 0.6))  # bisection kept half: interpolation again
+    assert next_round(100, 1600, probes, runs_so_far=4, **kwargs).sizes == [
+        interpolated_size(476, plan.sizes[0], {476: 0.3, plan.sizes[0]: 0.6}, 0.5)
+    ]
+
+
+def test_the_interpolated_size_needs_both_ends_probed_and_stays_in_the_middle_half():
+    assert interpolated_size(100, 1600, {}, 0.5) is None
+    assert interpolated_size(100, 1600, {100: 0.1}, 0.5) is None
+    assert interpolated_size(100, 1600, {100: 0.4, 1600: 0.6}, 0.5) == 400  # the log midpoint
+    assert interpolated_size(100, 1600, {100: 0.45, 1600: 0.65}, 0.5) == 200  # a quarter of the way
+    assert interpolated_size(100, 1600, {100: 0.49, 1600: 0.99}, 0.5) == 200  # 2% of the way: a quarter
+    assert interpolated_size(100, 1600, {100: 0.0, 1600: 0.51}, 0.5) == 800  # near high: three quarters
+    assert interpolated_size(100, 1600, {100: 0.6, 1600: 0.4}, 0.5) == 400  # falling: no line to trust
+    assert interpolated_size(10, 12, {10: 0.0, 12: 1.0}, 0.5) == 11
+    assert interpolated_size(10, 11, {10: 0.0, 11: 1.0}, 0.5) is None
 
 
 def test_the_search_stops_at_max_runs_with_whole_rounds():
