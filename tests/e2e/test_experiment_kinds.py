@@ -24,6 +24,7 @@ import pytest
 from tests.services import ROOT, Stack, migrated_pg_database, redis_url, service_env, wait_for_runs
 
 GROK_STEPS = 2_500
+PHASE2_STEPS = 1_500
 EVAL_EVERY = 25
 BASE = {"task": {"p": 47, "train_fraction": 0.5}, "phases": [{"steps": GROK_STEPS}], "eval_every": EVAL_EVERY}
 
@@ -109,8 +110,12 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
     # The example's smallest and largest D' (its 300 sits near D_crit and decays slowly, so it
     # carries no bound): on two workers both train at once, one round of phase 2 instead of two.
     sizes = [min(example["subset_sizes"]), max(example["subset_sizes"])]
+    # Half the example's phase 2: D'=100's median test accuracy over its last 20 evaluations is
+    # 0.096 after 1,500 steps (0.064 after 3,000; engine, seed 0), and phase 2 is the test's
+    # longest wait.
     response = kinds_client.post(
-        "/v1/experiments", json={**example, "subset_sizes": sizes, "phase1_run_id": parent["id"]}
+        "/v1/experiments",
+        json={**example, "subset_sizes": sizes, "phase2_steps": PHASE2_STEPS, "phase1_run_id": parent["id"]},
     )
     assert response.status_code == 201, response.text
     experiment = response.json()
@@ -119,7 +124,7 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
 
     children = sorted(runs.values(), key=lambda r: r["spec"]["phases"][-1]["subset_size"])
     assert [c["spec"]["phases"][-1]["subset_size"] for c in children] == [100, 800]
-    end = GROK_STEPS + example["phase2_steps"]
+    end = GROK_STEPS + PHASE2_STEPS
     late_test_acc = {}
     for child in children:
         # Trained once, then forked: each child starts after its parent ended, from its state.
@@ -136,7 +141,7 @@ def test_ungrokking_forks_phase_two_and_finds_d_crit_between_small_and_large_sub
         if child["spec"]["phases"][-1]["subset_size"] == 800:
             phase_two = [v for s, v in series["test_acc"].items() if s >= GROK_STEPS]
             assert sum(v >= 0.95 for v in phase_two) >= 0.8 * len(phase_two)
-    assert late_test_acc[100] < 0.3 and late_test_acc[800] > 0.95  # measured ~0.07 and ~0.99
+    assert late_test_acc[100] < 0.3 and late_test_acc[800] > 0.95  # measured 0.096 and 0.994
 
     analysis = kinds_client.get(f"/v1/experiments/{experiment['id']}/analysis").json()
     assert analysis["complete"] is True
