@@ -3,7 +3,7 @@ at fixed train loss rises with D, C_gen's is flat, and the api computes their cr
 stored series.
 
 Training the configuration costs about ten CPU-minutes, so the series come from a real run of it
-recorded by tests/fixtures/record_ci_efficiency.py; they are stored again, through the metric
+recorded by tests/api/record_ci_efficiency.py; they are stored again, through the metric
 writes, in the database of a real api, which is asked over HTTP for the experiment's analysis.
 """
 
@@ -25,7 +25,7 @@ from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import write_points
 from groklab.submission import stored_run
-from tests.fixtures.record_ci_efficiency import FIXTURE
+from tests.api.record_ci_efficiency import FIXTURE
 from tests.services import ROOT, Stack
 
 EXAMPLE = ROOT / "examples" / "ci" / "efficiency.json"
@@ -72,7 +72,7 @@ def _curve(efficiency: dict[str, Any], group: str) -> tuple[list[int], list[floa
 def test_the_recording_is_of_the_ci_configuration_as_the_example_plans_it_today(recorded: dict[str, Any]) -> None:
     request = EfficiencyExperiment.model_validate_json(EXAMPLE.read_text())
     planned = [run.spec.model_dump(mode="json") for run in plan_experiment(request, 1000)]
-    assert [run["spec"] for run in recorded["runs"]] == planned, "re-record: tests/fixtures/record_ci_efficiency.py"
+    assert [run["spec"] for run in recorded["runs"]] == planned, "re-record: tests/api/record_ci_efficiency.py"
     assert all(set(run["series"]) >= {"train_loss", "param_norm", "train_acc", "test_acc"} for run in recorded["runs"])
 
 
