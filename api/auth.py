@@ -74,6 +74,8 @@ def _scoped(scope: str) -> Callable[[Principal], Principal]:
 
 reader = _scoped(READ)
 writer = _scoped(WRITE)
+CallerDep = Annotated[Principal, Depends(current_principal)]
+"""The caller, whatever its scopes (GET /v1/whoami)."""
 ReaderDep = Annotated[Principal, Depends(reader)]
 """The caller of every read (GET, and POST queries that change nothing)."""
 WriterDep = Annotated[Principal, Depends(writer)]

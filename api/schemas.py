@@ -78,6 +78,19 @@ class ExperimentOut(BaseModel):
     spec: dict[str, Any]
 
 
+class ExperimentPlanOut(BaseModel):
+    kind: str
+    name: str | None
+    runs: int = Field(description="Runs the experiment would store (a d_crit_search: its first round).")
+    total_steps: int = Field(description="Their optimizer steps, as counted against the owner's queued-work bound.")
+
+
+class WhoAmIOut(BaseModel):
+    owner: str = Field(description="Whose experiments and runs this caller reaches ('local' when auth is off).")
+    scopes: list[str] = Field(description="'read' and/or 'write'.")
+    auth_required: bool = Field(description="Whether this api asks every request for an API key.")
+
+
 class ExperimentDetailOut(ExperimentOut):
     runs: list[RunOut]
 

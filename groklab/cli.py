@@ -11,18 +11,12 @@ import socket
 import sys
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError, ProgrammingError
-
 from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
 from groklab.client_cli import add_client_commands, run_client_command
-from groklab.dispatch import make_celery
-from groklab.errors import GroklabError
-from groklab.reconciler import hand_back_worker_runs
 from groklab.settings import InsecureConfig, Settings
-from groklab.store import keys as key_store
-from groklab.store.database import session_scope
-from groklab.store.migrate import upgrade
-from groklab.supervisor import Supervisor
+
+# The server side (SQLAlchemy, Celery, the store) is imported by the commands that run it, so
+# that the client commands start in a fraction of a second and fail fast when the api is down.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)
     if args.command == "migrate":
+        from groklab.store.migrate import upgrade
+
         upgrade(settings.resolved_database_url)
         return 0
     if args.command == "keys":
@@ -65,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from groklab.errors import GroklabError
+    from groklab.store import keys as key_store
+    from groklab.store.database import session_scope
+
     try:
         with session_scope(settings.resolved_database_url) as session:
             if args.keys_command == "create":
@@ -101,6 +103,11 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
+    from groklab.dispatch import make_celery
+    from groklab.reconciler import hand_back_worker_runs
+    from groklab.store.migrate import upgrade
+    from groklab.supervisor import Supervisor
+
     settings = Settings(data_dir=data_dir, host=host)
     try:
         required = settings.auth_required()

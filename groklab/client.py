@@ -167,6 +167,16 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return Experiment.from_json(self._request("POST", "/v1/experiments", json=body, headers=headers).json())
 
+    def plan(self, spec: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+        """A dry run of submit: {kind, name, runs, total_steps}, or the ApiError submit would raise
+        (422 naming the field, 429 over a limit); nothing is stored."""
+        body = dict(spec) if isinstance(spec, Mapping) else load_spec(spec)
+        return self._request("POST", "/v1/experiments/plan", json=body).json()
+
+    def whoami(self) -> dict[str, Any]:
+        """{owner, scopes, auth_required} of this client's key; Unauthorized for a refused key."""
+        return self._request("GET", "/v1/whoami").json()
+
     def experiment(self, experiment: ExperimentRef) -> Experiment:
         return Experiment.from_json(self._request("GET", f"/v1/experiments/{_id(experiment)}").json())
 

@@ -31,6 +31,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     submit = commands.add_parser("submit", parents=[common], help="submit an experiment spec (JSON or YAML file)")
     submit.add_argument("spec", help="path of a .json, .yaml or .yml spec")
     submit.add_argument("--watch", action="store_true", help="then watch its runs until they finish")
+    submit.add_argument(
+        "--dry-run", action="store_true", help="check the spec against the server's validation and limits; store nothing"
+    )
 
     status = commands.add_parser("status", parents=[common], help="experiments, or one experiment's runs")
     status.add_argument("experiment", nargs="?", type=int, metavar="EXP")
@@ -103,6 +106,11 @@ def run_client_command(args: argparse.Namespace) -> int:
 
 
 def _submit(client: Client, args: argparse.Namespace, console: Console) -> int:
+    if args.dry_run:
+        plan = client.plan(load_spec(args.spec))
+        print(json.dumps(plan))
+        console.print(f"{plan['kind']}: {plan['runs']} run(s), {plan['total_steps']:,} steps; nothing submitted")
+        return 0
     experiment = client.submit(load_spec(args.spec))
     print(json.dumps({"id": experiment.id, "run_ids": experiment.run_ids}))
     console.print(f"experiment {experiment.id}: {len(experiment.run_ids)} run(s) queued")

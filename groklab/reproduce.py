@@ -90,6 +90,25 @@ class Manifest:
         return cls(**json.loads(path.read_text()))
 
 
+def preflight(client: Client, specs: Mapping[str, Mapping[str, Any]], *, needs: str) -> None:
+    """Everything a reproduction needs, checked in seconds before anything is submitted: the
+    report's libraries, the server, the key and its scope, and every spec against the server's
+    validation and limits (a dry run: a quota hit by the fifth experiment must not leave four
+    training with no report to come)."""
+    _pyplot()
+    identity = client.whoami()  # ServerUnreachable, or Unauthorized for a refused key
+    if needs not in identity["scopes"]:
+        raise ReproduceError(
+            f"the API key of owner {identity['owner']!r} has the scopes {', '.join(identity['scopes'])}; "
+            f"a reproduction needs {needs!r}"
+        )
+    for name, spec in specs.items():
+        try:
+            client.plan(spec)
+        except ApiError as exc:
+            raise ReproduceError(f"the server refuses the {name} experiment ({exc.status}): {exc.detail}") from exc
+
+
 def submit(client: Client, scale: str, seeds: int | None, folder: Path) -> Manifest:
     """Submit every experiment of the scale; the manifest is saved after each, so an interrupted
     submission resumes with what it already sent."""
@@ -352,14 +371,24 @@ def scratch_d_crit(data: Mapping[str, ExperimentData]) -> dict[str, Any]:
 # Figures: matplotlib drawn to inline SVG.
 
 
-def _svg(draw: Callable[[Any], None], width: float = 7.0, height: float = 3.6) -> str:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; a base dependency, so a failure here is a
+    broken install, said before anything is submitted (preflight) rather than after hours of training."""
     try:
         import matplotlib
-    except ImportError as exc:
-        raise ReproduceError("the report's figures need matplotlib: pip install 'groklab[report]'") from exc
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ReproduceError(
+            f"the report's figures need matplotlib, which this install lacks ({exc}); reinstall groklab "
+            "(bin/groklab does it) or pip install matplotlib"
+        ) from exc
+    return plt
+
+
+def _svg(draw: Callable[[Any], None], width: float = 7.0, height: float = 3.6) -> str:
+    plt = _pyplot()
 
     figure, axes = plt.subplots(figsize=(width, height))
     try:
@@ -534,11 +563,13 @@ def reproduce(
         manifest = Manifest.load(folder)
         if scale is not None and scale != manifest.scale:
             raise ReproduceError(f"{folder} holds a {manifest.scale!r} reproduction, not {scale!r}")
+        preflight(client, {}, needs="read")
         check_manifest(client, manifest)
     else:
         if (folder / MANIFEST).exists():
             raise ReproduceError(f"{folder} already holds a reproduction: --resume {folder} to re-attach to it")
-        load_specs(scale or "ci", seeds)  # an unknown scale is refused before anything is sent
+        specs = load_specs(scale or "ci", seeds)
+        preflight(client, specs, needs="write")
         manifest = submit(client, scale or "ci", seeds, folder)
     wait(client, manifest, progress=progress)
     report = out or folder / "report.html"

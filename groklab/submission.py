@@ -44,9 +44,7 @@ def submit_experiment(
     owner: str,
     idempotency_key: str | None,
 ) -> Submission:
-    planned = plan_experiment(
-        request, settings.max_runs_per_experiment, phase1_spec=_phase1_spec(session, request, owner)
-    )
+    planned = _planned_runs(session, settings, request, owner)
     spec_json = request.model_dump(mode="json")
     quotas.lock_owner_submissions(session, owner)
     request_hash = None
@@ -59,9 +57,7 @@ def submit_experiment(
         )  # fmt: skip
         if replayed is not None:
             return Submission(replayed, replayed=True)
-    total_steps = sum(run.spec.total_steps for run in planned)
-    quotas.check_submission_rate(session, owner, per_minute=settings.submissions_per_minute)
-    quotas.check_queued_work(session, owner, new_steps=total_steps, limit=settings.max_queued_steps_per_owner)
+    check_limits(session, settings, owner, planned)
     experiment = run_store.create_experiment(
         session,
         name=getattr(request, "name", None),
@@ -87,6 +83,27 @@ def submit_experiment(
     return Submission(experiment, replayed=False)
 
 
+@dataclass(frozen=True)
+class Plan:
+    runs: list[PlannedRun]
+    total_steps: int
+
+
+def plan_submission(session: Session, settings: Settings, request: BaseModel, *, owner: str) -> Plan:
+    """What submitting `request` would store, with the same validation and limits, storing nothing:
+    the dry run a client makes before it submits a batch of experiments."""
+    planned = _planned_runs(session, settings, request, owner)
+    check_limits(session, settings, owner, planned)
+    return Plan(planned, sum(run.spec.total_steps for run in planned))
+
+
+def check_limits(session: Session, settings: Settings, owner: str, planned: list[PlannedRun]) -> None:
+    """The owner's submission rate and queued-work bound, as a submission of `planned` meets them."""
+    total_steps = sum(run.spec.total_steps for run in planned)
+    quotas.check_submission_rate(session, owner, per_minute=settings.submissions_per_minute)
+    quotas.check_queued_work(session, owner, new_steps=total_steps, limit=settings.max_queued_steps_per_owner)
+
+
 def stored_run(planned: PlannedRun) -> run_store.NewRun:
     """The row a planned run is stored as (by submission, and by a d_crit_search's later rounds)."""
     return run_store.NewRun(
@@ -96,6 +113,12 @@ def stored_run(planned: PlannedRun) -> run_store.NewRun:
         parent_index=planned.parent_index,
         parent_run_id=planned.parent_run_id,
         search_round=planned.search_round,
+    )
+
+
+def _planned_runs(session: Session, settings: Settings, request: BaseModel, owner: str) -> list[PlannedRun]:
+    return plan_experiment(
+        request, settings.max_runs_per_experiment, phase1_spec=_phase1_spec(session, request, owner)
     )
 
 

@@ -227,3 +227,36 @@ def create_key(database_url: str, owner: str, scopes: str = "read,write") -> str
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+BASE_INSTALL = ROOT / "tests" / "base_install"
+
+
+def base_install_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process that may import only groklab's base dependencies (what `bin/groklab`
+    installs), although this venv has the test extra: see tests/base_install/sitecustomize.py."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted: set[tuple[str, str]] = set()
+    pending = [("groklab", "")]
+    while pending:
+        name, extra = pending.pop()
+        if (name, extra) in wanted:
+            continue
+        wanted.add((name, extra))
+        for line in metadata.distribution(name).requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                dist = canonicalize_name(requirement.name)
+                pending += [(dist, "")] + [(dist, e) for e in requirement.extras]
+    base = {name for name, _ in wanted}
+    blocked = sorted(
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if not any(canonicalize_name(d) in base for d in dists)
+    )
+    path = os.pathsep.join(filter(None, [str(BASE_INSTALL), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "BASE_INSTALL_BLOCKED_MODULES": ",".join(blocked)}

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from api.auth import ReaderDep, WriterDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.problems import problem_response
-from api.schemas import ExperimentDetailOut, ExperimentOut, ExperimentPage, RunOut
+from api.schemas import ExperimentDetailOut, ExperimentOut, ExperimentPage, ExperimentPlanOut, RunOut
 from engine.experiments import ExperimentRequest
 from groklab import continuation, deletion
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
+from groklab.submission import plan_submission
 from groklab.submission import submit_experiment as submit
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
@@ -60,6 +61,25 @@ def submit_experiment(
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return experiment_out(submission.experiment)
+
+
+@router.post("/plan", response_model=ExperimentPlanOut)
+def plan_experiment(
+    request: ExperimentRequest, principal: WriterDep, session: SessionDep, settings: SettingsDep
+) -> ExperimentPlanOut:
+    """A dry run of POST /v1/experiments: the same validation and limits (422, 429), nothing stored
+    or queued. Clients check a batch of specs with it before submitting any of them."""
+    plan = plan_submission(session, settings, request, owner=principal.owner)
+    return ExperimentPlanOut(
+        kind=getattr(request, "kind", "sweep"), name=getattr(request, "name", None),
+        runs=len(plan.runs), total_steps=plan.total_steps,
+    )  # fmt: skip
+
+
+@router.api_route("/plan", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def plan_other_methods() -> None:
+    """405 rather than the 422 of /{experiment_id} reading 'plan' as an id."""
+    raise HTTPException(405, "POST a spec to /v1/experiments/plan", headers={"Allow": "POST"})
 
 
 @router.get("", response_model=ExperimentPage)

@@ -96,3 +96,26 @@ def test_spec_bounds_are_422(auth_stack: Stack, http: httpx.Client, spec: dict[s
     response = http.post("/v1/experiments", json=spec, headers=headers)
     assert response.status_code == 422, response.text
     assert any(field in e["field"] for e in response.json()["errors"]), response.json()
+
+
+def test_a_plan_is_a_dry_run_of_submit_with_its_limits_that_stores_and_counts_nothing(
+    auth_stack: Stack, http: httpx.Client
+) -> None:
+    owner, headers = _new_owner(auth_stack)
+    plan = http.post("/v1/experiments/plan", json=tiny_spec(seeds=[0, 1], phases=[{"steps": 3000}]), headers=headers)
+    assert plan.status_code == 200, plan.text
+    assert plan.json() == {"kind": "sweep", "name": None, "runs": 2, "total_steps": 6000}
+    bad = http.post("/v1/experiments/plan", json=tiny_spec(phases=[{"steps": 100_000_001}]), headers=headers)
+    assert bad.status_code == 422 and any("phases.0.steps" in e["field"] for e in bad.json()["errors"])
+    # More plans than the submission rate allows: a plan is not a submission.
+    for _ in range(RATE + 1):
+        assert http.post("/v1/experiments/plan", json=_steps(10), headers=headers).status_code == 200
+    assert _experiments_of(auth_stack, owner) == 0
+    assert http.post("/v1/experiments", json=_steps(8000), headers=headers).status_code == 201
+    over = http.post("/v1/experiments/plan", json=_steps(4000), headers=headers)
+    assert over.status_code == 429 and "GROKLAB_MAX_QUEUED_STEPS_PER_OWNER" in over.json()["detail"]
+    read_only = bearer(create_key(auth_stack.env["GROKLAB_DATABASE_URL"], owner, scopes="read"))
+    assert http.post("/v1/experiments/plan", json=_steps(10), headers=read_only).status_code == 403
+    assert http.get("/v1/whoami", headers=read_only).json() == {"owner": owner, "scopes": ["read"], "auth_required": True}
+    assert http.get("/v1/whoami").status_code == 401
+    assert _experiments_of(auth_stack, owner) == 1

@@ -74,6 +74,11 @@ def test_cli_submits_yaml_watches_reports_status_exports_csv_and_cancels(
     spec_path.write_text(yaml.safe_dump(tiny_spec(name="cli-yaml")))
     url = pg_stack.base_url
 
+    planned = groklab("submit", str(spec_path), "--dry-run", url=url)
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout) == {"kind": "sweep", "name": "cli-yaml", "runs": 1, "total_steps": 300}
+    assert "cli-yaml" not in groklab("status", url=url).stdout  # a dry run stores nothing
+
     submitted = groklab("submit", str(spec_path), url=url)
     assert submitted.returncode == 0, submitted.stderr
     experiment = json.loads(submitted.stdout)
