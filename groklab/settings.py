@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="Worker processes `groklab up` starts.")
     device: str = Field("auto", description="Training device for workers: auto, cpu or cuda.")
+    tf32: bool = Field(
+        True,
+        description="Workers let CUDA float32 matmuls and convolutions use TF32 (10-bit mantissa "
+        "inputs, several times faster on Ampere and later); set once at worker start. No effect on CPUs.",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per worker; default splits the cores."
     )
