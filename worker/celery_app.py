@@ -14,7 +14,7 @@ app.conf.include = ["worker.tasks"]
 @signals.worker_init.connect
 @signals.worker_process_init.connect
 def apply_device_settings(**_: object) -> None:
-    """Process-wide torch settings, once per worker process before it takes a task: worker_init in
-    the worker's main process (the solo pool trains there), worker_process_init in each child of
-    a prefork pool."""
+    """Process-wide torch settings, before the worker takes a task: worker_init in the worker's
+    main process, worker_process_init in each pool process (a prefork pool's children; the solo
+    pool, which trains in the main process, sends it too). Setting the flags twice is harmless."""
     configure_tf32(get_settings().tf32)
