@@ -15,6 +15,7 @@ import torch
 
 from groklab import cli
 from groklab.gpus import GpuConfigError, assign, worker_envs, worker_gpus
+from groklab.settings import Settings
 from groklab.supervisor import Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -131,6 +132,8 @@ def test_unpinned_workers_see_what_groklab_up_sees(tmp_path: Path) -> None:
 
 
 def test_one_worker_per_listed_gpu_by_default_and_never_fewer() -> None:
+    assert [Settings(gpus=text).gpus for text in (" 0, 2 ", "ALL", "", "GPU-8f2a-11")] == ["0,2", "all", None, "GPU-8f2a-11"]
+    assert worker_gpus(Settings(gpus="0, 2").gpus, None, {}) == ["0", "2"]
     assert assign(["0", "1", "2", "3"], None) == ["0", "1", "2", "3"]
     with pytest.raises(GpuConfigError, match=r"--workers 2 \(GROKLAB_WORKERS\) is fewer than the 4 GPUs of --gpus"):
         assign(["0", "1", "2", "3"], 2)
