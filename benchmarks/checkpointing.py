@@ -27,6 +27,7 @@ import torch
 
 from benchmarks.checkpoint_store import ADMIN_URL, running_run
 from engine.checkpoint import Checkpoint, CheckpointStorage
+from engine.device import configure_tf32
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
 from engine.train import resolve_device, train_run
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    configure_tf32(True)  # as a worker by default (GROKLAB_TF32)
     spec = RunSpec(task=TaskSpec(p=113, train_size=3830), phases=[PhaseSpec(steps=args.steps)], device=device.type)
     every = spec.resolved_checkpoint_every
     print(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from engine.memory import members_that_fit
 from engine.model import build_model
+from engine.device import configure_tf32
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
 from engine.datasets import build_task
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the fraction")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    configure_tf32(True)  # as a worker by default (GROKLAB_TF32)
     steps, rounds = (5, 3) if args.quick else (20, 5)
     # As memory allows: the sizes whose members fit in the device's free memory at once.
     fit = members_that_fit([SPEC], device)

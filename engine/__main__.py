@@ -74,12 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("spec", type=Path)
     run.add_argument("--out", type=Path, required=True, help="directory for metrics.csv and checkpoint.pt")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the spec's device")
+    run.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TF32 float32 matmuls on CUDA (default on, as on a worker; no effect on the CPU)",
+    )
     args = parser.parse_args(argv)
 
     plan = _load_plan(args.spec)
     # After validation: a bad spec fails fast, without loading torch.
     from engine.checkpoint import CheckpointFolder, start_from_parent
+    from engine.device import configure_tf32
     from engine.train import train_run
+
+    configure_tf32(args.tf32)
 
     args.out.mkdir(parents=True, exist_ok=True)
     csv = CsvSink(args.out / "metrics.csv")

@@ -32,11 +32,9 @@ BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError("device: CUDA was requested but is not available")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EngineError("device: CUDA was requested but is not available")
+    # TF32 is the process owner's choice (engine.device.configure_tf32), not training's.
     return torch.device(name)
 
 

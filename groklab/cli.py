@@ -11,8 +11,11 @@ import socket
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
 from groklab.client_cli import add_client_commands, run_client_command
+from groklab.gpus import GpuConfigError, worker_envs, worker_gpus
 from groklab.settings import InsecureConfig, Settings
 
 # The server side (SQLAlchemy, Celery, the store) is imported by the commands that run it, so
@@ -30,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--data-dir", type=Path, default=settings.data_dir, help="SQLite, broker, checkpoints (GROKLAB_DATA_DIR)"
     )
-    up.add_argument("--workers", type=int, default=settings.workers, help="worker processes (GROKLAB_WORKERS)")
+    up.add_argument(
+        "--workers", type=int, default=settings.workers, help="worker processes (GROKLAB_WORKERS; default 1, or one per GPU)"
+    )
+    up.add_argument(
+        "--gpus",
+        default=settings.gpus,
+        help="pin one worker to each GPU: 0,1,2,3 or all (GROKLAB_GPUS; default: workers not pinned)",
+    )
 
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return run_keys(settings, args)
-    return run_up(args.host, args.port, args.data_dir.resolve(), args.workers)
+    return run_up(args.host, args.port, args.data_dir.resolve(), args.workers, args.gpus)
 
 
 def run_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,30 +112,36 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
+def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str | None = None) -> int:
     from groklab.dispatch import make_celery
     from groklab.reconciler import hand_back_worker_runs
     from groklab.store.migrate import upgrade
     from groklab.supervisor import Supervisor
 
-    settings = Settings(data_dir=data_dir, host=host)
     try:
+        settings = Settings(data_dir=data_dir, host=host, gpus=gpus, workers=workers)
         required = settings.auth_required()
+        gpu_of_worker = worker_gpus(settings.gpus, settings.workers, os.environ)
     except InsecureConfig as exc:
         print(f"groklab: refusing to start: {exc}", file=sys.stderr)
         return 2
+    except (ValidationError, GpuConfigError) as exc:
+        print(f"groklab: refusing to start: {_reason(exc)}", file=sys.stderr)
+        return 2
+    count = len(gpu_of_worker) if gpu_of_worker is not None else settings.workers or 1
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GROKLAB_DATA_DIR": str(data_dir), "GROKLAB_HOST": host, "GROKLAB_PORT": str(port)}
-    env.setdefault("GROKLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    env.setdefault("GROKLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
     upgrade(settings.resolved_database_url)
 
     host_name = socket.gethostname()
+    names = [f"worker{i}@{host_name}" for i in range(count)]
     workers_by_name = {
-        f"worker{i}@{host_name}": [
+        name: [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--pool", "solo", "--loglevel", "INFO", "-n", f"worker{i}@{host_name}",
+            "--pool", "solo", "--loglevel", "INFO", "-n", name,
         ]
-        for i in range(workers)
+        for name in names
     }  # fmt: skip
     celery = make_celery(settings)
 
@@ -141,10 +157,12 @@ def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
         workers_by_name,
         env,
         hand_back,
+        worker_envs=worker_envs(names, gpu_of_worker),
     )
     supervisor.start()
+    on_gpus = "" if gpu_of_worker is None else f" on GPUs {', '.join(gpu_of_worker)}"
     print(
-        f"groklab is up: http://{host}:{port} (docs at /docs), {workers} worker(s), "
+        f"groklab is up: http://{host}:{port} (docs at /docs), {count} worker(s){on_gpus}, "
         f"database {settings.resolved_database_url}, broker {settings.resolved_broker_url} in "
         f"{settings.broker_folder}. Ctrl-C stops it.",
         flush=True,
@@ -173,6 +191,12 @@ def run_up(host: str, port: int, data_dir: Path, workers: int) -> int:
     exit_code = supervisor.run(lambda: stopping)
     print("groklab stopped.", flush=True)
     return exit_code
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"GROKLAB_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+    return str(exc)
 
 
 if __name__ == "__main__":

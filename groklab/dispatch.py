@@ -114,10 +114,19 @@ def pending_run_ids(app: Celery, queue_name: str) -> set[int] | None:
     dead, and Redis would hand them out again only after the (days-long) visibility timeout.
     None when the broker cannot be inspected; the reconciler then re-sends only expired runs.
     """
+    packs = waiting_packs(app, queue_name)
+    if packs is None:
+        return None
+    return {run_id for pack in packs for run_id in pack}
+
+
+def waiting_packs(app: Celery, queue_name: str) -> list[list[int]] | None:
+    """The run ids of each training message waiting in the broker, in its order; None when the
+    broker cannot be inspected (see pending_run_ids)."""
     messages = _waiting_messages(app, queue_name)
     if messages is None:
         return None
-    return {run_id for message in messages for run_id in _run_ids(_decode(message))}
+    return [run_ids for message in messages if (run_ids := _run_ids(_decode(message)))]
 
 
 def queue_length(app: Celery, queue_name: str) -> int | None:

@@ -5,6 +5,7 @@ A child (ungrokking's phase 2) is planned with a `parent_index` or `parent_run_i
 - it waits: submission sends only runs without a parent in the plan, and the reconciler sends a
   child only once its parent succeeded (`store.forks.parent_succeeded`);
 - when the parent finishes, `hand_off` sends its waiting children if it succeeded, or fails them;
+  the children of all the parents an ensemble finished go out together, in full packs;
 - when a worker takes it, `start_child` gives it the parent's final checkpoint (the function
   `python -m engine` uses too) and a copy of the parent's series, so its own series tell its
   whole history. Both are skipped for a child that is resuming from a checkpoint of its own.
@@ -14,16 +15,21 @@ The SQL of all three is in groklab/store/forks.py.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 from celery import Celery
 from sqlalchemy.orm import Session
 
 from engine.checkpoint import start_from_parent
-from groklab.dispatch import dispatch_runs
+from groklab.dispatch import BrokerUnreachable, dispatch_runs
 from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
+
+log = logging.getLogger(__name__)
 
 
 def start_child(settings: Settings, child: RunCheckpoints, parent_run_id: int) -> None:
@@ -37,11 +43,30 @@ def start_child(settings: Settings, child: RunCheckpoints, parent_run_id: int) -
     start_from_parent(RunCheckpoints(child.store, parent_run_id), child, copy_series)
 
 
-def hand_off(session: Session, celery: Celery, settings: Settings, parent_run_id: int, status: str) -> None:
-    """A finished parent's waiting children: sent if it succeeded (this commits), failed otherwise."""
-    if status == run_store.SUCCEEDED:
-        children = fork_store.waiting_children(session, parent_run_id)
-        if children:
-            dispatch_runs(session, celery, children, ensemble_size=settings.ensemble_size)
-    else:
-        fork_store.fail_children(session, parent_run_id, parent_status=status)
+def hand_off(session: Session, celery: Celery, settings: Settings, finished: Mapping[int, str]) -> None:
+    """The waiting children of parents that just finished ({run id: final status}), in the
+    transaction that recorded those statuses: a failed or cancelled parent's children fail, and
+    the succeeded parents' children go out in one `dispatch_runs`, which commits and packs them
+    across parents (an ensemble's parents finish together, so their children fill whole packs).
+
+    Committing the parents' statuses with their children's enqueued_at is what keeps a child from
+    being sent twice: the reconciler sends a child only once its parent succeeded and its own last
+    message is older than requeue_grace_seconds. A worker lost after that commit but before the
+    messages went out leaves the children queued with no message: the reconciler sends them then.
+    """
+    succeeded = []
+    for parent_run_id, status in finished.items():
+        if status == run_store.SUCCEEDED:
+            succeeded.append(parent_run_id)
+        else:
+            fork_store.fail_children(session, parent_run_id, parent_status=status)
+    children = fork_store.waiting_children(session, succeeded)
+    if not children:
+        return
+    try:
+        dispatch_runs(session, celery, children, ensemble_size=settings.ensemble_size)
+    except BrokerUnreachable:
+        log.warning(
+            "broker unreachable: children %s of runs %s stay queued; the reconciler sends them",
+            children, succeeded, exc_info=True,
+        )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -34,6 +35,10 @@ def comma_list(text: str | None) -> list[str] | None:
     if not text:
         return None
     return [item.strip() for item in text.split(",") if item.strip()]
+
+GPU_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z-]+)$")
+"""What CUDA_VISIBLE_DEVICES takes: an index as nvidia-smi numbers the GPUs, or a GPU or MIG UUID."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GROKLAB_", extra="ignore")
@@ -68,8 +73,25 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64, description="Worker processes `groklab up` starts.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Worker processes `groklab up` starts: default 1, or one per GPU of `gpus`; more "
+        "than the GPUs share them round-robin, fewer is an error.",
+    )
+    gpus: str | None = Field(
+        None,
+        description="GPUs `groklab up` pins its workers to, one each as its CUDA_VISIBLE_DEVICES: "
+        "indices as nvidia-smi numbers them or GPU UUIDs (0,1,2,3), or all (every GPU visible; an "
+        "error if there is none). Unset: workers are not pinned, and all train on the first GPU.",
+    )
     device: str = Field("auto", description="Training device for workers: auto, cpu or cuda.")
+    tf32: bool = Field(
+        True,
+        description="Workers let CUDA float32 matmuls and convolutions use TF32 (10-bit mantissa "
+        "inputs, several times faster on Ampere and later); set once at worker start. No effect on CPUs.",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per worker; default splits the cores."
     )
@@ -124,6 +146,25 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of a worker's Prometheus /metrics server; 0 turns it off."
     )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _normalise_gpus(cls, value: object) -> object:
+        """'0, 1' -> '0,1', 'ALL' -> 'all', '' -> None; an id CUDA_VISIBLE_DEVICES would not take
+        is an error here, not a worker that silently sees no GPU."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        if value.strip().lower() == "all":
+            return "all"
+        ids = comma_list(value) or []
+        bad = [gpu for gpu in ids if not GPU_ID.match(gpu)]
+        if bad:
+            raise ValueError(f"not a GPU id: {', '.join(bad)}; give indices (0,1,2,3), GPU UUIDs, or all")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"a GPU is listed twice in {value!r}; list each GPU once")
+        return ",".join(ids)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STOP_TIMEOUT_SECONDS = 20
 
@@ -22,6 +22,8 @@ STOP_TIMEOUT_SECONDS = 20
 class _Worker:
     name: str
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    """Set on top of the supervisor's env for this worker alone (its GPU), at every start."""
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     early_deaths: int = 0
@@ -34,6 +36,8 @@ class Supervisor:
     A death within `early_death_seconds` of its start counts towards `max_early_deaths`, and
     each one doubles the wait before the next start (from `backoff_seconds`); a worker that
     lived longer died of its run, not of its start, and is restarted after `backoff_seconds`.
+    `worker_envs` sets variables for one worker alone on top of `env` (its GPU, groklab/gpus.py),
+    for its first start and every restart.
     """
 
     def __init__(
@@ -43,13 +47,17 @@ class Supervisor:
         env: Mapping[str, str],
         on_worker_death: Callable[[str, int], None],
         *,
+        worker_envs: Mapping[str, Mapping[str, str]] | None = None,
         backoff_seconds: float = 1.0,
         early_death_seconds: float = 60.0,
         max_early_deaths: int = 5,
         poll_seconds: float = 0.2,
     ) -> None:
         self.api_command = api_command
-        self.workers = [_Worker(name, command) for name, command in worker_commands.items()]
+        worker_envs = worker_envs or {}
+        self.workers = [
+            _Worker(name, command, dict(worker_envs.get(name, {}))) for name, command in worker_commands.items()
+        ]
         self.env = dict(env)
         self.on_worker_death = on_worker_death
         self.backoff_seconds = backoff_seconds
@@ -120,7 +128,7 @@ class Supervisor:
         return None
 
     def _start_worker(self, worker: _Worker) -> None:
-        worker.process = subprocess.Popen(worker.command, env=self.env)
+        worker.process = subprocess.Popen(worker.command, env={**self.env, **worker.env})
         worker.started_at = time.monotonic()
         worker.restart_at = None
 

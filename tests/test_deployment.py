@@ -67,6 +67,22 @@ def test_worker_reserves_a_gpu_and_can_scale() -> None:
     assert "replicas" in deploy
 
 
+def test_the_worker_for_another_gpu_is_the_worker_pinned_to_that_gpu() -> None:
+    """The commented worker-gpu1 example, uncommented as the comment above it says."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    lines = text.splitlines()
+    start = lines.index("  # worker-gpu1:")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("  #")), len(lines))
+    uncommented = ["  " + line[len("  # "):] for line in lines[start:end]]
+    services = yaml.safe_load("\n".join(lines[:start] + uncommented + lines[end:]))["services"]
+    worker, example = services["worker"], services["worker-gpu1"]
+    assert {k: v for k, v in example.items() if k != "deploy"} == {k: v for k, v in worker.items() if k != "deploy"}
+    [pinned] = example["deploy"]["resources"]["reservations"]["devices"]
+    [first] = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert (first["device_ids"], pinned["device_ids"]) == (["0"], ["1"])
+    assert pinned["driver"] == "nvidia" and "gpu" in pinned["capabilities"]
+
+
 def test_migrate_runs_before_api_and_workers() -> None:
     for name in ("api", "worker"):
         depends = COMPOSE["services"][name]["depends_on"]

@@ -51,6 +51,16 @@ class Member:
     checkpoints: RunCheckpoints
 
 
+@dataclass
+class Ending:
+    """How a member's run ended, to be recorded."""
+
+    member: Member
+    status: str
+    error: str | None = None
+    stopped_early_at_step: int | None = None
+
+
 def _worker_shutting_down() -> bool:
     # Celery's SIGTERM/SIGINT handlers set these in the worker's main process (solo pool).
     return worker_state.should_stop is not None or worker_state.should_terminate is not None
@@ -61,11 +71,16 @@ def _set_torch_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-def _claim(settings: Settings, store: CheckpointStore, run_ids: list[int], worker_name: str) -> list[Member]:
+def _claim(
+    settings: Settings, store: CheckpointStore, run_ids: list[int], worker_name: str, message_id: str | None = None
+) -> list[Member]:
+    message = None if message_id is None else f"message {message_id} of {len(run_ids)} runs"
     members = []
     for run_id in run_ids:
         with session_scope(settings.resolved_database_url) as session:
-            lease = leases.claim_run(session, run_id, worker=worker_name, lease_seconds=settings.lease_seconds)
+            lease = leases.claim_run(
+                session, run_id, worker=worker_name, lease_seconds=settings.lease_seconds, message=message
+            )
             if lease is None:
                 log.info("run %s is not claimable (taken, cancelled or finished); skipping", run_id)
                 continue
@@ -120,7 +135,7 @@ def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int],
 def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-untyped-def]
     settings = get_settings()
     store = CheckpointStore.from_settings(settings)
-    members = _claim(settings, store, [int(r) for r in run_ids], self.request.hostname or "worker")
+    members = _claim(settings, store, [int(r) for r in run_ids], self.request.hostname or "worker", self.request.id)
     if not members:
         return {}
 
@@ -136,7 +151,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
                     forks.start_child(settings, member.checkpoints, member.parent_run_id)
             except Exception as exc:
                 log.exception("run %s could not start", member.run_id)
-                outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
+                outcomes |= _finish(settings, [Ending(member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")])
                 continue
         ready.append(member)
         specs.append(spec)
@@ -161,17 +176,18 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         log.exception("ensemble of runs %s failed", [m.run_id for m in ready])
         for member in ready:
             member.sink.flush()
-            outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")
-        return outcomes
+        error = f"{type(exc).__name__}: {exc}"
+        return outcomes | _finish(settings, [Ending(member, run_store.FAILED, error=error) for member in ready])
 
     requeue: list[int] = []
+    endings: list[Ending] = []
     for k, (member, spec, result) in enumerate(zip(ready, specs, results, strict=True)):
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             member.sink.flush()
             if member.sink.lease_lost:
                 outcomes[member.run_id] = "lease-lost"
             elif result.error is not None:
-                outcomes[member.run_id] = _finish(settings, member, run_store.FAILED, error=result.error)
+                endings.append(Ending(member, run_store.FAILED, error=result.error))
             elif result.stopped and _worker_shutting_down() and not cancel_requested(k):
                 with session_scope(settings.resolved_database_url) as session:
                     released = leases.release_to_queue(
@@ -184,26 +200,43 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             else:
                 status = run_store.CANCELLED if result.stopped else run_store.SUCCEEDED
                 log.info("run %s %s at step %s (%s points)", member.run_id, status, result.final_step, member.sink.points_written)
-                outcomes[member.run_id] = _finish(settings, member, status, stopped_early_at_step=result.stopped_early_at_step)
+                endings.append(Ending(member, status, stopped_early_at_step=result.stopped_early_at_step))
+    # All at once, so that the children of the parents this ensemble finished fill whole packs.
+    outcomes |= _finish(settings, endings)
     if requeue:
         with session_scope(settings.resolved_database_url) as session:
             dispatch_runs(session, app, requeue, ensemble_size=settings.ensemble_size)
     return outcomes
 
 
-def _finish(
-    settings: Settings, member: Member, status: str, error: str | None = None, stopped_early_at_step: int | None = None
-) -> str:
+def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
+    """Record the runs' final statuses and hand off their waiting children, in one transaction;
+    then plan the next round of their searches. Each run's outcome: its status, or "lease-lost"
+    for a run whose lease moved on (another worker owns it now)."""
+    if not endings:
+        return {}
+    outcomes: dict[int, str] = {}
     with session_scope(settings.resolved_database_url) as session:
-        if not leases.finish(session, member.lease, status=status, error=error, stopped_early_at_step=stopped_early_at_step):
-            return "lease-lost"
-        forks.hand_off(session, app, settings, member.run_id, status)
+        for ending in endings:
+            member = ending.member
+            finished = leases.finish(
+                session,
+                member.lease,
+                status=ending.status,
+                error=ending.error,
+                stopped_early_at_step=ending.stopped_early_at_step,
+            )
+            outcomes[member.run_id] = ending.status if finished else "lease-lost"
+        forks.hand_off(
+            session, app, settings, {run_id: status for run_id, status in outcomes.items() if status != "lease-lost"}
+        )
         session.commit()
-        experiment_id = run_store.get_run(session, member.run_id).experiment_id
-    try:
-        with session_scope(settings.resolved_database_url) as session:
-            search.advance_search(session, app, settings, experiment_id)
-    except Exception:
-        # The run's end is stored; the reconciler's next pass plans the round instead.
-        log.exception("could not advance the search of experiment %s", experiment_id)
-    return status
+    finished_experiments = {e.member.experiment_id for e in endings if outcomes[e.member.run_id] != "lease-lost"}
+    for experiment_id in sorted(finished_experiments):
+        try:
+            with session_scope(settings.resolved_database_url) as session:
+                search.advance_search(session, app, settings, experiment_id)
+        except Exception:
+            # The runs' ends are stored; the reconciler's next pass plans the round instead.
+            log.exception("could not advance the search of experiment %s", experiment_id)
+    return outcomes

@@ -3,6 +3,7 @@ and the experiments whose unfinished forks still need a run of another."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import ColumnElement, insert, literal, or_, select
@@ -35,16 +36,19 @@ def experiments_forking_from(session: Session, experiment_id: int) -> list[int]:
     return list(session.scalars(query))
 
 
-def waiting_children(session: Session, parent_run_id: int) -> list[int]:
+def waiting_children(session: Session, parent_run_ids: Collection[int]) -> list[int]:
+    """The queued children of any of these parents, in run order (so by experiment, then plan)."""
+    if not parent_run_ids:
+        return []
     return list(
         session.scalars(
-            select(Run.id).where(Run.parent_run_id == parent_run_id, Run.status == QUEUED).order_by(Run.id)
+            select(Run.id).where(Run.parent_run_id.in_(list(parent_run_ids)), Run.status == QUEUED).order_by(Run.id)
         )
     )
 
 
 def fail_children(session: Session, parent_run_id: int, *, parent_status: str) -> list[int]:
-    children = waiting_children(session, parent_run_id)
+    children = waiting_children(session, [parent_run_id])
     for child in children:
         transition(
             session,

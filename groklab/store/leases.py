@@ -30,8 +30,13 @@ class Lease:
     worker: str
 
 
-def claim_run(session: Session, run_id: int, *, worker: str, lease_seconds: float) -> Lease | None:
-    """queued -> running under a fresh lease; None if the run is not claimable (taken, cancelled)."""
+def claim_run(
+    session: Session, run_id: int, *, worker: str, lease_seconds: float, message: str | None = None
+) -> Lease | None:
+    """queued -> running under a fresh lease; None if the run is not claimable (taken, cancelled).
+
+    `message` names the broker message that carried the run (its pack), so the run's events tell
+    which runs were trained together as one ensemble."""
     now = utcnow()
     token = session.scalar(
         update(Run)
@@ -49,7 +54,8 @@ def claim_run(session: Session, run_id: int, *, worker: str, lease_seconds: floa
     )
     if token is None:
         return None
-    session.add(RunEvent(run_id=run_id, status=RUNNING, message=f"started on {worker}"))
+    started = f"started on {worker}" if message is None else f"started on {worker} from {message}"
+    session.add(RunEvent(run_id=run_id, status=RUNNING, message=started))
     return Lease(run_id=run_id, token=token, worker=worker)
 
 

@@ -56,9 +56,12 @@ class Output:
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], str, Path, Output]]:
     data_dir = tmp_path_factory.mktemp("embedded")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
+    # No server setting leaks in; GROKLAB_VENV (bin/groklab's own) picks an existing virtualenv.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_") or k == "GROKLAB_VENV"}
     env["GROKLAB_TORCH_THREADS"] = "1"
     env["GROKLAB_LEASE_SECONDS"] = str(LEASE_SECONDS)
+    # Pinned as on a one-GPU host (a CPU host ignores it), so the tests see each worker's GPU.
+    env["GROKLAB_GPUS"] = "0"
     process = subprocess.Popen(
         [str(ROOT / "bin" / "groklab"), "up", "--port", str(port), "--data-dir", str(data_dir)],
         env=env,
@@ -110,6 +113,15 @@ def _worker_pid(supervisor_pid: int) -> int:
     return pid
 
 
+def _visible_gpus(pid: int) -> str | None:
+    """The CUDA_VISIBLE_DEVICES a process was started with."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        name, _, value = entry.partition(b"=")
+        if name == b"CUDA_VISIBLE_DEVICES":
+            return value.decode()
+    return None
+
+
 def test_worker_killed_mid_run_is_replaced_and_its_run_resumes_from_its_checkpoint_within_seconds(
     embedded: tuple[subprocess.Popen[str], str, Path, Output],
 ) -> None:
@@ -127,6 +139,7 @@ def test_worker_killed_mid_run_is_replaced_and_its_run_resumes_from_its_checkpoi
             timeout=120,
         )
         old_worker = _worker_pid(process.pid)
+        assert _visible_gpus(old_worker) == "0"
         os.kill(old_worker, signal.SIGKILL)
         killed_at = time.monotonic()
         # The dead worker can write no newer checkpoint: this is the one the run resumes from.
@@ -145,6 +158,7 @@ def test_worker_killed_mid_run_is_replaced_and_its_run_resumes_from_its_checkpoi
             assert time.monotonic() - killed_at < 180, run
             time.sleep(0.1)
         assert _worker_pid(process.pid) != old_worker and process.poll() is None
+        assert _visible_gpus(_worker_pid(process.pid)) == "0"  # the replacement keeps its GPU
 
     print(f"killed at step >= 600, resumed from step {resume_step} {resumed_after:.1f} s after the kill")
     assert resumed_after < LEASE_SECONDS / 4, resumed_after
@@ -169,6 +183,7 @@ def test_ctrl_c_stops_the_api_and_every_worker(embedded: tuple[subprocess.Popen[
     output = captured.text()
     assert process.returncode == 0, output
     assert "groklab is up: http://127.0.0.1:" in output and "groklab stopped." in output
+    assert "1 worker(s) on GPUs 0," in output
     assert not any(_alive(child) for child in children)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base_url}/healthz", timeout=2)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 
 import httpx
 import redis
+import torch
 
 from tests.services import Stack, redis_url, tiny_spec, wait_for_runs, wait_until
 
 LONG_STEPS = 1_000_000
+ENSEMBLE_SIZE = 8  # pg_stack's GROKLAB_ENSEMBLE_SIZE
 
 
 def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client) -> None:
@@ -118,13 +122,20 @@ def test_cancelled_queued_run_never_starts(client: httpx.Client, pg_stack: Stack
     assert client.get(f"/v1/runs/{waiting}/metrics").json()["series"] == {}
 
 
-def test_run_the_engine_rejects_fails_with_its_message(client: httpx.Client) -> None:
+def test_a_cuda_run_trains_on_a_gpu_host_and_elsewhere_fails_with_the_engines_message(client: httpx.Client) -> None:
+    # The worker is a child of this process on this host: it sees the GPUs this process sees.
+    gpu = torch.cuda.is_available()
     run_id = client.post("/v1/experiments", json={**tiny_spec(), "device": "cuda"}).json()["run_ids"][0]
     run = wait_for_runs(client, [run_id])[run_id]
-    assert run["status"] == "failed"
-    assert "CUDA" in run["error"] and run["finished_at"]
-    assert [e["status"] for e in run["events"]] == ["queued", "running", "failed"]
-    conflict = client.post(f"/v1/runs/{run_id}/cancel")
+    assert run["finished_at"]
+    if gpu:
+        assert run["status"] == "succeeded", run
+        assert run["step"] == run["total_steps"] and run["latest_metrics"]["train_acc"] == 1.0
+    else:
+        assert run["status"] == "failed"
+        assert "CUDA" in run["error"]
+        assert [e["status"] for e in run["events"]] == ["queued", "running", "failed"]
+    conflict = client.post(f"/v1/runs/{run_id}/cancel")  # finished either way
     assert conflict.status_code == 409
 
 
@@ -134,3 +145,38 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert ready == {"status": "ok", "checks": {"database": True, "broker": True}}
     assert "/v1/experiments" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def _message_of(run: dict) -> str:
+    """The broker message that carried the run to its worker, as its `running` event names it."""
+    [started] = [e["message"] for e in run["events"] if e["status"] == "running"]
+    found = re.search(r"from message (\S+) of \d+ runs", started or "")
+    assert found, started
+    return found.group(1)
+
+
+def test_fork_children_of_parents_that_finished_together_go_out_in_full_packs(client: httpx.Client) -> None:
+    """The paper's Fig. 7 shape, scaled down: 2 seeds x 4 D' at P=23. The 2 phase-1 runs train as
+    one ensemble; their 8 children then go out in one full message of 8, not 2 messages of 4 (one
+    per parent). The full Fig. 7 shape: tests/worker/test_tasks.py."""
+    seeds, subset_sizes = [0, 1], [40, 80, 120, 160]  # D' < D = 264 (half of 23^2)
+    experiment = {
+        "kind": "ungrokking",
+        "base": tiny_spec(task={"op": "add", "p": 23, "train_fraction": 0.5}, phases=[{"steps": 60}], eval_every=20),
+        "seeds": seeds,
+        "subset_sizes": subset_sizes,
+        "phase2_steps": 40,
+    }
+    response = client.post("/v1/experiments", json=experiment)
+    assert response.status_code == 201, response.text
+    runs = wait_for_runs(client, response.json()["run_ids"], timeout=120)
+    assert {run["status"] for run in runs.values()} == {"succeeded"}, runs
+
+    parents = [run for run in runs.values() if run["role"] == "phase1"]
+    children = [run for run in runs.values() if run["role"] == "phase2"]
+    assert len(parents) == len(seeds) and len(children) == len(seeds) * len(subset_sizes)
+    assert len({_message_of(run) for run in parents}) == 1
+    per_message = Counter(_message_of(run) for run in children)
+    assert list(per_message.values()) == [ENSEMBLE_SIZE], per_message
+    for child in children:
+        assert child["step"] == 100 and runs[child["parent_run_id"]]["role"] == "phase1"

@@ -90,3 +90,21 @@ def test_cli_rejects_a_bad_kind_naming_the_field(tmp_path):
 
     assert proc.returncode == 2
     assert "subset_sizes" in proc.stderr
+
+
+def test_cli_turns_tf32_on_unless_told_not_to(tmp_path):
+    """As a worker does by default (GROKLAB_TF32); in-process, to read the process-wide flags after."""
+    from engine.__main__ import main
+    from engine.device import configure_tf32
+
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"task": {"p": 7, "train_fraction": 0.5}, "phases": [{"steps": 2}]}))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        configure_tf32(False)
+        assert main(["run", str(spec_path), "--out", str(tmp_path / "on"), "--device", "cpu"]) == 0
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert main(["run", str(spec_path), "--out", str(tmp_path / "off"), "--device", "cpu", "--no-tf32"]) == 0
+        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
