@@ -12,6 +12,7 @@ from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from groklab.dispatch import make_celery
+from groklab.outages import DATABASE, OUTAGES
 from groklab.settings import Settings, get_settings
 from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
@@ -22,6 +23,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def get_session(settings: SettingsDep) -> Iterator[Session]:
     with session_scope(settings.resolved_database_url) as session:
         yield session
+    OUTAGES[DATABASE].reachable()  # committed: a database outage this api saw is over
 
 
 @lru_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.spec import SpecError, error_field
 from groklab.errors import GroklabError
+from groklab.outages import OUTAGE_ERRORS, OUTAGES, first_line, outage_of
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -31,6 +33,8 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[ProblemError] | None = None
+    dependency: str | None = None
+    """On a 503: the server that cannot be reached, "database" or "broker"."""
 
 
 # Documented on every operation, so that clients (and the schema fuzzer) know error bodies' shape.
@@ -41,7 +45,16 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "not found (404), conflict (409), body too large (413), a limit reached (429).",
         "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     },
+    503: {
+        "model": Problem,
+        "description": "The database or the broker cannot be reached: an outage, not a bug. The "
+        "problem's `dependency` names it; retry after `Retry-After` seconds.",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    },
 }
+OUTAGE_RETRY_AFTER_SECONDS = 5
+"""What a 503 for an outage asks clients to wait before the next try: outages seen here last
+seconds to minutes, and a retry costs the api one failed connection."""
 
 
 def problem_response(description: str) -> dict[str, Any]:
@@ -106,6 +119,24 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors=errors,
             headers=exc.headers,  # e.g. Allow on a 405
         )
+
+    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+        # One handler for every route: a request that found the database or the broker down is
+        # told so, with when to try again, instead of a 500 a client cannot tell from a bug.
+        dependency = outage_of(exc)
+        if dependency is None:  # a database error that is not about reaching it
+            logging.getLogger("api").error("unexpected error", exc_info=exc)
+            return problem(500, "Internal server error", "an unexpected error occurred; see the server log")
+        OUTAGES[dependency].failed(exc, f"{request.method} {request.url.path}")
+        return problem(
+            503, "Service Unavailable",
+            f"the {dependency} cannot be reached ({first_line(exc)}); nothing was changed that is not "
+            f"stored; retry after {OUTAGE_RETRY_AFTER_SECONDS} s",
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)}, dependency=dependency,
+        )  # fmt: skip
+
+    for error in OUTAGE_ERRORS:
+        app.add_exception_handler(error, _outage)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
+    check = commands.add_parser(
+        "check", help="exit 0 when the database and the broker answer (and the api, with --url): a healthcheck"
+    )
+    check.add_argument("--url", help="also require this api's /healthz to answer (e.g. http://127.0.0.1:8000)")
+
     keys = commands.add_parser("keys", help="API keys of the database in GROKLAB_DATABASE_URL").add_subparsers(
         dest="keys_command", required=True
     )
@@ -67,7 +72,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return run_keys(settings, args)
+    if args.command == "check":
+        return run_check(settings, args.url)
     return run_up(args.host, args.port, args.data_dir.resolve(), args.workers, args.gpus)
+
+
+def run_check(settings: Settings, api_url: str | None) -> int:
+    """The container healthcheck of the api and the workers: what this process needs, reachable now."""
+    import httpx
+
+    from groklab.dispatch import broker_reachable, make_celery
+    from groklab.store.database import database_reachable
+
+    checks = {
+        "database": database_reachable(settings.resolved_database_url),
+        "broker": broker_reachable(make_celery(settings)),
+    }
+    if api_url is not None:
+        try:
+            checks["api"] = httpx.get(f"{api_url.rstrip('/')}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            checks["api"] = False
+    down = [name for name, ok in checks.items() if not ok]
+    if down:
+        print(f"groklab check: cannot reach the {' and the '.join(down)}", file=sys.stderr)
+        return 1
+    print("groklab check: " + ", ".join(checks) + " reachable")
+    return 0
 
 
 def run_keys(settings: Settings, args: argparse.Namespace) -> int:

@@ -13,14 +13,17 @@ trained models, cancel, delete.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,6 +33,8 @@ from rich.progress import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_RETRY_SECONDS = 600.0
+log = logging.getLogger(__name__)
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -50,6 +55,36 @@ class ApiError(ClientError):
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
+
+
+class ServiceUnavailable(ApiError):
+    """503: the api's database or broker is down (an outage the client waits out)."""
+
+    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(status, detail)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"the api answers 503: {self.detail}"
+
+
+_READING_POSTS = frozenset({"/v1/metrics/query", "/v1/experiments/plan"})
+"""POSTs that change nothing (a query body, a dry run): retried like reads."""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _outage_wait(state: RetryCallState) -> float:
+    """Exponential backoff from 0.5 s to 30 s, never shorter than the api's Retry-After."""
+    backoff = min(30.0, 0.5 * 2 ** (state.attempt_number - 1))
+    error = state.outcome.exception() if state.outcome else None
+    asked = error.retry_after if isinstance(error, ServiceUnavailable) and error.retry_after else 0.0
+    return max(backoff, min(asked, 60.0))
 
 
 @dataclass(frozen=True)
@@ -129,11 +164,21 @@ class Client:
         api_key: str | None = None,
         *,
         timeout: float = 30.0,
+        retry_seconds: float | None = None,
     ) -> None:
+        """retry_seconds (GROKLAB_RETRY_SECONDS, default 600): how long reads, and submissions
+        (each sent with an Idempotency-Key, so a retry cannot make a second experiment), wait out
+        an outage: the api answering 503 (its database or broker is down), or the api itself
+        unreachable after this client has reached it once. A first contact that fails is not an
+        outage but a wrong URL or a server not started, and fails at once. 0 turns retrying off."""
         self.base_url = (base_url or os.environ.get("GROKLAB_URL") or DEFAULT_URL).rstrip("/")
         api_key = api_key or os.environ.get("GROKLAB_API_KEY") or None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        if retry_seconds is None:
+            retry_seconds = float(os.environ.get("GROKLAB_RETRY_SECONDS") or DEFAULT_RETRY_SECONDS)
+        self.retry_seconds = retry_seconds
+        self._reached = False  # the api answered this client once: unreachable now is an outage
 
     def close(self) -> None:
         self._http.close()
@@ -145,6 +190,35 @@ class Client:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call of the api; a read, or a POST that carries an Idempotency-Key, is retried
+        through an outage for up to retry_seconds, with backoff and one line to say so."""
+        retryable = method == "GET" or path in _READING_POSTS or "Idempotency-Key" in (kwargs.get("headers") or {})
+        if not retryable or self.retry_seconds <= 0:
+            return self._send(method, path, **kwargs)
+        started = time.monotonic()
+        retrying = Retrying(
+            retry=retry_if_exception(self._is_outage),
+            wait=_outage_wait,
+            stop=stop_after_delay(self.retry_seconds),
+            before_sleep=lambda state: self._waiting(state, method, path),
+            reraise=True,
+        )
+        response = retrying(self._send, method, path, **kwargs)
+        if retrying.statistics.get("attempt_number", 1) > 1:
+            log.warning("groklab: the api at %s answers again (waited %.0f s)", self.base_url, time.monotonic() - started)
+        return response
+
+    def _is_outage(self, exc: BaseException) -> bool:
+        return isinstance(exc, ServiceUnavailable) or (isinstance(exc, ServerUnreachable) and self._reached)
+
+    def _waiting(self, state: RetryCallState, method: str, path: str) -> None:
+        if state.attempt_number == 1:  # one line per outage, not one per try
+            log.warning(
+                "groklab: %s; retrying %s %s for up to %.0f s (GROKLAB_RETRY_SECONDS)",
+                state.outcome.exception() if state.outcome else "outage", method, path, self.retry_seconds,
+            )  # fmt: skip
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -152,19 +226,24 @@ class Client:
                 f"cannot reach the groklab api at {self.base_url} ({exc}); is it running "
                 "(`groklab up`), and is GROKLAB_URL right?"
             ) from exc
+        self._reached = True
         if response.status_code == 401:
             raise Unauthorized(
                 f"the api at {self.base_url} refused the request: {_detail(response)}. Pass an API "
                 "key (--api-key or GROKLAB_API_KEY); `groklab keys create --owner NAME` makes one."
             )
+        if response.status_code == 503:
+            raise ServiceUnavailable(503, _detail(response), retry_after=_retry_after(response))
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
         return response
 
     def submit(self, spec: Mapping[str, Any] | str | Path, *, idempotency_key: str | None = None) -> Experiment:
-        """Store and queue an experiment: a spec mapping, or the path of a JSON or YAML file."""
+        """Store and queue an experiment: a spec mapping, or the path of a JSON or YAML file.
+        Without an idempotency_key one is made, so that a retry through an outage cannot
+        store the experiment twice."""
         body = dict(spec) if isinstance(spec, Mapping) else load_spec(spec)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        headers = {"Idempotency-Key": idempotency_key or f"groklab-client-{uuid.uuid4()}"}
         return Experiment.from_json(self._request("POST", "/v1/experiments", json=body, headers=headers).json())
 
     def plan(self, spec: Mapping[str, Any] | str | Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ series go on where they ended and the analyses read the whole run.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from celery import Celery
@@ -14,14 +13,13 @@ from pydantic import Field, ValidationError
 from sqlalchemy.orm import Session
 
 from engine.spec import PhaseSpec, RunSpec, StopCondition, StrictModel, error_field
-from groklab.dispatch import BrokerUnreachable, dispatch_runs
+from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, InvalidInput
 from groklab.settings import Settings
 from groklab.store import quotas
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment, Run
 
-log = logging.getLogger(__name__)
 
 RETRIED_STATUSES = (run_store.FAILED, run_store.CANCELLED)
 
@@ -97,7 +95,7 @@ def continue_run(
     )
     if not moved:  # another request continued or deleted it in between
         raise Conflict(f"run {run_id} changed while it was being continued; try again", field="run_id")
-    _send(session, celery, settings, [run_id])
+    dispatch_runs(session, celery, [run_id], ensemble_size=settings.ensemble_size)
     session.refresh(run)
     return run
 
@@ -128,14 +126,5 @@ def retry_experiment(session: Session, celery: Celery, settings: Settings, exper
         if run.parent_run_id is None
         or (run.parent_run_id not in retried_ids and run_store.get_run(session, run.parent_run_id).status == run_store.SUCCEEDED)
     ]
-    _send(session, celery, settings, ready)
+    dispatch_runs(session, celery, ready, ensemble_size=settings.ensemble_size)
     return sorted(retried_ids)
-
-
-def _send(session: Session, celery: Celery, settings: Settings, run_ids: list[int]) -> None:
-    try:
-        dispatch_runs(session, celery, run_ids, ensemble_size=settings.ensemble_size)
-    except BrokerUnreachable:
-        # The runs are stored as queued (dispatch_runs commits first): the reconciler sends them
-        # once the broker is back, so the request has done its part.
-        log.warning("broker unreachable; the reconciler will send runs %s", run_ids, exc_info=True)

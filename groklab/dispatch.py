@@ -19,15 +19,12 @@ from sqlalchemy.orm import Session
 
 from engine.packing import pack_runs
 from engine.spec import RunSpec
+from groklab.outages import BROKER, OUTAGES, outage_of
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
 
 TRAIN_RUNS_TASK = "groklab.train_runs"
-
-
-class BrokerUnreachable(RuntimeError):
-    """A message could not be sent; the runs stay queued (marked enqueued) in the database."""
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -50,7 +47,16 @@ def make_celery(settings: Settings) -> Celery:
         transport_options = {"visibility_timeout": settings.broker_visibility_timeout}
     app.conf.update(
         broker_transport_options=transport_options,
+        # Outages of the broker are waited out, never a reason to leave the fleet: retry the
+        # connection at start and after a loss for ever (Celery's default gives up after 100
+        # tries and the worker shuts down, silently shrinking a production fleet by a GPU).
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        # A training task keeps going through a broker outage: its run's lease and checkpoints are
+        # in the database, and cancelling it would throw away up to a checkpoint interval of
+        # work. Said explicitly because Celery 6 turns the default around (it warns at every loss).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=settings.queue_name,
         task_ignore_result=True,
         # Long training tasks: take one message at a time and acknowledge it only when done,
@@ -63,22 +69,31 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def dispatch_runs(session: Session, app: Celery, run_ids: Sequence[int], *, ensemble_size: int) -> None:
+def dispatch_runs(session: Session, app: Celery, run_ids: Sequence[int], *, ensemble_size: int) -> list[int]:
     """Pack the queued runs, mark them enqueued, commit, then send one message per pack.
 
     The commit comes first so that a worker taking a message finds its run, and so that a
     reconciler pass in between sees the runs as just sent and gives the messages
-    `requeue_grace_seconds` to arrive instead of sending them again. Raises BrokerUnreachable
-    when a message cannot be sent; the reconciler re-sends such runs after the grace period.
+    `requeue_grace_seconds` to arrive instead of sending them again.
+
+    The database is the source of truth and the broker only transport: when the broker cannot
+    be reached the runs stay queued, the reconciler sends them once it answers, and this returns
+    the runs it could not send (logged once per outage) instead of failing the caller's request.
     """
     packs = _packs(session, run_ids, ensemble_size)
     leases.mark_enqueued(session, list(run_ids))
     session.commit()
-    try:
-        for pack in packs:
+    for sent, pack in enumerate(packs):
+        try:
             send_message(app, pack)
-    except Exception as exc:
-        raise BrokerUnreachable(f"could not reach the broker: {exc}") from exc
+        except Exception as exc:
+            if outage_of(exc) is None:
+                raise
+            OUTAGES[BROKER].failed(exc, f"sending runs {pack}")
+            return [run_id for unsent in packs[sent:] for run_id in unsent]
+    if packs:
+        OUTAGES[BROKER].reachable()
+    return []
 
 
 def _packs(session: Session, run_ids: Sequence[int], ensemble_size: int) -> list[list[int]]:

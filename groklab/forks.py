@@ -15,21 +15,18 @@ The SQL of all three is in groklab/store/forks.py.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from celery import Celery
 from sqlalchemy.orm import Session
 
 from engine.checkpoint import start_from_parent
-from groklab.dispatch import BrokerUnreachable, dispatch_runs
+from groklab.dispatch import dispatch_runs
 from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-
-log = logging.getLogger(__name__)
 
 
 def start_child(settings: Settings, child: RunCheckpoints, parent_run_id: int) -> None:
@@ -63,10 +60,4 @@ def hand_off(session: Session, celery: Celery, settings: Settings, finished: Map
     children = fork_store.waiting_children(session, succeeded)
     if not children:
         return
-    try:
-        dispatch_runs(session, celery, children, ensemble_size=settings.ensemble_size)
-    except BrokerUnreachable:
-        log.warning(
-            "broker unreachable: children %s of runs %s stay queued; the reconciler sends them",
-            children, succeeded, exc_info=True,
-        )  # fmt: skip
+    dispatch_runs(session, celery, children, ensemble_size=settings.ensemble_size)

@@ -18,6 +18,7 @@ from datetime import timedelta
 from celery import Celery
 
 from groklab.dispatch import dispatch_runs, pending_run_ids
+from groklab.outages import DATABASE, OUTAGES, outage_of
 from groklab.search import advance_waiting_searches
 from groklab.settings import Settings
 from groklab.store import leases
@@ -54,7 +55,8 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
         ]
     if resent:
         with session_scope(url) as session:
-            dispatch_runs(session, celery, resent, ensemble_size=settings.ensemble_size)
+            unsent = dispatch_runs(session, celery, resent, ensemble_size=settings.ensemble_size)
+        resent = [run_id for run_id in resent if run_id not in unsent]  # the rest: the next pass
     if expired or resent:
         log.warning("reconciler: re-queued expired runs %s, re-sent runs %s", expired, resent)
     planned = advance_waiting_searches(settings, celery)
@@ -86,9 +88,16 @@ class ReconcilerThread(threading.Thread):
         while not self._stop_event.wait(self.settings.reconcile_seconds):
             try:
                 reconcile_once(self.settings, self.celery)
-            except Exception:
-                # The database or broker may be down for a while; the next pass tries again.
-                log.exception("reconciler pass failed")
+            except Exception as exc:
+                # The database or broker may be down for a while; the next pass tries again,
+                # and the outage is logged once, not once a pass.
+                dependency = outage_of(exc)
+                if dependency is None:
+                    log.exception("reconciler pass failed")
+                else:
+                    OUTAGES[dependency].failed(exc, "reconciling runs")
+            else:
+                OUTAGES[DATABASE].reachable()
 
     def stop(self) -> None:
         self._stop_event.set()

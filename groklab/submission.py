@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,14 +17,12 @@ from sqlalchemy.orm import Session
 
 from engine.experiments import PlannedRun, UngrokkingExperiment, plan_experiment
 from engine.spec import RunSpec
-from groklab.dispatch import BrokerUnreachable, dispatch_runs
-from groklab.errors import Conflict, NotFound, ServiceUnavailable
+from groklab.dispatch import dispatch_runs
+from groklab.errors import Conflict, NotFound
 from groklab.settings import Settings
 from groklab.store import idempotency, quotas
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,15 +68,7 @@ def submit_experiment(
             session, owner=owner, key=idempotency_key, request_hash=request_hash, experiment_id=experiment.id
         )
     ready = [run.id for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
-    try:
-        dispatch_runs(session, celery, ready, ensemble_size=settings.ensemble_size)
-    except BrokerUnreachable as exc:
-        log.exception("could not queue experiment %s", experiment.id)
-        run_store.fail_queued_runs(session, [run.id for run in experiment.runs], error=str(exc))
-        session.commit()
-        raise ServiceUnavailable(
-            f"experiment {experiment.id} was stored but the broker is unreachable; its runs are marked failed"
-        ) from exc
+    dispatch_runs(session, celery, ready, ensemble_size=settings.ensemble_size)
     return Submission(experiment, replayed=False)
 
 

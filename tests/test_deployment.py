@@ -51,6 +51,15 @@ def test_every_groklab_service_command_names_a_real_entry_point() -> None:
     _check_command(["uvicorn", "api.main:app"])  # the Dockerfile's default command
 
 
+def test_the_api_and_workers_come_back_and_say_whether_they_reach_both_servers() -> None:
+    for name in ("api", "worker"):
+        service = COMPOSE["services"][name]
+        assert service["restart"] == "unless-stopped", name
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1:3] == ["groklab", "check"], test
+        _check_command(test[1:])
+
+
 def test_every_groklab_environment_variable_is_a_setting() -> None:
     settings_names = {f"GROKLAB_{name.upper()}" for name in Settings.model_fields}
     for name, service in COMPOSE["services"].items():

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -50,6 +50,16 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def database_reachable(url: str) -> bool:
+    """Whether the database answers a trivial query now (readiness checks, `groklab check`)."""
+    try:
+        with session_scope(url) as session:
+            session.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
 
 
 def create_database(admin_url: str, prefix: str = "groklab_test") -> tuple[str, str]:

@@ -161,19 +161,6 @@ def transition(
     return True
 
 
-def fail_queued_runs(session: Session, run_ids: Sequence[int], *, error: str) -> None:
-    for run_id in run_ids:
-        transition(
-            session,
-            run_id,
-            from_statuses=[QUEUED],
-            to_status=FAILED,
-            message=error,
-            error=error,
-            finished_at=utcnow(),
-        )
-
-
 def request_cancel(session: Session, run_id: int, *, owner: str | None = None) -> Run:
     """A queued run is cancelled at once; a running one is flagged and its worker stops it."""
     run = get_run(session, run_id, owner=owner)
