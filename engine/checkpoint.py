@@ -127,7 +127,8 @@ def copy_to_host(trees: Any, device: torch.device) -> tuple[Any, Callable[[], No
 
     def collect(tree: Any) -> None:
         if isinstance(tree, Tensor):
-            if tree.device == device:
+            # By type: torch.device("cuda") != torch.device("cuda:0"), the device of its tensors.
+            if tree.device.type == device.type and device.index in (None, tree.device.index):
                 leaves.setdefault(tree.dtype, []).append(tree)
         elif isinstance(tree, dict):
             for item in tree.values():
