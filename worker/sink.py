@@ -39,6 +39,7 @@ class _Run:
     points_written: int = 0
     lease_lost: bool = False
     error: Exception | None = None  # a write of this run alone failed: raised from its sink's next call
+    failed: bool = False  # ... and it is written no more, so that the others go on in one transaction
 
 
 class MetricWriter:
@@ -125,7 +126,7 @@ class MetricWriter:
             self._writing.release()
 
     def _live_runs(self) -> list[_Run]:
-        return [run for run in self._runs if not run.lease_lost]
+        return [run for run in self._runs if not (run.lease_lost or run.failed)]
 
     def _write(self) -> None:
         """One transaction for every run whose lease holds; a run whose lease is gone is left out
@@ -167,7 +168,8 @@ class MetricWriter:
 
     def _write_run_by_run(self) -> None:
         """After a combined write failed on something other than the database being away: each run
-        in a transaction of its own, so the error stays with the run it belongs to."""
+        in a transaction of its own, so the error stays with the run it belongs to (which fails,
+        as its own sink's error failed it before runs shared a writer)."""
         for run in self._live_runs():
             with self._buffers:
                 batch = [(run, run.points, run.step)]
@@ -179,7 +181,7 @@ class MetricWriter:
                 raise
             except Exception as exc:
                 self._restore(batch)
-                run.error = exc
+                run.error, run.failed = exc, True
 
     def _restore(self, batch: list[tuple[_Run, list[Point], int]]) -> None:
         """Put unwritten points back before those logged meanwhile, unless the run's lease is gone."""

@@ -3,7 +3,9 @@ each fenced by its own lease, so a run whose lease moved on is left out and the 
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import DataError
 
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -62,3 +64,26 @@ def test_an_ensemble_flush_is_one_transaction_for_its_runs_less_the_one_fenced_o
     sinks[2].log(1, {"train_loss": 1.5})
     sinks[2].flush()
     assert [sink.points_written for sink in sinks] == [2, 0, 3]
+
+
+def test_a_write_error_of_one_run_fails_that_run_alone(empty_database_url: str) -> None:
+    url = empty_database_url
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite does not enforce the series name's length")
+    run_ids = _three_runs(url)[:2]
+    with session_scope(url) as session:
+        held = [leases.claim_run(session, run_id, worker="w", lease_seconds=60) for run_id in run_ids]
+    writer = MetricWriter(url, lease_seconds=60, flush_seconds=3600, flush_points=1000)
+    bad, good = (writer.sink(lease) for lease in held if lease is not None)
+    bad.log(0, {"x" * 65: 1.0})  # longer than metric_series.name's 64 characters: refused
+    good.log(0, {"train_loss": 1.0})
+    good.flush()  # the combined transaction fails; run by run, the good run's points go in
+    assert good.points_written == 1 and bad.points_written == 0
+    with pytest.raises(DataError):
+        bad.progress(1, 10)  # the error reaches the run it belongs to, and fails it
+    good.log(1, {"train_loss": 0.5})
+    good.flush()
+    assert good.points_written == 2
+    with session_scope(url) as session:
+        assert read_series(session, run_ids[0], names=None, start_step=None, end_step=None) == {}
+        assert read_series(session, run_ids[1], names=None, start_step=None, end_step=None) == {"train_loss": [[0, 1.0], [1, 0.5]]}
