@@ -23,12 +23,20 @@ class MetricSink(Protocol):
         ...
 
     def flush(self) -> None:
-        """Make every point logged so far durable; the engine calls it before each checkpoint."""
+        """Make every point logged so far durable; the engine calls it before each checkpoint.
+
+        A sink whose class sets `flush_from_any_thread = True` may be flushed from the engine's
+        checkpoint-writer thread while training goes on calling `log` and `progress`: its flush
+        must then be safe against those, and it runs just before the checkpoint is saved, off the
+        training thread. Without that attribute the engine flushes on the training thread.
+        """
         ...
 
 
 class MemorySink:
     """Keeps every series in memory: {name: {step: value}} (tests, notebooks)."""
+
+    flush_from_any_thread = True  # its flush does nothing
 
     def __init__(self) -> None:
         self.series: dict[str, dict[int, float]] = {}

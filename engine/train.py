@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.checkpoint import Checkpoint, CheckpointStorage, as_storage
+from engine.checkpoint import Checkpoint, CheckpointStorage, CheckpointWrite, CheckpointWriter, as_storage, copy_to_host
 from engine.memory import members_that_fit
 from engine.evaluation import evaluate, per_example_loss
 from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
@@ -27,6 +27,9 @@ from engine.early_stop import EarlyStop
 from engine.datasets import build_task, derived_seed, subset_indices
 
 BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the init seed
+# Checkpoint events that may wait for the writer thread besides the one being written: training
+# waits on the store only beyond this. Each holds its members' model and optimizer state on the host.
+PENDING_CHECKPOINTS = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,18 +224,24 @@ class _Member:
         self.final_metrics, self.last_eval_step = metrics, self.step
         self.stops_early = self.early_stop.observe(self.step, metrics) and self.step < self.total
 
-    def checkpoint(self, model: dict[str, Tensor], optimizer: dict[str, Any]) -> None:
+    def flush_before_checkpoint(self) -> Callable[[], None] | None:
+        """Points before a checkpoint must be durable before it exists: a run resumed from it never
+        logs them again. Logs the pending losses and flushes the sink here, or returns its flush
+        for the checkpoint writer to call just before the save when the sink allows that
+        (MetricSink.flush: flush_from_any_thread)."""
         self.log_pending_losses()
-        # Points before a checkpoint must be durable before it exists: a run resumed from it
-        # never logs them again.
+        if getattr(self.sink, "flush_from_any_thread", False):
+            return self.sink.flush
         self.sink.flush()
-        if self.storage is not None:
-            state = Checkpoint(
-                step=self.step, phase=self.phase, train_idx=self.train_idx, model=model,
-                optimizer=optimizer, batch_rng=self.batch_rng.get_state(), data_key=self.data_key,
-                stop_held_since=list(self.early_stop.held_since),
-            )  # fmt: skip
-            self.storage.save(state, keep=self.spec.keeps_checkpoint_at(self.step))
+        return None
+
+    def checkpoint(self, model: dict[str, Tensor], optimizer: dict[str, Any]) -> Checkpoint:
+        """The state to resume from; model and optimizer still to be copied off the device."""
+        return Checkpoint(
+            step=self.step, phase=self.phase, train_idx=self.train_idx, model=model,
+            optimizer=optimizer, batch_rng=self.batch_rng.get_state(), data_key=self.data_key,
+            stop_held_since=list(self.early_stop.held_since),
+        )  # fmt: skip
 
     def load(self, ckpt: Checkpoint) -> None:
         if ckpt.data_key != self.data_key:
@@ -303,28 +312,38 @@ class Ensemble:
         self._drop([m for m in self.members if m.result is not None])
 
     def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
-        """Runs every member to its end, stop or failure; should_stop gets indices[k] for member k."""
+        """Runs every member to its end, stop or failure; should_stop gets indices[k] for member k.
+
+        Checkpoints are written by a background thread; every one is written, and its failure
+        taken into the member's result, before this returns or raises."""
+        self.writer = CheckpointWriter(PENDING_CHECKPOINTS)
+        try:
+            self._train(should_stop, indices)
+        finally:
+            self.writer.close()
+            self._take_write_failures()
+        return [m.result for m in self.members_by_index]  # type: ignore[misc]
+
+    def _train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> None:
         index = {id(m): i for m, i in zip(self.members_by_index, indices)}
         self.evaluate([m for m in self.members if m.needs_eval()])
         while self.members:
-            done = []
+            done: list[tuple[_Member, RunResult]] = []
             for member in self.members:
                 if member.step == member.total:
-                    self._checkpoint(member, RunResult(member.step, member.total, final_metrics=member.final_metrics))
-                    done.append(member)
+                    done.append((member, RunResult(member.step, member.total, final_metrics=member.final_metrics)))
                 elif should_stop is not None and should_stop(index[id(member)]):
                     # No evaluation off the eval grid here: a stopped run that is resumed later
                     # must end with exactly the series of an uninterrupted one.
                     result = RunResult(member.step, member.total, stopped=True, final_metrics=member.final_metrics)
-                    self._checkpoint(member, result)
-                    done.append(member)
+                    done.append((member, result))
                 elif member.stops_early:
                     early = RunResult(
                         member.step, member.total, final_metrics=member.final_metrics, stopped_early_at_step=member.step
                     )
-                    self._checkpoint(member, early)
-                    done.append(member)
-            self._drop(done)
+                    done.append((member, early))
+            self._checkpoint(done)
+            self._drop([member for member, _ in done])
             if not self.members:
                 break
             self.train_step()
@@ -334,11 +353,12 @@ class Ensemble:
             overdue = self.checkpoint_seconds is not None and time.monotonic() - self.checkpointed_at >= self.checkpoint_seconds
             if overdue:
                 self.checkpointed_at = time.monotonic()
-            for member in self.members:
-                if member.result is None and member.step < member.total and (overdue or member.spec.checkpoints_at(member.step)):
-                    self._checkpoint(member, None)
+            self._checkpoint([
+                (member, None) for member in self.members
+                if member.result is None and member.step < member.total and (overdue or member.spec.checkpoints_at(member.step))
+            ])  # fmt: skip
+            self._take_write_failures()
             self._drop([m for m in self.members if m.result is not None])
-        return [m.result for m in self.members_by_index]  # type: ignore[misc]
 
     def _guard(self, member: _Member, fn: Callable[..., Any], *args: Any) -> None:
         """Calls fn; an error (of the member's sink or checkpoint) fails that member alone."""
@@ -349,15 +369,46 @@ class Ensemble:
         except Exception as exc:
             member.fail(exc)
 
-    def _checkpoint(self, member: _Member, result: RunResult | None) -> None:
-        row = self.members.index(member)
-        model = {name: param[row].detach().clone() for name, param in self.params.items()}
-        opt = member.spec.optimizer
-        lr = opt.learning_rate(member.step)
-        optimizer = self.optimizer.member_state_dict(row, opt, lr, member.weight_decay)
-        self._guard(member, member.checkpoint, model, optimizer)
-        if member.result is None:
+    def _checkpoint(self, due: Sequence[tuple[_Member, RunResult | None]]) -> None:
+        """Checkpoints these members after their current step and gives each its result (None
+        for a member that goes on). Their state leaves the device in one copy for all of them
+        (copy_to_host), and the writer thread flushes and saves it; the training thread waits
+        only when PENDING_CHECKPOINTS events are already waiting."""
+        saving: list[tuple[_Member, Callable[[], None] | None]] = []
+        flush_only: list[CheckpointWrite] = []
+        states = []
+        for member, result in due:
+            if member.result is not None:
+                continue
+            try:
+                flush = member.flush_before_checkpoint()
+            except Exception as exc:  # its sink failed: as _guard does
+                member.fail(exc)
+                continue
             member.result = result
+            if member.storage is None:
+                if flush is not None:
+                    flush_only.append(CheckpointWrite(member, flush))
+                continue
+            row = self.members.index(member)
+            opt = member.spec.optimizer
+            optimizer = self.optimizer.member_state_dict(row, opt, opt.learning_rate(member.step), member.weight_decay)
+            states.append(({name: param.detach()[row] for name, param in self.params.items()}, optimizer))
+            saving.append((member, flush))
+        copies, ready = copy_to_host(states, self.device)
+        writes = [
+            CheckpointWrite(member, flush, member.storage, member.checkpoint(model, optimizer), member.spec.keeps_checkpoint_at(member.step))
+            for (member, flush), (model, optimizer) in zip(saving, copies)
+        ] + flush_only  # fmt: skip
+        self.writer.submit(writes, ready)
+
+    def _take_write_failures(self) -> None:
+        """A failed background write fails its member (as _guard would have), even one that had
+        finished: its result must not claim a checkpoint that does not exist."""
+        for member, exc in self.writer.failures():
+            assert isinstance(member, _Member)
+            if member.exception is None:
+                member.fail(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
 
     def _drop(self, done: list[_Member]) -> None:
         if not done:

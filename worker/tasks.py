@@ -33,7 +33,7 @@ from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_app import app
-from worker.sink import DatabaseMetricSink
+from worker.sink import DatabaseMetricSink, MetricWriter
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ def _claim(
     settings: Settings, store: CheckpointStore, run_ids: list[int], worker_name: str, message_id: str | None = None
 ) -> list[Member]:
     message = None if message_id is None else f"message {message_id} of {len(run_ids)} runs"
+    # The runs train as one ensemble: their points go to the database together, one transaction
+    # per flush for all of them, each still fenced by its own lease (worker/sink.py).
+    metrics = MetricWriter(
+        settings.resolved_database_url,
+        lease_seconds=settings.lease_seconds,
+        flush_seconds=settings.metric_flush_seconds,
+        flush_points=settings.metric_flush_points,
+    )
     members = []
     for run_id in run_ids:
         with session_scope(settings.resolved_database_url) as session:
@@ -85,13 +93,7 @@ def _claim(
                 log.info("run %s is not claimable (taken, cancelled or finished); skipping", run_id)
                 continue
             run = run_store.get_run(session, run_id)
-            sink = DatabaseMetricSink(
-                settings.resolved_database_url,
-                lease,
-                lease_seconds=settings.lease_seconds,
-                flush_seconds=settings.metric_flush_seconds,
-                flush_points=settings.metric_flush_points,
-            )
+            sink = metrics.sink(lease)
             checkpoints = RunCheckpoints(store, run_id, lease)
             members.append(Member(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink, checkpoints))
     for member in members:
