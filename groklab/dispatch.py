@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from engine.packing import pack_runs
 from engine.spec import RunSpec
-from groklab.outages import BROKER, OUTAGES, outage_of
+from groklab.outages import BROKER, OUTAGES
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -86,9 +86,7 @@ def dispatch_runs(session: Session, app: Celery, run_ids: Sequence[int], *, ense
     for sent, pack in enumerate(packs):
         try:
             send_message(app, pack)
-        except Exception as exc:
-            if outage_of(exc) is None:
-                raise
+        except Exception as exc:  # whatever stopped the send (Redis down, a broker folder gone)
             OUTAGES[BROKER].failed(exc, f"sending runs {pack}")
             return [run_id for unsent in packs[sent:] for run_id in unsent]
     if packs:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from groklab import telemetry
+from groklab.outages import DATABASE, OUTAGES
 from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, renew
 from groklab.store.metric_writes import Point, write_points
@@ -118,10 +119,11 @@ class MetricWriter:
         try:
             self._write()
         except OperationalError as exc:
-            log.warning(
-                "runs %s: database unavailable, %d points buffered: %s",
-                [run.lease.run_id for run in self._runs], sum(len(run.points) for run in self._runs), exc.orig,
-            )  # fmt: skip
+            # Every flush interval during an outage lands here: the outage log says it once.
+            points = sum(len(run.points) for run in self._runs)
+            OUTAGES[DATABASE].failed(exc, f"writing {points} buffered points of runs {[run.lease.run_id for run in self._runs]}")
+        else:
+            OUTAGES[DATABASE].reachable()
         finally:
             self._writing.release()
 
