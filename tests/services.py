@@ -99,6 +99,7 @@ class Stack:
     port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    worker_envs: dict[str, dict[str, str]] = field(default_factory=dict)
     api: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,7 +129,9 @@ class Stack:
         self.start_api()
 
     def start_worker(self, name: str = "w1", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A worker process; `env` overrides the stack's environment for it alone (its own data dir)."""
+        """A worker process; `env` overrides the stack's environment for it alone (its own data
+        dir), and a worker restarted under the same name gets the same overrides."""
+        env = self.worker_envs.setdefault(name, env or {})
         process = self._spawn(
             [
                 sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",

@@ -52,8 +52,8 @@ def fault_stack(servers: tuple[PrivatePostgres, PrivateRedis], tmp_path_factory:
         GROKLAB_ENSEMBLE_SIZE="1",
     )
     stack = Stack(env=env, log_dir=data_dir)
-    stack.start_worker("w1")
-    stack.start_worker("w2")
+    for name in ("w1", "w2"):  # hosts that share nothing but the servers: a data dir each
+        stack.start_worker(name, env={"GROKLAB_DATA_DIR": str(data_dir / name)})
     stack.start_api()
     yield stack
     stack.stop()
