@@ -15,6 +15,8 @@ A round with a failed or cancelled probe waits: the bracket would rest on missin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 from sqlalchemy.orm import Session
@@ -22,6 +24,8 @@ from sqlalchemy.orm import Session
 from engine.experiments import DCritSearchExperiment, plan_search_probes
 from engine.search import ProbeResult, next_round
 from engine.spec import RunSpec
+from groklab import analysis
+from groklab.analysis import RunRecord
 from groklab.dispatch import dispatch_runs
 from groklab.settings import Settings
 from groklab.submission import stored_run
@@ -96,6 +100,12 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
     dispatch_runs(session, celery, run_ids, ensemble_size=settings.ensemble_size)
     log.info("d_crit_search %s: round %s probes %s in bracket %s", experiment_id, search_round, plan.sizes, plan.bracket)
     return run_ids
+
+
+def analysis_section(experiment: Experiment, records: Sequence[RunRecord]) -> dict[str, Any]:
+    """The experiment analysis' `search` section: the bracket, the estimate and the probes."""
+    request = DCritSearchExperiment.model_validate(experiment.spec)
+    return {"search": analysis.search(request, records, ended=experiment.search_ended_at is not None)}
 
 
 def advance_waiting_searches(settings: Settings, celery: Celery) -> list[int]:

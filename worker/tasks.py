@@ -23,7 +23,7 @@ from celery.worker import state as worker_state
 
 from engine.spec import RunSpec
 from engine.train import train_ensemble
-from groklab import forks, search
+from groklab import forks, kinds
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
 from groklab.json_logs import log_context
 from groklab.run_checkpoints import RunCheckpoints
@@ -237,8 +237,8 @@ def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
     for experiment_id in sorted(finished_experiments):
         try:
             with session_scope(settings.resolved_database_url) as session:
-                search.advance_search(session, app, settings, experiment_id)
+                kinds.runs_finished(session, app, settings, run_store.get_experiment(session, experiment_id))
         except Exception:
-            # The runs' ends are stored; the reconciler's next pass plans the round instead.
-            log.exception("could not advance the search of experiment %s", experiment_id)
+            # The runs' ends are stored; the reconciler's next pass does it instead (a search's round).
+            log.exception("could not run the finish hook of experiment %s", experiment_id)
     return outcomes

@@ -11,9 +11,8 @@ from sqlalchemy.orm import Session
 
 from api.auth import ReaderDep
 from api.deps import SessionDep
-from engine.experiments import DCritSearchExperiment
 from engine.spec import RunSpec, error_field
-from groklab import analysis
+from groklab import analysis, kinds
 from groklab.errors import InvalidInput
 from groklab.store import metric_reads
 from groklab.store import runs as run_store
@@ -106,9 +105,7 @@ def experiment_analysis(
         for run in experiment.runs
     ]
     body = analysis.analyse_experiment(records, limits)
-    if experiment.kind == "d_crit_search":
-        request = DCritSearchExperiment.model_validate(experiment.spec)
-        body["search"] = analysis.search(request, records, ended=experiment.search_ended_at is not None)
+    body |= kinds.analysis_sections(experiment, records)
     if format == "csv":
         return PlainTextResponse(analysis.rows_csv(body["runs"]), media_type="text/csv")
     return JSONResponse({"experiment_id": experiment.id, "thresholds": limits.model_dump(), **body})

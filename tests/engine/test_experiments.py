@@ -229,3 +229,4 @@ def test_every_kind_has_a_ci_and_a_paper_example():
         assert found == kinds, folder
     # and examples/ci/long_run.json (a sweep), and the six of reproduce's smoke scale
     assert len(EXAMPLES) == 7 + 8 + 6
+
