@@ -220,7 +220,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _reproduce(client: Client, args: argparse.Namespace, console: Console) -> int:
-    from groklab.reproduce import FAIL, reproduce
+    from groklab.report import FAIL
+    from groklab.reproduce import reproduce
 
     folder = args.resume or args.dir
     report, found = reproduce(

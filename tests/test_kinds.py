@@ -10,7 +10,7 @@ from engine.spec import RunSpec
 
 
 
-def test_a_kind_registered_from_outside_is_planned_validated_and_analysed() -> None:
+def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_reported() -> None:
     """Adding a kind is one module: a request model and a plan, registered by name; planning, the
     request union and the server's analysis hooks pick it up without naming it anywhere else."""
     from typing import Literal
@@ -20,6 +20,8 @@ def test_a_kind_registered_from_outside_is_planned_validated_and_analysed() -> N
     from engine import kinds
     from engine.kinds.base import ExperimentKind, KindRequest, PlannedRun, run_spec
     from groklab import kinds as server_kinds
+    from groklab import report
+    from groklab.report.figures import svg
 
     class Doubling(KindRequest):
         kind: Literal["doubling"]
@@ -42,7 +44,20 @@ def test_a_kind_registered_from_outside_is_planned_validated_and_analysed() -> N
             kind = "doubling"
 
         assert server_kinds.analysis_sections(Stored(), [object(), object()]) == {"doubled": 2}  # type: ignore[arg-type]
+
+        # ...and reported: a report section of its own, with a claim and a figure.
+        def claims(data: dict) -> list[report.Claim]:
+            n = len(report.rows(data["doubling"]))
+            return [report.Claim("doubling", "every size doubled", "-", f"{n} runs", "2 runs", report.PASS if n == 2 else report.FAIL)]
+
+        report.register(report.Section("doubling", "Doubled sizes", claims, lambda axes, data: axes.plot([1, 2], [2, 4])))
+        data = {"doubling": report.ExperimentData("doubling", 1, {}, [{"id": 1, "status": "succeeded"}] * 2, {}, {}, None)}
+        (section,) = [s for s in report.sections() if s.name == "doubling"]
+        assert [c.verdict for c in section.claims(data)] == [report.PASS]
+        assert report.experiments()["doubling"] == "Doubled sizes"
+        assert svg(lambda axes: section.figure(axes, data)).startswith("<svg")
     finally:
         kinds.unregister("doubling")
         server_kinds.unregister_hooks("doubling")
-    assert "doubling" not in kinds.kinds()
+        report.unregister("doubling")
+    assert "doubling" not in kinds.kinds() and "doubling" not in report.experiments()

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from groklab.reproduce import ExperimentData, scratch_d_crit
+from groklab.report import ExperimentData
+from groklab.report.d_crit import scratch_d_crit
 
 
 _run_ids = itertools.count(1)

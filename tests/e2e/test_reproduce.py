@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from groklab.reproduce import EXPERIMENTS
+from groklab.report import experiments
 from groklab.store.database import session_scope
 from groklab.store.models import MetricPoint, MetricSeries, Run
 from tests.services import ROOT, base_install_env, bearer, create_key, free_port, wait_http
@@ -126,7 +126,7 @@ def test_reproduce_writes_every_figure_and_claims_whose_verdicts_follow_the_stor
     assert done.returncode == 0, done.stderr
     assert "claims pass" in done.stderr
     report = read_report(folder / "report.html")
-    assert report.figures == {f"figure-{name}": 1 for name in EXPERIMENTS}
+    assert report.figures == {f"figure-{name}": 1 for name in experiments()}
     assert len(report.claims) >= 12 and all(len(row) == 6 for row in report.claims)
     assert {row[5] for row in report.claims} <= {"pass", "fail", "not testable"}
     text = (folder / "report.html").read_text()
