@@ -179,16 +179,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="steps between an ensemble's checkpoints")
     args = parser.parse_args()
     device = resolve_device(args.device)
-<<<<<<< HEAD
     configure_tf32(True)  # as a worker by default (GROKLAB_TF32)
-=======
     if args.ensemble:
         print(f"paper model ensembles, {args.steps} steps, checkpoint every {args.every}; device {device}, threads {torch.get_num_threads()}")
         with tempfile.TemporaryDirectory(prefix="groklab-bench-") as folder:
             for k in args.ensemble:
                 ensemble_checkpointing(k, args.steps, args.every, device, Path(folder))
         return
->>>>>>> gpu-ckpt
     spec = RunSpec(task=TaskSpec(p=113, train_size=3830), phases=[PhaseSpec(steps=args.steps)], device=device.type)
     every = spec.resolved_checkpoint_every
     print(
