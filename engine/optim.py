@@ -25,7 +25,7 @@ from engine.spec import OptimizerSpec
 EPS = 1e-8  # torch.optim.AdamW's default
 
 # Columns of EnsembleOptimizer.hyper, set from the host when the schedule changes them.
-LR, WEIGHT_DECAY, DECAY, NEG_LR = range(4)
+LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR = range(5)
 
 
 class EnsembleOptimizer:
@@ -56,7 +56,7 @@ class EnsembleOptimizer:
         self.one_minus_beta1 = torch.tensor([[1 - s.betas[0]] for s in specs], dtype=dtype, device=device)
         self.one_minus_beta2 = torch.tensor([[1 - s.betas[1]] for s in specs], dtype=dtype, device=device)
         self.betas = torch.tensor([list(s.betas) for s in specs], dtype=dtype, device=device)  # (K, 2)
-        self.hyper = torch.zeros(len(specs), 4, dtype=dtype, device=device)  # LR, WEIGHT_DECAY, DECAY, NEG_LR
+        self.hyper = torch.zeros(len(specs), 5, dtype=dtype, device=device)  # LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR
         self.steps = torch.zeros(len(specs), 1, dtype=dtype, device=device)  # Adam's t per member
         self.host_steps = [0] * len(specs)  # the same, for state_dict without reading the device
         adam = self.kind == "adamw"
@@ -67,11 +67,11 @@ class EnsembleOptimizer:
     def hyper_rows(lrs: Sequence[float], weight_decays: Sequence[float], dtype: torch.dtype) -> Tensor:
         """The host tensor that set_hyperparameters copies into `hyper`: the products in float64
         as torch computes them on the host, rounded once."""
-        rows = [[lr, wd, 1 - lr * wd, -lr] for lr, wd in zip(lrs, weight_decays)]
+        rows = [[lr, wd, 1 - lr * wd, -lr, -1 / lr] for lr, wd in zip(lrs, weight_decays)]
         return torch.tensor(rows, dtype=torch.float64).to(dtype)
 
     def set_hyperparameters(self, rows: Tensor) -> None:
-        """rows (K, 4) from hyper_rows, on the host (pinned for an asynchronous copy) or the device."""
+        """rows (K, 5) from hyper_rows, on the host (pinned for an asynchronous copy) or the device."""
         self.hyper.copy_(rows, non_blocking=True)
 
     @torch.no_grad()
@@ -96,13 +96,14 @@ class EnsembleOptimizer:
         self.steps.add_(1)
         bias_correction = 1 - self.betas.pow(self.steps)  # (K, 2): 1 - beta1^t, 1 - beta2^t
         # torch: p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps) with step_size = lr / bc1; written
-        # as p += m / denom with denom = sqrt(v) * c + e: two (K, N) kernels fewer, the same to ~1 ulp.
-        neg_step_size = hyper[:, NEG_LR, None] / bias_correction[:, :1]
-        scale = (bias_correction[:, 1:].sqrt() * neg_step_size).reciprocal_()  # c = 1 / (sqrt(bc2) * -step_size)
+        # as p += m / denom with denom = sqrt(v) * c + e, c = 1 / (sqrt(bc2) * -step_size) and
+        # e = eps / -step_size: two (K, N) kernels fewer, the same to ~1 ulp.
+        inv_neg_step_size = bias_correction[:, :1] * hyper[:, NEG_INV_LR, None]  # -bc1 / lr
+        scale = inv_neg_step_size / bias_correction[:, 1:].sqrt()
         p.mul_(hyper[:, DECAY, None])
         self.exp_avg.lerp_(grad, self.one_minus_beta1)
         self.exp_avg_sq.lerp_(grad.square(), self.one_minus_beta2)
-        denom = torch.addcmul(EPS / neg_step_size, self.exp_avg_sq.sqrt(), scale)  # e = eps / -step_size
+        denom = torch.addcmul(inv_neg_step_size * EPS, self.exp_avg_sq.sqrt(), scale)
         p.addcdiv_(self.exp_avg, denom)
 
     def reset(self, member: int) -> None:

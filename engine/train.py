@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,12 @@ from engine.datasets import build_task, derived_seed, subset_indices
 
 BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the init seed
 LOSS_RING_SLOTS = 1024  # steps of train losses kept on the device between two reads by the host
-# A chunk row (below) copies every parameter of its member, forward and backward: worth about as
-# many examples of computation as parameters / ROW_COST_PARAMETERS_PER_EXAMPLE (P=113: ~440).
+# A row with gathered parameters (batch_plan) copies every parameter of its member, forward and
+# backward: worth about as many examples of computation as parameters / this (P=113: ~440).
 ROW_COST_PARAMETERS_PER_EXAMPLE = 512
+# One more forward + backward pass (batch_plan), in examples: ~100 kernel launches of ~5 us cost a
+# GPU the time of ~10^5 examples; the CPU launches nothing.
+PASS_COST_EXAMPLES = {"cpu": 0, "cuda": 100_000}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,18 +59,35 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     return tensor.to(device)
 
 
-def chunk_width(sizes: Sequence[int], row_cost: float) -> int | None:
-    """The width of the rows that members' training examples are cut into when their sizes differ
-    more than 2x (several size_classes), or None: one row per member, padded to the largest.
+def chunk_width(sizes: Sequence[int], row_cost: float) -> int:
+    """The best width of rows to cut members' training examples into: each member fills
+    ceil(size / width) rows; minimises the examples computed (padding included) plus row_cost
+    (in examples) per row. Ties: the widest, the fewest rows."""
+    widths = sorted({math.ceil(n / j) for n in sizes for j in range(1, 9)}, reverse=True)
+    return min(widths, key=lambda w: sum(math.ceil(n / w) * (w + row_cost) for n in sizes))
 
-    With chunks every member's examples fill ceil(size / width) rows of one (rows, width) batch,
-    computed by one forward with each row's parameters gathered from its member: a fixed number of
-    kernels whatever the sizes, where a forward per size class costs ~40 kernels each. The width
-    is the member size that minimises padding plus row_cost (in examples) per row."""
-    if len(size_classes(sizes)) == 1:
-        return None
-    width = min(sorted(set(sizes)), key=lambda w: sum(math.ceil(n / w) * (w + row_cost) for n in sizes))
-    return None if width >= max(sizes) else width
+
+def batch_plan(sizes: Sequence[int], row_cost: float, pass_cost: float) -> list[tuple[list[int], int]]:
+    """How one step computes members of these batch sizes: forward passes, each (its members,
+    its row width). Members whose sizes are within 2x (one size class) share one pass, one row
+    each, padded to the largest. Otherwise the cheapest of: that one padded pass; a pass per size
+    class; one pass over rows of chunk_width. Costs are in examples computed: padding included,
+    row_cost per row whose parameters are gathered (a member's own rows are not), pass_cost per
+    pass (kernel launches: ~100 per pass, nothing on the CPU, the most on a GPU)."""
+    every = list(range(len(sizes)))
+    classes = size_classes(sizes)
+    if len(classes) == 1:
+        return [(every, max(sizes))]
+    width = chunk_width(sizes, row_cost)
+    options = [
+        (len(sizes) * max(sizes) + pass_cost, [(every, max(sizes))]),
+        (
+            sum(len(c) * (max(sizes[k] for k in c) + row_cost) + pass_cost for c in classes),
+            [(c, max(sizes[k] for k in c)) for c in classes],
+        ),
+        (sum(math.ceil(n / width) * (width + row_cost) for n in sizes) + pass_cost, [(every, width)]),
+    ]
+    return min(options, key=lambda option: option[0])[1]
 
 
 def size_classes(sizes: Sequence[int]) -> list[list[int]]:
@@ -282,16 +303,23 @@ class _Member:
 
 
 @dataclass
-class _Layout:
-    """One step's batch as static tensors: R rows of `width` examples. Without chunks row r is
-    member r's batch (padded); with chunks (chunk_width) row r holds part of member row_member[r]'s."""
+class _Rows:
+    """One forward pass's batch as static tensors: R rows of `width` examples."""
 
     a: Tensor  # (R, width) operands
     b: Tensor
     targets: Tensor  # (R, width)
     weight: Tensor  # (R, width): 1 / the member's batch size, 0 for padding
     row_member: Tensor | None  # (R,) the member (row of the parameters) of each row; None: row r is member r
-    member_rows: Tensor | None  # (K, R) 1 where row r is member k's: a member's loss sums its rows'
+    ones: Tensor  # (R,) the gradient of the summed loss with respect to each row's
+
+
+@dataclass
+class _Layout:
+    """One step's batch (batch_plan): its passes, and which member each of their rows is."""
+
+    passes: list[_Rows]
+    member_rows: Tensor | None  # (K, rows of all passes) 1 where the row is member k's; None: row k is member k
 
 
 class Ensemble:
@@ -346,6 +374,7 @@ class Ensemble:
         self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
         self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()), self.flat)
         self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
+        self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0)
         self.loss_ring = torch.zeros(LOSS_RING_SLOTS, len(self.members), dtype=self.flat.dtype, device=device)
         self.ring_slot = 0
         for column, member in enumerate(self.members):
@@ -356,7 +385,7 @@ class Ensemble:
                 self.optimizer.load_member_state_dict(row, ckpt.optimizer)
         self._hyper_key: tuple[float, ...] = ()
         self._layout: _Layout | None = None
-        self.computed_examples: list[int] = []  # per row: the padded batch it computed last step
+        self.computed_examples = [0] * len(self.members)  # per row: the padded batch it computed last step
         self._drop([m for m in self.members if m.result is not None])
 
     def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
@@ -444,45 +473,52 @@ class Ensemble:
             self.optimizer.set_hyperparameters(rows.pin_memory() if self.device.type == "cuda" else rows)
 
     def _batch_layout(self) -> _Layout:
-        """This step's batch: each member's examples in one row padded to the largest, or (sizes
-        more than 2x apart) in rows of chunk_width; padding has weight 0, a member's examples 1 / its batch."""
+        """This step's batch (batch_plan): each member's examples in one row padded to its pass's
+        widest, or in rows of a chunk width; padding has weight 0, a member's examples 1 / its batch."""
         if self._layout is not None:
             return self._layout
         batches = [m.batch_idx() for m in self.members]
-        sizes = [len(b) for b in batches]
-        width = chunk_width(sizes, self.row_cost)
-        chunked = width is not None
-        width = width or max(sizes)
-        counts = [math.ceil(n / width) for n in sizes]  # rows per member
-        idx = torch.zeros(sum(counts), width, dtype=torch.long, device=self.device)
-        weight = torch.zeros(sum(counts), width, dtype=self.flat.dtype, device=self.device)
-        targets = torch.zeros_like(idx)
-        row_member: list[int] = []
-        for k, (batch, count) in enumerate(zip(batches, counts)):
-            start = len(row_member)
-            idx.view(-1)[start * width : start * width + len(batch)] = batch
-            weight.view(-1)[start * width : start * width + len(batch)] = 1 / len(batch)
-            targets[start : start + count] = self.members[k].targets[idx[start : start + count]]
-            row_member += [k] * count
-        self.computed_examples = [count * width for count in counts]
-        row_member_t = member_rows = None
-        if chunked:
-            row_member_t = to_device(torch.tensor(row_member), self.device)
+        self.computed_examples = [0] * len(batches)
+        passes, row_member = [], []
+        for members, width in batch_plan([len(b) for b in batches], self.row_cost, self.pass_cost):
+            counts = [math.ceil(len(batches[k]) / width) for k in members]  # rows per member
+            idx = torch.zeros(sum(counts), width, dtype=torch.long, device=self.device)
+            weight = torch.zeros(sum(counts), width, dtype=self.flat.dtype, device=self.device)
+            targets = torch.zeros_like(idx)
+            rows: list[int] = []
+            for k, count in zip(members, counts):
+                start, batch = len(rows), batches[k]
+                idx.view(-1)[start * width : start * width + len(batch)] = batch
+                weight.view(-1)[start * width : start * width + len(batch)] = 1 / len(batch)
+                targets[start : start + count] = self.members[k].targets[idx[start : start + count]]
+                rows += [k] * count
+                self.computed_examples[k] = count * width
+            tokens = self.tokens[idx]  # (R, width, 3)
+            own = rows == list(range(len(self.members)))
+            rows_t = None if own else to_device(torch.tensor(rows), self.device)
+            ones = torch.ones(len(rows), dtype=self.flat.dtype, device=self.device)
+            passes.append(_Rows(tokens[..., 0], tokens[..., 1], targets, weight, rows_t, ones))
+            row_member += rows
+        member_rows = None
+        if row_member != list(range(len(self.members))):
             member_rows = torch.zeros(len(batches), len(row_member), dtype=self.flat.dtype)
             member_rows[row_member, range(len(row_member))] = 1
             member_rows = to_device(member_rows, self.device)
-        tokens = self.tokens[idx]  # (R, width, 3)
-        layout = _Layout(tokens[..., 0], tokens[..., 1], targets, weight, row_member_t, member_rows)
+        layout = _Layout(passes, member_rows)
         if all(m.batch_size == len(m.train_idx) for m in self.members):
             self._layout = layout  # full batch: the same until a phase changes or a member drops
         return layout
 
-    def _loss(self, flat: Tensor, layout: _Layout) -> tuple[Tensor, Tensor]:
-        """The members' summed training loss, to differentiate, and each row's (R,)."""
-        rows = flat if layout.row_member is None else F.embedding(layout.row_member, flat)
-        logits = self.logits_fn(self._views(rows), layout.a, layout.b)  # (R, width, vocab)
-        row_loss = (per_example_loss(logits, layout.targets, self.loss_kind) * layout.weight).sum(dim=1)
-        return row_loss.sum(), row_loss.detach()
+    def _row_loss(self, flat: Tensor, rows: _Rows) -> Tensor:
+        """Each row's training loss (R,): its examples' losses weighted (one small bmm) and summed."""
+        params = flat if rows.row_member is None else F.embedding(rows.row_member, flat)
+        logits = self.logits_fn(self._views(params), rows.a, rows.b)  # (R, width, vocab)
+        losses = per_example_loss(logits, rows.targets, self.loss_kind)  # (R, width)
+        return (losses[:, None] @ rows.weight[:, :, None]).view(-1)
+
+    def _total_loss(self, flat: Tensor, layout: _Layout) -> tuple[Tensor, list[Tensor]]:
+        row_losses = [self._row_loss(flat, rows) for rows in layout.passes]
+        return sum(loss.sum() for loss in row_losses), [loss.detach() for loss in row_losses]  # type: ignore[return-value]
 
     def _step_body(self, layout: _Layout, functional: bool = False) -> Tensor:
         """Forward, backward and the optimizer update on static tensors with a fixed set of kernels,
@@ -491,12 +527,16 @@ class Ensemble:
         traces in one graph (Tensor.backward and torch.autograd.grad break it); eager autograd
         otherwise, the faster of the two on the CPU."""
         if functional:
-            grad, row_loss = torch.func.grad(self._loss, has_aux=True)(self.flat, layout)
+            grad, row_losses = torch.func.grad(self._total_loss, has_aux=True)(self.flat, layout)
         else:
-            leaf = self.flat.detach().requires_grad_()  # members share no parameters: each gets its own loss's gradient
-            total, row_loss = self._loss(leaf, layout)
-            (grad,) = torch.autograd.grad(total, leaf)
+            # Members share no parameters: each gets its own loss's gradient. The gradient of the
+            # summed loss, seeded by static ones: no sum and no seed tensor per step.
+            leaf = self.flat.detach().requires_grad_()
+            row_losses = [self._row_loss(leaf, rows) for rows in layout.passes]
+            (grad,) = torch.autograd.grad(row_losses, leaf, grad_outputs=[rows.ones for rows in layout.passes])
+            row_losses = [loss.detach() for loss in row_losses]
         self.optimizer.update(grad)
+        row_loss = row_losses[0] if len(row_losses) == 1 else torch.cat(row_losses)
         return row_loss if layout.member_rows is None else layout.member_rows @ row_loss
 
     def _captured_step(self, layout: _Layout) -> Tensor:
@@ -514,8 +554,13 @@ class Ensemble:
             self._warm, self._graph = layout, None
             return losses
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            losses = self._step_body(layout)
+        try:
+            with torch.cuda.graph(graph):
+                losses = self._step_body(layout)
+        except RuntimeError as exc:  # an op this torch cannot capture: train on, eagerly
+            warnings.warn(f"CUDA graph capture failed, the steps run eagerly: {exc}", stacklevel=2)
+            self.capture = False
+            return self._step_body(layout)
         self._graph = (layout, graph, losses)
         graph.replay()  # capture records the kernels without running them
         return losses
@@ -541,7 +586,7 @@ class Ensemble:
         # This forward sees the model after `step` steps: its loss is that step's train_loss.
         logging = [m for m in self.members if m.logs_train_loss()]
         if logging:
-            if self.ring_slot == LOSS_RING_SLOTS:
+            if self.ring_slot == len(self.loss_ring):
                 self._flush_losses()
             self.loss_ring[self.ring_slot].index_copy_(0, self.ring_columns, losses)
             for member in logging:
