@@ -145,7 +145,9 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
         [F.embedding(rows, score_table.flatten(0, 1)).transpose(2, 3), score_eq[:, None, :, None].expand(kk, batch, heads, 1)],
         dim=3,
     )  # (K, B, H, 3) for the positions a, b, '=': a softmax over the last dimension is the fast one
-    attn = scores.softmax(dim=-1).transpose(2, 3)  # (K, B, 3, H)
+    # (K, B, 3, H) laid out so: the gradient of the values below then comes out contiguous, where
+    # a transposed attn gave it attn's order and the backward copied all values once more.
+    attn = scores.softmax(dim=-1).transpose(2, 3).contiguous()
     # Mix the values (H x d_head per example) and then apply W_O once, as one matmul: mixing the
     # OV outputs (H x d_model) instead moves 4x the elements through the gathers and products.
     # '=' is the same token in every example: its OV output (K, H, d) enters by a small matmul.

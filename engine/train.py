@@ -332,6 +332,9 @@ class Ensemble:
     the step (forward, backward, optimizer): one launch instead of ~100 kernels. The layout changes
     with phases, dropping members and every minibatch step; those steps (and any device but CUDA)
     run eagerly.
+
+    pass_cost: the cost of one more forward pass, in examples (batch_plan); None: the device's
+    (PASS_COST_EXAMPLES). Counting a GPU's kernels on the CPU takes the GPU's.
     """
 
     def __init__(
@@ -342,6 +345,7 @@ class Ensemble:
         device: torch.device,
         checkpoint_seconds: float | None = None,
         capture: bool = False,
+        pass_cost: float | None = None,
     ):
         self.device = device
         self.capture = capture and device.type == "cuda"
@@ -374,7 +378,7 @@ class Ensemble:
         self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
         self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()), self.flat)
         self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
-        self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0)
+        self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0) if pass_cost is None else pass_cost
         self.loss_ring = torch.zeros(LOSS_RING_SLOTS, len(self.members), dtype=self.flat.dtype, device=device)
         self.ring_slot = 0
         for column, member in enumerate(self.members):
@@ -551,6 +555,7 @@ class Ensemble:
             with torch.cuda.stream(stream):
                 losses = self._step_body(layout)
             torch.cuda.current_stream(self.device).wait_stream(stream)
+            losses.record_stream(torch.cuda.current_stream(self.device))  # read there next
             self._warm, self._graph = layout, None
             return losses
         graph = torch.cuda.CUDAGraph()
@@ -581,7 +586,9 @@ class Ensemble:
                 self._layout = None
         self._set_hyperparameters()
         layout = self._batch_layout()
-        losses = self._captured_step(layout) if self.capture else self._step_body(layout)
+        # A layout rebuilt every step (minibatches) is never replayed: those steps run eagerly.
+        captured = self.capture and layout is self._layout
+        losses = self._captured_step(layout) if captured else self._step_body(layout)
         self.optimizer.host_steps = [s + 1 for s in self.optimizer.host_steps]
         # This forward sees the model after `step` steps: its loss is that step's train_loss.
         logging = [m for m in self.members if m.logs_train_loss()]
