@@ -155,7 +155,8 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     z = (attn[:, :, :2, :, None] * v_ab).sum(dim=2)  # (K, B, H, k)
     ov_eq = torch.einsum("mhk,mhke->mhe", value_eq, p["W_O"])  # (K, H, d)
     resid = torch.baddbmm(torch.baddbmm(x_eq[:, None], attn[:, :, 2], ov_eq), z.flatten(2), p["W_O"].flatten(1, 2))
-    hidden = F.relu(torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]))  # (K, B, d_mlp)
+    # In place: the pre-activation is not kept, one (K, B, d_mlp) buffer fewer (fresh ones are page faults on the CPU).
+    hidden = torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]).relu_()  # (K, B, d_mlp)
     # b_out reaches the logits only through W_U: added there as b_out W_U (K, vocab), one
     # (K, B, d) sum fewer.
     resid = torch.baddbmm(resid, hidden, p["W_out"])
