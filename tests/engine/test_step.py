@@ -111,3 +111,23 @@ def test_the_step_body_compiles_to_one_graph_and_computes_the_eager_step():
     torch.testing.assert_close(compiled.flat, eager.flat)
     torch.testing.assert_close(compiled.optimizer.exp_avg_sq, eager.optimizer.exp_avg_sq)
     assert seconds < 30, f"compiling the step took {seconds:.1f} s"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.filterwarnings("error")  # a failed capture warns and trains eagerly: here it fails the test
+def test_steps_replayed_as_cuda_graphs_train_as_eager_steps():
+    # Two phases (a new layout, so a second capture) and a member of another size (its own pass).
+    specs = [
+        RunSpec(
+            task=TaskSpec(p=23, train_size=size), phases=[PhaseSpec(steps=8), PhaseSpec(steps=8, train_set="subset", subset_size=40)],
+            eval_every=4, train_loss_every=1, seed=seed, device="cuda",
+        )
+        for seed, size in enumerate([250, 60])
+    ]  # fmt: skip
+    eager, captured = [MemorySink() for _ in specs], [MemorySink() for _ in specs]
+    train_ensemble(specs, eager)
+    train_ensemble(specs, captured, capture=True)
+    for a, b in zip(eager, captured):
+        assert set(a.series) == set(b.series)
+        for name, points in a.series.items():
+            assert list(b.series[name].values()) == pytest.approx(list(points.values()), abs=1e-6), name
