@@ -52,7 +52,6 @@ class EnsembleOptimizer:
             start += p[0].numel()
         dtype, device = flat.dtype, flat.device
         # Constant per member: rounded once from the float64 the host computes, as torch does.
-        self.beta1 = torch.tensor([[s.betas[0]] for s in specs], dtype=dtype, device=device)
         self.one_minus_beta1 = torch.tensor([[1 - s.betas[0]] for s in specs], dtype=dtype, device=device)
         self.one_minus_beta2 = torch.tensor([[1 - s.betas[1]] for s in specs], dtype=dtype, device=device)
         self.betas = torch.tensor([list(s.betas) for s in specs], dtype=dtype, device=device)  # (K, 2)
@@ -101,7 +100,8 @@ class EnsembleOptimizer:
         inv_neg_step_size = bias_correction[:, :1] * hyper[:, NEG_INV_LR, None]  # -bc1 / lr
         scale = inv_neg_step_size / bias_correction[:, 1:].sqrt()
         p.mul_(hyper[:, DECAY, None])
-        self.exp_avg.lerp_(grad, self.one_minus_beta1)
+        self.exp_avg.lerp_(grad, self.one_minus_beta1)  # as torch does
+        # torch: v * beta2 + (1 - beta2) * g^2 by mul_ and addcmul_; one lerp, the same to ~1 ulp
         self.exp_avg_sq.lerp_(grad.square(), self.one_minus_beta2)
         denom = torch.addcmul(inv_neg_step_size * EPS, self.exp_avg_sq.sqrt(), scale)
         p.addcdiv_(self.exp_avg, denom)
@@ -119,7 +119,7 @@ class EnsembleOptimizer:
         self.flat, self.params = flat, list(params)
         host = members.tolist()
         self.host_steps = [self.host_steps[r] for r in host]
-        for name in ("beta1", "one_minus_beta1", "one_minus_beta2", "betas", "hyper", "steps", "exp_avg", "exp_avg_sq"):
+        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "hyper", "steps", "exp_avg", "exp_avg_sq"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[members])
