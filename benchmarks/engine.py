@@ -68,9 +68,9 @@ def _ensemble(k: int, device: torch.device, capture: bool = False, **fields: obj
 
 def count_step(train_sizes: list[int], device: torch.device) -> tuple[int, float]:
     """(kernels, bytes per member) of one step of an ensemble of these training-set sizes, past the
-    warm-up, as a GPU runs it (its batch_plan), counted on `device`."""
+    warm-up and logging its train_loss, as a GPU runs it (its batch_plan), counted on `device`."""
     specs = [
-        SPEC.model_copy(update={"seed": s, "task": SPEC.task.model_copy(update={"train_size": d})})
+        SPEC.model_copy(update={"seed": s, "task": SPEC.task.model_copy(update={"train_size": d}), "train_loss_every": 1})
         for s, d in enumerate(train_sizes)
     ]
     ensemble = Ensemble(
