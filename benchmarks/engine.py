@@ -3,7 +3,9 @@
 `python -m benchmarks.engine [--quick] [--device cpu|cuda] [--peak-tflops X]` measures, in one
 process and interleaved, the steps/s of the all-positions reference (benchmarks/reference_model.py)
 and of the engine's single run, the run-steps/s of ensembles of K runs, memory, achieved FLOP/s,
-and the cost of evaluation and logging at the default interval.
+the cost of evaluation and logging at the default interval, and the kernels (aten ops, counted by
+engine.op_count) and bytes of one step for K = 1, 8 (and 64 without --quick) and with two
+training-set sizes; on CUDA also the run-steps/s of steps replayed as CUDA graphs (capture=True).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch.nn.functional as F
 from engine.memory import members_that_fit
 from engine.model import build_model
 from engine.device import configure_tf32
+from engine.op_count import OpCounter
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
 from engine.datasets import build_task
-from engine.train import Ensemble, resolve_device
+from engine.train import PASS_COST_EXAMPLES, Ensemble, resolve_device
 from benchmarks.reference_model import reference_forward
 
 SPEC = RunSpec(task=TaskSpec(p=113, train_size=3830), phases=[PhaseSpec(steps=10_000)])
@@ -59,9 +62,27 @@ class _Reference:
         self.opt.step()
 
 
-def _ensemble(k: int, device: torch.device, **fields: object) -> Ensemble:
+def _ensemble(k: int, device: torch.device, capture: bool = False, **fields: object) -> Ensemble:
     specs = [SPEC.model_copy(update={"seed": s, **fields}) for s in range(k)]
-    return Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
+    return Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device, capture=capture)
+
+
+def count_step(train_sizes: list[int], device: torch.device) -> tuple[int, float]:
+    """(kernels, bytes per member) of one step of an ensemble of these training-set sizes, past the
+    warm-up and logging its train_loss, as a GPU runs it (its batch_plan), counted on `device`."""
+    specs = [
+        SPEC.model_copy(update={"seed": s, "task": SPEC.task.model_copy(update={"train_size": d}), "train_loss_every": 1})
+        for s, d in enumerate(train_sizes)
+    ]
+    ensemble = Ensemble(
+        specs, [MemorySink() for _ in specs], [None] * len(specs), device, pass_cost=PASS_COST_EXAMPLES["cuda"]
+    )
+    for member in ensemble.members:
+        member.step = SPEC.optimizer.warmup_steps
+    ensemble.train_step()  # the first step of a layout builds it
+    with OpCounter() as counter:
+        ensemble.train_step()
+    return counter.ops, counter.bytes / len(specs)
 
 
 def _time(fn, steps: int, device: torch.device) -> float:
@@ -143,6 +164,22 @@ def main() -> None:
         f"progress measures: +{(t_measured - t_eval) * 1e3:.1f} ms per eval ({t_measured / t_eval:.2f}x the eval), "
         f"{(t_measured - t_eval) / (every * t_step):.1%} of training time at the default interval"
     )
+    if device.type == "cuda":
+        for k in sizes:
+            captured = _ensemble(k, device, capture=True)
+            t = min(_time(captured.train_step, max(2, steps // max(1, k // 8)), device) for _ in range(2))
+            print(f"ensemble K={k:3d}, CUDA graphs: {k / t:8.2f} run-steps/s   {k / t * t_ref:.2f}x reference")
+            del captured
+
+    d, small = SPEC.task.resolved_train_size, SPEC.task.resolved_train_size * 2 // 5  # two size classes
+    cases = [[d], [d] * 8] + ([] if args.quick else [[d] * 64]) + [[d] * 4 + [small] * 4]
+    for train_sizes in cases:
+        ops, nbytes = count_step(train_sizes, device)
+        classes = "" if len(set(train_sizes)) == 1 else f", D = {d} and {small} (2 size classes)"
+        print(
+            f"one step as a GPU runs it, K={len(train_sizes)}{classes}: {ops} kernels (aten ops), "
+            f"{nbytes / 1e6:.0f} MB per member-step"
+        )
     k_best = max(speedups)
     print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")
 

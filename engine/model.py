@@ -136,22 +136,31 @@ def transformer_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
     x_eq, score_table, value_table, score_eq, value_eq = _attention_tables(p)
     v1, heads = p["W_E"].shape[1], p["W_Q"].shape[1]
     kk, batch = a.shape
-    a_row, b_row = a, b + v1  # token a at position 0 is table row a, b at position 1 row V+1+b
-    scores = torch.stack(
-        [_gather_rows(score_table, a_row), _gather_rows(score_table, b_row), score_eq[:, None].expand(kk, batch, heads)],
-        dim=-1,
-    )  # (K, B, H, 3)
-    attn = scores.softmax(dim=-1)
+    # Few, wide kernels and few large temporaries (a GPU step is launch- and memory-bound): a's and
+    # b's rows (V+1+b: b at position 1) are gathered at once from all members' tables by F.embedding
+    # (its backward sums repeated rows in a fixed order, unlike index or gather).
+    offset = torch.arange(0, kk * score_table.shape[1], score_table.shape[1], device=a.device).view(kk, 1, 1)
+    rows = torch.stack([a, b + v1], dim=-1) + offset  # (K, B, 2) rows of the flattened tables
+    scores = torch.cat(
+        [F.embedding(rows, score_table.flatten(0, 1)).transpose(2, 3), score_eq[:, None, :, None].expand(kk, batch, heads, 1)],
+        dim=3,
+    )  # (K, B, H, 3) for the positions a, b, '=': a softmax over the last dimension is the fast one
+    # (K, B, 3, H) laid out so: the gradient of the values below then comes out contiguous, where
+    # a transposed attn gave it attn's order and the backward copied all values once more.
+    attn = scores.softmax(dim=-1).transpose(2, 3).contiguous()
     # Mix the values (H x d_head per example) and then apply W_O once, as one matmul: mixing the
     # OV outputs (H x d_model) instead moves 4x the elements through the gathers and products.
-    v_a = _gather_rows(value_table.flatten(2), a_row).view(kk, batch, heads, -1)  # (K, B, H, k)
-    v_b = _gather_rows(value_table.flatten(2), b_row).view(kk, batch, heads, -1)
-    z = attn[..., 0, None] * v_a + attn[..., 1, None] * v_b + attn[..., 2, None] * value_eq[:, None]
-    mixed = z.flatten(2) @ p["W_O"].flatten(1, 2)  # (K, B, H*k) @ (K, H*k, d) -> (K, B, d)
-    resid = x_eq[:, None] + mixed  # (K, B, d)
-    hidden = F.relu(torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]))  # (K, B, d_mlp)
-    resid = resid + torch.baddbmm(p["b_out"][:, None], hidden, p["W_out"])
-    return resid @ p["W_U"]  # (K, B, vocab)
+    # '=' is the same token in every example: its OV output (K, H, d) enters by a small matmul.
+    v_ab = F.embedding(rows, value_table.flatten(0, 1).flatten(1)).unflatten(-1, (heads, -1))  # (K, B, 2, H, k)
+    z = (attn[:, :, :2, :, None] * v_ab).sum(dim=2)  # (K, B, H, k)
+    ov_eq = torch.einsum("mhk,mhke->mhe", value_eq, p["W_O"])  # (K, H, d)
+    resid = torch.baddbmm(torch.baddbmm(x_eq[:, None], attn[:, :, 2], ov_eq), z.flatten(2), p["W_O"].flatten(1, 2))
+    # In place: the pre-activation is not kept, one (K, B, d_mlp) buffer fewer (fresh ones are page faults on the CPU).
+    hidden = torch.baddbmm(p["b_in"][:, None], resid, p["W_in"]).relu_()  # (K, B, d_mlp)
+    # b_out reaches the logits only through W_U: added there as b_out W_U (K, vocab), one
+    # (K, B, d) sum fewer.
+    resid = torch.baddbmm(resid, hidden, p["W_out"])
+    return torch.baddbmm(p["b_out"][:, None] @ p["W_U"], resid, p["W_U"])  # (K, B, vocab)
 
 
 @torch.no_grad()

@@ -4,6 +4,12 @@ has its own learning rate, weight decay, betas and step count.
 The update is torch.optim.AdamW's (decoupled weight decay) and torch.optim.SGD's (no momentum,
 weight decay added to the gradient) applied row by row, and a member's state converts to and from
 those optimizers' state_dict, so a member checkpoints and resumes exactly like a lone run.
+
+All parameters live in one (K, N) buffer (`flat`, the named parameters are views of it) and so do
+the gradient and the Adam moments: a step is a handful of elementwise kernels over (K, N) with the
+per-member values as (K, 1) columns, whatever the number of parameters, instead of ~20 kernels
+per parameter. The per-member values are device tensors updated in place (no allocation, no host
+read), so a step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -18,56 +24,105 @@ from engine.spec import OptimizerSpec
 
 EPS = 1e-8  # torch.optim.AdamW's default
 
+# Columns of EnsembleOptimizer.hyper, set from the host when the schedule changes them.
+LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR = range(5)
+
 
 class EnsembleOptimizer:
-    """One optimizer over stacked parameters (K, ...); rows are members, in the order of `specs`."""
+    """One optimizer over stacked parameters (K, ...); rows are members, in the order of `specs`.
 
-    def __init__(self, specs: Sequence[OptimizerSpec], params: Sequence[Tensor]):
+    `params` are the parameters in the order their state_dict indexes them; `flat` (K, N) holds
+    them all side by side (params[i] a view of its columns). Without `flat`, a single parameter
+    is its own flat buffer.
+    """
+
+    def __init__(self, specs: Sequence[OptimizerSpec], params: Sequence[Tensor], flat: Tensor | None = None):
         self.kind = specs[0].kind
+        if flat is None:
+            if len(params) != 1:
+                raise ValueError("EnsembleOptimizer: several parameters need their flat (K, N) buffer")
+            flat = params[0].detach().view(len(specs), -1)
+        self.flat = flat
         self.params = list(params)
-        device = self.params[0].device
-        self.beta1 = torch.tensor([s.betas[0] for s in specs], dtype=torch.float64, device=device)
-        self.beta2 = torch.tensor([s.betas[1] for s in specs], dtype=torch.float64, device=device)
-        self.steps = torch.zeros(len(specs), dtype=torch.float64, device=device)  # Adam's t per member
-        self.exp_avg = [torch.zeros_like(p) for p in self.params] if self.kind == "adamw" else []
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params] if self.kind == "adamw" else []
+        self.shapes = [tuple(p.shape[1:]) for p in self.params]
+        self.columns: list[tuple[int, int]] = []
+        start = 0
+        for p in self.params:
+            self.columns.append((start, start + p[0].numel()))
+            start += p[0].numel()
+        dtype, device = flat.dtype, flat.device
+        # Constant per member: rounded once from the float64 the host computes, as torch does.
+        self.one_minus_beta1 = torch.tensor([[1 - s.betas[0]] for s in specs], dtype=dtype, device=device)
+        self.one_minus_beta2 = torch.tensor([[1 - s.betas[1]] for s in specs], dtype=dtype, device=device)
+        self.betas = torch.tensor([list(s.betas) for s in specs], dtype=dtype, device=device)  # (K, 2)
+        self.hyper = torch.zeros(len(specs), 5, dtype=dtype, device=device)  # LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR
+        self.steps = torch.zeros(len(specs), 1, dtype=dtype, device=device)  # Adam's t per member
+        self.host_steps = [0] * len(specs)  # the same, for state_dict without reading the device
+        adam = self.kind == "adamw"
+        self.exp_avg = torch.zeros_like(flat) if adam else None
+        self.exp_avg_sq = torch.zeros_like(flat) if adam else None
+
+    @staticmethod
+    def hyper_rows(lrs: Sequence[float], weight_decays: Sequence[float], dtype: torch.dtype) -> Tensor:
+        """The host tensor that set_hyperparameters copies into `hyper`: the products in float64
+        as torch computes them on the host, rounded once."""
+        rows = [[lr, wd, 1 - lr * wd, -lr, -1 / lr] for lr, wd in zip(lrs, weight_decays)]
+        return torch.tensor(rows, dtype=torch.float64).to(dtype)
+
+    def set_hyperparameters(self, rows: Tensor) -> None:
+        """rows (K, 5) from hyper_rows, on the host (pinned for an asynchronous copy) or the device."""
+        self.hyper.copy_(rows, non_blocking=True)
 
     @torch.no_grad()
-    def step(self, lr: Tensor, weight_decay: Tensor) -> None:
-        """lr, weight_decay (K,) float64 on the parameters' device: this step's per-member values."""
+    def step(self, lr: Tensor | None = None, weight_decay: Tensor | None = None, grad: Tensor | None = None) -> None:
+        """One update of every member. lr, weight_decay (K,): this step's values when given (else those
+        last set); grad (K, N): the flat gradient, else read from the parameters' .grad."""
+        if lr is not None and weight_decay is not None:
+            self.set_hyperparameters(self.hyper_rows(lr.tolist(), weight_decay.tolist(), self.flat.dtype))
+        if grad is None:
+            grad = torch.cat([p.grad.reshape(p.shape[0], -1) for p in self.params], dim=1)
+        self.host_steps = [s + 1 for s in self.host_steps]
+        self.update(grad)
+
+    def update(self, grad: Tensor) -> None:
+        """The step's device work alone: no host values, a fixed set of kernels (graph capture)."""
+        p, hyper = self.flat, self.hyper
         if self.kind == "sgd":
-            for p in self.params:
-                shape = (-1,) + (1,) * (p.dim() - 1)
-                grad = p.grad + p * weight_decay.to(p.dtype).view(shape)
-                p.sub_(grad * lr.to(p.dtype).view(shape))
+            # torch.optim.SGD: g + wd * p, then p - lr * that
+            p.addcmul_(torch.addcmul(grad, p, hyper[:, WEIGHT_DECAY, None]), hyper[:, NEG_LR, None])
             return
-        self.steps += 1
-        # Scalars in float64 as torch computes them on the host, then rounded to the parameters' dtype.
-        decay = 1 - lr * weight_decay
-        step_size = lr / (1 - self.beta1**self.steps)
-        bias_correction2_sqrt = (1 - self.beta2**self.steps).sqrt()
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            row = lambda x: x.to(p.dtype).view(shape)  # noqa: E731
-            grad = p.grad
-            p.mul_(row(decay))
-            m.lerp_(grad, row(1 - self.beta1))
-            v.mul_(row(self.beta2)).add_(grad * grad * row(1 - self.beta2))
-            denom = (v.sqrt() / row(bias_correction2_sqrt)).add_(EPS)
-            p.sub_((m / denom) * row(step_size))
+        assert self.exp_avg is not None and self.exp_avg_sq is not None
+        self.steps.add_(1)
+        bias_correction = 1 - self.betas.pow(self.steps)  # (K, 2): 1 - beta1^t, 1 - beta2^t
+        # torch: p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps) with step_size = lr / bc1; written
+        # as p += m / denom with denom = sqrt(v) * c + e, c = 1 / (sqrt(bc2) * -step_size) and
+        # e = eps / -step_size: two (K, N) kernels fewer, the same to ~1 ulp.
+        inv_neg_step_size = bias_correction[:, :1] * hyper[:, NEG_INV_LR, None]  # -bc1 / lr
+        scale = inv_neg_step_size / bias_correction[:, 1:].sqrt()
+        p.mul_(hyper[:, DECAY, None])
+        self.exp_avg.lerp_(grad, self.one_minus_beta1)  # as torch does
+        # torch: v * beta2 + (1 - beta2) * g^2 by mul_ and addcmul_; one lerp, the same to ~1 ulp
+        self.exp_avg_sq.lerp_(grad.square(), self.one_minus_beta2)
+        denom = torch.addcmul(inv_neg_step_size * EPS, self.exp_avg_sq.sqrt(), scale)
+        p.addcdiv_(self.exp_avg, denom)
 
     def reset(self, member: int) -> None:
         """A fresh optimizer for one member (PhaseSpec.reset_optimizer)."""
         self.steps[member] = 0
-        for state in (*self.exp_avg, *self.exp_avg_sq):
-            state[member].zero_()
+        self.host_steps[member] = 0
+        if self.exp_avg is not None and self.exp_avg_sq is not None:
+            self.exp_avg[member].zero_()
+            self.exp_avg_sq[member].zero_()
 
-    def keep(self, members: Tensor, params: Sequence[Tensor]) -> None:
-        """Keeps only the rows `members` (a device index tensor), now stored in `params`."""
-        self.params = list(params)
-        self.beta1, self.beta2, self.steps = self.beta1[members], self.beta2[members], self.steps[members]
-        self.exp_avg = [m[members] for m in self.exp_avg]
-        self.exp_avg_sq = [v[members] for v in self.exp_avg_sq]
+    def keep(self, members: Tensor, flat: Tensor, params: Sequence[Tensor]) -> None:
+        """Keeps only the rows `members` (a device index tensor), now stored in `flat` and `params`."""
+        self.flat, self.params = flat, list(params)
+        host = members.tolist()
+        self.host_steps = [self.host_steps[r] for r in host]
+        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "hyper", "steps", "exp_avg", "exp_avg_sq"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[members])
 
     def member_state_dict(self, member: int, spec: OptimizerSpec, lr: float, weight_decay: float) -> dict[str, Any]:
         """Member `member`'s state as torch.optim.AdamW / SGD's state_dict() would hold it."""
@@ -75,15 +130,17 @@ class EnsembleOptimizer:
         if self.kind == "sgd":
             group = {"lr": lr, "momentum": 0, "dampening": 0, "weight_decay": weight_decay, "nesterov": False}
             return {"state": {}, "param_groups": [{**group, "params": indices}]}
+        assert self.exp_avg is not None and self.exp_avg_sq is not None
         state = {}
-        if float(self.steps[member]) > 0:  # a fresh torch optimizer has no state yet
+        step = self.host_steps[member]
+        if step > 0:  # a fresh torch optimizer has no state yet
             state = {
                 i: {
-                    "step": self.steps[member].to(torch.float32).cpu(),
-                    "exp_avg": self.exp_avg[i][member].clone(),
-                    "exp_avg_sq": self.exp_avg_sq[i][member].clone(),
+                    "step": torch.tensor(float(step), dtype=torch.float32),
+                    "exp_avg": self.exp_avg[member, start:end].view(shape).clone(),
+                    "exp_avg_sq": self.exp_avg_sq[member, start:end].view(shape).clone(),
                 }
-                for i in indices
+                for i, (start, end), shape in zip(indices, self.columns, self.shapes)
             }
         group = {"lr": lr, "betas": spec.betas, "eps": EPS, "weight_decay": weight_decay, "amsgrad": False}
         return {"state": state, "param_groups": [{**group, "params": indices}]}
@@ -92,7 +149,10 @@ class EnsembleOptimizer:
         self.reset(member)
         if self.kind == "sgd":
             return
+        assert self.exp_avg is not None and self.exp_avg_sq is not None
         for i, state in state_dict["state"].items():
+            start, end = self.columns[int(i)]
+            self.host_steps[member] = int(float(state["step"]))
             self.steps[member] = float(state["step"])
-            self.exp_avg[int(i)][member] = state["exp_avg"]
-            self.exp_avg_sq[int(i)][member] = state["exp_avg_sq"]
+            self.exp_avg[member, start:end] = state["exp_avg"].reshape(-1)
+            self.exp_avg_sq[member, start:end] = state["exp_avg_sq"].reshape(-1)

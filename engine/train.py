@@ -5,12 +5,16 @@ is an ensemble of one."""
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from engine.checkpoint import Checkpoint, CheckpointStorage, CheckpointWrite, CheckpointWriter, as_storage, copy_to_host
@@ -30,6 +34,13 @@ BATCH_STREAM = 1  # names the minibatch sampler's random stream, apart from the 
 # Checkpoint events that may wait for the writer thread besides the one being written: training
 # waits on the store only beyond this. Each holds its members' model and optimizer state on the host.
 PENDING_CHECKPOINTS = 2
+LOSS_RING_SLOTS = 1024  # steps of train losses kept on the device between two reads by the host
+# A row with gathered parameters (batch_plan) copies every parameter of its member, forward and
+# backward: worth about as many examples of computation as parameters / this (P=113: ~440).
+ROW_COST_PARAMETERS_PER_EXAMPLE = 512
+# One more forward + backward pass (batch_plan), in examples: ~100 kernel launches of ~5 us cost a
+# GPU the time of ~10^5 examples; the CPU launches nothing.
+PASS_COST_EXAMPLES = {"cpu": 0, "cuda": 100_000}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,6 +58,37 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def chunk_width(sizes: Sequence[int], row_cost: float) -> int:
+    """The best width of rows to cut members' training examples into: each member fills
+    ceil(size / width) rows; minimises the examples computed (padding included) plus row_cost
+    (in examples) per row. Ties: the widest, the fewest rows."""
+    widths = sorted({math.ceil(n / j) for n in sizes for j in range(1, 9)}, reverse=True)
+    return min(widths, key=lambda w: sum(math.ceil(n / w) * (w + row_cost) for n in sizes))
+
+
+def batch_plan(sizes: Sequence[int], row_cost: float, pass_cost: float) -> list[tuple[list[int], int]]:
+    """How one step computes members of these batch sizes: forward passes, each (its members,
+    its row width). Members whose sizes are within 2x (one size class) share one pass, one row
+    each, padded to the largest. Otherwise the cheapest of: that one padded pass; a pass per size
+    class; one pass over rows of chunk_width. Costs are in examples computed: padding included,
+    row_cost per row whose parameters are gathered (a member's own rows are not), pass_cost per
+    pass (kernel launches: ~100 per pass, nothing on the CPU, the most on a GPU)."""
+    every = list(range(len(sizes)))
+    classes = size_classes(sizes)
+    if len(classes) == 1:
+        return [(every, max(sizes))]
+    width = chunk_width(sizes, row_cost)
+    options = [
+        (len(sizes) * max(sizes) + pass_cost, [(every, max(sizes))]),
+        (
+            sum(len(c) * (max(sizes[k] for k in c) + row_cost) + pass_cost for c in classes),
+            [(c, max(sizes[k] for k in c)) for c in classes],
+        ),
+        (sum(math.ceil(n / width) * (width + row_cost) for n in sizes) + pass_cost, [(every, width)]),
+    ]
+    return min(options, key=lambda option: option[0])[1]
 
 
 def size_classes(sizes: Sequence[int]) -> list[list[int]]:
@@ -106,6 +148,7 @@ def train_ensemble(
     device: str | None = None,
     memory_bytes: int | None = None,
     checkpoint_seconds: float | None = None,
+    capture: bool = False,
 ) -> list[RunResult]:
     """Trains specs[k] into sinks[k] (checkpointing to checkpoints[k]) exactly as train_run
     would, with specs of one pack_key batched together; results in the order of specs.
@@ -114,7 +157,8 @@ def train_ensemble(
     out, the others go on. A member whose sink or checkpoint fails drops out with the error in its
     RunResult. Members may resume at different steps and have different phase schedules. A group
     larger than the device's free memory holds (or memory_bytes, when given: engine.memory) trains
-    in consecutive chunks that each fit. checkpoint_seconds: as in train_run.
+    in consecutive chunks that each fit. checkpoint_seconds: as in train_run. capture: replay
+    each step as a CUDA graph on a CUDA device (Ensemble), the eager step elsewhere.
     """
     storages = [as_storage(c) for c in checkpoints] if checkpoints is not None else [None] * len(specs)
     groups: dict[Hashable, list[int]] = {}
@@ -136,7 +180,7 @@ def train_ensemble(
             chunk = indices[start : start + fit]
             ensemble = Ensemble(
                 [specs[k] for k in chunk], [sinks[k] for k in chunk], [storages[k] for k in chunk], torch_device,
-                checkpoint_seconds,
+                checkpoint_seconds, capture=capture,
             )  # fmt: skip
             for k, result in zip(chunk, ensemble.train(should_stop, chunk)):
                 results[k] = result
@@ -163,7 +207,11 @@ class _Member:
         self.set_train_idx(data.train_idx)
         self.final_metrics: dict[str, float] = {}
         self.last_eval_step = -1
-        self.pending_losses: list[tuple[int, Tensor]] = []  # logged at the next sync, not per step
+        # (step, slot of loss_ring): logged at the next sync, not per step. The Ensemble sets the ring
+        # and this member's column of it.
+        self.pending_losses: list[tuple[int, int]] = []
+        self.loss_ring: Tensor | None = None
+        self.ring_column = 0
         self.result: RunResult | None = None
         self.exception: Exception | None = None
         self.early_stop = EarlyStop(spec.stop_when)
@@ -210,10 +258,11 @@ class _Member:
         return self.spec.logs_train_loss(self.step)
 
     def log_pending_losses(self) -> None:
-        if self.pending_losses:
-            steps, losses = zip(*self.pending_losses)
+        if self.pending_losses and self.loss_ring is not None:
+            steps, slots = zip(*self.pending_losses)
             self.pending_losses = []
-            for step, loss in zip(steps, torch.stack(losses).tolist()):
+            slots_t = torch.tensor(slots, device=self.loss_ring.device)
+            for step, loss in zip(steps, self.loss_ring[slots_t, self.ring_column].tolist()):
                 self.sink.log(step, {"train_loss": loss})
 
     def log_eval(self, metrics: dict[str, float]) -> None:
@@ -260,11 +309,39 @@ class _Member:
         )
 
 
+@dataclass
+class _Rows:
+    """One forward pass's batch as static tensors: R rows of `width` examples."""
+
+    a: Tensor  # (R, width) operands
+    b: Tensor
+    targets: Tensor  # (R, width)
+    weight: Tensor  # (R, width): 1 / the member's batch size, 0 for padding
+    row_member: Tensor | None  # (R,) the member (row of the parameters) of each row; None: row r is member r
+    ones: Tensor  # (R,) the gradient of the summed loss with respect to each row's
+
+
+@dataclass
+class _Layout:
+    """One step's batch (batch_plan): its passes, and which member each of their rows is."""
+
+    passes: list[_Rows]
+    member_rows: Tensor | None  # (K, rows of all passes) 1 where the row is member k's; None: row k is member k
+
+
 class Ensemble:
     """K members' parameters stacked along a leading dimension, their optimizer and the step loop.
 
     Row r of every parameter belongs to self.members[r]; a member that finishes, stops or fails
-    drops out and the rows are compacted.
+    drops out and the rows are compacted. All parameters are views of one (K, N) buffer, self.flat.
+
+    capture: on a CUDA device, each step after the first of a batch layout replays a CUDA graph of
+    the step (forward, backward, optimizer): one launch instead of ~100 kernels. The layout changes
+    with phases, dropping members and every minibatch step; those steps (and any device but CUDA)
+    run eagerly.
+
+    pass_cost: the cost of one more forward pass, in examples (batch_plan); None: the device's
+    (PASS_COST_EXAMPLES). Counting a GPU's kernels on the CPU takes the GPU's.
     """
 
     def __init__(
@@ -274,8 +351,13 @@ class Ensemble:
         storages: Sequence[CheckpointStorage | None],
         device: torch.device,
         checkpoint_seconds: float | None = None,
+        capture: bool = False,
+        pass_cost: float | None = None,
     ):
         self.device = device
+        self.capture = capture and device.type == "cuda"
+        self._graph: tuple[_Layout, Any, Tensor] | None = None  # the layout, its CUDA graph and losses
+        self._warm: _Layout | None = None  # the layout whose first step ran eagerly (before capture)
         self.checkpoint_seconds = checkpoint_seconds
         self.checkpointed_at = time.monotonic()  # the members' last checkpoint (all are written together)
         self.loss_kind = specs[0].loss
@@ -298,17 +380,23 @@ class Ensemble:
                     member.fail(exc)
                     continue
                 state.update(ckpt.model)
-        self.params = {
-            name: torch.stack([state[name] for state in states]).to(device).requires_grad_()
-            for name in states[0]
-        }  # every parameter (K, ...)
-        self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()))
+        self.shapes = {name: tuple(value.shape) for name, value in states[0].items()}
+        self.flat = torch.stack([torch.cat([value.flatten() for value in state.values()]) for state in states]).to(device)
+        self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
+        self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()), self.flat)
+        self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
+        self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0) if pass_cost is None else pass_cost
+        self.loss_ring = torch.zeros(LOSS_RING_SLOTS, len(self.members), dtype=self.flat.dtype, device=device)
+        self.ring_slot = 0
+        for column, member in enumerate(self.members):
+            member.loss_ring, member.ring_column = self.loss_ring, column
+        self.ring_columns = torch.arange(len(self.members), device=device)  # each row's column of the ring
         for row, ckpt in enumerate(checkpoints):
             if ckpt is not None and self.members[row].exception is None:
                 self.optimizer.load_member_state_dict(row, ckpt.optimizer)
         self._hyper_key: tuple[float, ...] = ()
-        self._layout: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] | None = None
-        self.computed_examples: list[int] = []  # per row: the padded batch it computed last step
+        self._layout: _Layout | None = None
+        self.computed_examples = [0] * len(self.members)  # per row: the padded batch it computed last step
         self._drop([m for m in self.members if m.result is not None])
 
     def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
@@ -416,43 +504,126 @@ class Ensemble:
         keep = [row for row, m in enumerate(self.members) if m not in done]
         self.members = [self.members[row] for row in keep]
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.params = {name: param.detach()[rows].requires_grad_() for name, param in self.params.items()}
-        self.optimizer.keep(rows, list(self.params.values()))
+        self.flat = self.flat[rows]
+        self.params = self._views(self.flat)
+        self.optimizer.keep(rows, self.flat, list(self.params.values()))
+        self.ring_columns = self.ring_columns[rows]
         self._hyper_key, self._layout = (), None
 
-    def _hyperparameters(self) -> tuple[Tensor, Tensor]:
-        """(K,) learning rates and weight decays of this step; sent to the device only on change."""
+    def _views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Each named parameter (R, ...) as a view of its columns of a flat (R, N) buffer."""
+        sizes = [math.prod(shape) for shape in self.shapes.values()]
+        columns = flat.split(sizes, dim=1)
+        return {name: col.view(len(flat), *shape) for (name, shape), col in zip(self.shapes.items(), columns)}
+
+    def _set_hyperparameters(self) -> None:
+        """This step's learning rates and weight decays, copied to the optimizer only on change."""
         lrs = [m.spec.optimizer.learning_rate(m.step + 1) for m in self.members]
         wds = [m.weight_decay for m in self.members]
         if self._hyper_key != (*lrs, *wds):
             self._hyper_key = (*lrs, *wds)
-            both = to_device(torch.tensor([lrs, wds], dtype=torch.float64), self.device)
-            self._lr, self._wd = both[0], both[1]
-        return self._lr, self._wd
+            rows = EnsembleOptimizer.hyper_rows(lrs, wds, self.flat.dtype)
+            self.optimizer.set_hyperparameters(rows.pin_memory() if self.device.type == "cuda" else rows)
 
-    def _batch_layout(self) -> list[tuple[Tensor | None, Tensor, Tensor, Tensor]]:
-        """Per size class: (its rows or None for all, example indices (Kc, B), targets (Kc, B),
-        loss weights (Kc, B)) where padding has weight 0 and a member's examples 1 / its batch."""
+    def _batch_layout(self) -> _Layout:
+        """This step's batch (batch_plan): each member's examples in one row padded to its pass's
+        widest, or in rows of a chunk width; padding has weight 0, a member's examples 1 / its batch."""
         if self._layout is not None:
             return self._layout
         batches = [m.batch_idx() for m in self.members]
-        layout = []
-        self.computed_examples = [0] * len(self.members)
-        for rows in size_classes([len(b) for b in batches]):
-            width = max(len(batches[r]) for r in rows)
-            idx = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
-            weight = torch.zeros(len(rows), width, device=self.device)
-            for j, r in enumerate(rows):
-                idx[j, : len(batches[r])] = batches[r]
-                weight[j, : len(batches[r])] = 1 / len(batches[r])
-                self.computed_examples[r] = width
-            targets = torch.stack([self.members[r].targets for r in rows]).gather(1, idx)
-            every_row = rows == list(range(len(self.members)))
-            rows_t = None if every_row else to_device(torch.tensor(rows), self.device)
-            layout.append((rows_t, idx, targets, weight))
+        self.computed_examples = [0] * len(batches)
+        passes, row_member = [], []
+        for members, width in batch_plan([len(b) for b in batches], self.row_cost, self.pass_cost):
+            counts = [math.ceil(len(batches[k]) / width) for k in members]  # rows per member
+            idx = torch.zeros(sum(counts), width, dtype=torch.long, device=self.device)
+            weight = torch.zeros(sum(counts), width, dtype=self.flat.dtype, device=self.device)
+            targets = torch.zeros_like(idx)
+            rows: list[int] = []
+            for k, count in zip(members, counts):
+                start, batch = len(rows), batches[k]
+                idx.view(-1)[start * width : start * width + len(batch)] = batch
+                weight.view(-1)[start * width : start * width + len(batch)] = 1 / len(batch)
+                targets[start : start + count] = self.members[k].targets[idx[start : start + count]]
+                rows += [k] * count
+                self.computed_examples[k] = count * width
+            tokens = self.tokens[idx]  # (R, width, 3)
+            own = rows == list(range(len(self.members)))
+            rows_t = None if own else to_device(torch.tensor(rows), self.device)
+            ones = torch.ones(len(rows), dtype=self.flat.dtype, device=self.device)
+            passes.append(_Rows(tokens[..., 0], tokens[..., 1], targets, weight, rows_t, ones))
+            row_member += rows
+        member_rows = None
+        if row_member != list(range(len(self.members))):
+            member_rows = torch.zeros(len(batches), len(row_member), dtype=self.flat.dtype)
+            member_rows[row_member, range(len(row_member))] = 1
+            member_rows = to_device(member_rows, self.device)
+        layout = _Layout(passes, member_rows)
         if all(m.batch_size == len(m.train_idx) for m in self.members):
             self._layout = layout  # full batch: the same until a phase changes or a member drops
         return layout
+
+    def _row_loss(self, flat: Tensor, rows: _Rows) -> Tensor:
+        """Each row's training loss (R,): its examples' losses weighted (one small bmm) and summed."""
+        params = flat if rows.row_member is None else F.embedding(rows.row_member, flat)
+        logits = self.logits_fn(self._views(params), rows.a, rows.b)  # (R, width, vocab)
+        losses = per_example_loss(logits, rows.targets, self.loss_kind)  # (R, width)
+        return (losses[:, None] @ rows.weight[:, :, None]).view(-1)
+
+    def _total_loss(self, flat: Tensor, layout: _Layout) -> tuple[Tensor, list[Tensor]]:
+        row_losses = [self._row_loss(flat, rows) for rows in layout.passes]
+        return sum(loss.sum() for loss in row_losses), [loss.detach() for loss in row_losses]  # type: ignore[return-value]
+
+    def _step_body(self, layout: _Layout, functional: bool = False) -> Tensor:
+        """Forward, backward and the optimizer update on static tensors with a fixed set of kernels,
+        no host reads and no value-dependent sizes (a CUDA graph captures it). Returns each member's
+        loss (K,) of the forward. functional: the gradient by torch.func.grad, which torch.compile
+        traces in one graph (Tensor.backward and torch.autograd.grad break it); eager autograd
+        otherwise, the faster of the two on the CPU."""
+        if functional:
+            grad, row_losses = torch.func.grad(self._total_loss, has_aux=True)(self.flat, layout)
+        else:
+            # Members share no parameters: each gets its own loss's gradient. The gradient of the
+            # summed loss, seeded by static ones: no sum and no seed tensor per step.
+            leaf = self.flat.detach().requires_grad_()
+            row_losses = [self._row_loss(leaf, rows) for rows in layout.passes]
+            (grad,) = torch.autograd.grad(row_losses, leaf, grad_outputs=[rows.ones for rows in layout.passes])
+            row_losses = [loss.detach() for loss in row_losses]
+        self.optimizer.update(grad)
+        row_loss = row_losses[0] if len(row_losses) == 1 else torch.cat(row_losses)
+        return row_loss if layout.member_rows is None else layout.member_rows @ row_loss
+
+    def _captured_step(self, layout: _Layout) -> Tensor:
+        """The step as a CUDA graph replay; the first step of a layout runs eagerly, as warm-up."""
+        if self._graph is not None and self._graph[0] is layout:
+            self._graph[1].replay()
+            return self._graph[2]
+        if self._warm is not layout:
+            # Warm-up on a side stream, as CUDA graph capture asks: a real step, not a throwaway one.
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                losses = self._step_body(layout)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            losses.record_stream(torch.cuda.current_stream(self.device))  # read there next
+            self._warm, self._graph = layout, None
+            return losses
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                losses = self._step_body(layout)
+        except RuntimeError as exc:  # an op this torch cannot capture: train on, eagerly
+            warnings.warn(f"CUDA graph capture failed, the steps run eagerly: {exc}", stacklevel=2)
+            self.capture = False
+            return self._step_body(layout)
+        self._graph = (layout, graph, losses)
+        graph.replay()  # capture records the kernels without running them
+        return losses
+
+    def _flush_losses(self) -> None:
+        """Logs every pending train loss: the ring is full."""
+        for member in self.members:
+            self._guard(member, member.log_pending_losses)
+        self.ring_slot = 0
 
     def train_step(self) -> None:
         for row, member in enumerate(self.members):
@@ -462,26 +633,21 @@ class Ensemble:
                 if member.spec.phases[phase].reset_optimizer:
                     self.optimizer.reset(row)
                 self._layout = None
-        lr, wd = self._hyperparameters()
-        total = torch.zeros((), device=self.device)
-        losses = torch.empty(len(self.members), device=self.device)
-        for rows, idx, targets, weight in self._batch_layout():
-            params = self.params if rows is None else {n: p[rows] for n, p in self.params.items()}
-            logits = self.logits_fn(params, self.tokens[idx, 0], self.tokens[idx, 1])  # (Kc, B, vocab)
-            member_loss = (per_example_loss(logits, targets, self.loss_kind) * weight).sum(dim=1)  # (Kc,)
-            total = total + member_loss.sum()
-            if rows is None:
-                losses = member_loss.detach()
-            else:
-                losses[rows] = member_loss.detach()
+        self._set_hyperparameters()
+        layout = self._batch_layout()
+        # A layout rebuilt every step (minibatches) is never replayed: those steps run eagerly.
+        captured = self.capture and layout is self._layout
+        losses = self._captured_step(layout) if captured else self._step_body(layout)
+        self.optimizer.host_steps = [s + 1 for s in self.optimizer.host_steps]
         # This forward sees the model after `step` steps: its loss is that step's train_loss.
-        for row, member in enumerate(self.members):
-            if member.logs_train_loss():
-                member.pending_losses.append((member.step, losses[row]))
-        for param in self.params.values():
-            param.grad = None
-        total.backward()  # members share no parameters: each gets its own loss's gradient
-        self.optimizer.step(lr, wd)
+        logging = [m for m in self.members if m.logs_train_loss()]
+        if logging:
+            if self.ring_slot == len(self.loss_ring):
+                self._flush_losses()
+            self.loss_ring[self.ring_slot].index_copy_(0, self.ring_columns, losses)
+            for member in logging:
+                member.pending_losses.append((member.step, self.ring_slot))
+            self.ring_slot += 1
         for member in self.members:
             member.step += 1
 
