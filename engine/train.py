@@ -15,8 +15,8 @@ from torch import Tensor
 
 from engine.checkpoint import Checkpoint, CheckpointStorage, as_storage
 from engine.memory import members_that_fit
-from engine.evaluation import evaluate, per_example_loss
-from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
+from engine.evaluation import evaluation_table, metric_names, pair_logits_fn, per_example_loss, table_rows, to_host
+from engine.model import build_model, mlp_logits, transformer_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
 from engine.progress_measures import FourierBasis
@@ -45,7 +45,9 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     copy from pageable memory makes the host wait for the GPU's queue to drain, every step."""
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    # non_blocking states the intent on other devices too: engine.host_reads counts a blocking
+    # upload to the meta device, which stands in for CUDA in the host-read tests.
+    return tensor.to(device, non_blocking=True)
 
 
 def size_classes(sizes: Sequence[int]) -> list[list[int]]:
@@ -156,7 +158,8 @@ class _Member:
         data = build_task(spec.task)
         self.base_train_idx = data.train_idx
         self.targets = data.targets.to(device)  # (N,) the labels trained on
-        self.test_idx = data.test_idx.to(device)
+        self.pairs = len(data.targets)
+        self.test_mask = self._mask(data.test_idx)  # (N,) bool on the device: the test set, every phase
         self.batch_rng = torch.Generator().manual_seed(derived_seed(spec.seed, BATCH_STREAM))
         self.step, self.phase = 0, 0
         self.set_train_idx(data.train_idx)
@@ -170,7 +173,15 @@ class _Member:
 
     def set_train_idx(self, idx: Tensor) -> None:
         self.train_idx = idx.cpu()  # checkpointed and subsetted on the host
-        self.train_idx_dev = idx.to(self.device)
+        self.train_idx_dev = to_device(self.train_idx, self.device)
+        self.train_mask = self._mask(self.train_idx)  # (N,) bool on the device, for evaluation
+
+    def _mask(self, idx: Tensor) -> Tensor:
+        """Host indices -> a (N,) bool mask on the device, built on the host: a phase change inside
+        the step loop copies it without waiting for the device."""
+        mask = torch.zeros(self.pairs, dtype=torch.bool)
+        mask[idx] = True
+        return to_device(mask, self.device)
 
     @property
     def batch_size(self) -> int:
@@ -209,14 +220,22 @@ class _Member:
         return self.spec.logs_train_loss(self.step)
 
     def log_pending_losses(self) -> None:
+        """Logs the train losses since the last evaluation, with one host read (at a checkpoint;
+        an evaluation reads them with its own metrics: Ensemble.evaluate)."""
         if self.pending_losses:
-            steps, losses = zip(*self.pending_losses)
-            self.pending_losses = []
-            for step, loss in zip(steps, torch.stack(losses).tolist()):
-                self.sink.log(step, {"train_loss": loss})
+            losses = torch.stack([loss for _, loss in self.pending_losses]).tolist()
+            self.log_losses(losses)
 
-    def log_eval(self, metrics: dict[str, float]) -> None:
-        self.log_pending_losses()
+    def log_losses(self, losses: Sequence[float]) -> None:
+        """Logs the pending train losses, read to the host as `losses` (in their order)."""
+        steps = [step for step, _ in self.pending_losses]
+        self.pending_losses = []
+        for step, loss in zip(steps, losses):
+            self.sink.log(step, {"train_loss": loss})
+
+    def log_eval(self, metrics: dict[str, float], pending_losses: Sequence[float]) -> None:
+        """Logs an evaluation's metrics, after the pending train losses (read with them)."""
+        self.log_losses(pending_losses)
         metrics["phase"] = float(self.phase)
         metrics["lr"] = self.spec.optimizer.learning_rate(self.step)
         self.sink.log(self.step, metrics)
@@ -274,8 +293,8 @@ class Ensemble:
         self.loss_kind = specs[0].loss
         transformer = isinstance(specs[0].model, TransformerSpec)
         self.logits_fn = transformer_logits if transformer else mlp_logits
-        self.eval_logits_fn = transformer_pair_logits if transformer else mlp_logits  # over all pairs
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
+        self.eval_logits = pair_logits_fn(self.logits_fn, table.tokens, table.vocab_size, device)  # over all pairs
         self.tokens = table.tokens.to(device)  # (N, 3)
         self.fourier = FourierBasis.of(specs[0].task, device) if any(s.resolved_progress_measures for s in specs) else None
         self.labels = table.labels.to(device)  # (N,)
@@ -437,16 +456,28 @@ class Ensemble:
             member.step += 1
 
     def evaluate(self, members: list[_Member]) -> None:
+        """Evaluates these members and logs their metrics and pending train losses, all read to
+        the host with one transfer."""
         if not members:
             return
         rows = [self.members.index(m) for m in members]
-        rows_t = torch.tensor(rows, device=self.device)
-        params = {name: param.detach()[rows_t] for name, param in self.params.items()}
-        metrics = evaluate(
-            self.eval_logits_fn, params, self.tokens, torch.stack([m.targets for m in members]),
-            self.labels, [m.train_idx_dev for m in members],
-            [m.test_idx for m in members], self.loss_kind,
-            self.fourier, [m.spec.resolved_progress_measures for m in members],
+        if rows == list(range(len(self.members))):
+            params = {name: param.detach() for name, param in self.params.items()}
+        else:
+            rows_t = to_device(torch.tensor(rows), self.device)
+            params = {name: param.detach()[rows_t] for name, param in self.params.items()}
+        with_progress = [m.spec.resolved_progress_measures for m in members]
+        table = evaluation_table(
+            self.eval_logits, params, torch.stack([m.targets for m in members]), self.labels,
+            torch.stack([m.train_mask for m in members]), torch.stack([m.test_mask for m in members]),
+            self.loss_kind, self.fourier, with_progress,
         )  # fmt: skip
-        for member, values in zip(members, metrics):
-            self._guard(member, member.log_eval, values)
+        pending = [loss for m in members for _, loss in m.pending_losses]
+        flat, losses = to_host([table, torch.stack(pending) if pending else table.new_empty(0)])
+        width = table.shape[1]
+        by_member = [flat[r * width : (r + 1) * width] for r in range(len(members))]
+        at = 0
+        for member, metrics in zip(members, table_rows(by_member, metric_names(self.fourier), with_progress)):
+            count = len(member.pending_losses)
+            self._guard(member, member.log_eval, metrics, losses[at : at + count])
+            at += count
