@@ -59,7 +59,8 @@ EVAL_MEMORY_FRACTION = 0.25
 # On the CPU a fixed bound that keeps a chunk's logits near the cache: there batching saves no
 # kernel launches, and passes over a larger chunk's tensors run from memory. Measured at P = 113
 # (136 MB a member by the estimate below), K = 8 on one thread: chunks of 1, 2, 4, 8 members took
-# 1.09, 1.28, 1.67, 1.86 s an evaluation. So one member a chunk there, dozens at small P.
+# 0.52, 0.73, 0.64, 0.69 s of CPU time an evaluation (best of 3, a shared 2-core host). So one
+# member a chunk there, dozens at small P.
 EVAL_HOST_BYTES = 1 << 28
 
 
