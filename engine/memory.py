@@ -56,12 +56,15 @@ def members_that_fit(specs: list[RunSpec], device: torch.device, memory_bytes: i
 # Of the total, not the free memory: the chunking, and so the exact float results, must not
 # change from run to run with what else happens to be allocated.
 EVAL_MEMORY_FRACTION = 0.25
-# On the CPU a fixed bound that keeps a chunk's logits near the cache: there batching saves no
-# kernel launches, and passes over a larger chunk's tensors run from memory. Measured at P = 113
-# (136 MB a member by the estimate below), K = 8 on one thread: chunks of 1, 2, 4, 8 members took
-# 0.52, 0.73, 0.64, 0.69 s of CPU time an evaluation (best of 3, a shared 2-core host). So one
-# member a chunk there, dozens at small P.
-EVAL_HOST_BYTES = 1 << 28
+# On the CPU a fixed bound near the size of a last-level cache: there batching saves no kernel
+# launches, and passes over a chunk larger than the cache run from memory. CPU time of an
+# evaluation at K = 8 with progress measures, one thread, by members a chunk (best of 3, a shared
+# 2-core host with a 32 MB L3; the estimate below per member in brackets):
+#   P = 23 (3.7 MB): 1: 25 ms, 2: 23, 4: 19, 8: 30     P = 31 (7.1 MB): 1: 36, 2: 30, 4: 32, 8: 46
+#   P = 47 (18 MB): 1: 67, 4: 104, 8: 110              P = 113 (136 MB, no progress measures):
+#   1: 0.52 s, 2: 0.73, 4: 0.64, 8: 0.69
+# 16 MiB gives 4, 2, 1 and 1 members a chunk there (and all 16 of the tests' P = 11 ensembles).
+EVAL_HOST_BYTES = 1 << 24
 
 
 def evaluation_bytes_per_member(params: Mapping[str, torch.Tensor], pairs: int) -> int:
