@@ -26,6 +26,9 @@ Each read is recorded with the qualified names of the functions on the stack out
 (`Ensemble.train_step`, `evaluate`, ...), so that a test or benchmark can count the reads made
 within one function. torch only: usable by tests and benchmarks alike. The mode is per thread;
 the torch.tensor wrapper is process-wide while active.
+
+Not counted: explicit synchronisation (torch.cuda.synchronize, Event.synchronize), which is no
+op, and storage-level copies below the dispatcher, such as torch.save of device tensors.
 """
 
 from __future__ import annotations
