@@ -36,9 +36,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.spec import KEY_FREQUENCIES, PROGRESS_MEASURE_OPS, PROGRESS_MEASURES_DEFINED_FOR, RunSpec, TaskSpec
+from engine.spec import (
+    KEY_FREQUENCIES,
+    PROGRESS_MEASURE_OPS,
+    PROGRESS_MEASURES_DEFINED_FOR,
+    PROGRESS_METRICS,
+    RunSpec,
+    TaskSpec,
+)
 
-__all__ = ["FourierBasis", "KEY_FREQUENCIES", "PROGRESS_MEASURE_OPS", "fourier_view", "gini", "key_frequencies", "progress_measures", "spectra"]
+__all__ = [
+    "FourierBasis", "KEY_FREQUENCIES", "PROGRESS_MEASURE_OPS", "fourier_view", "gini", "key_frequencies",
+    "progress_measures", "progress_names", "progress_table", "spectra",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,10 +94,18 @@ class FourierBasis:
         """(K, P, d) W_E without the '=' row -> (K, P) squared norm of each orthonormal component."""
         return (embeddings.transpose(1, 2) @ self.orthonormal.to(embeddings.dtype).T).square().sum(1)
 
+    @functools.cached_property
+    def pair_of_a_s(self) -> Tensor:
+        """(P, P): the pair (row of the task table) with operands a and (a +- b) mod P = s."""
+        b_of_s = self.s_of_pair.view(self.p, self.p).argsort(dim=1)  # for each a, s -> b is a permutation
+        return torch.arange(self.p, device=b_of_s.device)[:, None] * self.p + b_of_s
+
     def sums_by_s(self, logits: Tensor) -> Tensor:
-        """(K, P * P, C) -> (K, P, C): the logits summed over the pairs of each s."""
-        out = logits.new_zeros(logits.shape[0], self.p, logits.shape[-1])
-        return out.index_add_(1, self.s_of_pair, logits)
+        """(K, P * P, C) -> (K, P, C): the logits summed over the pairs of each s.
+
+        A gather of the pairs laid out by (a, s) and a sum over a: the same result every run. An
+        index_add_ over s_of_pair accumulates with atomics on the GPU, in an order that varies."""
+        return logits[:, self.pair_of_a_s].sum(dim=1)
 
     def logit_spectrum(self, sums: Tensor) -> Tensor:
         """(K, P, C = P) sums by s -> (K, F) power of cos / sin(w_k (s - c)) over the (a, b, c) grid.
@@ -132,6 +150,46 @@ def gini(values: Tensor) -> Tensor:
     return ((2 * rank - n - 1) * x).sum(-1) / (n * x.sum(-1).clamp(min=1e-30))
 
 
+def progress_names(basis: FourierBasis) -> list[str]:
+    """The columns of progress_table: PROGRESS_METRICS, with fewer key frequencies where P // 2 is
+    smaller than KEY_FREQUENCIES."""
+    return list(PROGRESS_METRICS[: 4 + min(KEY_FREQUENCIES, basis.p // 2)])
+
+
+def progress_table(
+    basis: FourierBasis,
+    logits: Tensor,
+    labels: Tensor,
+    train_targets: Tensor,
+    train_mask: Tensor,
+    embeddings: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """The measures of K members from their logits over the whole grid, as a (K, progress_names)
+    tensor on the logits' device: batched over the members, no host read.
+
+    logits (K, P * P, P) in the task table's order; labels (P * P,) the true answers; train_targets
+    (K, P * P) what each member trains on, train_mask (K, P * P) bool its training pairs; embeddings
+    (K, P, d) W_E without the '=' row; loss_fn(logits (..., C), targets (...)) -> per-example loss.
+    key_freq_i is the i-th by power.
+    """
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    sums = basis.sums_by_s(wide)  # (K, P, C)
+    spectrum = basis.logit_spectrum(sums)  # (K, F)
+    keys = key_frequencies(spectrum)  # (K, n)
+    key_part = basis.key_components(sums, keys)[:, basis.s_of_pair]  # (K, P * P, C)
+    constant = sums.sum(1, keepdim=True) / logits.shape[1]  # (K, 1, C) each logit's mean over pairs
+    restricted = loss_fn(key_part + constant, labels.expand(logits.shape[0], -1)).mean(-1)  # (K,)
+    # over each member's training pairs: a masked mean (a fixed summation order), not a gather of
+    # a different number of pairs per member
+    excluded_per_pair = torch.where(train_mask, loss_fn(wide - key_part, train_targets), 0)
+    excluded = excluded_per_pair.sum(-1) / train_mask.sum(-1).to(wide.dtype)  # (K,)
+    embed_power = basis.embed_component_power(embeddings.to(wide.dtype))  # (K, P)
+    gini_embed, gini_logits = gini(embed_power.sqrt()), gini(spectrum)
+    measures = [restricted, excluded, gini_embed, gini_logits]
+    return torch.cat([torch.stack([m.to(wide.dtype) for m in measures], dim=1), keys.to(wide.dtype)], dim=1)
+
+
 def progress_measures(
     basis: FourierBasis,
     logits: Tensor,
@@ -141,34 +199,14 @@ def progress_measures(
     embeddings: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
 ) -> list[dict[str, Tensor]]:
-    """The measures of K members from their logits over the whole grid.
-
-    logits (K, P * P, P) in the task table's order; labels (P * P,) the true answers; train_targets
-    (K, P * P) what each member trains on, train_idx[k] its training pairs; embeddings (K, P, d) W_E
-    without the '=' row; loss_fn(logits (..., C), targets (...)) -> per-example loss. Values are
-    0-dim tensors (read with one host sync by the caller); key_freq_i is the i-th by power.
-    """
-    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    sums = basis.sums_by_s(wide)  # (K, P, C)
-    spectrum = basis.logit_spectrum(sums)  # (K, F)
-    keys = key_frequencies(spectrum)  # (K, n)
-    key_part = basis.key_components(sums, keys)[:, basis.s_of_pair]  # (K, P * P, C)
-    constant = sums.sum(1, keepdim=True) / logits.shape[1]  # (K, 1, C) each logit's mean over pairs
-    restricted = loss_fn(key_part + constant, labels.expand(logits.shape[0], -1)).mean(-1)  # (K,)
-    embed_power = basis.embed_component_power(embeddings.to(wide.dtype))  # (K, P)
-    gini_embed, gini_logits = gini(embed_power.sqrt()), gini(spectrum)
-    out = []
+    """progress_table as one dict of 0-dim tensors per member, with member k's training pairs
+    given as indices train_idx[k] (a per-member loop: for tests and one-off use, not evaluation)."""
+    train_mask = torch.zeros(train_targets.shape, dtype=torch.bool, device=train_targets.device)
     for k, train in enumerate(train_idx):
-        excluded = loss_fn(wide[k, train] - key_part[k, train], train_targets[k, train]).mean()
-        row: dict[str, Tensor] = {
-            "restricted_loss": restricted[k],
-            "excluded_loss": excluded,
-            "gini_embed": gini_embed[k],
-            "gini_logits": gini_logits[k],
-        }
-        row.update({f"key_freq_{i + 1}": keys[k, i].to(wide.dtype) for i in range(keys.shape[1])})
-        out.append(row)
-    return out
+        train_mask[k, train] = True
+    table = progress_table(basis, logits, labels, train_targets, train_mask, embeddings, loss_fn)
+    names = progress_names(basis)
+    return [dict(zip(names, row.unbind())) for row in table]
 
 
 def spectra(basis: FourierBasis, logits: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,13 +230,11 @@ def fourier_view(spec: RunSpec, weights: Mapping[str, Tensor]) -> dict[str, Any]
         raise ValueError(
             f"progress_measures: defined for {PROGRESS_MEASURES_DEFINED_FOR} only"
         )
-    from engine.model import transformer_pair_logits
+    from engine.model import transformer_grid_logits
 
     basis = FourierBasis.of(spec.task)
     params = {name: tensor.float()[None] for name, tensor in weights.items()}
-    grid = torch.arange(spec.task.p * spec.task.p)
-    a, b = (grid // spec.task.p)[None], (grid % spec.task.p)[None]
-    logits = transformer_pair_logits(params, a, b)
+    logits = transformer_grid_logits(params)  # add and subtract list the grid in row-major order
     logit_power, embed_power = spectra(basis, logits, params["W_E"][:, :-1])
     keys = key_frequencies(logit_power)[0]
     return {

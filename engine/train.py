@@ -19,8 +19,8 @@ from torch import Tensor
 
 from engine.checkpoint import Checkpoint, CheckpointStorage, CheckpointWrite, CheckpointWriter, as_storage, copy_to_host
 from engine.memory import members_that_fit
-from engine.evaluation import evaluate, per_example_loss
-from engine.model import build_model, mlp_logits, transformer_logits, transformer_pair_logits
+from engine.evaluation import evaluation_table, metric_names, pair_logits_fn, per_example_loss, table_rows, to_host
+from engine.model import build_model, mlp_logits, transformer_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
 from engine.progress_measures import FourierBasis
@@ -57,7 +57,9 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     copy from pageable memory makes the host wait for the GPU's queue to drain, every step."""
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    # non_blocking states the intent on other devices too: engine.host_reads counts a blocking
+    # upload to the meta device, which stands in for CUDA in the host-read tests.
+    return tensor.to(device, non_blocking=True)
 
 
 def chunk_width(sizes: Sequence[int], row_cost: float) -> int:
@@ -201,7 +203,8 @@ class _Member:
         data = build_task(spec.task)
         self.base_train_idx = data.train_idx
         self.targets = data.targets.to(device)  # (N,) the labels trained on
-        self.test_idx = data.test_idx.to(device)
+        self.pairs = len(data.targets)
+        self.test_mask = self._mask(data.test_idx)  # (N,) bool on the device: the test set, every phase
         self.batch_rng = torch.Generator().manual_seed(derived_seed(spec.seed, BATCH_STREAM))
         self.step, self.phase = 0, 0
         self.set_train_idx(data.train_idx)
@@ -219,7 +222,15 @@ class _Member:
 
     def set_train_idx(self, idx: Tensor) -> None:
         self.train_idx = idx.cpu()  # checkpointed and subsetted on the host
-        self.train_idx_dev = idx.to(self.device)
+        self.train_idx_dev = to_device(self.train_idx, self.device)
+        self.train_mask = self._mask(self.train_idx)  # (N,) bool on the device, for evaluation
+
+    def _mask(self, idx: Tensor) -> Tensor:
+        """Host indices -> a (N,) bool mask on the device, built on the host: a phase change inside
+        the step loop copies it without waiting for the device."""
+        mask = torch.zeros(self.pairs, dtype=torch.bool)
+        mask[idx] = True
+        return to_device(mask, self.device)
 
     @property
     def batch_size(self) -> int:
@@ -257,16 +268,28 @@ class _Member:
         """Whether this step's training forward gives a train_loss point (eval steps get the eval's)."""
         return self.spec.logs_train_loss(self.step)
 
-    def log_pending_losses(self) -> None:
-        if self.pending_losses and self.loss_ring is not None:
-            steps, slots = zip(*self.pending_losses)
-            self.pending_losses = []
-            slots_t = torch.tensor(slots, device=self.loss_ring.device)
-            for step, loss in zip(steps, self.loss_ring[slots_t, self.ring_column].tolist()):
-                self.sink.log(step, {"train_loss": loss})
+    def pending_loss_values(self) -> Tensor:
+        """The pending train losses, in order, gathered from the ring on the device (nothing read)."""
+        assert self.loss_ring is not None
+        slots = to_device(torch.tensor([slot for _, slot in self.pending_losses]), self.loss_ring.device)
+        return self.loss_ring[slots, self.ring_column]
 
-    def log_eval(self, metrics: dict[str, float]) -> None:
-        self.log_pending_losses()
+    def log_pending_losses(self) -> None:
+        """Logs the train losses since the last evaluation, with one host read (at a checkpoint, or
+        when the ring is full; an evaluation reads them with its own metrics: Ensemble.evaluate)."""
+        if self.pending_losses and self.loss_ring is not None:
+            self.log_losses(self.pending_loss_values().tolist())
+
+    def log_losses(self, losses: Sequence[float]) -> None:
+        """Logs the pending train losses, read to the host as `losses` (in their order)."""
+        steps = [step for step, _ in self.pending_losses]
+        self.pending_losses = []
+        for step, loss in zip(steps, losses):
+            self.sink.log(step, {"train_loss": loss})
+
+    def log_eval(self, metrics: dict[str, float], pending_losses: Sequence[float]) -> None:
+        """Logs an evaluation's metrics, after the pending train losses (read with them)."""
+        self.log_losses(pending_losses)
         metrics["phase"] = float(self.phase)
         metrics["lr"] = self.spec.optimizer.learning_rate(self.step)
         self.sink.log(self.step, metrics)
@@ -363,8 +386,8 @@ class Ensemble:
         self.loss_kind = specs[0].loss
         transformer = isinstance(specs[0].model, TransformerSpec)
         self.logits_fn = transformer_logits if transformer else mlp_logits
-        self.eval_logits_fn = transformer_pair_logits if transformer else mlp_logits  # over all pairs
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
+        self.eval_logits = pair_logits_fn(self.logits_fn, table.tokens, table.vocab_size, device)  # over all pairs
         self.tokens = table.tokens.to(device)  # (N, 3)
         self.fourier = FourierBasis.of(specs[0].task, device) if any(s.resolved_progress_measures for s in specs) else None
         self.labels = table.labels.to(device)  # (N,)
@@ -503,7 +526,7 @@ class Ensemble:
             return
         keep = [row for row, m in enumerate(self.members) if m not in done]
         self.members = [self.members[row] for row in keep]
-        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        rows = to_device(torch.tensor(keep, dtype=torch.long), self.device)  # no wait for the GPU
         self.flat = self.flat[rows]
         self.params = self._views(self.flat)
         self.optimizer.keep(rows, self.flat, list(self.params.values()))
@@ -652,16 +675,28 @@ class Ensemble:
             member.step += 1
 
     def evaluate(self, members: list[_Member]) -> None:
+        """Evaluates these members and logs their metrics and pending train losses, all read to
+        the host with one transfer."""
         if not members:
             return
         rows = [self.members.index(m) for m in members]
-        rows_t = torch.tensor(rows, device=self.device)
-        params = {name: param.detach()[rows_t] for name, param in self.params.items()}
-        metrics = evaluate(
-            self.eval_logits_fn, params, self.tokens, torch.stack([m.targets for m in members]),
-            self.labels, [m.train_idx_dev for m in members],
-            [m.test_idx for m in members], self.loss_kind,
-            self.fourier, [m.spec.resolved_progress_measures for m in members],
+        if rows == list(range(len(self.members))):
+            params = {name: param.detach() for name, param in self.params.items()}
+        else:
+            rows_t = to_device(torch.tensor(rows), self.device)
+            params = {name: param.detach()[rows_t] for name, param in self.params.items()}
+        with_progress = [m.spec.resolved_progress_measures for m in members]
+        table = evaluation_table(
+            self.eval_logits, params, torch.stack([m.targets for m in members]), self.labels,
+            torch.stack([m.train_mask for m in members]), torch.stack([m.test_mask for m in members]),
+            self.loss_kind, self.fourier, with_progress,
         )  # fmt: skip
-        for member, values in zip(members, metrics):
-            self._guard(member, member.log_eval, values)
+        pending = [m.pending_loss_values() for m in members if m.pending_losses]
+        flat, losses = to_host([table, torch.cat(pending) if pending else table.new_empty(0)])
+        width = table.shape[1]
+        by_member = [flat[r * width : (r + 1) * width] for r in range(len(members))]
+        at = 0
+        for member, metrics in zip(members, table_rows(by_member, metric_names(self.fourier), with_progress)):
+            count = len(member.pending_losses)
+            self._guard(member, member.log_eval, metrics, losses[at : at + count])
+            at += count
