@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from engine.memory import members_that_fit
 from engine.model import build_model
 from engine.device import configure_tf32
+from engine.host_reads import HostReads
 from engine.op_count import OpCounter
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
@@ -83,6 +84,23 @@ def count_step(train_sizes: list[int], device: torch.device) -> tuple[int, float
     with OpCounter() as counter:
         ensemble.train_step()
     return counter.ops, counter.bytes / len(specs)
+
+
+def count_host_reads(train_sizes: list[int]) -> tuple[int, int]:
+    """Host reads (each a wait for the GPU on CUDA) of one step and of one evaluation of every
+    member, for an ensemble of these training-set sizes, counted on the meta device, which runs the
+    loop with no data (engine/host_reads.py; tests/engine/test_host_reads.py says why that proves it)."""
+    meta = torch.device("meta")
+    specs = [
+        SPEC.model_copy(update={"seed": s, "task": SPEC.task.model_copy(update={"train_size": d}), "train_loss_every": 1})
+        for s, d in enumerate(train_sizes)
+    ]
+    ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None] * len(specs), meta, pass_cost=PASS_COST_EXAMPLES["cuda"])
+    ensemble.train_step()  # the first step of a layout builds it
+    with HostReads() as reads:
+        ensemble.train_step()
+        ensemble.evaluate(list(ensemble.members))
+    return reads.within("Ensemble.train_step"), reads.within("Ensemble.evaluate")
 
 
 def _time(fn, steps: int, device: torch.device) -> float:
@@ -175,10 +193,12 @@ def main() -> None:
     cases = [[d], [d] * 8] + ([] if args.quick else [[d] * 64]) + [[d] * 4 + [small] * 4]
     for train_sizes in cases:
         ops, nbytes = count_step(train_sizes, device)
+        step_reads, eval_reads = count_host_reads(train_sizes)
         classes = "" if len(set(train_sizes)) == 1 else f", D = {d} and {small} (2 size classes)"
         print(
             f"one step as a GPU runs it, K={len(train_sizes)}{classes}: {ops} kernels (aten ops), "
-            f"{nbytes / 1e6:.0f} MB per member-step"
+            f"{nbytes / 1e6:.0f} MB per member-step, {step_reads} host reads per step, "
+            f"{eval_reads} per evaluation of all members"
         )
     k_best = max(speedups)
     print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")
