@@ -24,8 +24,8 @@ from celery.worker import state as worker_state
 from engine.spec import RunSpec
 from engine.train import train_ensemble
 from groklab import forks, search
-from groklab.fair_share import YieldPoll
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
+from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings, get_settings
