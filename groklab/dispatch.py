@@ -112,7 +112,7 @@ def dispatch_runs(
     leases.mark_enqueued(session, list(run_ids))
     session.commit()
     for sent, (pack, specs) in enumerate(packs):
-        queue = priority_queue(app.conf.task_default_queue) if first or all(is_short(s, budget) for s in specs) else None
+        queue = priority_queue(app.conf["task_default_queue"]) if first or all(is_short(s, budget) for s in specs) else None
         try:
             send_message(app, pack, queue=queue)
         except Exception as exc:  # whatever stopped the send (Redis down, a broker folder gone)
@@ -142,7 +142,7 @@ def _packs(session: Session, run_ids: Sequence[int], ensemble_size: int) -> list
 def send_message(app: Celery, run_ids: Sequence[int], *, queue: str | None = None) -> None:
     """One message for runs that one worker trains together, to `queue` (default: the normal
     queue); callers go through dispatch_runs."""
-    app.send_task(TRAIN_RUNS_TASK, args=[list(run_ids)], queue=queue or app.conf.task_default_queue)
+    app.send_task(TRAIN_RUNS_TASK, args=[list(run_ids)], queue=queue or app.conf["task_default_queue"])
 
 
 def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:

@@ -26,10 +26,12 @@ from worker.sink import DatabaseMetricSink
 
 
 class RecordingBroker:
+    conf = {"task_default_queue": "groklab"}
+
     def __init__(self) -> None:
         self.messages: list[list[int]] = []
 
-    def send_task(self, name: str, args: list[Any]) -> None:
+    def send_task(self, name: str, args: list[Any], **options: Any) -> None:
         self.messages.append(args[0])
 
 
