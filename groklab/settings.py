@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         ge=0,
         description="A run whose total steps x model parameters is at most this is short: it goes "
         "to the priority queue, and a long run yields a busy worker to it at a checkpoint "
-        "(groklab/fair_share.py). 2e9 is ~10,000 steps of the paper's P=47 transformer; 0 turns "
+        "(groklab/fair_share.py). 2e9 is ~9,500 steps of the paper transformer at P=47 (8,800 at P=113); 0 turns "
         "fair share off (first in, first out).",
     )
     yield_after_seconds: float = Field(
