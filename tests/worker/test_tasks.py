@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from celery import Celery
@@ -26,7 +26,7 @@ from worker.sink import DatabaseMetricSink
 
 
 class RecordingBroker:
-    conf = {"task_default_queue": "groklab"}
+    conf: ClassVar[dict[str, str]] = {"task_default_queue": "groklab"}
 
     def __init__(self) -> None:
         self.messages: list[list[int]] = []
