@@ -41,9 +41,9 @@ FAIR_SHARE = {
     "GROKLAB_TORCH_THREADS": "1",
 }
 SHORT_RUN_BOUND_SECONDS = 30.0
-"""Submission to success of the short run behind long ones. Measured on a shared 2-core host
-(2026-12-04): 6.5 s embedded, 5.7 s on PostgreSQL + Redis; with fair share off
-(GROKLAB_SHORT_RUN_PARAMETER_STEPS=0) it waited for a long run to end: 45.8 s and 85.6 s."""
+"""Submission to success of the short run behind long ones. Measured on a shared, busy 2-core host
+(2026-12-04, two runs each): 6.5-7.7 s embedded, 5.7-11.1 s on PostgreSQL + Redis; with fair
+share off (GROKLAB_SHORT_RUN_PARAMETER_STEPS=0) it waited for a long run to end: 45.8 s and 85.6 s."""
 
 
 def long_spec(seed: int = 0) -> dict[str, Any]:
