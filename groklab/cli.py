@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
 from groklab.client_cli import add_client_commands, run_client_command
-from groklab.gpus import GpuConfigError, worker_envs, worker_gpus
+from groklab.gpus import GpuConfigError, default_worker_plan, worker_envs, worker_gpus
 from groklab.settings import InsecureConfig, Settings
 
 # The server side (SQLAlchemy, Celery, the store) is imported by the commands that run it, so
@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=settings.data_dir, help="SQLite, broker, checkpoints (GROKLAB_DATA_DIR)"
     )
     up.add_argument(
-        "--workers", type=int, default=settings.workers, help="worker processes (GROKLAB_WORKERS; default 1, or one per GPU)"
+        "--workers", type=int, default=settings.workers, help="worker processes (GROKLAB_WORKERS; default one per GPU, or on a host without one, one per two cores)"
     )
     up.add_argument(
         "--gpus",
         default=settings.gpus,
-        help="pin one worker to each GPU: 0,1,2,3 or all (GROKLAB_GPUS; default: workers not pinned)",
+        help="pin one worker to each GPU: 0,1,2,3 or all (GROKLAB_GPUS; default all when a GPU is visible and --workers is not given)",
     )
 
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
@@ -152,14 +152,15 @@ def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str 
     try:
         settings = Settings(data_dir=data_dir, host=host, gpus=gpus, workers=workers)
         required = settings.auth_required()
-        gpu_of_worker = worker_gpus(settings.gpus, settings.workers, os.environ)
+        gpus, workers = default_worker_plan(settings.gpus, settings.workers, settings.device)
+        gpu_of_worker = worker_gpus(gpus, workers, os.environ)
     except InsecureConfig as exc:
         print(f"groklab: refusing to start: {exc}", file=sys.stderr)
         return 2
     except (ValidationError, GpuConfigError) as exc:
         print(f"groklab: refusing to start: {_reason(exc)}", file=sys.stderr)
         return 2
-    count = len(gpu_of_worker) if gpu_of_worker is not None else settings.workers or 1
+    count = len(gpu_of_worker) if gpu_of_worker is not None else workers or 1
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GROKLAB_DATA_DIR": str(data_dir), "GROKLAB_HOST": host, "GROKLAB_PORT": str(port)}
     env.setdefault("GROKLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // count)))

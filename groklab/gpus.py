@@ -2,7 +2,9 @@
 
 Each worker process gets one GPU as its CUDA_VISIBLE_DEVICES, so it sees that GPU alone, as
 `cuda:0`: `GROKLAB_DEVICE=auto` trains there, and engine/memory.py sizes its packs from that
-GPU's free memory. The worker count defaults to the number of GPUs. More workers than GPUs share
+GPU's free memory. The worker count defaults to the number of GPUs; with neither set, `groklab up`
+pins a worker to every GPU it sees, or on a host without one starts a worker per two cores
+(default_worker_plan). More workers than GPUs share
 them round-robin (worker i on GPU i mod n), for models too small to fill a GPU with one worker;
 fewer workers than listed GPUs is an error, since a listed GPU would sit idle unnoticed.
 The setting's ids are checked where it is read (groklab.settings).
@@ -10,6 +12,7 @@ The setting's ids are checked where it is read (groklab.settings).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from groklab.settings import comma_list
@@ -58,6 +61,24 @@ def assign(gpus: list[str], workers: int | None) -> list[str]:
             "or leave the worker count unset for one worker per GPU"
         )
     return [gpus[i % len(gpus)] for i in range(workers)]
+
+
+CORES_PER_WORKER = 2
+"""`groklab up`'s default on a CPU host: a worker per two cores (each gets two torch threads), as
+runs side by side use the cores better than one run on many threads, and fair share needs a
+worker free more often than not."""
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_worker_plan(gpus: str | None, workers: int | None, device: str) -> tuple[str | None, int | None]:
+    """GROKLAB_GPUS and GROKLAB_WORKERS as `groklab up` uses them when neither is told: a worker
+    pinned to each visible GPU, or else a worker per CORES_PER_WORKER cores. What is told is kept."""
+    if gpus is not None or workers is not None:
+        return gpus, workers
+    if device != "cpu" and visible_gpu_count() > 0:
+        return "all", None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return None, max(1, min(MAX_DEFAULT_WORKERS, cores // CORES_PER_WORKER))
 
 
 def worker_gpus(gpus: str | None, workers: int | None, environ: Mapping[str, str]) -> list[str] | None:

@@ -77,14 +77,16 @@ class Settings(BaseSettings):
         None,
         ge=1,
         le=64,
-        description="Worker processes `groklab up` starts: default 1, or one per GPU of `gpus`; more "
-        "than the GPUs share them round-robin, fewer is an error.",
+        description="Worker processes `groklab up` starts: default one per GPU of `gpus` (all it sees "
+        "when neither is set), or on a host without a GPU one per two cores (at most 16); more than "
+        "the GPUs share them round-robin, fewer is an error.",
     )
     gpus: str | None = Field(
         None,
         description="GPUs `groklab up` pins its workers to, one each as its CUDA_VISIBLE_DEVICES: "
         "indices as nvidia-smi numbers them or GPU UUIDs (0,1,2,3), or all (every GPU visible; an "
-        "error if there is none). Unset: workers are not pinned, and all train on the first GPU.",
+        "error if there is none). Unset: `all` when a GPU is visible and `workers` is unset, else "
+        "workers are not pinned, and all train on the first GPU.",
     )
     device: str = Field("auto", description="Training device for workers: auto, cpu or cuda.")
     tf32: bool = Field(
@@ -142,6 +144,20 @@ class Settings(BaseSettings):
     )
     idempotency_key_hours: float = Field(
         24.0, gt=0, description="How long an Idempotency-Key replays its experiment; after that it may be reused."
+    )
+    short_run_parameter_steps: int = Field(
+        2_000_000_000,
+        ge=0,
+        description="A run whose total steps x model parameters is at most this is short: it goes "
+        "to the priority queue, and a long run yields a busy worker to it at a checkpoint "
+        "(groklab/fair_share.py). 2e9 is ~9,500 steps of the paper transformer at P=47 (8,800 at P=113); 0 turns "
+        "fair share off (first in, first out).",
+    )
+    yield_after_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A run that resumed from a checkpoint trains at least this long before it yields "
+        "to a short run again, so a stream of short runs cannot hold a long one back for ever.",
     )
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of a worker's Prometheus /metrics server; 0 turns it off."

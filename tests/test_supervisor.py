@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from groklab import cli
-from groklab.gpus import GpuConfigError, assign, worker_envs, worker_gpus
+from groklab.gpus import GpuConfigError, assign, default_worker_plan, visible_gpu_count, worker_envs, worker_gpus
 from groklab.settings import Settings
 from groklab.supervisor import Supervisor
 
@@ -169,3 +169,12 @@ def test_groklab_up_with_all_gpus_pins_every_visible_one_and_with_none_says_so_a
     assert "GROKLAB_GPUS=all (--gpus all) but this process sees no CUDA GPU" in err
     assert "unset GROKLAB_GPUS to train on the CPU" in err
     assert not data_dir.exists()
+
+
+def test_groklab_up_fits_its_workers_to_the_machine_unless_told() -> None:
+    assert default_worker_plan("0,1", None, "auto") == ("0,1", None)
+    assert default_worker_plan(None, 3, "auto") == (None, 3)
+    cores = len(os.sched_getaffinity(0))
+    on_cpu = (None, max(1, min(16, cores // 2)))
+    assert default_worker_plan(None, None, "cpu") == on_cpu
+    assert default_worker_plan(None, None, "auto") == (("all", None) if visible_gpu_count() else on_cpu)

@@ -25,6 +25,7 @@ from engine.spec import RunSpec
 from engine.train import train_ensemble
 from groklab import forks, kinds
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
+from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings, get_settings
@@ -49,6 +50,7 @@ class Member:
     parent_run_id: int | None
     sink: DatabaseMetricSink
     checkpoints: RunCheckpoints
+    resumed: bool = False
 
 
 @dataclass
@@ -83,7 +85,7 @@ def _claim(
         flush_seconds=settings.metric_flush_seconds,
         flush_points=settings.metric_flush_points,
     )
-    members = []
+    members: list[Member] = []
     for run_id in run_ids:
         with session_scope(settings.resolved_database_url) as session:
             lease = leases.claim_run(
@@ -97,19 +99,20 @@ def _claim(
             checkpoints = RunCheckpoints(store, run_id, lease)
             members.append(Member(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink, checkpoints))
     for member in members:
-        _note_resume(settings, store, member)
+        member.resumed = _note_resume(settings, store, member)
     return members
 
 
-def _note_resume(settings: Settings, store: CheckpointStore, member: Member) -> None:
-    """A run that resumes says from which step, in its status history."""
+def _note_resume(settings: Settings, store: CheckpointStore, member: Member) -> bool:
+    """A run that resumes says from which step, in its status history; whether it resumes."""
     stored = store.list_checkpoints(member.run_id)
     if not stored:
-        return
+        return False
     message = f"resuming from the checkpoint at step {stored[-1].step}"
     log.info("run %s: %s", member.run_id, message)
     with session_scope(settings.resolved_database_url) as session:
         run_store.add_event(session, member.run_id, run_store.RUNNING, message)
+    return True
 
 
 def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int], bool]:
@@ -161,9 +164,10 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         return outcomes
 
     cancel_requested = _cancel_poller(settings, ready)
+    give_way = YieldPoll(settings, specs, resumed=any(member.resumed for member in ready))
 
     def should_stop(k: int) -> bool:
-        return ready[k].sink.lease_lost or _worker_shutting_down() or cancel_requested(k)
+        return ready[k].sink.lease_lost or _worker_shutting_down() or cancel_requested(k) or give_way()
 
     try:
         results = train_ensemble(
@@ -182,6 +186,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         return outcomes | _finish(settings, [Ending(member, run_store.FAILED, error=error) for member in ready])
 
     requeue: list[int] = []
+    yielded: list[int] = []
     endings: list[Ending] = []
     for k, (member, spec, result) in enumerate(zip(ready, specs, results, strict=True)):
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
@@ -199,6 +204,18 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
                     requeue.append(member.run_id)
                 log.info("run %s checkpointed at step %s and re-queued (worker shutting down)", member.run_id, result.final_step)
                 outcomes[member.run_id] = run_store.QUEUED
+            elif result.stopped and give_way.gave_way_to is not None and not cancel_requested(k):
+                shorts = ", ".join(map(str, give_way.gave_way_to))
+                reason = (
+                    f"yielded {member.lease.worker} at step {result.final_step} to short run(s) {shorts} "
+                    "(fair share); re-queued ahead of the long runs"
+                )
+                with session_scope(settings.resolved_database_url) as session:
+                    released = leases.release_to_queue(session, member.lease, reason=reason)
+                if released:
+                    yielded.append(member.run_id)
+                log.info("run %s checkpointed at step %s and yielded to short run(s) %s", member.run_id, result.final_step, shorts)
+                outcomes[member.run_id] = run_store.QUEUED
             else:
                 status = run_store.CANCELLED if result.stopped else run_store.SUCCEEDED
                 log.info("run %s %s at step %s (%s points)", member.run_id, status, result.final_step, member.sink.points_written)
@@ -208,6 +225,10 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
     if requeue:
         with session_scope(settings.resolved_database_url) as session:
             dispatch_runs(session, app, requeue, ensemble_size=settings.ensemble_size)
+    if yielded:
+        # To the end of the priority queue: back on a worker after the short runs waiting now.
+        with session_scope(settings.resolved_database_url) as session:
+            dispatch_runs(session, app, yielded, ensemble_size=settings.ensemble_size, first=True)
     return outcomes
 
 

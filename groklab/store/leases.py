@@ -189,6 +189,32 @@ def runs_to_send(session: Session, *, older_than: datetime) -> list[int]:
     return list(session.scalars(query))
 
 
+def waiting_for_worker(session: Session, *, older_than: datetime) -> list[int]:
+    """Queued runs whose message was sent before `older_than` and that no worker has taken, the
+    longest waiting first."""
+    query = (
+        select(Run.id)
+        .where(Run.status == QUEUED, Run.cancel_requested.is_(False), Run.enqueued_at < older_than)
+        .order_by(Run.enqueued_at, Run.id)
+    )
+    return list(session.scalars(query))
+
+
+def take_turn(session: Session, run_ids: list[int], *, older_than: datetime) -> bool:
+    """Whether this caller is the one to make room for these waiting runs (fair share): True for
+    the first caller only, as the conditional update marks them as just sent for all others.
+
+    Bumping enqueued_at defers a reconciler re-send by requeue_grace_seconds, which matters only
+    for a run whose message was lost; the reconciler sends it after that grace as before."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id.in_(run_ids), Run.status == QUEUED, Run.enqueued_at < older_than)
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount > 0
+
+
 def mark_enqueued(session: Session, run_ids: list[int]) -> None:
     if run_ids:
         session.execute(

@@ -187,6 +187,12 @@ def request_cancel(session: Session, run_id: int, *, owner: str | None = None) -
     return run
 
 
+def specs_of(session: Session, run_ids: Sequence[int]) -> dict[int, tuple[int, dict[str, Any]]]:
+    """Each run's experiment id and spec."""
+    rows = session.execute(select(Run.id, Run.experiment_id, Run.spec).where(Run.id.in_(run_ids)))
+    return {run_id: (experiment_id, spec) for run_id, experiment_id, spec in rows}
+
+
 def cancel_requested_among(session: Session, run_ids: Sequence[int]) -> set[int]:
     """Which of these runs a user asked to cancel."""
     return set(session.scalars(select(Run.id).where(Run.id.in_(run_ids), Run.cancel_requested.is_(True))))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from celery import Celery
@@ -26,10 +26,12 @@ from worker.sink import DatabaseMetricSink
 
 
 class RecordingBroker:
+    conf: ClassVar[dict[str, str]] = {"task_default_queue": "groklab"}
+
     def __init__(self) -> None:
         self.messages: list[list[int]] = []
 
-    def send_task(self, name: str, args: list[Any]) -> None:
+    def send_task(self, name: str, args: list[Any], **options: Any) -> None:
         self.messages.append(args[0])
 
 
