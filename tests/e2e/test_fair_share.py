@@ -32,7 +32,7 @@ from tests.services import (
     wait_until,
 )
 
-LONG_STEPS = 600
+LONG_STEPS = 300
 EVAL_EVERY = 20
 FAIR_SHARE = {
     "GROKLAB_SHORT_RUN_PARAMETER_STEPS": "10000000",
