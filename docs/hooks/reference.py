@@ -79,11 +79,20 @@ def _cell(text: str) -> str:
 
 
 def model_table(model: type[BaseModel], models: list[type[BaseModel]]) -> str:
-    """One model's fields as a markdown table: name, type, default, description."""
+    """One model's fields as a markdown table: name, type, default, description. A model that
+    extends another table's model (ExperimentSpec extends RunSpec) lists only what it adds."""
     doc = _cell(model.__doc__ or "") if model.__doc__ and model.__doc__ != BaseModel.__doc__ else ""
+    inherited: dict[str, Any] = {}
+    for parent in model.__mro__[1:]:
+        if parent in models and issubclass(parent, BaseModel):
+            inherited = parent.model_fields
+            doc += f" Every field of [{parent.__name__}](#{_anchor(parent)}), and:"
+            break
     lines = [f"### {model.__name__} {{#{_anchor(model)}}}", "", doc, "", "| field | type | default | description |",
              "| --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
+        if name in inherited:
+            continue
         alias = field.alias or name
         lines.append(
             f"| `{alias}` | {_type_text(field.annotation, models)} | {_default_text(field)} "
@@ -92,10 +101,12 @@ def model_table(model: type[BaseModel], models: list[type[BaseModel]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def models_section(roots: list[type[BaseModel]]) -> str:
-    """Tables for the roots and every model they reach, each once, in the order first reached."""
-    models = list(roots)
-    parts, index = [], 0
+def models_section(roots: list[type[BaseModel]], models: list[type[BaseModel]]) -> str:
+    """Tables for the roots and every model they reach that `models` (the page's tables so far)
+    does not hold yet, each once, in the order first reached; appends them to `models`."""
+    index = len(models)
+    models.extend(root for root in roots if root not in models)
+    parts = []
     while index < len(models):  # model_table appends the models a table links to
         parts.append(model_table(models[index], models))
         index += 1
@@ -106,6 +117,7 @@ def run_spec_page() -> str:
     from engine.kinds import kinds
     from engine.spec import ExperimentSpec, RunSpec
 
+    models: list[type[BaseModel]] = []
     requests = [kind.request for kind in kinds().values() if kind.request is not ExperimentSpec]
     kind_lines = "\n".join(f"- `{name}`: [{kind.request.__name__}](#{_anchor(kind.request)})"
                            for name, kind in kinds().items())
@@ -117,7 +129,7 @@ def run_spec_page() -> str:
 
 ## One run: RunSpec
 
-{models_section([RunSpec])}
+{models_section([RunSpec], models)}
 
 ## An experiment: a sweep or one of the paper's kinds
 
@@ -126,7 +138,7 @@ A body without `kind` is an [ExperimentSpec](#experimentspec): a RunSpec plus `s
 
 {kind_lines}
 
-{models_section([ExperimentSpec, *requests])}
+{models_section([ExperimentSpec, *requests], models)}
 """
 
 
