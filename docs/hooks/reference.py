@@ -16,7 +16,7 @@ from typing import Any
 
 from mkdocs.structure.files import File, Files
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 ROOT = Path(__file__).resolve().parents[2]
 # `mkdocs build` runs from the repository root, but the hook must import this checkout's code
@@ -69,9 +69,10 @@ def _default_text(field: Any) -> str:
     else:
         value = field.default
     if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    text = json.dumps(value, default=str)
-    return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}...`"
+        # A nested model's defaults are its own table's defaults: link there, do not repeat them.
+        return f"[its defaults](#{_anchor(type(value))})"
+    text = json.dumps(to_jsonable_python(value, exclude_none=True), separators=(", ", ": "))
+    return f"`{text}`" if len(text) <= 40 else f"`{text[:37]}...`"
 
 
 def _cell(text: str) -> str:
