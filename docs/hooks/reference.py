@@ -172,8 +172,9 @@ at `/openapi.json` and an interactive view at `/docs`. The conventions every rou
 """]
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            parts.append(f"## `{method.upper()} {path}`\n\n**{operation.get('summary', '')}.** "
-                         f"{operation.get('description', '').strip()}\n")
+            # FastAPI's summary is the function name in words; the docstring, where there is one, says more.
+            description = operation.get("description", "").strip() or f"{operation.get('summary', '')}."
+            parts.append(f"## `{method.upper()} {path}`\n\n{description}\n")
             parameters = operation.get("parameters", [])
             if parameters:
                 parts.append("| parameter | in | type | required | default | description |\n| --- | --- | --- | --- | --- | --- |")
@@ -187,8 +188,10 @@ at `/openapi.json` and an interactive view at `/docs`. The conventions every rou
             body = operation.get("requestBody", {}).get("content", {})
             for media, content in body.items():
                 parts.append(f"Body (`{media}`): {_schema_type(content.get('schema', {}))}\n")
-            responses = ", ".join(f"`{code}` {_cell(r.get('description', ''))}" for code, r in operation["responses"].items())
-            parts.append(f"Responses: {responses}\n")
+            parts.append("| status | meaning |\n| --- | --- |")
+            parts.extend(f"| `{code}` | {_cell(response.get('description', ''))} |"
+                         for code, response in operation["responses"].items())
+            parts.append("")
     parts.append("## Schemas\n")
     for name, schema in spec["components"]["schemas"].items():
         parts.append(f"### {name} {{#schema-{name.lower()}}}\n\n{_cell(schema.get('description', ''))}\n")
