@@ -76,6 +76,7 @@ def narrow(low: int, high: int, mean_by_size: Mapping[int, float], level: float)
 
 
 def reached_tolerance(low: int, high: int, relative_tolerance: float) -> bool:
+    """Whether the bracket is narrow enough to stop: high / low < 1 + relative_tolerance."""
     return high / low < 1 + relative_tolerance
 
 

@@ -91,6 +91,8 @@ def _outage_wait(state: RetryCallState) -> float:
 
 @dataclass(frozen=True)
 class Experiment:
+    """An experiment as the api last described it: its runs' ids, their counts by status, its spec."""
+
     id: int
     name: str | None
     run_ids: list[int]
@@ -108,6 +110,8 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Run:
+    """A run as the api last described it: status, step of total_steps, latest metrics, its spec."""
+
     id: int
     experiment_id: int
     status: str
