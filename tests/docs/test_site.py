@@ -90,3 +90,17 @@ def test_a_field_added_in_code_appears_with_no_hand_edit() -> None:
     assert "| `brush_width` | int | `3` | Width of the brush, in bristles. |" in page
     assert "`paint`: [PaintExperiment](#paintexperiment)" in page
     assert "brush_width" not in hook.run_spec_page()
+
+
+def test_readme_is_short_and_its_links_and_figures_hold() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    # Every relative link (docs pages, notebooks, the picture) names a file of the repository.
+    for target in re.findall(r"\]\(((?!https?://)[^)#]+)(?:#[^)]*)?\)", readme):
+        assert (ROOT / target).is_file(), target
+    # Each measured figure carries its date and a link to the page that says how to rerun it.
+    figures = readme.split("| what | measured | date | rerun |", 1)[1].split("\n\n", 1)[0]
+    rows = [row for row in figures.strip().splitlines()[1:]]
+    assert len(rows) >= 5
+    for row in rows:
+        assert re.search(r"\| 20\d\d-\d\d-\d\d \| \[[^]]+\]\(docs/[^)]+\) \|$", row), row
