@@ -76,6 +76,7 @@ def narrow(low: int, high: int, mean_by_size: Mapping[int, float], level: float)
 
 
 def reached_tolerance(low: int, high: int, relative_tolerance: float) -> bool:
+    """Whether the bracket is narrow enough to stop: high / low < 1 + relative_tolerance."""
     return high / low < 1 + relative_tolerance
 
 
@@ -161,7 +162,7 @@ def next_round(
 def rounds_to_tolerance(low: int, high: int, relative_tolerance: float, probes_per_round: int) -> int:
     """Rounds a search needs to bring high / low under 1 + tolerance when each round cuts the
     log-bracket into probes_per_round + 1 parts: at worst with several probes a round, and on a
-    step for one (the README's run-count comparison)."""
+    step for one (the run-count comparison in docs/concepts.md)."""
     log_ratio, log_goal = math.log(high / low), math.log(1 + relative_tolerance)
     rounds = 0
     while log_ratio >= log_goal:

@@ -44,6 +44,8 @@ PASS_COST_EXAMPLES = {"cpu": 0, "cuda": 100_000}
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a spec's `device` names: `auto` is CUDA when a GPU is visible, else the CPU;
+    `cuda` without a GPU is an EngineError."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

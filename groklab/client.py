@@ -43,14 +43,16 @@ class ClientError(Exception):
 
 
 class ServerUnreachable(ClientError):
-    pass
+    """No api answers at the client's URL (and it never did, or the outage outlasted retry_seconds)."""
 
 
 class Unauthorized(ClientError):
-    pass
+    """401 or 403: the key is missing, unknown, revoked, or lacks the scope."""
 
 
 class ApiError(ClientError):
+    """The api refused a request: `status` is the HTTP status, `detail` the problem's detail."""
+
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
@@ -89,6 +91,8 @@ def _outage_wait(state: RetryCallState) -> float:
 
 @dataclass(frozen=True)
 class Experiment:
+    """An experiment as the api last described it: its runs' ids, their counts by status, its spec."""
+
     id: int
     name: str | None
     run_ids: list[int]
@@ -106,6 +110,8 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Run:
+    """A run as the api last described it: status, step of total_steps, latest metrics, its spec."""
+
     id: int
     experiment_id: int
     status: str
@@ -158,6 +164,12 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 class Client:
+    """A groklab server seen from Python: one HTTP connection pool, a key, and outage retries.
+
+    Every method that takes a run or an experiment accepts its id, a `Run` or an `Experiment`.
+    Use it as a context manager, or call `close()`, to release the connection pool.
+    """
+
     def __init__(
         self,
         base_url: str | None = None,
@@ -181,6 +193,7 @@ class Client:
         self._reached = False  # the api answered this client once: unreachable now is an outage
 
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -257,20 +270,26 @@ class Client:
         return self._request("GET", "/v1/whoami").json()
 
     def experiment(self, experiment: ExperimentRef) -> Experiment:
+        """One experiment with its run ids and run counts by status."""
         return Experiment.from_json(self._request("GET", f"/v1/experiments/{_id(experiment)}").json())
 
     def experiments(self, limit: int = 50) -> list[Experiment]:
+        """The caller's experiments, newest first (the first page of at most `limit`)."""
         page = self._request("GET", "/v1/experiments", params={"limit": limit}).json()
         return [Experiment.from_json(item) for item in page["items"]]
 
     def run(self, run: RunRef) -> Run:
+        """One run: status, step of total_steps, latest metrics and status history."""
         return Run.from_json(self._request("GET", f"/v1/runs/{_id(run)}").json())
 
     def runs(self, experiment: ExperimentRef) -> list[Run]:
+        """Every run of an experiment, in creation order."""
         body = self._request("GET", f"/v1/experiments/{_id(experiment)}").json()
         return [Run.from_json(run) for run in body["runs"]]
 
     def cancel(self, run: RunRef) -> Run:
+        """Cancel a run (a queued one never starts, a running one stops within about a second,
+        keeping its metrics) and return it as it is now; ApiError 409 for a finished run."""
         self._request("POST", f"/v1/runs/{_id(run)}/cancel")
         return self.run(run)
 
@@ -373,6 +392,8 @@ class Client:
         return self._request("GET", f"/v1/experiments/{_id(experiment)}/analysis").json()
 
     def run_analysis(self, run: RunRef) -> dict[str, Any]:
+        """One run's milestones (memorisation, circuit formation, generalisation), final values
+        and label, computed from its stored series with the default thresholds."""
         return self._request("GET", f"/v1/runs/{_id(run)}/analysis").json()
 
     def metrics(
