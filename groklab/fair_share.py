@@ -22,7 +22,7 @@ import time
 from datetime import timedelta
 
 from engine.spec import RunSpec, parameter_count
-from groklab.outages import DATABASE, OUTAGES, outage_of
+from groklab.outages import DATABASE, OUTAGES, log_failure
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -66,11 +66,7 @@ class YieldPoll:
         try:
             self.gave_way_to = self._take_turn()
         except Exception as exc:  # training goes on; the next poll asks again
-            dependency = outage_of(exc)
-            if dependency is None:
-                log.exception("fair-share poll failed")
-            else:
-                OUTAGES[dependency].failed(exc, "polling for waiting short runs")
+            log_failure(log, exc, "polling for waiting short runs")
         else:
             OUTAGES[DATABASE].reachable()
         return self.gave_way_to is not None

@@ -38,6 +38,16 @@ def outage_of(exc: BaseException) -> str | None:
     return None
 
 
+def log_failure(logger: logging.Logger, exc: BaseException, doing: str) -> None:
+    """A periodic task's error: an outage goes to this process's outage log (once per outage),
+    anything else is logged with its traceback, as a bug."""
+    dependency = outage_of(exc)
+    if dependency is None:
+        logger.exception("%s failed", doing)
+    else:
+        OUTAGES[dependency].failed(exc, doing)
+
+
 def first_line(exc: BaseException) -> str:
     """The exception's message without the SQL and the driver's extra lines."""
     cause = getattr(exc, "orig", None) or exc

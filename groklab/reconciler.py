@@ -18,7 +18,7 @@ from datetime import timedelta
 from celery import Celery
 
 from groklab.dispatch import dispatch_runs, pending_run_ids
-from groklab.outages import DATABASE, OUTAGES, outage_of
+from groklab.outages import DATABASE, OUTAGES, log_failure
 from groklab.search import advance_waiting_searches
 from groklab.settings import Settings
 from groklab.store import leases
@@ -91,11 +91,7 @@ class ReconcilerThread(threading.Thread):
             except Exception as exc:
                 # The database or broker may be down for a while; the next pass tries again,
                 # and the outage is logged once, not once a pass.
-                dependency = outage_of(exc)
-                if dependency is None:
-                    log.exception("reconciler pass failed")
-                else:
-                    OUTAGES[dependency].failed(exc, "reconciling runs")
+                log_failure(log, exc, "reconciling runs")
             else:
                 OUTAGES[DATABASE].reachable()
 
