@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -125,6 +126,15 @@ class Run(Base):
         BigInteger, comment="The step at which a stop_when condition ended the run (it succeeded)."
     )
     search_round: Mapped[int | None] = mapped_column(Integer, comment="A d_crit_search probe's round (1, 2, ...).")
+    stored_points: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="Metric points stored (write_points counts them)."
+    )
+    planned_points: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="Metric points its spec will store in all (groklab/storage.py)."
+    )
+    planned_checkpoint_bytes: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="Checkpoint bytes its spec will keep at most."
+    )
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 
@@ -259,3 +269,8 @@ class CheckpointChunk(Base):
     blob_key: Mapped[str] = mapped_column(String(300))
     seq: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(
+        # The database's clock, as S3's LastModified is the store's: the age of a blob that a
+        # writer on another host left unindexed does not depend on that host's clock.
+        UtcDateTime, server_default=func.now(), comment="An unindexed blob's age (orphans)."
+    )

@@ -39,6 +39,9 @@ class NewRun:
     parent_run_id: int | None = None
     """An existing run whose final state this one continues."""
     search_round: int | None = None
+    planned_points: int = 0
+    """Metric points the spec will store (groklab/storage.py), counted towards the owner's usage."""
+    planned_checkpoint_bytes: int = 0
 
 
 def create_experiment(
@@ -68,6 +71,8 @@ def add_runs(session: Session, experiment: Experiment, runs: Sequence[NewRun]) -
             role=new.role,
             parent_run_id=new.parent_run_id,
             search_round=new.search_round,
+            planned_points=new.planned_points,
+            planned_checkpoint_bytes=new.planned_checkpoint_bytes,
             status=QUEUED,
         )
         for i, new in enumerate(runs)
