@@ -241,6 +241,8 @@ def main() -> None:
             GROKLAB_DATABASE_URL=url, GROKLAB_BROKER_URL=redis.url, GROKLAB_DATA_DIR=str(logs),
             GROKLAB_QUEUE_NAME="fleet", GROKLAB_TORCH_THREADS="1", GROKLAB_DEVICE="cpu",
             GROKLAB_RECONCILE_SECONDS="5", GROKLAB_MAX_RUNS_PER_EXPERIMENT="500", PYTHONUNBUFFERED="1",
+            # The fill stores 100 experiments a minute, as no owner could submit them.
+            GROKLAB_SUBMISSIONS_PER_MINUTE="1000000",
         )  # fmt: skip
         port = free_port()
         for i in range(args.workers):

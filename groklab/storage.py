@@ -62,9 +62,8 @@ def footprint(spec: RunSpec) -> Footprint:
     )
 
 
-def bound_field(spec: RunSpec, settings: Settings) -> str | None:
-    """The spec field that puts it over a per-run bound, if any: what a 422 names."""
-    planned = footprint(spec)
+def bound_field(spec: RunSpec, planned: Footprint, settings: Settings) -> str | None:
+    """The spec field that puts it (of that footprint) over a per-run bound, if any: what a 422 names."""
     if planned.points > settings.max_points_per_run:
         if planned.loss_points > planned.evaluations:
             return "train_loss_every"
@@ -74,11 +73,13 @@ def bound_field(spec: RunSpec, settings: Settings) -> str | None:
     return None
 
 
-def check_run_bounds(spec: RunSpec, settings: Settings, *, field: str | None = None, run: str = "a run") -> Footprint:
-    """The run's footprint; a 422 naming `field` (by default the one bound_field names) when it
-    is over a per-run bound; `run` says which run."""
+def check_run_bounds(
+    spec: RunSpec, settings: Settings, *, field: str | None = None, under: str = "", run: str = "a run"
+) -> Footprint:
+    """The run's footprint; a 422 naming `field` (by default the one bound_field names, after the
+    prefix `under`) when it is over a per-run bound; `run` says which run."""
     planned = footprint(spec)
-    field = field or bound_field(spec, settings)
+    field = field or under + (bound_field(spec, planned, settings) or "")
     if planned.points > settings.max_points_per_run:
         raise InvalidInput(
             f"{run} would log {planned.evaluations:,} evaluations and {planned.loss_points:,} loss points, "

@@ -95,9 +95,8 @@ def check_limits(
     "base.")."""
     new_bytes = 0
     for index, run in enumerate(planned):
-        field = storage.bound_field(run.spec, settings)
         new_bytes += storage.check_run_bounds(
-            run.spec, settings, field=field and under + field, run="the run" if len(planned) == 1 else f"run {index}"
+            run.spec, settings, under=under, run="the run" if len(planned) == 1 else f"run {index}"
         ).bytes
     total_steps = sum(run.spec.total_steps for run in planned)
     quotas.check_submission_rate(session, owner, per_minute=settings.submissions_per_minute)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -66,9 +67,19 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+OPEN_SEARCHES = "kind = 'd_crit_search' AND search_ended_at IS NULL"
+
+
 class Experiment(Base):
     __tablename__ = "experiments"
-    __table_args__ = (Index("ix_experiments_owner_id", "owner", "id"),)
+    __table_args__ = (
+        Index("ix_experiments_owner_id", "owner", "id"),
+        # The reconciler's pass looks for searches between rounds: these few, not every experiment.
+        Index(
+            "ix_experiments_open_searches", "id",
+            postgresql_where=text(OPEN_SEARCHES), sqlite_where=text(OPEN_SEARCHES),
+        ),  # fmt: skip
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER)

@@ -106,6 +106,20 @@ def list_experiments(
     return list(session.scalars(query))
 
 
+def run_statuses(session: Session, experiment_ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
+    """(run id, status) of each experiment's runs in id order, in one index scan: a listing page
+    needs no more of its runs than that (loading whole runs, spec and all, grew with the page)."""
+    found: dict[int, list[tuple[int, str]]] = {experiment_id: [] for experiment_id in experiment_ids}
+    rows = session.execute(
+        select(Run.experiment_id, Run.id, Run.status)
+        .where(Run.experiment_id.in_(list(experiment_ids)))
+        .order_by(Run.experiment_id, Run.id)
+    )
+    for experiment_id, run_id, status in rows:
+        found[experiment_id].append((run_id, status))
+    return found
+
+
 def get_run(session: Session, run_id: int, *, owner: str | None = None) -> Run:
     run = session.get(Run, run_id) if 0 < run_id <= MAX_ID else None
     if run is None or (owner is not None and run.experiment.owner != owner):

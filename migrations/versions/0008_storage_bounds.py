@@ -1,5 +1,6 @@
 """Storage bounds: each run's stored and planned metric points and checkpoint bytes; the age of a
-database-stored checkpoint blob, so that the reconciler can delete one no index row names.
+database-stored checkpoint blob, so that the reconciler can delete one no index row names; an
+index of the searches that have not ended, for the reconciler's pass.
 
 Revision ID: 0008
 Revises: 0007
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+# The reconciler looks for d_crit_searches between rounds among these only (a partial index).
+OPEN_SEARCHES = "kind = 'd_crit_search' AND search_ended_at IS NULL"
 
 revision = '0008'
 down_revision = '0007'
@@ -38,6 +42,10 @@ def upgrade() -> None:
             'created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False,
             comment="An unindexed blob's age (orphans).",
         ))
+    op.create_index(
+        'ix_experiments_open_searches', 'experiments', ['id'],
+        postgresql_where=sa.text(OPEN_SEARCHES), sqlite_where=sa.text(OPEN_SEARCHES),
+    )
     # Points stored before this revision count towards their owner's usage from now on. Runs
     # queued before it plan nothing more than they store (their specs are not re-read here).
     op.execute(
@@ -47,6 +55,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index('ix_experiments_open_searches', table_name='experiments')
     with op.batch_alter_table('checkpoint_chunks') as batch_op:
         batch_op.drop_column('created_at')
     with op.batch_alter_table('runs') as batch_op:

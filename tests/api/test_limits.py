@@ -211,6 +211,13 @@ def test_stored_and_planned_bytes_bound_an_owner_429_and_usage_reports_them(auth
     assert http.post(f"/v1/runs/{first.json()['run_ids'][0]}/cancel", headers=headers).status_code == 200
     assert http.post("/v1/experiments", json=heavy, headers=headers).status_code == 201
 
+    # The listing's run ids and status counts (read without loading runs) match each experiment's.
+    listed = http.get("/v1/experiments", headers=headers).json()["items"]
+    assert [e["status_counts"] for e in listed] == [{"queued": 1}, {"cancelled": 1}, {"queued": 1}]
+    for item in listed:
+        detail = http.get(f"/v1/experiments/{item['id']}", headers=headers).json()
+        assert item["run_ids"] == [run["id"] for run in detail["runs"]]
+
     # Another owner's usage is its own.
     _, other = _new_owner(auth_stack)
     assert http.get("/v1/usage", headers=other).json()["runs"] == 0
