@@ -26,7 +26,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-
 LOCAL_OWNER = "local"
 """The owner of everything created while authentication is off (embedded mode on localhost)."""
 
