@@ -14,7 +14,7 @@ from api.dashboard import install_dashboard
 from api.deps import get_celery
 from api.ops import install_ops
 from api.problems import PROBLEM_RESPONSES, install_problem_handlers
-from api.routes import analysis, checkpoints, experiments, health, metric_query, metric_stream, runs, whoami
+from api.routes import analysis, checkpoints, experiments, health, metric_query, metric_stream, runs, usage, whoami
 from groklab.reconciler import ReconcilerThread
 from groklab.settings import get_settings
 
@@ -56,6 +56,7 @@ def create_app() -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(whoami.router)
+    app.include_router(usage.router)
     app.include_router(experiments.router)
     app.include_router(runs.router)
     app.include_router(checkpoints.router)

@@ -168,3 +168,19 @@ class MetricQueryOut(BaseModel):
     bucket_width: int | None = Field(description="Steps per bucket; null for raw points.")
     rows: list[PointRow] | list[Bucket]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class UsageOut(BaseModel):
+    """GET /v1/usage: the caller's storage, as GROKLAB_MAX_STORED_BYTES_PER_OWNER counts it."""
+
+    owner: str
+    runs: int = Field(description="The owner's runs, of every status.")
+    unfinished_runs: int = Field(description="Queued and running: what 'planned' counts.")
+    stored_points: int = Field(description="Metric points stored.")
+    planned_points: int = Field(description="Metric points the unfinished runs' specs will still store.")
+    stored_checkpoint_bytes: int
+    planned_checkpoint_bytes: int = Field(description="Checkpoint bytes the unfinished runs may still keep.")
+    stored_bytes: int = Field(description="Metric points at metric_point_bytes each, plus checkpoint bytes.")
+    planned_bytes: int
+    metric_point_bytes: int = Field(description="The bytes one stored metric point is counted as.")
+    max_stored_bytes: int = Field(description="The bound on stored + planned bytes (GROKLAB_MAX_STORED_BYTES_PER_OWNER).")

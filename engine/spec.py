@@ -361,6 +361,26 @@ class RunSpec(StrictModel):
             return self.total_steps // every + 1 + sum(1 for end in ends if end % every)
         return len(log_spaced_steps(self.total_steps, self.eval_schedule.points) | ends)  # type: ignore[union-attr]
 
+    def loss_point_count(self) -> int:
+        """How many train_loss points the run logs between its evaluations (logs_train_loss),
+        computed without training it: every train_loss_every-th step that is not an eval step."""
+        every = self.train_loss_every
+        if every is None:
+            return 0
+        eval_every = self.resolved_eval_every
+        if eval_every is not None:
+            # Multiples of both steps are eval steps, and so are the phase ends off the eval grid.
+            shared = self.total_steps // math.lcm(every, eval_every)
+            shared += sum(1 for end in set(self.phase_ends()) if end % every == 0 and end % eval_every)
+        else:
+            steps = log_spaced_steps(self.total_steps, self.eval_schedule.points) | set(self.phase_ends())  # type: ignore[union-attr]
+            shared = sum(1 for step in steps if step > 0 and step % every == 0)
+        return self.total_steps // every - shared
+
+    def kept_checkpoint_count(self) -> int:
+        """How many checkpoints the run keeps for download (keeps_checkpoint_at), computed without training it."""
+        return 0 if self.checkpoint_keep_every is None else self.total_steps // self.checkpoint_keep_every
+
     @property
     def resolved_checkpoint_every(self) -> int:
         return self.checkpoint_every or max(self.resolved_eval_every or 1, self.total_steps // DEFAULT_CHECKPOINTS)

@@ -269,6 +269,10 @@ class Client:
         """{owner, scopes, auth_required} of this client's key; Unauthorized for a refused key."""
         return self._request("GET", "/v1/whoami").json()
 
+    def usage(self) -> dict[str, Any]:
+        """The owner's stored and planned bytes, runs and points, and its storage bound (GET /v1/usage)."""
+        return self._request("GET", "/v1/usage").json()
+
     def experiment(self, experiment: ExperimentRef) -> Experiment:
         """One experiment with its run ids and run counts by status."""
         return Experiment.from_json(self._request("GET", f"/v1/experiments/{_id(experiment)}").json())

@@ -66,6 +66,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     proceed.add_argument("--weight-decay", type=float, help="the new phase's weight decay (default: the run's)")
     proceed.add_argument("--subset-size", type=int, help="train the new phase on a subset D' of the last training set")
 
+    usage = commands.add_parser("usage", parents=[common], help="what your runs store and will store, against your bound")
+    usage.add_argument("--json", action="store_true", help="the api's answer as JSON on stdout")
+
     retry = commands.add_parser("retry", parents=[common], help="re-queue an experiment's failed and cancelled runs")
     retry.add_argument("experiment", type=int, metavar="EXP")
 
@@ -211,6 +214,23 @@ def _delete(client: Client, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _usage(client: Client, args: argparse.Namespace, console: Console) -> int:
+    from groklab.storage import human_bytes
+
+    usage = client.usage()
+    if args.json:
+        print(json.dumps(usage))
+        return 0
+    table = Table("", "stored", "planned", title=f"owner {usage['owner']}: {usage['runs']:,} run(s), {usage['unfinished_runs']:,} queued or running")
+    table.add_row("metric points", f"{usage['stored_points']:,}", f"{usage['planned_points']:,}")
+    table.add_row("checkpoints", human_bytes(usage["stored_checkpoint_bytes"]), human_bytes(usage["planned_checkpoint_bytes"]))
+    table.add_row("bytes in all", human_bytes(usage["stored_bytes"]), human_bytes(usage["planned_bytes"]))
+    Console().print(table)
+    used, bound = usage["stored_bytes"] + usage["planned_bytes"], usage["max_stored_bytes"]
+    Console().print(f"{human_bytes(used)} of {human_bytes(bound)} ({100 * used / bound:.1f}%) stored and planned", markup=False)
+    return 0
+
+
 def _counts(experiment: Experiment) -> str:
     return ", ".join(f"{status} {n}" for status, n in sorted(experiment.status_counts.items()))
 
@@ -240,6 +260,6 @@ def _exit_code(runs: list[Any]) -> int:
 
 _COMMANDS = {
     "submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel, "delete": _delete,
-    "checkpoint": _checkpoint, "continue": _continue, "retry": _retry, "reproduce": _reproduce,
+    "checkpoint": _checkpoint, "continue": _continue, "retry": _retry, "reproduce": _reproduce, "usage": _usage,
 }  # fmt: skip
 COMMANDS = frozenset(_COMMANDS)

@@ -13,13 +13,13 @@ from pydantic import Field, ValidationError
 from sqlalchemy.orm import Session
 
 from engine.spec import PhaseSpec, RunSpec, StopCondition, StrictModel, error_field
+from groklab import storage
 from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, InvalidInput
 from groklab.settings import Settings
 from groklab.store import quotas
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment, Run
-
 
 RETRIED_STATUSES = (run_store.FAILED, run_store.CANCELLED)
 
@@ -80,7 +80,12 @@ def continue_run(
     if run.status != run_store.SUCCEEDED:
         raise Conflict(f"run {run_id} is {run.status}; only a succeeded run can be continued", field="run_id")
     spec = continued_spec(run, request)
+    planned = storage.check_run_bounds(spec, settings, field="steps", run=f"run {run_id} continued")
     quotas.check_queued_work(session, owner, new_steps=request.steps, limit=settings.max_queued_steps_per_owner)
+    quotas.check_stored_bytes(
+        session, owner, new_bytes=_still_to_store(run, planned.metric_points, planned.checkpoint_bytes),
+        limit=settings.max_stored_bytes_per_owner, field="steps",
+    )  # fmt: skip
     previous_end = spec.total_steps - request.steps
     moved = run_store.transition(
         session,
@@ -92,12 +97,20 @@ def continue_run(
         total_steps=spec.total_steps,
         finished_at=None,
         stopped_early_at_step=None,
+        planned_points=planned.metric_points,
+        planned_checkpoint_bytes=planned.checkpoint_bytes,
     )
     if not moved:  # another request continued or deleted it in between
         raise Conflict(f"run {run_id} changed while it was being continued; try again", field="run_id")
     dispatch_runs(session, celery, [run_id], ensemble_size=settings.ensemble_size)
     session.refresh(run)
     return run
+
+
+def _still_to_store(run: Run, planned_points: int, planned_checkpoint_bytes: int) -> int:
+    """Bytes a finished run queued again will add to its owner's usage: the points its spec plans
+    beyond those stored, and its checkpoints (counted whole: the stored ones are replaced)."""
+    return max(0, planned_points - run.stored_points) * storage.METRIC_POINT_BYTES + planned_checkpoint_bytes
 
 
 def retry_experiment(session: Session, celery: Celery, settings: Settings, experiment: Experiment) -> list[int]:
@@ -108,6 +121,10 @@ def retry_experiment(session: Session, celery: Celery, settings: Settings, exper
         raise Conflict(f"experiment {experiment.id} has no failed or cancelled runs to retry", field="experiment_id")
     steps = sum(run.total_steps - run.step for run in retried)
     quotas.check_queued_work(session, experiment.owner, new_steps=steps, limit=settings.max_queued_steps_per_owner)
+    quotas.check_stored_bytes(
+        session, experiment.owner, limit=settings.max_stored_bytes_per_owner, field="experiment_id",
+        new_bytes=sum(_still_to_store(run, run.planned_points, run.planned_checkpoint_bytes) for run in retried),
+    )  # fmt: skip
     for run in retried:
         run_store.transition(
             session,

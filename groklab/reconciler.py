@@ -11,7 +11,9 @@ trains a run only if it wins the conditional claim in the database. A worker kno
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,6 +24,7 @@ from groklab.outages import DATABASE, OUTAGES, log_failure
 from groklab.search import advance_waiting_searches
 from groklab.settings import Settings
 from groklab.store import leases
+from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 from groklab.store.models import utcnow
 
@@ -63,6 +66,15 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
     return ReconcileReport(expired=expired, resent=resent, planned=planned)
 
 
+def sweep_orphan_checkpoints(settings: Settings) -> list[str]:
+    """Delete checkpoint blobs that no index row names once they are checkpoint_orphan_seconds
+    old (a worker died between writing one and indexing it); the keys deleted."""
+    orphans = CheckpointStore.from_settings(settings).delete_orphans()
+    if orphans:
+        log.warning("reconciler: deleted %d orphaned checkpoint blob(s): %s", len(orphans), orphans[:10])
+    return orphans
+
+
 def hand_back_worker_runs(settings: Settings, celery: Celery, worker: str, *, reason: str) -> list[int]:
     """Re-queue and re-send the runs of a worker known to be dead (`groklab up` saw it exit),
     without waiting for their leases to expire."""
@@ -85,6 +97,7 @@ class ReconcilerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        swept_at = -math.inf
         while not self._stop_event.wait(self.settings.reconcile_seconds):
             try:
                 reconcile_once(self.settings, self.celery)
@@ -94,6 +107,13 @@ class ReconcilerThread(threading.Thread):
                 log_failure(log, exc, "reconciling runs")
             else:
                 OUTAGES[DATABASE].reachable()
+            # Listing the whole checkpoint store is too much for every pass.
+            if time.monotonic() - swept_at >= self.settings.orphan_sweep_seconds:
+                swept_at = time.monotonic()
+                try:
+                    sweep_orphan_checkpoints(self.settings)
+                except Exception as exc:
+                    log.warning("orphaned checkpoint sweep failed, next in %.0f s: %s", self.settings.orphan_sweep_seconds, exc)
 
     def stop(self) -> None:
         self._stop_event.set()

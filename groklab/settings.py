@@ -139,6 +139,31 @@ class Settings(BaseSettings):
         ge=1,
         description="An owner's queued and running runs may hold at most this many optimizer steps.",
     )
+    max_points_per_run: int = Field(
+        100_000,
+        ge=1,
+        description="Evaluations plus train_loss points one run may log (a log-spaced eval_schedule "
+        "draws any run within it).",
+    )
+    max_kept_checkpoints_per_run: int = Field(
+        1_000, ge=0, description="Checkpoints one run may keep for download (checkpoint_keep_every)."
+    )
+    max_stored_bytes_per_owner: int = Field(
+        100_000_000_000,
+        ge=1,
+        description="Bytes of metric points and checkpoints an owner's runs may store, counting what "
+        "queued and running runs will still store (GET /v1/usage).",
+    )
+    checkpoint_orphan_seconds: float = Field(
+        3600.0,
+        ge=1,
+        description="A checkpoint blob that no index row names (its writer died between the two) is "
+        "deleted by the reconciler once it is this old; a writer that cannot index its blob within "
+        "half this long writes it again.",
+    )
+    orphan_sweep_seconds: float = Field(
+        900.0, gt=0, description="How often the reconciler looks for such blobs (it lists the whole store)."
+    )
     submissions_per_minute: int = Field(
         60, ge=1, description="Experiments one owner may submit in any 60 seconds."
     )

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from engine.experiments import PlannedRun, UngrokkingExperiment, plan_experiment
-from engine.spec import RunSpec
+from engine.spec import ExperimentSpec, RunSpec
+from groklab import storage
 from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, NotFound
 from groklab.settings import Settings
@@ -54,7 +55,7 @@ def submit_experiment(
         )  # fmt: skip
         if replayed is not None:
             return Submission(replayed, replayed=True)
-    check_limits(session, settings, owner, planned)
+    check_limits(session, settings, owner, planned, under=_spec_prefix(request))
     experiment = run_store.create_experiment(
         session,
         name=getattr(request, "name", None),
@@ -82,27 +83,45 @@ def plan_submission(session: Session, settings: Settings, request: BaseModel, *,
     """What submitting `request` would store, with the same validation and limits, storing nothing:
     the dry run a client makes before it submits a batch of experiments."""
     planned = _planned_runs(session, settings, request, owner)
-    check_limits(session, settings, owner, planned)
+    check_limits(session, settings, owner, planned, under=_spec_prefix(request))
     return Plan(planned, sum(run.spec.total_steps for run in planned))
 
 
-def check_limits(session: Session, settings: Settings, owner: str, planned: list[PlannedRun]) -> None:
-    """The owner's submission rate and queued-work bound, as a submission of `planned` meets them."""
+def check_limits(
+    session: Session, settings: Settings, owner: str, planned: list[PlannedRun], *, under: str = ""
+) -> None:
+    """The per-run storage bounds, the owner's submission rate, queued-work and storage bounds,
+    as a submission of `planned` meets them. `under` prefixes the spec fields named (a kind's
+    "base.")."""
+    new_bytes = 0
+    for index, run in enumerate(planned):
+        new_bytes += storage.check_run_bounds(
+            run.spec, settings, under=under, run="the run" if len(planned) == 1 else f"run {index}"
+        ).bytes
     total_steps = sum(run.spec.total_steps for run in planned)
     quotas.check_submission_rate(session, owner, per_minute=settings.submissions_per_minute)
     quotas.check_queued_work(session, owner, new_steps=total_steps, limit=settings.max_queued_steps_per_owner)
+    quotas.check_stored_bytes(session, owner, new_bytes=new_bytes, limit=settings.max_stored_bytes_per_owner)
 
 
 def stored_run(planned: PlannedRun) -> run_store.NewRun:
     """The row a planned run is stored as (by submission, and by a d_crit_search's later rounds)."""
+    footprint = storage.footprint(planned.spec)
     return run_store.NewRun(
         spec=planned.spec.model_dump(mode="json"),
         total_steps=planned.spec.total_steps,
+        planned_points=footprint.metric_points,
+        planned_checkpoint_bytes=footprint.checkpoint_bytes,
         role=planned.role,
         parent_index=planned.parent_index,
         parent_run_id=planned.parent_run_id,
         search_round=planned.search_round,
     )
+
+
+def _spec_prefix(request: BaseModel) -> str:
+    """Where a request holds the run spec's fields: at its top (a sweep) or under `base` (a kind)."""
+    return "" if isinstance(request, ExperimentSpec) else "base."
 
 
 def _planned_runs(session: Session, settings: Settings, request: BaseModel, owner: str) -> list[PlannedRun]:

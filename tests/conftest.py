@@ -107,7 +107,7 @@ def pg_stack(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="session")
 def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """An api that requires keys, with small submission limits and browser origins configured.
+    """An api that requires keys, with small submission and storage limits and browser origins configured.
 
     It has its own database and queue and no worker, so runs stay queued and the queued-work
     limit is deterministic; every test uses owners of its own so that limits do not interact.
@@ -122,6 +122,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         GROKLAB_AUTH="required",
         GROKLAB_SUBMISSIONS_PER_MINUTE="5",
         GROKLAB_MAX_QUEUED_STEPS_PER_OWNER="10000",
+        GROKLAB_MAX_STORED_BYTES_PER_OWNER="10000000",
         GROKLAB_CORS_ORIGINS="https://dash.example, http://localhost:5173",
         GROKLAB_RECONCILE_SECONDS="0",
     )

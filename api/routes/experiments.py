@@ -9,7 +9,13 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from api.auth import ReaderDep, WriterDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.problems import problem_response
-from api.schemas import ExperimentDetailOut, ExperimentOut, ExperimentPage, ExperimentPlanOut, RunOut
+from api.schemas import (
+    ExperimentDetailOut,
+    ExperimentOut,
+    ExperimentPage,
+    ExperimentPlanOut,
+    RunOut,
+)
 from engine.experiments import ExperimentRequest
 from groklab import continuation, deletion
 from groklab.store import runs as run_store
@@ -20,13 +26,16 @@ from groklab.submission import submit_experiment as submit
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
-def experiment_out(experiment: Experiment) -> ExperimentOut:
+def experiment_out(experiment: Experiment, runs: list[tuple[int, str]] | None = None) -> ExperimentOut:
+    """`runs`, (id, status) of each run (run_store.run_statuses), spares loading the runs."""
+    if runs is None:
+        runs = [(run.id, run.status) for run in experiment.runs]
     return ExperimentOut(
         id=experiment.id,
         name=experiment.name,
         created_at=experiment.created_at,
-        run_ids=[run.id for run in experiment.runs],
-        status_counts=dict(Counter(run.status for run in experiment.runs)),
+        run_ids=[run_id for run_id, _ in runs],
+        status_counts=dict(Counter(status for _, status in runs)),
         kind=experiment.kind,
         spec=experiment.spec,
     )
@@ -93,7 +102,8 @@ def list_experiments(
         session, limit=limit, before_id=cursor, owner=principal.owner
     )
     next_cursor = str(experiments[-1].id) if len(experiments) == limit else None
-    return ExperimentPage(items=[experiment_out(e) for e in experiments], next_cursor=next_cursor)
+    runs = run_store.run_statuses(session, [e.id for e in experiments])
+    return ExperimentPage(items=[experiment_out(e, runs[e.id]) for e in experiments], next_cursor=next_cursor)
 
 
 @router.get("/{experiment_id}", response_model=ExperimentDetailOut)

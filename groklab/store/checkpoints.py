@@ -13,17 +13,25 @@ import errno
 import hashlib
 import logging
 import os
+import re
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import OperationalError
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from groklab.settings import Settings
 from groklab.store.database import session_scope
@@ -80,6 +88,11 @@ class BlobStore(Protocol):
         """Delete the blob; a missing one is not an error."""
         ...
 
+    def list_blobs(self, older_than: datetime) -> Iterator[str]:
+        """Keys of the blobs under runs/ last written before `older_than` (by the store's own
+        clock where it has one), unfinished writes included: where orphans are looked for."""
+        ...
+
     def is_transient(self, exc: BaseException) -> bool:
         """Whether `exc` means the store is unreachable for now, so the call is worth retrying."""
         ...
@@ -114,6 +127,13 @@ class DatabaseBlobStore:
         with session_scope(self.database_url) as session:
             session.execute(delete(CheckpointChunk).where(CheckpointChunk.blob_key == key))
 
+    def list_blobs(self, older_than: datetime) -> Iterator[str]:
+        with session_scope(self.database_url) as session:
+            keys = session.scalars(
+                select(CheckpointChunk.blob_key).where(CheckpointChunk.seq == 0, CheckpointChunk.created_at < older_than)
+            ).all()
+        yield from keys
+
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, OperationalError)
 
@@ -146,6 +166,15 @@ class FileBlobStore:
 
     def delete_blob(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+
+    def list_blobs(self, older_than: datetime) -> Iterator[str]:
+        cutoff = older_than.timestamp()
+        for path in (self.root / "runs").glob("*/*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    yield path.relative_to(self.root).as_posix()
+            except FileNotFoundError:
+                continue  # replaced or deleted since the listing
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS
@@ -203,6 +232,14 @@ class S3BlobStore:
     def delete_blob(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._object(key))
 
+    def list_blobs(self, older_than: datetime) -> Iterator[str]:
+        start = len(self._object(""))
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._object("runs/"))
+        for page in pages:
+            for item in page.get("Contents", []):
+                if item["LastModified"] < older_than:
+                    yield item["Key"][start:]
+
     def is_transient(self, exc: BaseException) -> bool:
         from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
@@ -232,32 +269,69 @@ def _info(row: CheckpointRecord) -> CheckpointInfo:
     )  # fmt: skip
 
 
+# The keys put() writes (and a file store's unfinished writes of them): only these are ever
+# taken for orphans, never another file that happens to sit under the store's root.
+_BLOB_KEY = re.compile(r"^runs/(\d+)/[^/]+\.(ckpt|partial)$")
+
+
+class _BlobAged(Exception):
+    """A blob was not indexed within half the orphan age: the sweeper may be about to take it."""
+
+
 class CheckpointStore:
     def __init__(
-        self, database_url: str, blobs: BlobStore, *, lease_seconds: float, outage_seconds: float = 600.0
+        self,
+        database_url: str,
+        blobs: BlobStore,
+        *,
+        lease_seconds: float,
+        outage_seconds: float = 600.0,
+        orphan_seconds: float = 3600.0,
     ) -> None:
         self.database_url = database_url
         self.blobs = blobs
         self.lease_seconds = lease_seconds
         self.outage_seconds = outage_seconds
+        self.orphan_seconds = orphan_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckpointStore:
-        return cls(settings.resolved_database_url, blob_store(settings), lease_seconds=settings.lease_seconds)
+        return cls(
+            settings.resolved_database_url, blob_store(settings), lease_seconds=settings.lease_seconds,
+            orphan_seconds=settings.checkpoint_orphan_seconds,
+        )  # fmt: skip
 
-    def put(self, lease: Lease, step: int, data: bytes, *, keep: bool = False) -> CheckpointInfo:
+    def put(self, lease: Lease, step: int, data: bytes, *, keep: bool = False, tries: int = 3) -> CheckpointInfo:
         """Store `data` as the run's checkpoint at `step`, replacing any there.
 
         Raises CheckpointFenced, having stored nothing, if `lease` is no longer the run's.
         `keep` spares it from `prune`.
         """
         key = f"runs/{lease.run_id}/{step}-{lease.token}-{uuid.uuid4().hex}.ckpt"
+        started = time.monotonic()
         self._retry(self.blobs.put_blob, key, data)
+
+        def index() -> tuple[CheckpointInfo, str | None]:
+            # delete_orphans takes an unindexed blob once it is orphan_seconds old; indexing one
+            # half that old at most leaves the other half for this transaction and clock skew.
+            if time.monotonic() - started > self.orphan_seconds / 2:
+                raise _BlobAged
+            return self._index(lease, step, key, hashlib.sha256(data).hexdigest(), len(data), keep)
+
         try:
-            info, replaced = self._retry(self._index, lease, step, key, hashlib.sha256(data).hexdigest(), len(data), keep)
+            info, replaced = self._retry(index)
         except CheckpointFenced:
             self._forget(key)
             raise
+        except _BlobAged:
+            self._forget(key)
+            if tries <= 1:
+                raise RuntimeError(
+                    f"run {lease.run_id}: checkpoint at step {step} was not indexed within half of "
+                    f"GROKLAB_CHECKPOINT_ORPHAN_SECONDS ({self.orphan_seconds:g} s) in any try; raise it"
+                ) from None
+            log.warning("run %s: checkpoint at step %s took too long to index; writing it again", lease.run_id, step)
+            return self.put(lease, step, data, keep=keep, tries=tries - 1)
         if replaced is not None:
             self._forget(replaced)
         return info
@@ -327,6 +401,28 @@ class CheckpointStore:
         for info in deleted:
             self._forget(info.blob_key)
         return [info.step for info in deleted]
+
+    def delete_orphans(self) -> list[str]:
+        """Delete the blobs no index row names that are older than orphan_seconds: a writer that
+        died between its blob and its index row, a replaced blob whose deletion failed. The keys
+        deleted. One try, no waiting out an outage: the next sweep finds what this one missed."""
+        older_than = utcnow() - timedelta(seconds=self.orphan_seconds)
+        listed: dict[int, list[str]] = {}
+        for key in self.blobs.list_blobs(older_than):
+            match = _BLOB_KEY.match(key)
+            if match:
+                listed.setdefault(int(match.group(1)), []).append(key)
+        run_ids = sorted(listed)
+        orphans = []
+        for start in range(0, len(run_ids), 1000):
+            batch = run_ids[start : start + 1000]
+
+            with session_scope(self.database_url) as session:
+                named = set(session.scalars(select(CheckpointRecord.blob_key).where(CheckpointRecord.run_id.in_(batch))))
+            orphans += [key for run_id in batch for key in listed[run_id] if key not in named]
+        for key in orphans:
+            self._forget(key)
+        return orphans
 
     def _index(
         self, lease: Lease, step: int, key: str, sha256: str, size: int, keep: bool

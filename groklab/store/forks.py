@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, literal, or_, select
+from sqlalchemy import ColumnElement, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run, utcnow
@@ -77,12 +77,18 @@ def copy_parent_points(session: Session, parent_run_id: int, child_run_id: int) 
         child_series_id = session.scalar(
             insert(MetricSeries).values(run_id=child_run_id, name=name).returning(MetricSeries.id)
         )
-        copy_series_points(session, parent_series_id, child_series_id)
+        copied = copy_series_points(session, parent_series_id, child_series_id)
+        session.execute(
+            update(Run)
+            .where(Run.id == child_run_id)
+            .values(stored_points=Run.stored_points + copied)
+            .execution_options(synchronize_session=False)
+        )
 
 
-def copy_series_points(session: Session, from_series_id: int, to_series_id: int) -> None:
-    """Give a new series every point (and rollup block) of another one."""
-    session.execute(
+def copy_series_points(session: Session, from_series_id: int, to_series_id: int) -> int:
+    """Give a new series every point (and rollup block) of another one; how many points."""
+    copied = session.execute(
         insert(MetricPoint).from_select(
             ["series_id", "step", "value"],
             select(literal(to_series_id), MetricPoint.step, MetricPoint.value).where(
@@ -98,3 +104,4 @@ def copy_series_points(session: Session, from_series_id: int, to_series_id: int)
                 select(literal(to_series_id), *columns).where(MetricRollup.series_id == from_series_id),
             )
         )
+    return copied.rowcount

@@ -15,8 +15,14 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import Run, RunEvent, utcnow
-from groklab.store.forks import parent_succeeded
-from groklab.store.runs import CANCELLED, FINISHED_STATUSES, QUEUED, RUNNING, transition
+from groklab.store.runs import (
+    CANCELLED,
+    FINISHED_STATUSES,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    transition,
+)
 
 
 class LeaseLost(RuntimeError):
@@ -175,14 +181,17 @@ def runs_to_send(session: Session, *, older_than: datetime) -> list[int]:
     """Queued runs whose last message (if any) is older than `older_than` and may start now
     (a fork only once its parent succeeded)."""
     parent = aliased(Run)
+    # The parent's status as a correlated scalar subquery, looked up by primary key for each
+    # queued fork: an outer join, or an EXISTS under the OR, let PostgreSQL read every run in the
+    # database to hash the few parents.
+    parent_status = select(parent.status).where(parent.id == Run.parent_run_id).scalar_subquery()
     query = (
         select(Run.id)
-        .outerjoin(parent, Run.parent_run_id == parent.id)
         .where(
             Run.status == QUEUED,
             Run.cancel_requested.is_(False),
             or_(Run.enqueued_at.is_(None), Run.enqueued_at < older_than),
-            parent_succeeded(Run, parent),
+            or_(Run.parent_run_id.is_(None), parent_status == SUCCEEDED),
         )
         .order_by(Run.id)
     )

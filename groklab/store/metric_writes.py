@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from psycopg.errors import UniqueViolation
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -76,17 +76,12 @@ def write_points(
         rows[cache[name], point_step] = finite_or_none(value)
         if name not in latest or point_step >= latest[name][0]:
             latest[name] = (point_step, value)
+    added = 0
     if rows:
         if session.get_bind().dialect.name == "postgresql":
-            _write_points_postgresql(session, rows)
+            added = _write_points_postgresql(session, rows)
         else:
-            statement = _insert(session, MetricPoint)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["series_id", "step"], set_={"value": statement.excluded.value}
-                ),
-                [{"series_id": key[0], "step": key[1], "value": value} for key, value in rows.items()],
-            )
+            added = _write_points_sqlite(session, rows)
     run = session.get(Run, run_id)
     if run is None:
         return
@@ -94,7 +89,8 @@ def write_points(
     for name, (point_step, value) in latest.items():
         if name not in merged or point_step >= merged[name][0]:
             merged[name] = [point_step, finite_or_none(value)]
-    values: dict[str, Any] = {"latest_metrics": merged}
+    # The owner's usage (groklab/store/quotas.py) sums this column instead of counting points.
+    values: dict[str, Any] = {"latest_metrics": merged, "stored_points": Run.stored_points + added}
     if step is not None:
         values["step"] = step
     session.execute(
@@ -115,15 +111,35 @@ def delete_series(session: Session, run_ids: Select[tuple[int]]) -> None:
         session.execute(statement.execution_options(synchronize_session=False))
 
 
-def _write_points_postgresql(session: Session, rows: dict[tuple[int, int], float | None]) -> None:
+def _write_points_sqlite(session: Session, rows: dict[tuple[int, int], float | None]) -> int:
+    """Insert the new points, then overwrite the re-logged ones; how many were new."""
+    params = [{"series_id": key[0], "step": key[1], "value": value} for key, value in rows.items()]
+    # Core, not the ORM's bulk insert: its result has no rowcount (sqlite3 sums it over the rows).
+    connection = session.connection()
+    added = connection.execute(
+        _insert(session, MetricPoint.__table__).on_conflict_do_nothing(index_elements=["series_id", "step"]), params
+    ).rowcount
+    if added < len(rows):
+        connection.execute(
+            update(MetricPoint.__table__)
+            .where(MetricPoint.series_id == bindparam("b_series"), MetricPoint.step == bindparam("b_step"))
+            .values(value=bindparam("b_value")),
+            [{"b_series": key[0], "b_step": key[1], "b_value": value} for key, value in rows.items()],
+        )
+    return added
+
+
+def _write_points_postgresql(session: Session, rows: dict[tuple[int, int], float | None]) -> int:
+    """Write the batch; how many of its points were new."""
     connection = session.connection().connection.driver_connection
     batch = _Batch.of(rows)
     with connection.cursor() as cursor:
         if _copy_new_points(cursor, batch):
             rollups.merge_new_points(cursor, *batch)
-        else:
-            _upsert_points(cursor, rows)
-            rollups.recompute_blocks(cursor, rows.keys())
+            return len(rows)
+        added = _upsert_points(cursor, rows)
+        rollups.recompute_blocks(cursor, rows.keys())
+        return added
 
 
 class _Batch(NamedTuple):
@@ -188,10 +204,13 @@ def _copy_new_points(cursor: Any, batch: _Batch) -> bool:
     return True
 
 
-def _upsert_points(cursor: Any, rows: dict[tuple[int, int], float | None]) -> None:
+def _upsert_points(cursor: Any, rows: dict[tuple[int, int], float | None]) -> int:
+    """Upsert the rows; how many were inserted (xmax is 0 on a row this statement inserted)."""
     cursor.execute(
-        "INSERT INTO metric_points (series_id, step, value) "
+        "WITH written AS (INSERT INTO metric_points (series_id, step, value) "
         "SELECT * FROM unnest(%s::int[], %s::bigint[], %s::float8[]) "
-        "ON CONFLICT (series_id, step) DO UPDATE SET value = EXCLUDED.value",
+        "ON CONFLICT (series_id, step) DO UPDATE SET value = EXCLUDED.value RETURNING xmax = 0 AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted) FROM written",
         ([key[0] for key in rows], [key[1] for key in rows], list(rows.values())),
     )
+    return int(cursor.fetchone()[0])

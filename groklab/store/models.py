@@ -20,10 +20,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
-
 
 LOCAL_OWNER = "local"
 """The owner of everything created while authentication is off (embedded mode on localhost)."""
@@ -65,9 +66,19 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+OPEN_SEARCHES = "kind = 'd_crit_search' AND search_ended_at IS NULL"
+
+
 class Experiment(Base):
     __tablename__ = "experiments"
-    __table_args__ = (Index("ix_experiments_owner_id", "owner", "id"),)
+    __table_args__ = (
+        Index("ix_experiments_owner_id", "owner", "id"),
+        # The reconciler's pass looks for searches between rounds: these few, not every experiment.
+        Index(
+            "ix_experiments_open_searches", "id",
+            postgresql_where=text(OPEN_SEARCHES), sqlite_where=text(OPEN_SEARCHES),
+        ),  # fmt: skip
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER)
@@ -125,6 +136,15 @@ class Run(Base):
         BigInteger, comment="The step at which a stop_when condition ended the run (it succeeded)."
     )
     search_round: Mapped[int | None] = mapped_column(Integer, comment="A d_crit_search probe's round (1, 2, ...).")
+    stored_points: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="Metric points stored (write_points counts them)."
+    )
+    planned_points: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="Metric points its spec will store in all (groklab/storage.py)."
+    )
+    planned_checkpoint_bytes: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="Checkpoint bytes its spec will keep at most."
+    )
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 
@@ -259,3 +279,8 @@ class CheckpointChunk(Base):
     blob_key: Mapped[str] = mapped_column(String(300))
     seq: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(
+        # The database's clock, as S3's LastModified is the store's: the age of a blob that a
+        # writer on another host left unindexed does not depend on that host's clock.
+        UtcDateTime, server_default=func.now(), comment="An unindexed blob's age (orphans)."
+    )

@@ -39,6 +39,9 @@ class NewRun:
     parent_run_id: int | None = None
     """An existing run whose final state this one continues."""
     search_round: int | None = None
+    planned_points: int = 0
+    """Metric points the spec will store (groklab/storage.py), counted towards the owner's usage."""
+    planned_checkpoint_bytes: int = 0
 
 
 def create_experiment(
@@ -68,6 +71,8 @@ def add_runs(session: Session, experiment: Experiment, runs: Sequence[NewRun]) -
             role=new.role,
             parent_run_id=new.parent_run_id,
             search_round=new.search_round,
+            planned_points=new.planned_points,
+            planned_checkpoint_bytes=new.planned_checkpoint_bytes,
             status=QUEUED,
         )
         for i, new in enumerate(runs)
@@ -99,6 +104,20 @@ def list_experiments(
     if before_id is not None:
         query = query.where(Experiment.id < before_id)
     return list(session.scalars(query))
+
+
+def run_statuses(session: Session, experiment_ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
+    """(run id, status) of each experiment's runs in id order, in one index scan: a listing page
+    needs no more of its runs than that (loading whole runs, spec and all, grew with the page)."""
+    found: dict[int, list[tuple[int, str]]] = {experiment_id: [] for experiment_id in experiment_ids}
+    rows = session.execute(
+        select(Run.experiment_id, Run.id, Run.status)
+        .where(Run.experiment_id.in_(list(experiment_ids)))
+        .order_by(Run.experiment_id, Run.id)
+    )
+    for experiment_id, run_id, status in rows:
+        found[experiment_id].append((run_id, status))
+    return found
 
 
 def get_run(session: Session, run_id: int, *, owner: str | None = None) -> Run:

@@ -6,7 +6,8 @@ import hashlib
 import threading
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,9 @@ class RecordingBlobs:
 
     def is_transient(self, exc: BaseException) -> bool:
         return self.inner.is_transient(exc)
+
+    def list_blobs(self, older_than: datetime) -> Iterator[str]:
+        return self.inner.list_blobs(older_than)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "file", "s3"])
@@ -257,3 +261,32 @@ def _put_or_error(store: CheckpointStore, lease: Lease, step: int, data: bytes) 
         return store.put(lease, step, data)
     except Exception as exc:
         return exc
+
+
+def test_the_reconciler_deletes_a_blob_whose_index_row_never_committed_once_it_is_old(
+    settings: Settings, store: CheckpointStore
+) -> None:
+    from groklab.reconciler import sweep_orphan_checkpoints
+
+    lease = running_run(store.database_url)
+    indexed = store.put(lease, 10, b"indexed")
+    # A worker that died between writing its blob and indexing it; a run that is gone; a key
+    # groklab never writes, which no sweep may touch.
+    orphan = f"runs/{lease.run_id}/20-{lease.token}-{uuid.uuid4().hex}.ckpt"
+    of_a_deleted_run = f"runs/{lease.run_id + 1000}/5-1-{uuid.uuid4().hex}.ckpt"
+    foreign = f"runs/{lease.run_id}/notes.txt"
+    for key in (orphan, of_a_deleted_run, foreign):
+        store.blobs.put_blob(key, b"left behind")
+    time.sleep(2.5)
+    fresh = f"runs/{lease.run_id}/30-{lease.token}-{uuid.uuid4().hex}.ckpt"  # a write still in flight
+    store.blobs.put_blob(fresh, b"being indexed")
+
+    deleted = sweep_orphan_checkpoints(settings.model_copy(update={"checkpoint_orphan_seconds": 2.0}))
+
+    assert sorted(deleted) == sorted([orphan, of_a_deleted_run])
+    for key in (orphan, of_a_deleted_run):
+        with pytest.raises(BlobMissing):
+            store.blobs.get_blob(key)
+    for key in (fresh, foreign):
+        assert store.blobs.get_blob(key)
+    assert store.get(lease.run_id, 10) == (indexed, b"indexed")

@@ -38,6 +38,7 @@ def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(empty_database_u
     assert series == {"loss": [[0, 1.0], [2, 0.25], [4, 0.125]], "acc": [[0, None]]}
     assert run.step == 4
     assert run.latest_metrics == {"loss": [4, 0.125], "acc": [0, None]}
+    assert run.stored_points == 4  # the re-logged step 2 is not counted twice (owner usage sums this)
     assert ranged == {"loss": [[2, 0.25]], "nope": []}
 
 
