@@ -3,6 +3,7 @@ or downsampled buckets (groklab/store/downsample.py), and the new points to stre
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,26 @@ class PointRow:
 
 
 @dataclass(frozen=True)
+class GroupRow:
+    """One bucket of one group of runs; `group`'s keys become columns of CSV and NDJSON."""
+
+    group: Annotated[dict[str, Any], Field(description="The group's group_by values (null: the run lacks the field).")]
+    name: str
+    step_start: Annotated[int, Field(description="First step the bucket covers (inclusive).")]
+    step_end: Annotated[int, Field(description="Last step the bucket covers (inclusive).")]
+    n: Annotated[int, Field(description="Runs of the group with a value in this bucket.")]
+    mean: Annotated[float | None, Field(description="Mean of those runs' bucket means.")]
+    min: Annotated[float | None, Field(description="Least of those runs' bucket means (the band's low edge).")]
+    max: Annotated[float | None, Field(description="Greatest of those runs' bucket means (the band's high edge).")]
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    group: dict[str, Any]
+    run_ids: list[int]
+
+
+@dataclass(frozen=True)
 class MetricRows:
     """One answer to a metric query: raw points (with a cursor) or buckets over a resolved range."""
 
@@ -49,6 +70,9 @@ class MetricRows:
     points: list[PointRow] | None = None
     buckets: list[Bucket] | None = None
     next_cursor: str | None = None
+    group_by: list[str] | None = None
+    groups: list[RunGroup] | None = None
+    group_rows: list[GroupRow] | None = None
 
 
 @contextmanager
@@ -69,10 +93,31 @@ def bounded(session: Session) -> Iterator[None]:
 def _spec_value(spec: Mapping[str, Any], dotted: str) -> Any:
     value: Any = spec
     for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, Mapping) and part in value:
+            value = value[part]
+        else:
             return _MISSING
-        value = value[part]
     return value
+
+
+def spec_value(spec: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path of a run's spec ('phases.1.subset_size'); None where it has none."""
+    value = _spec_value(spec, dotted)
+    return None if value is _MISSING else value
+
+
+def value_order(value: Any) -> tuple[Any, ...]:
+    """A sort key over the mixed JSON values of spec fields and columns: numbers by size, then
+    strings, then anything else by its JSON text; None last."""
+    if value is None:
+        return (3,)
+    if isinstance(value, (int, float)):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, json.dumps(value, sort_keys=True))
 
 
 _MISSING = object()
@@ -302,3 +347,57 @@ def read_series(
     for series_id, step, value in session.execute(query):
         result[ids[series_id]].append([step, value])
     return result
+
+
+LABEL = "label"
+"""The group_by and sort key that means a run's analysis label rather than a spec field."""
+
+
+def group_runs(
+    runs: Sequence[Run], group_by: Sequence[str], labels: Mapping[int, str | None], *, max_groups: int
+) -> list[RunGroup]:
+    """The runs by their values at the group_by paths (LABEL: the run's label), groups in order of
+    those values; more than `max_groups` groups is an error rather than an unbounded answer."""
+    members: dict[str, RunGroup] = {}
+    for run in runs:
+        values = {
+            path: labels.get(run.id) if path == LABEL else spec_value(run.spec, path) for path in group_by
+        }
+        key = json.dumps(list(values.values()), sort_keys=True)
+        members.setdefault(key, RunGroup(values, [])).run_ids.append(run.id)
+        if len(members) > max_groups:
+            raise InvalidInput(
+                f"group_by forms more than {max_groups} groups; group by fewer fields or select fewer runs",
+                field="group_by",
+            )
+    return sorted(members.values(), key=lambda g: [value_order(v) for v in g.group.values()])
+
+
+def fold_groups(groups: Sequence[RunGroup], buckets: Sequence[Bucket]) -> list[GroupRow]:
+    """Each group's buckets: mean, min and max of its runs' bucket means, by name and step.
+
+    Downsampled series of one query share one bucket grid, so a bucket's runs cover the same
+    steps; a run with no non-null value in a bucket does not count in it.
+    """
+    group_of = {run_id: index for index, group in enumerate(groups) for run_id in group.run_ids}
+    means: dict[tuple[int, str, int], tuple[int, list[float]]] = {}
+    for bucket in buckets:
+        if bucket.mean is None:
+            continue
+        key = (group_of[bucket.run_id], bucket.name, bucket.step_start)
+        means.setdefault(key, (bucket.step_end, []))[1].append(bucket.mean)
+    rows = []
+    for (index, name, step_start), (step_end, values) in sorted(means.items()):
+        rows.append(
+            GroupRow(
+                groups[index].group,
+                name,
+                step_start,
+                step_end,
+                len(values),
+                sum(values) / len(values),
+                min(values),
+                max(values),
+            )
+        )
+    return rows

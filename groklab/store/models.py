@@ -65,6 +65,10 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+TAGS_COMMENT = "Free key -> value labels set by the owner (PATCH); null when none."
+NOTE_COMMENT = "The owner's free-text note."
+
+
 class Experiment(Base):
     __tablename__ = "experiments"
     __table_args__ = (Index("ix_experiments_owner_id", "owner", "id"),)
@@ -78,6 +82,8 @@ class Experiment(Base):
     search_ended_at: Mapped[datetime | None] = mapped_column(
         UtcDateTime, comment="When a d_crit_search planned its last round (it ended)."
     )
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, comment=TAGS_COMMENT)
+    note: Mapped[str | None] = mapped_column(Text, comment=NOTE_COMMENT)
 
     runs: Mapped[list[Run]] = relationship(back_populates="experiment", order_by="Run.id")
 
@@ -125,6 +131,8 @@ class Run(Base):
         BigInteger, comment="The step at which a stop_when condition ended the run (it succeeded)."
     )
     search_round: Mapped[int | None] = mapped_column(Integer, comment="A d_crit_search probe's round (1, 2, ...).")
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, comment=TAGS_COMMENT)
+    note: Mapped[str | None] = mapped_column(Text, comment=NOTE_COMMENT)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 
