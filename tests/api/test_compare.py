@@ -246,3 +246,39 @@ def test_bad_paths_sorts_and_filters_are_422_naming_the_field(
         response = client.post(path, json=params) if method == "POST" else client.get(path, params=params)
     assert (response.status_code, _problem_field(response)) == (422, field), response.text
 
+
+def test_client_and_cli_find_tag_and_group_runs(sqlite_api_stack: Any) -> None:
+    """The Python client and `groklab runs`/`groklab tag` over the same listing (one database: the
+    api tests above cover both)."""
+    from groklab.client import Client
+    from tests.client.test_client_cli import groklab
+
+    stack, url = sqlite_api_stack
+    experiment_id, run_ids, _ = _experiment(url, [_spec(size, seed) for size in SIZES for seed in (0, 1)])
+    with Client(stack.base_url) as client:
+        grokked = client.runs(experiment_id, where={"task.train_size": 60}, label="grokked")
+        assert [run.id for run in grokked] == run_ids[2:4]
+        client.tag(grokked[0], {"fig": "7"}, note="look")
+        assert client.runs(experiment_id, tags={"fig": "7"})[0].note == "look"
+        client.tag(experiment_id, {"paper": "yes"}, experiment=True)
+        assert client.experiment(experiment_id).tags == {"paper": "yes"}
+        frame = client.runs(experiment_id, sort="-spec.task.train_size", as_dataframe=True)
+        assert list(frame["id"]) == [*run_ids[4:], *run_ids[2:4], *run_ids[:2]]
+        assert list(frame["spec.task.train_size"]) == [80, 80, 60, 60, 40, 40]
+        assert "final_test_acc" in frame.columns
+        groups = client.metrics(
+            experiment=experiment_id, names=["test_acc"], max_points=4, group_by=["task.train_size"], as_dataframe=True
+        )
+        assert set(groups["task.train_size"]) == set(SIZES) and set(groups["n"]) == {2}
+    found = groklab("runs", "--experiment", str(experiment_id), "--where", "task.train_size=60", "--label", "grokked", "--json", url=stack.base_url)
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == run_ids[2:4]
+    table = groklab("runs", "--experiment", str(experiment_id), "--where", "task.train_size=60", url=stack.base_url)
+    assert table.returncode == 0 and "2 run(s)" in table.stdout, table.stderr
+    tagged = groklab("tag", str(run_ids[5]), "lr=high", "--note", "spike at 40", url=stack.base_url)
+    assert tagged.returncode == 0, tagged.stderr
+    assert f"run {run_ids[5]}: lr=high; note: spike at 40" in tagged.stderr
+    by_tag = groklab("runs", "--tag", "lr=high", "--json", url=stack.base_url)
+    assert [json.loads(line)["id"] for line in by_tag.stdout.splitlines()] == [run_ids[5]]
+    bad = groklab("runs", "--sort", "nope", url=stack.base_url)
+    assert bad.returncode == 1 and "422" in bad.stderr and "sort" in bad.stderr
