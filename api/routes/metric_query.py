@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -73,6 +72,19 @@ def _answer(
     tag = etag(query, fmt, runs) if runs and metric_reads.all_finished(runs) else None
     if tag is not None and etag_matches(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
+    if query.group_by and query.max_points is not None:
+        labels = run_labels(session, runs) if metric_reads.LABEL in query.group_by else {}
+        groups = metric_reads.group_runs(runs, query.group_by, labels, max_groups=settings.max_metric_groups)
+        grouped = metric_reads.read_group_metrics(
+            session,
+            groups,
+            query.group_by,
+            names=query.names,
+            start_step=query.start_step,
+            end_step=query.end_step,
+            max_points=query.max_points,
+        )
+        return rows_response(grouped, fmt, {"ETag": tag} if tag else {})
     rows = metric_reads.read_metrics(
         session,
         runs,
@@ -83,13 +95,4 @@ def _answer(
         cursor=query.cursor,
         limit=query.limit,
     )
-    if query.group_by:
-        labels = run_labels(session, runs) if metric_reads.LABEL in query.group_by else {}
-        groups = metric_reads.group_runs(runs, query.group_by, labels, max_groups=settings.max_metric_groups)
-        rows = dataclasses.replace(
-            rows,
-            group_by=query.group_by,
-            groups=groups,
-            group_rows=metric_reads.fold_groups(groups, rows.buckets or []),
-        )
     return rows_response(rows, fmt, {"ETag": tag} if tag else {})

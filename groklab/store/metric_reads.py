@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from groklab.errors import GroklabError, InvalidInput, NotFound
+from groklab.store import downsample
 from groklab.store.downsample import Bucket, SeriesRef, bucket_width, downsample_buckets
 from groklab.store.models import Experiment, MetricPoint, MetricSeries, Run
 from groklab.store.runs import FINISHED_STATUSES, MAX_ID
@@ -373,31 +374,49 @@ def group_runs(
     return sorted(members.values(), key=lambda g: [value_order(v) for v in g.group.values()])
 
 
-def fold_groups(groups: Sequence[RunGroup], buckets: Sequence[Bucket]) -> list[GroupRow]:
-    """Each group's buckets: mean, min and max of its runs' bucket means, by name and step.
+def read_group_metrics(
+    session: Session,
+    groups: Sequence[RunGroup],
+    group_by: Sequence[str],
+    *,
+    names: Sequence[str] | None,
+    start_step: int,
+    end_step: int | None,
+    max_points: int,
+) -> MetricRows:
+    """Each group's buckets of each series: mean, min and max of its runs' bucket means, and n.
 
-    Downsampled series of one query share one bucket grid, so a bucket's runs cover the same
-    steps; a run with no non-null value in a bucket does not count in it.
+    The series share one bucket grid (end_step defaults to their last step), so a bucket's runs
+    cover the same steps; a run with no non-null value in a bucket does not count in it. The
+    folding happens in the database: only groups x names x buckets rows come back.
     """
     group_of = {run_id: index for index, group in enumerate(groups) for run_id in group.run_ids}
-    means: dict[tuple[int, str, int], tuple[int, list[float]]] = {}
-    for bucket in buckets:
-        if bucket.mean is None:
-            continue
-        key = (group_of[bucket.run_id], bucket.name, bucket.step_start)
-        means.setdefault(key, (bucket.step_end, []))[1].append(bucket.mean)
-    rows = []
-    for (index, name, step_start), (step_end, values) in sorted(means.items()):
-        rows.append(
-            GroupRow(
-                groups[index].group,
-                name,
-                step_start,
-                step_end,
-                len(values),
-                sum(values) / len(values),
-                min(values),
-                max(values),
+    with bounded(session):
+        series = select_series(session, list(group_of), names)
+        combos: dict[tuple[int, str], int] = {}
+        by_series = {s.id: combos.setdefault((group_of[s.run_id], s.name), len(combos)) for s in series}
+        if len(combos) * max_points > MAX_BUCKET_ROWS:
+            raise InvalidInput(
+                f"{len(combos)} groups x names x {max_points} buckets exceeds {MAX_BUCKET_ROWS} rows",
+                field="max_points",
             )
+        if end_step is None:
+            end_step = last_step(session, series)
+        if end_step is None or end_step < start_step:
+            return MetricRows(start_step, None, None, group_by=list(group_by), groups=list(groups), group_rows=[])
+        rows = downsample.fold_group_means(
+            session, by_series, start_step=start_step, end_step=end_step, max_points=max_points
         )
-    return rows
+    width = bucket_width(start_step, end_step, max_points)
+    combo_keys = list(combos)
+    ordered = []
+    for combo, bucket, n, mean, low, high in rows:
+        group_index, name = combo_keys[combo]
+        step_start = start_step + bucket * width
+        row = GroupRow(groups[group_index].group, name, step_start, min(end_step, step_start + width - 1), n, mean, low, high)
+        ordered.append(((group_index, name, step_start), row))
+    # Groups in their order (by value), then series by name and buckets by step.
+    group_rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
+    return MetricRows(
+        start_step, end_step, width, group_by=list(group_by), groups=list(groups), group_rows=group_rows
+    )

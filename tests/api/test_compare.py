@@ -131,6 +131,34 @@ def test_groups_equal_a_fold_of_the_raw_points_in_every_format(sweep: Any) -> No
     } | {("memorised", s): 1 for s in SEEDS}
 
 
+def test_wide_buckets_fold_from_rollups_to_the_same_groups(backend: Backend) -> None:
+    """Buckets of >= 16 steps come from rollup blocks on PostgreSQL (raw points on SQLite): the
+    groups still equal the fold of every point, bucket edges cutting blocks included."""
+    client, url = backend
+    experiment_id, run_ids, _ = _experiment(url, [_spec(size, seed) for size in (40, 60) for seed in (0, 1)])
+    rng = random.Random(7)
+    logged = {}
+    for run_id in run_ids:
+        points = {s: (math.nan if s % 97 == 3 else rng.gauss(0, 1)) for s in range(0, 5000, 3)}
+        logged[run_id] = {"wide": points}
+        with session_scope(url) as session:
+            write_points(session, run_id, [("wide", s, v) for s, v in points.items()])
+    answer = client.post(
+        "/v1/metrics/query",
+        json={"experiment_id": experiment_id, "names": ["wide"], "max_points": 7, "start_step": 5, "group_by": ["task.train_size"]},
+    ).json()
+    width = answer["bucket_width"]
+    assert width >= 16 and answer["end_step"] == 4998
+    groups = {g["group"]["task.train_size"]: g["run_ids"] for g in answer["groups"]}
+    shifted = {run_id: {"wide": {s - 5: v for s, v in series["wide"].items() if s >= 5}} for run_id, series in logged.items()}
+    expected = _fold(shifted, groups, "wide", width, 4998 - 5)
+    got = {(r["group"]["task.train_size"], r["step_start"] - 5): (r["n"], r["mean"], r["min"], r["max"]) for r in answer["rows"]}
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key][0] == value[0] == 2
+        assert got[key][1:] == pytest.approx(value[1:], rel=1e-9)
+
+
 def test_runs_listing_filters_and_sorts_like_python(sweep: Any) -> None:
     (client, _), experiment_id, run_ids, _ = sweep
     every = client.get(f"/v1/experiments/{experiment_id}").json()["runs"]
