@@ -83,6 +83,7 @@ def _answer(
             start_step=query.start_step,
             end_step=query.end_step,
             max_points=query.max_points,
+            runs=runs,
         )
         return rows_response(grouped, fmt, {"ETag": tag} if tag else {})
     rows = metric_reads.read_metrics(

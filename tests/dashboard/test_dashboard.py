@@ -440,7 +440,7 @@ def test_experiment_page_overlays_runs_by_a_spec_field_with_seed_bands_filters_a
     page.goto(f"{pg_stack.base_url}/#/experiments/{ungrokking}")
     page.wait_for_function("window.groklab.overlay && window.groklab.overlay.groups.length > 0")
     overlay = page.evaluate("window.groklab.overlay")
-    assert overlay["field"] == "phases.1.subset_size" and overlay["seeds"] == "mean"
+    assert overlay["field"] == "phases.1.subset_size" and overlay["seeds"] == "mean" and overlay["maxPoints"] == 1000
     assert overlay["markers"] == [300]
     assert [(g["label"], g["runs"]) for g in overlay["groups"]] == [
         ("subset_size = 20", 2), ("subset_size = 40", 2), ("subset_size = 60", 2), ("subset_size = –", 2),

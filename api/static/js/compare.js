@@ -6,6 +6,7 @@ import { post } from "./api.js";
 import { StepChart, bucketsToSeries, colorAt } from "./charts.js";
 
 const MAX_POINTS = 1000;
+const MAX_ROWS = 500_000; // groklab.store.metric_reads.MAX_BUCKET_ROWS
 const OVERLAY_CHARTS = [
   { id: "test_acc", title: "Test accuracy" },
   { id: "train_acc", title: "Train accuracy" },
@@ -97,9 +98,12 @@ export function overlayCard(h, experiment, runs, publish) {
   async function draw() {
     const groupBy = chosen.seeds === "each" && chosen.field !== "seed" ? [chosen.field, "seed"] : [chosen.field];
     const defs = [...OVERLAY_CHARTS, ...(chosen.extra ? [{ id: chosen.extra, title: chosen.extra }] : [])];
+    // The api answers at most MAX_ROWS group x series x bucket rows: many lines get fewer buckets.
+    const lines = chosen.field === "label" ? runs.length : new Set(runs.map((run) => JSON.stringify(groupBy.map((f) => flatSpec(run.spec)[f] ?? null)))).size;
+    const maxPoints = Math.max(50, Math.min(MAX_POINTS, Math.floor(MAX_ROWS / (lines * defs.length))));
     // One grouped query feeds every chart: each group's buckets of each series.
     const answer = await post("/v1/metrics/query", {
-      experiment_id: experiment.id, names: defs.map((d) => d.id), max_points: MAX_POINTS, group_by: groupBy,
+      experiment_id: experiment.id, names: defs.map((d) => d.id), max_points: maxPoints, group_by: groupBy,
     });
     const values = [...new Set(answer.groups.map((g) => JSON.stringify(g.group[chosen.field] ?? null)))];
     const groups = answer.groups.map((g, i) => ({
@@ -130,7 +134,7 @@ export function overlayCard(h, experiment, runs, publish) {
     );
     message.textContent = chosen.seeds === "mean" ? "lines: mean over seeds; bands: least and greatest seed (bucket means)" : "one line per seed";
     publish({
-      field: chosen.field, seeds: chosen.seeds, steps: chosen.steps, groupBy, markers,
+      field: chosen.field, seeds: chosen.seeds, steps: chosen.steps, groupBy, markers, maxPoints,
       groups: groups.map(({ label, color, runs: n }) => ({ label, color, runs: n })),
       charts: Object.fromEntries(charts.map(([id, chart]) => [id, chart.counts()])),
     });
