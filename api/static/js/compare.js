@@ -6,7 +6,11 @@ import { post } from "./api.js";
 import { StepChart, bucketsToSeries, colorAt } from "./charts.js";
 
 const MAX_POINTS = 1000;
-const MAX_ROWS = 500_000; // groklab.store.metric_reads.MAX_BUCKET_ROWS
+// Rows of lines x series x buckets the page asks for: the api allows 500,000
+// (groklab.store.metric_reads.MAX_BUCKET_ROWS), but 200 runs drawn one by one at that size take
+// tens of seconds to fold and serialise (benchmarks/experiment_page.py); 100,000 keeps 1,000
+// buckets for up to 16 lines of 6 series.
+const MAX_ROWS = 100_000;
 const OVERLAY_CHARTS = [
   { id: "test_acc", title: "Test accuracy" },
   { id: "train_acc", title: "Train accuracy" },
@@ -98,7 +102,7 @@ export function overlayCard(h, experiment, runs, publish) {
   async function draw() {
     const groupBy = chosen.seeds === "each" && chosen.field !== "seed" ? [chosen.field, "seed"] : [chosen.field];
     const defs = [...OVERLAY_CHARTS, ...(chosen.extra ? [{ id: chosen.extra, title: chosen.extra }] : [])];
-    // The api answers at most MAX_ROWS group x series x bucket rows: many lines get fewer buckets.
+    // Many lines get fewer buckets, so that the answer stays within MAX_ROWS rows.
     const lines = chosen.field === "label" ? runs.length : new Set(runs.map((run) => JSON.stringify(groupBy.map((f) => flatSpec(run.spec)[f] ?? null)))).size;
     const maxPoints = Math.max(50, Math.min(MAX_POINTS, Math.floor(MAX_ROWS / (lines * defs.length))));
     // One grouped query feeds every chart: each group's buckets of each series.
