@@ -13,11 +13,12 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.schemas import MetricQuery
+from api.schemas import MetricQuery, TagsPatch
 from groklab.errors import InvalidInput
-from groklab.settings import comma_list
+from groklab.settings import Settings, comma_list
+from groklab.store.runs import patch_tags
 
-_LISTS = ("run_ids", "status", "names")
+_LISTS = ("run_ids", "status", "names", "group_by")
 
 
 def metric_query_from_params(request: Request) -> MetricQuery:
@@ -30,10 +31,7 @@ def metric_query_from_params(request: Request) -> MetricQuery:
         if listed in body:
             body[listed] = comma_list(body[listed]) or []
     if "where" in body:
-        try:
-            body["where"] = json.loads(body["where"])
-        except json.JSONDecodeError as exc:
-            raise InvalidInput("where must be a JSON object", field="where") from exc
+        body["where"] = where_object(body["where"])
     try:
         return MetricQuery.model_validate(body)
     except ValidationError as exc:
@@ -69,3 +67,32 @@ def metric_query_parameters() -> list[dict[str, Any]]:
             {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
         )
     return parameters
+
+
+def where_object(text: str | None) -> dict[str, Any] | None:
+    """The `where` query parameter: a JSON object of dotted spec paths and scalar values."""
+    if text is None or text == "":
+        return None
+    try:
+        where = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("where must be a JSON object", field="where") from exc
+    if not isinstance(where, dict) or len(where) > 20:
+        raise InvalidInput("where must be a JSON object of at most 20 paths", field="where")
+    for path, value in where.items():
+        if isinstance(value, (dict, list)):
+            raise InvalidInput(f"where {path}: values are strings, numbers, booleans or null", field="where")
+    return where
+
+
+def apply_patch(target: Any, patch: TagsPatch, settings: Settings) -> None:
+    """A PATCH of tags and note onto an experiment or a run, within the settings' bounds."""
+    patch_tags(
+        target,
+        tags=patch.tags,
+        note=patch.note,
+        set_note="note" in patch.model_fields_set,
+        max_tags=settings.max_tags,
+        max_tag_length=settings.max_tag_length,
+        max_note_length=settings.max_note_length,
+    )

@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from engine.spec import spec_path_error
 from groklab.store.downsample import Bucket
-from groklab.store.metric_reads import PointRow
+from groklab.store.metric_reads import LABEL, GroupRow, PointRow, RunGroup
 from groklab.store.runs import RunStatus
 
 
@@ -39,6 +40,8 @@ class RunOut(BaseModel):
         description="Where a stop_when condition ended the run, which then succeeded before total_steps."
     )
     search_round: int | None = Field(description="A d_crit_search probe's round (1, 2, ...); null for other runs.")
+    tags: dict[str, str] = Field(description="The owner's key -> value tags (PATCH /v1/runs/{id}).")
+    note: str | None = Field(description="The owner's note.")
 
     @classmethod
     def from_row(cls, run: Any) -> RunOut:
@@ -48,13 +51,14 @@ class RunOut(BaseModel):
                 **{name: getattr(run, name) for name in _RUN_COLUMNS},
                 "latest_metrics": {name: point[1] for name, point in latest.items()},
                 "latest_metrics_step": {name: point[0] for name, point in latest.items()},
+                "tags": run.tags or {},
             }
         )
 
 
 _RUN_COLUMNS = (
     "id experiment_id index status step total_steps created_at started_at finished_at worker error "
-    "cancel_requested spec role parent_run_id attempts stopped_early_at_step search_round"
+    "cancel_requested spec role parent_run_id attempts stopped_early_at_step search_round note"
 ).split()
 
 
@@ -76,6 +80,8 @@ class ExperimentOut(BaseModel):
     run_ids: list[int]
     status_counts: dict[str, int]
     spec: dict[str, Any]
+    tags: dict[str, str] = Field(description="The owner's key -> value tags (PATCH /v1/experiments/{id}).")
+    note: str | None = Field(description="The owner's note.")
 
 
 class ExperimentPlanOut(BaseModel):
@@ -147,11 +153,24 @@ class MetricQuery(BaseModel):
     limit: int = Field(10_000, ge=1, le=100_000, description="Raw points per page (no max_points).")
     cursor: str | None = Field(None, max_length=40, description="next_cursor of the previous page.")
     format: MetricFormat | None = Field(None, description="Overrides the Accept header.")
+    group_by: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="Dotted spec paths (or `label`, the run's analysis label) whose values group the "
+        "runs; each group's buckets are folded across its runs (mean, min and max of the runs' "
+        'bucket means, n runs). Needs max_points. E.g. ["task.train_size"].',
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> MetricQuery:
         if self.run_ids is None and self.experiment_id is None:
             raise ValueError("run_ids: give run_ids or experiment_id")
+        check_spec_paths("where", self.where or {})
+        if self.group_by is not None:
+            check_spec_paths("group_by", [path for path in self.group_by if path != LABEL])
+            if self.max_points is None:
+                raise ValueError("group_by: needs max_points (groups are folded bucket by bucket)")
         if self.end_step is not None and self.end_step < self.start_step:
             raise ValueError("end_step: is before start_step")
         if self.max_points is not None and self.cursor is not None:
@@ -159,15 +178,39 @@ class MetricQuery(BaseModel):
         return self
 
 
-class MetricQueryOut(BaseModel):
-    """The long layout: one row per (run, name, step) or, downsampled, per (run, name, bucket)."""
+def check_spec_paths(field: str, paths: Any) -> None:
+    """A ValueError naming `field` for the first path that names no RunSpec field."""
+    for path in paths:
+        problem = spec_path_error(path)
+        if problem:
+            raise ValueError(f"{field}: {problem}")
 
-    mode: Literal["points", "buckets"]
+
+class MetricQueryOut(BaseModel):
+    """The long layout: one row per (run, name, step), downsampled per (run, name, bucket), or with
+    group_by per (group, name, bucket)."""
+
+    mode: Literal["points", "buckets", "groups"]
     start_step: int
     end_step: int | None = Field(description="The resolved end; null when no series has points.")
     bucket_width: int | None = Field(description="Steps per bucket; null for raw points.")
-    rows: list[PointRow] | list[Bucket]
+    rows: list[PointRow] | list[Bucket] | list[GroupRow]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+    group_by: list[str] | None = Field(None, description="The query's group_by (mode groups).")
+    groups: list[RunGroup] | None = Field(None, description="Each group's values and runs (mode groups).")
+
+
+class TagsPatch(BaseModel):
+    """PATCH body of an experiment or a run: tags merge (a null value removes its key), note replaces."""
+
+    model_config = {"extra": "forbid"}
+
+    tags: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")], str | None] | None = Field(
+        None,
+        description="key -> value to set, or null to remove the key; keys are 1-64 letters, digits "
+        "and _ . : - ; values are bounded by GROKLAB_MAX_TAG_LENGTH, tags by GROKLAB_MAX_TAGS.",
+    )
+    note: str | None = Field(None, description="Replaces the note; an empty string clears it.")
 
 
 class UsageOut(BaseModel):

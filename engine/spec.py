@@ -10,8 +10,9 @@ import copy
 import functools
 import itertools
 import math
+import types
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -572,3 +573,38 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+
+
+def spec_path_error(path: str) -> str | None:
+    """Why a dotted path names no field of a RunSpec (None when it names one), e.g.
+    'task.train_size', 'phases.1.subset_size', 'model.d_model' (a field of any model kind)."""
+    if not path or len(path) > 200:
+        return "a dotted spec path of 1 to 200 characters"
+    kinds: list[Any] = [RunSpec]
+    for depth, part in enumerate(path.split(".")):
+        kinds = [inner for kind in kinds for inner in _field_types(kind, part)]
+        if not kinds:
+            return f"unknown spec field '{'.'.join(path.split('.')[: depth + 1])}'"
+    return None
+
+
+def _field_types(kind: Any, part: str) -> list[Any]:
+    """The types `part` of a value of type `kind` may have: a model's field, a list or tuple's
+    item (by index), a dict's value; unions and Annotated are looked through."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is Annotated:
+        return _field_types(args[0], part)
+    if origin in (Union, types.UnionType):
+        return [found for member in args for found in _field_types(member, part)]
+    if kind is Any:
+        return [Any]
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        field = kind.model_fields.get(part)
+        return [field.annotation] if field is not None else []
+    if origin in (list, tuple) and part.isdigit():
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return [args[int(part)]] if int(part) < len(args) else []
+        return [args[0] if args else Any]
+    if origin is dict and args:
+        return [args[1]]
+    return []

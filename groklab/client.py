@@ -99,12 +99,14 @@ class Experiment:
     status_counts: dict[str, int]
     spec: dict[str, Any] = field(repr=False)
     created_at: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Experiment:
         return cls(
             body["id"], body.get("name"), list(body["run_ids"]), dict(body["status_counts"]), body["spec"],
-            body.get("created_at"),
+            body.get("created_at"), dict(body.get("tags") or {}), body.get("note"),
         )  # fmt: skip
 
 
@@ -126,6 +128,9 @@ class Run:
     """A d_crit_search probe's round."""
     started_at: str | None = None
     finished_at: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+    created_at: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -137,6 +142,7 @@ class Run:
             body["id"], body["experiment_id"], body["status"], body["step"], body["total_steps"],
             dict(body.get("latest_metrics") or {}), body.get("error"), body["spec"],
             body.get("role"), body.get("search_round"), body.get("started_at"), body.get("finished_at"),
+            dict(body.get("tags") or {}), body.get("note"), body.get("created_at"),
         )  # fmt: skip
 
 
@@ -286,10 +292,72 @@ class Client:
         """One run: status, step of total_steps, latest metrics and status history."""
         return Run.from_json(self._request("GET", f"/v1/runs/{_id(run)}").json())
 
-    def runs(self, experiment: ExperimentRef) -> list[Run]:
-        """Every run of an experiment, in creation order."""
-        body = self._request("GET", f"/v1/experiments/{_id(experiment)}").json()
-        return [Run.from_json(run) for run in body["runs"]]
+    def runs(
+        self,
+        experiment: ExperimentRef | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        label: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        sort: str | None = None,
+        as_dataframe: bool = False,
+    ) -> Any:
+        """Runs (of one experiment, or all of the owner's) filtered by spec fields
+        (where={"task.train_size": 1000}), analysis label, status and tags ({key: value}, or
+        {key: None} for any value), sorted by a run column (sort="-final_test_acc"); read page by
+        page. A list of Run, or with as_dataframe=True a pandas DataFrame: one row a run, its
+        columns, final_<series> and the spec's fields as dotted columns (spec.task.train_size).
+        """
+        params: dict[str, Any] = {"limit": 1000}
+        if experiment is not None:
+            params["experiment_id"] = _id(experiment)
+        if where:
+            params["where"] = json.dumps(dict(where))
+        for name, value in (("label", label), ("status", status)):
+            if value is not None:
+                params[name] = value if isinstance(value, str) else ",".join(value)
+        if tags:
+            params["tag"] = ",".join(key if value is None else f"{key}={value}" for key, value in tags.items())
+        if sort:
+            params["sort"] = sort
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._request("GET", "/v1/runs", params=params).json()
+            items.extend(page["items"])
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+        if not as_dataframe:
+            return [Run.from_json(item) for item in items]
+        import pandas as pd
+
+        rows = []
+        for item in items:
+            row = {k: v for k, v in item.items() if k not in ("spec", "latest_metrics", "latest_metrics_step")}
+            row.update({f"final_{name}": value for name, value in item["latest_metrics"].items()})
+            row.update(flat_fields(item["spec"], "spec"))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def tag(
+        self,
+        target: RunRef | ExperimentRef,
+        tags: Mapping[str, str | None] | None = None,
+        *,
+        note: str | None = None,
+        experiment: bool = False,
+    ) -> dict[str, Any]:
+        """Set tags on a run (or with experiment=True, or an Experiment, on an experiment); a None
+        value removes its key. `note` replaces the note ("" clears it); None leaves it. The
+        run's or experiment's body as the api answers it."""
+        body: dict[str, Any] = {}
+        if tags is not None:
+            body["tags"] = dict(tags)
+        if note is not None:
+            body["note"] = note
+        kind = "experiments" if experiment or isinstance(target, Experiment) else "runs"
+        return self._request("PATCH", f"/v1/{kind}/{_id(target)}", json=body).json()
 
     def cancel(self, run: RunRef) -> Run:
         """Cancel a run (a queued one never starts, a running one stops within about a second,
@@ -402,22 +470,36 @@ class Client:
 
     def metrics(
         self,
-        run: RunRef | Sequence[RunRef],
+        run: RunRef | Sequence[RunRef] | None = None,
         names: Iterable[str] | None = None,
         *,
         max_points: int | None = None,
         start_step: int = 0,
         end_step: int | None = None,
         as_dataframe: bool = False,
+        experiment: ExperimentRef | None = None,
+        where: Mapping[str, Any] | None = None,
+        group_by: Iterable[str] | None = None,
     ) -> Any:
         """Rows of the long layout: {run_id, name, step, value} points, or with max_points at most
         that many {run_id, name, step_start, step_end, count, min, max, mean, last} buckets a series.
+        With group_by (spec paths or "label"; needs max_points), one row per group, name and
+        bucket: {group, name, step_start, step_end, n, mean, min, max} over the group's runs.
 
-        A list of dicts, or a pandas DataFrame with as_dataframe=True. Raw points are read page
-        by page until the end.
+        The runs: `run` (one or a list), or an `experiment` narrowed by `where`. A list of dicts,
+        or a pandas DataFrame with as_dataframe=True (a group's values as columns). Raw points are
+        read page by page until the end.
         """
-        runs = run if isinstance(run, Sequence) else [run]
-        query: dict[str, Any] = {"run_ids": [_id(r) for r in runs], "start_step": start_step}
+        query: dict[str, Any] = {"start_step": start_step}
+        if run is not None:
+            runs = run if isinstance(run, Sequence) else [run]
+            query["run_ids"] = [_id(r) for r in runs]
+        if experiment is not None:
+            query["experiment_id"] = _id(experiment)
+        if where:
+            query["where"] = dict(where)
+        if group_by is not None:
+            query["group_by"] = list(group_by)
         if names is not None:
             query["names"] = list(names)
         if end_step is not None:
@@ -435,6 +517,8 @@ class Client:
             return rows
         import pandas as pd
 
+        if group_by is not None:
+            rows = [{**row["group"], **{k: v for k, v in row.items() if k != "group"}} for row in rows]
         return pd.DataFrame(rows)
 
     def metrics_csv(self, run: RunRef, names: Iterable[str] | None = None, *, max_points: int | None = None) -> Iterator[str]:
@@ -532,6 +616,15 @@ def watch_runs(
                 pending = [run.id for run in runs if not run.finished]
                 raise TimeoutError(f"runs {pending} have not finished within {timeout}s")
             time.sleep(poll_seconds)
+
+
+def flat_fields(value: Any, prefix: str) -> dict[str, Any]:
+    """{"spec.task.train_size": 1000, "spec.phases.0.steps": 300, ...} of a nested spec."""
+    if isinstance(value, Mapping):
+        return {k: v for key, inner in value.items() for k, v in flat_fields(inner, f"{prefix}.{key}").items()}
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+        return {k: v for i, inner in enumerate(value) for k, v in flat_fields(inner, f"{prefix}.{i}").items()}
+    return {prefix: value}
 
 
 def _detail(response: httpx.Response) -> str:

@@ -16,6 +16,7 @@ from groklab.client import (
     Client,
     ClientError,
     Experiment,
+    flat_fields,
     load_spec,
     watch_runs,
 )
@@ -46,6 +47,25 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     metrics.add_argument("--csv", action="store_true", help="every row as CSV on stdout")
     metrics.add_argument("--names", help="comma-separated series names (default all)")
     metrics.add_argument("--max-points", type=int, help="downsample each series to this many buckets")
+
+    runs = commands.add_parser(
+        "runs", parents=[common], help="find runs by spec fields, label, status and tags; sorted by any column"
+    )
+    runs.add_argument("--experiment", type=int, metavar="EXP", help="only this experiment's runs")
+    runs.add_argument(
+        "--where", action="append", default=[], metavar="PATH=VALUE",
+        help="a spec field's value, e.g. task.train_size=1000 (repeatable; VALUE read as JSON, else text)",
+    )  # fmt: skip
+    runs.add_argument("--label", help="comma-separated analysis labels, e.g. grokked,semi_grokked")
+    runs.add_argument("--status", help="comma-separated statuses")
+    runs.add_argument("--tag", action="append", default=[], metavar="KEY[=VALUE]", help="a tag (repeatable)")
+    runs.add_argument("--sort", help="a column, label, final_<series> or spec.<path>; -COLUMN descends")
+    runs.add_argument("--json", action="store_true", help="one JSON object a run on stdout")
+
+    tag = commands.add_parser("tag", parents=[common], help="set or remove a run's or an experiment's tags and note")
+    tag.add_argument("target", metavar="RUN|exp:EXP", help="a run id (7), or exp:3 for experiment 3")
+    tag.add_argument("tags", nargs="*", metavar="KEY=VALUE", help="tags to set; KEY= removes KEY")
+    tag.add_argument("--note", help="replace the note ('' clears it)")
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     cancel.add_argument("run", type=int, metavar="RUN")
@@ -174,6 +194,61 @@ def _metrics(client: Client, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _runs(client: Client, args: argparse.Namespace, console: Console) -> int:
+    where = dict(_assignment(item, "--where") for item in args.where)
+    tags = {key: value or None for key, _, value in (item.partition("=") for item in args.tag)}
+    runs = client.runs(
+        args.experiment, where=where, label=comma_list(args.label), status=comma_list(args.status), tags=tags,
+        sort=args.sort,
+    )  # fmt: skip
+    if args.json:
+        for run in runs:
+            print(json.dumps({"id": run.id, "experiment_id": run.experiment_id, "status": run.status,
+                              "latest_metrics": run.latest_metrics, "tags": run.tags, "note": run.note,
+                              "spec": run.spec}))  # fmt: skip
+        return 0
+    shown = list(where) or []
+    table = Table("run", "exp", "status", "step", *shown, "train_acc", "test_acc", "tags", title=f"{len(runs)} run(s)")
+    for run in runs:
+        table.add_row(
+            str(run.id), str(run.experiment_id), run.status, f"{run.step}/{run.total_steps}",
+            *(str(flat_fields(run.spec, "").get(f".{path}", "-")) for path in shown),
+            _fmt(run.latest_metrics.get("train_acc")), _fmt(run.latest_metrics.get("test_acc")),
+            " ".join(f"{k}={v}" for k, v in sorted(run.tags.items())),
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def _assignment(item: str, flag: str) -> tuple[str, Any]:
+    """'task.train_size=1000' -> ('task.train_size', 1000); a value that is not JSON stays text."""
+    path, equals, text = item.partition("=")
+    if not equals or not path:
+        raise ValueError(f"{flag} takes PATH=VALUE, not {item!r}")
+    try:
+        return path, json.loads(text)
+    except json.JSONDecodeError:
+        return path, text
+
+
+def _tag(client: Client, args: argparse.Namespace, console: Console) -> int:
+    target = args.target.strip().lower()
+    experiment = target.startswith("exp:")
+    number = target.removeprefix("exp:").removeprefix("run:")
+    if not number.isdigit():
+        raise ValueError(f"tag takes a run id (7 or run:7) or an experiment (exp:3), not {args.target!r}")
+    tags = {}
+    for item in args.tags:
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"tags are KEY=VALUE (KEY= removes KEY), not {item!r}")
+        tags[key] = value or None
+    body = client.tag(int(number), tags or None, note=args.note, experiment=experiment)
+    shown = " ".join(f"{k}={v}" for k, v in sorted(body["tags"].items())) or "no tags"
+    console.print(f"{'experiment' if experiment else 'run'} {body['id']}: {shown}" + (f"; note: {body['note']}" if body.get("note") else ""), markup=False)
+    return 0
+
+
 def _cancel(client: Client, args: argparse.Namespace, console: Console) -> int:
     run = client.cancel(args.run)
     console.print(f"run {run.id}: {run.status}" + (" (stopping)" if not run.finished else ""))
@@ -261,5 +336,6 @@ def _exit_code(runs: list[Any]) -> int:
 _COMMANDS = {
     "submit": _submit, "status": _status, "watch": _watch, "metrics": _metrics, "cancel": _cancel, "delete": _delete,
     "checkpoint": _checkpoint, "continue": _continue, "retry": _retry, "reproduce": _reproduce, "usage": _usage,
+    "runs": _runs, "tag": _tag,
 }  # fmt: skip
 COMMANDS = frozenset(_COMMANDS)

@@ -184,6 +184,18 @@ class Settings(BaseSettings):
         description="A run that resumed from a checkpoint trains at least this long before it yields "
         "to a short run again, so a stream of short runs cannot hold a long one back for ever.",
     )
+    max_tags: int = Field(32, ge=1, le=1000, description="Tags one experiment or run may carry.")
+    max_tag_length: int = Field(200, ge=1, le=10_000, description="Characters in one tag's value.")
+    max_note_length: int = Field(10_000, ge=1, description="Characters in one experiment's or run's note.")
+    max_metric_groups: int = Field(
+        500, ge=1, description="Groups one metric query's group_by may form (a 200-run sweep over D' x weight decay needs ~50)."
+    )
+    max_listed_runs: int = Field(
+        10_000,
+        ge=1,
+        description="Runs GET /v1/runs filters by spec, label or sorts in one request (before paging); "
+        "narrow a larger listing with experiment_id or status.",
+    )
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of a worker's Prometheus /metrics server; 0 turns it off."
     )

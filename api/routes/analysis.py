@@ -7,16 +7,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 
 from api.auth import ReaderDep
 from api.deps import SessionDep
 from engine.spec import RunSpec, error_field
 from groklab import analysis, kinds
 from groklab.errors import InvalidInput
-from groklab.store import metric_reads
+from groklab.run_labels import analyse_stored_run
 from groklab.store import runs as run_store
-from groklab.store.models import Run
 
 router = APIRouter(tags=["analysis"])
 _DEFAULTS = analysis.Thresholds()
@@ -54,11 +52,7 @@ def thresholds(
 ThresholdsDep = Annotated[analysis.Thresholds, Depends(thresholds)]
 
 
-def _analyse(session: Session, run: Run, limits: analysis.Thresholds) -> dict[str, Any]:
-    series = metric_reads.read_series(
-        session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None
-    )
-    return analysis.analyse_run(series, RunSpec.model_validate(run.spec), limits)
+_analyse = analyse_stored_run
 
 
 _CSV_TOO = {200: {"content": {"application/json": {}, "text/csv": {}}}}

@@ -9,15 +9,18 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from api.auth import ReaderDep, WriterDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.problems import problem_response
+from api.query_params import apply_patch
 from api.schemas import (
     ExperimentDetailOut,
     ExperimentOut,
     ExperimentPage,
     ExperimentPlanOut,
     RunOut,
+    TagsPatch,
 )
 from engine.experiments import ExperimentRequest
 from groklab import continuation, deletion
+from groklab.settings import comma_list
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
 from groklab.submission import plan_submission
@@ -38,6 +41,8 @@ def experiment_out(experiment: Experiment, runs: list[tuple[int, str]] | None = 
         status_counts=dict(Counter(status for _, status in runs)),
         kind=experiment.kind,
         spec=experiment.spec,
+        tags=experiment.tags or {},
+        note=experiment.note,
     )
 
 
@@ -97,9 +102,12 @@ def list_experiments(
     session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
     cursor: int | None = Query(None, ge=1, le=run_store.MAX_ID, description="next_cursor of the previous page"),
+    tag: str | None = Query(
+        None, max_length=2000, description="Comma-separated `key=value` (that value) or `key` (any value); all must hold."
+    ),
 ) -> ExperimentPage:
     experiments = run_store.list_experiments(
-        session, limit=limit, before_id=cursor, owner=principal.owner
+        session, limit=limit, before_id=cursor, owner=principal.owner, tags=comma_list(tag) or []
     )
     next_cursor = str(experiments[-1].id) if len(experiments) == limit else None
     runs = run_store.run_statuses(session, [e.id for e in experiments])
@@ -113,6 +121,17 @@ def get_experiment(experiment_id: int, principal: ReaderDep, session: SessionDep
         **experiment_out(experiment).model_dump(),
         runs=[RunOut.from_row(run) for run in experiment.runs],
     )
+
+
+@router.patch("/{experiment_id}", response_model=ExperimentOut)
+def patch_experiment(
+    experiment_id: int, patch: TagsPatch, principal: WriterDep, session: SessionDep, settings: SettingsDep
+) -> ExperimentOut:
+    """Set or remove the experiment's tags (merged; a null value removes its key) and replace its note."""
+    experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
+    apply_patch(experiment, patch, settings)
+    session.flush()
+    return experiment_out(experiment)
 
 
 @router.post(

@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from api.auth import ReaderDep
-from api.deps import SessionDep
+from api.deps import SessionDep, SettingsDep
 from api.metric_formats import etag, etag_matches, format_from_accept, rows_response
 from api.query_params import metric_query_from_params, metric_query_parameters
 from api.schemas import MetricQuery, MetricQueryOut
+from groklab.run_labels import run_labels
+from groklab.settings import Settings
 from groklab.store import metric_reads
 
 router = APIRouter(tags=["metrics"])
@@ -27,14 +29,18 @@ _QUERY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/v1/metrics/query", responses=_QUERY_RESPONSES, response_model=None)
-def query_metrics(query: MetricQuery, request: Request, principal: ReaderDep, session: SessionDep) -> Response:
+def query_metrics(
+    query: MetricQuery, request: Request, principal: ReaderDep, session: SessionDep, settings: SettingsDep
+) -> Response:
     """Metric rows of any set of runs x names x step range, in the long layout.
 
     With `max_points`, each series comes back as at most that many buckets (step_start, step_end,
     count, min, max, mean, last) tiling [start_step, end_step]; without it, raw points a page of
-    `limit` at a time. Unknown names yield no rows; unknown run ids are a 404.
+    `limit` at a time. With `group_by` (and `max_points`), one row per group x name x bucket: the
+    mean, min and max of its runs' bucket means and their number n; the envelope's `groups` lists
+    each group's values and runs. Unknown names yield no rows; unknown run ids are a 404.
     """
-    return _answer(query, request, session, principal.owner)
+    return _answer(query, request, session, settings, principal.owner)
 
 
 @router.get(
@@ -43,12 +49,16 @@ def query_metrics(query: MetricQuery, request: Request, principal: ReaderDep, se
     response_model=None,
     openapi_extra={"parameters": metric_query_parameters()},
 )
-def query_metrics_get(request: Request, principal: ReaderDep, session: SessionDep) -> Response:
+def query_metrics_get(
+    request: Request, principal: ReaderDep, session: SessionDep, settings: SettingsDep
+) -> Response:
     """The same query as query parameters: lists comma-separated, `where` as a JSON object."""
-    return _answer(metric_query_from_params(request), request, session, principal.owner)
+    return _answer(metric_query_from_params(request), request, session, settings, principal.owner)
 
 
-def _answer(query: MetricQuery, request: Request, session: SessionDep, owner: str) -> Response:
+def _answer(
+    query: MetricQuery, request: Request, session: SessionDep, settings: Settings, owner: str
+) -> Response:
     fmt = query.format or format_from_accept(request.headers.get("accept", ""))
     runs = metric_reads.select_runs(
         session,
@@ -62,6 +72,20 @@ def _answer(query: MetricQuery, request: Request, session: SessionDep, owner: st
     tag = etag(query, fmt, runs) if runs and metric_reads.all_finished(runs) else None
     if tag is not None and etag_matches(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
+    if query.group_by and query.max_points is not None:
+        labels = run_labels(session, runs) if metric_reads.LABEL in query.group_by else {}
+        groups = metric_reads.group_runs(runs, query.group_by, labels, max_groups=settings.max_metric_groups)
+        grouped = metric_reads.read_group_metrics(
+            session,
+            groups,
+            query.group_by,
+            names=query.names,
+            start_step=query.start_step,
+            end_step=query.end_step,
+            max_points=query.max_points,
+            runs=runs,
+        )
+        return rows_response(grouped, fmt, {"ETag": tag} if tag else {})
     rows = metric_reads.read_metrics(
         session,
         runs,

@@ -7,13 +7,22 @@ from fastapi import APIRouter, Query
 from api.auth import ReaderDep, WriterDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.problems import problem_response
-from api.schemas import MetricsOut, RunDetailOut, RunEventOut, RunOut, RunPage
+from api.query_params import apply_patch, where_object
+from api.schemas import (
+    MetricsOut,
+    RunDetailOut,
+    RunEventOut,
+    RunOut,
+    RunPage,
+    TagsPatch,
+)
+from groklab import run_listing
 from groklab.continuation import ContinueRequest, continue_run
 from groklab.errors import InvalidInput
 from groklab.settings import comma_list
 from groklab.store import metric_reads
 from groklab.store import runs as run_store
-from groklab.store.runs import RunStatus
+from groklab.store.runs import RUN_STATUSES
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -22,21 +31,59 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 def list_runs(
     principal: ReaderDep,
     session: SessionDep,
+    settings: SettingsDep,
     experiment_id: int | None = Query(None, ge=1, le=run_store.MAX_ID),
-    status: RunStatus | None = Query(None),
+    status: str | None = Query(
+        None, max_length=200, description=f"Comma-separated; each one of {', '.join(RUN_STATUSES)}."
+    ),
+    where: str | None = Query(
+        None,
+        max_length=4000,
+        description='A JSON object of dotted spec paths and the values runs must have, e.g. {"task.train_size": 1000}.',
+    ),
+    label: str | None = Query(
+        None, max_length=400, description="Comma-separated analysis labels (grokked, memorised, ...); only succeeded runs have one."
+    ),
+    tag: str | None = Query(
+        None, max_length=2000, description="Comma-separated `key=value` (that value) or `key` (any value); all must hold."
+    ),
+    sort: str | None = Query(
+        None,
+        max_length=220,
+        description="A run column (id, created_at, status, step, ...), label, final_<series> (e.g. "
+        "final_test_acc) or spec.<path>; a leading - sorts descending; nulls last. Default id.",
+    ),
     limit: int = Query(100, ge=1, le=1000),
-    cursor: int | None = Query(None, ge=0, le=run_store.MAX_ID, description="next_cursor of the previous page"),
+    cursor: str | None = Query(None, max_length=400, description="next_cursor of the previous page"),
 ) -> RunPage:
-    runs = run_store.list_runs(
+    """Runs, oldest first or sorted, filtered by experiment, status, spec fields, label and tags."""
+    statuses = comma_list(status)
+    for one in statuses or ():
+        if one not in RUN_STATUSES:
+            raise InvalidInput(f"unknown status {one!r}; one of {', '.join(RUN_STATUSES)}", field="status")
+    listing = run_listing.list_runs(
         session,
-        experiment_id=experiment_id,
-        status=status,
-        limit=limit,
-        after_id=cursor,
         owner=principal.owner,
+        experiment_id=experiment_id,
+        statuses=statuses,
+        where=where_object(where),
+        labels=comma_list(label),
+        tags=comma_list(tag) or [],
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
+        max_listed_runs=settings.max_listed_runs,
     )
-    next_cursor = str(runs[-1].id) if len(runs) == limit else None
-    return RunPage(items=[RunOut.from_row(run) for run in runs], next_cursor=next_cursor)
+    return RunPage(items=[RunOut.from_row(run) for run in listing.runs], next_cursor=listing.next_cursor)
+
+
+@router.patch("/{run_id}", response_model=RunOut)
+def patch_run(run_id: int, patch: TagsPatch, principal: WriterDep, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """Set or remove the run's tags (merged; a null value removes its key) and replace its note."""
+    run = run_store.get_run(session, run_id, owner=principal.owner)
+    apply_patch(run, patch, settings)
+    session.flush()
+    return RunOut.from_row(run)
 
 
 @router.get("/{run_id}", response_model=RunDetailOut)

@@ -15,7 +15,8 @@ same as folding every point; the work grows with the number of buckets, not of p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -122,6 +123,73 @@ def fold_points(
     return session.execute(query).all()
 
 
+# A group's bucket: n, mean, min and max of its series' bucket means (means of non-null values),
+# folded in the database so that only groups x buckets rows leave it, whatever the runs.
+_GROUP_FOLD = (
+    "SELECT m.combo, f.bucket, count(f.mean), avg(f.mean), min(f.mean), max(f.mean) "
+    "FROM folded AS f JOIN {mapping} AS m ON m.series_id = f.series_id "
+    "WHERE f.mean IS NOT NULL GROUP BY m.combo, f.bucket"
+)
+_RAW_MEANS = (
+    "SELECT series_id, (step - :start_step) / :width AS bucket, avg(value) AS mean FROM metric_points "
+    "WHERE {series_filter} AND step BETWEEN :start_step AND :end_step "
+    "GROUP BY series_id, (step - :start_step) / :width"
+)
+_MAPPING = {
+    "postgresql": "(SELECT * FROM unnest(CAST(:map_series AS int[]), CAST(:map_combos AS int[])) AS u (series_id, combo))",
+    "sqlite": "(SELECT CAST(key AS INTEGER) AS series_id, value AS combo FROM json_each(:map_json))",
+}
+_SERIES_FILTER = {
+    "postgresql": "series_id = ANY(CAST(:map_series AS int[]))",
+    "sqlite": "series_id IN (SELECT CAST(key AS INTEGER) FROM json_each(:map_json))",
+}
+
+
+def fold_group_means(
+    session: Session,
+    combos: dict[int, int],
+    *,
+    start_step: int,
+    end_step: int,
+    max_points: int,
+) -> list[tuple[int, int, int, float | None, float | None, float | None]]:
+    """(combo, bucket, n, mean, min, max) of each combo's non-empty buckets, where `combos` maps
+    series ids to the combo (a group and a name) they count in. Each series' bucket mean is folded
+    as downsample_buckets folds it (from rollups on PostgreSQL when buckets are wide enough)."""
+    if not combos:
+        return []
+    width = bucket_width(start_step, end_step, max_points)
+    dialect = session.get_bind().dialect.name
+    kind = "postgresql" if dialect == "postgresql" else "sqlite"
+    mapping = _MAPPING[kind]
+    params: dict[str, Any] = {"start_step": start_step, "end_step": end_step, "width": width}
+    if dialect == "postgresql":
+        params |= {"map_series": array_literal(list(combos)), "map_combos": array_literal(list(combos.values()))}
+    else:
+        params["map_json"] = json.dumps({str(k): v for k, v in combos.items()})
+    if dialect == "postgresql" and width >= ROLLUP_WIDTHS[0]:
+        return [
+            (combo, bucket, n, _finite(mean), low, high)
+            for combo, bucket, n, mean, low, high in _fold_rollups(
+                session, list(combos), start_step, end_step, width,
+                wrap=lambda folded: "WITH folded (series_id, bucket, count, min, max, mean, last) AS ("
+                + folded + ") " + _GROUP_FOLD.format(mapping=mapping),
+                extra=params,
+            )
+        ]  # fmt: skip
+    raw = "WITH folded AS (" + _RAW_MEANS.format(series_filter=_SERIES_FILTER[kind]) + ") " + _GROUP_FOLD.format(mapping=mapping)
+    if kind == "postgresql":
+        # As in _fold_rollups: the array filter's estimates invite JIT compilation, which costs
+        # more than the fold itself.
+        session.execute(text("SELECT set_config('jit', 'off', true)"))
+    rows = session.execute(text(raw), params).all()
+    return [(combo, bucket, n, _finite(mean), low, high) for combo, bucket, n, mean, low, high in rows]
+
+
+def _finite(mean: Any) -> float | None:
+    return None if mean is None else finite_or_none(float(mean))
+
+
 def rollup_cover(lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
     """[lo, hi] as runs of whole aligned rollup blocks, each as wide as fits: (width, first block,
     last block); the steps no block fits are (0, first step, last step), at most 15 at each end."""
@@ -173,7 +241,14 @@ _FOLD_ROLLUPS = text(
 
 
 def _fold_rollups(
-    session: Session, ids: list[int], start_step: int, end_step: int, width: int
+    session: Session,
+    ids: list[int],
+    start_step: int,
+    end_step: int,
+    width: int,
+    *,
+    wrap: Callable[[str], str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Sequence[Any]:
     """The same rows as fold_points, from rollup blocks and the few points at bucket edges."""
     blocks: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
@@ -202,7 +277,8 @@ def _fold_rollups(
         text("SELECT current_setting('jit') AS jit, current_setting('enable_sort') AS sort")
     ).one()
     session.execute(_SET_PLAN_SETTINGS, {"jit": "off", "sort": "off"})
-    rows = session.execute(_FOLD_ROLLUPS, params).all()
+    statement = _FOLD_ROLLUPS if wrap is None else text(wrap(_FOLD_ROLLUPS.text))
+    rows = session.execute(statement, params | (extra or {})).all()
     session.execute(_SET_PLAN_SETTINGS, {"jit": saved.jit, "sort": saved.sort})
     return rows
 

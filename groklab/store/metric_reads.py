@@ -3,6 +3,7 @@ or downsampled buckets (groklab/store/downsample.py), and the new points to stre
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from groklab.errors import GroklabError, InvalidInput, NotFound
+from groklab.store import downsample
 from groklab.store.downsample import Bucket, SeriesRef, bucket_width, downsample_buckets
 from groklab.store.models import Experiment, MetricPoint, MetricSeries, Run
 from groklab.store.runs import FINISHED_STATUSES, MAX_ID
@@ -40,6 +42,26 @@ class PointRow:
 
 
 @dataclass(frozen=True)
+class GroupRow:
+    """One bucket of one group of runs; `group`'s keys become columns of CSV and NDJSON."""
+
+    group: Annotated[dict[str, Any], Field(description="The group's group_by values (null: the run lacks the field).")]
+    name: str
+    step_start: Annotated[int, Field(description="First step the bucket covers (inclusive).")]
+    step_end: Annotated[int, Field(description="Last step the bucket covers (inclusive).")]
+    n: Annotated[int, Field(description="Runs of the group with a value in this bucket.")]
+    mean: Annotated[float | None, Field(description="Mean of those runs' bucket means.")]
+    min: Annotated[float | None, Field(description="Least of those runs' bucket means (the band's low edge).")]
+    max: Annotated[float | None, Field(description="Greatest of those runs' bucket means (the band's high edge).")]
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    group: dict[str, Any]
+    run_ids: list[int]
+
+
+@dataclass(frozen=True)
 class MetricRows:
     """One answer to a metric query: raw points (with a cursor) or buckets over a resolved range."""
 
@@ -49,6 +71,9 @@ class MetricRows:
     points: list[PointRow] | None = None
     buckets: list[Bucket] | None = None
     next_cursor: str | None = None
+    group_by: list[str] | None = None
+    groups: list[RunGroup] | None = None
+    group_rows: list[GroupRow] | None = None
 
 
 @contextmanager
@@ -69,10 +94,31 @@ def bounded(session: Session) -> Iterator[None]:
 def _spec_value(spec: Mapping[str, Any], dotted: str) -> Any:
     value: Any = spec
     for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, Mapping) and part in value:
+            value = value[part]
+        else:
             return _MISSING
-        value = value[part]
     return value
+
+
+def spec_value(spec: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path of a run's spec ('phases.1.subset_size'); None where it has none."""
+    value = _spec_value(spec, dotted)
+    return None if value is _MISSING else value
+
+
+def value_order(value: Any) -> tuple[Any, ...]:
+    """A sort key over the mixed JSON values of spec fields and columns: numbers by size, then
+    strings, then anything else by its JSON text; None last."""
+    if value is None:
+        return (3,)
+    if isinstance(value, (int, float)):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, json.dumps(value, sort_keys=True))
 
 
 _MISSING = object()
@@ -302,3 +348,89 @@ def read_series(
     for series_id, step, value in session.execute(query):
         result[ids[series_id]].append([step, value])
     return result
+
+
+LABEL = "label"
+"""The group_by and sort key that means a run's analysis label rather than a spec field."""
+
+
+def group_runs(
+    runs: Sequence[Run], group_by: Sequence[str], labels: Mapping[int, str | None], *, max_groups: int
+) -> list[RunGroup]:
+    """The runs by their values at the group_by paths (LABEL: the run's label), groups in order of
+    those values; more than `max_groups` groups is an error rather than an unbounded answer."""
+    members: dict[str, RunGroup] = {}
+    for run in runs:
+        values = {
+            path: labels.get(run.id) if path == LABEL else spec_value(run.spec, path) for path in group_by
+        }
+        key = json.dumps(list(values.values()), sort_keys=True)
+        members.setdefault(key, RunGroup(values, [])).run_ids.append(run.id)
+        if len(members) > max_groups:
+            raise InvalidInput(
+                f"group_by forms more than {max_groups} groups; group by fewer fields or select fewer runs",
+                field="group_by",
+            )
+    return sorted(members.values(), key=lambda g: [value_order(v) for v in g.group.values()])
+
+
+def _latest_step(runs: Sequence[Run], series: Sequence[SeriesRef]) -> int | None:
+    """The highest step of the series from their runs' latest_metrics, which write_points keeps in
+    the points' own transaction: no probe per series (200 runs x 6 series are 1,200 probes).
+    None when a series has no latest value there (e.g. runs not given): then the probes decide."""
+    latest = {run.id: run.latest_metrics or {} for run in runs}
+    steps = [latest.get(s.run_id, {}).get(s.name) for s in series]
+    if not steps or not all(steps):
+        return None
+    return max(point[0] for point in steps)
+
+
+def read_group_metrics(
+    session: Session,
+    groups: Sequence[RunGroup],
+    group_by: Sequence[str],
+    *,
+    names: Sequence[str] | None,
+    start_step: int,
+    end_step: int | None,
+    max_points: int,
+    runs: Sequence[Run] = (),
+) -> MetricRows:
+    """Each group's buckets of each series: mean, min and max of its runs' bucket means, and n.
+
+    The series share one bucket grid (end_step defaults to their last step), so a bucket's runs
+    cover the same steps; a run with no non-null value in a bucket does not count in it. The
+    folding happens in the database: only groups x names x buckets rows come back.
+    """
+    group_of = {run_id: index for index, group in enumerate(groups) for run_id in group.run_ids}
+    with bounded(session):
+        series = select_series(session, list(group_of), names)
+        combos: dict[tuple[int, str], int] = {}
+        by_series = {s.id: combos.setdefault((group_of[s.run_id], s.name), len(combos)) for s in series}
+        if len(combos) * max_points > MAX_BUCKET_ROWS:
+            raise InvalidInput(
+                f"{len(combos)} groups x names x {max_points} buckets exceeds {MAX_BUCKET_ROWS} rows",
+                field="max_points",
+            )
+        if end_step is None:
+            end_step = _latest_step(runs, series)
+            if end_step is None:
+                end_step = last_step(session, series)
+        if end_step is None or end_step < start_step:
+            return MetricRows(start_step, None, None, group_by=list(group_by), groups=list(groups), group_rows=[])
+        rows = downsample.fold_group_means(
+            session, by_series, start_step=start_step, end_step=end_step, max_points=max_points
+        )
+    width = bucket_width(start_step, end_step, max_points)
+    combo_keys = list(combos)
+    ordered = []
+    for combo, bucket, n, mean, low, high in rows:
+        group_index, name = combo_keys[combo]
+        step_start = start_step + bucket * width
+        row = GroupRow(groups[group_index].group, name, step_start, min(end_step, step_start + width - 1), n, mean, low, high)
+        ordered.append(((group_index, name, step_start), row))
+    # Groups in their order (by value), then series by name and buckets by step.
+    group_rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
+    return MetricRows(
+        start_step, end_step, width, group_by=list(group_by), groups=list(groups), group_rows=group_rows
+    )

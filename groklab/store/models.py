@@ -67,6 +67,8 @@ class Base(DeclarativeBase):
 
 
 OPEN_SEARCHES = "kind = 'd_crit_search' AND search_ended_at IS NULL"
+TAGS_COMMENT = "Free key -> value labels set by the owner (PATCH); null when none."
+NOTE_COMMENT = "The owner's free-text note."
 
 
 class Experiment(Base):
@@ -89,6 +91,8 @@ class Experiment(Base):
     search_ended_at: Mapped[datetime | None] = mapped_column(
         UtcDateTime, comment="When a d_crit_search planned its last round (it ended)."
     )
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, comment=TAGS_COMMENT)
+    note: Mapped[str | None] = mapped_column(Text, comment=NOTE_COMMENT)
 
     runs: Mapped[list[Run]] = relationship(back_populates="experiment", order_by="Run.id")
 
@@ -145,6 +149,8 @@ class Run(Base):
     planned_checkpoint_bytes: Mapped[int] = mapped_column(
         BigInteger, default=0, server_default="0", comment="Checkpoint bytes its spec will keep at most."
     )
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, comment=TAGS_COMMENT)
+    note: Mapped[str | None] = mapped_column(Text, comment=NOTE_COMMENT)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

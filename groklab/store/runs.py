@@ -10,6 +10,7 @@ so ids reveal nothing across owners. `owner=None` (workers, the reconciler) sees
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -17,7 +18,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from groklab.errors import Conflict, NotFound
+from groklab.errors import Conflict, InvalidInput, NotFound
 from groklab.store.metric_writes import delete_series
 from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
@@ -95,10 +96,10 @@ def get_experiment(session: Session, experiment_id: int, *, owner: str | None = 
 
 
 def list_experiments(
-    session: Session, *, limit: int, before_id: int | None, owner: str | None = None
+    session: Session, *, limit: int, before_id: int | None, owner: str | None = None, tags: Sequence[str] = ()
 ) -> list[Experiment]:
-    """Newest first; `before_id` is the cursor of the previous page."""
-    query = select(Experiment).order_by(Experiment.id.desc()).limit(limit)
+    """Newest first; `before_id` is the cursor of the previous page; `tags` as `tag_conditions`."""
+    query = select(Experiment).order_by(Experiment.id.desc()).limit(limit).where(*tag_conditions(Experiment.tags, tags))
     if owner is not None:
         query = query.where(Experiment.owner == owner)
     if before_id is not None:
@@ -131,22 +132,70 @@ def list_runs(
     session: Session,
     *,
     experiment_id: int | None,
-    status: str | None,
-    limit: int,
+    statuses: Sequence[str] | None,
+    limit: int | None,
     after_id: int | None,
     owner: str | None = None,
+    tags: Sequence[str] = (),
 ) -> list[Run]:
-    """Oldest first; `after_id` is the cursor of the previous page."""
-    query = select(Run).order_by(Run.id).limit(limit)
+    """Oldest first; `after_id` is the cursor of the previous page; `tags` as `tag_conditions`."""
+    query = select(Run).join(Experiment).order_by(Run.id).where(*tag_conditions(Run.tags, tags))
+    if limit is not None:
+        query = query.limit(limit)
     if owner is not None:
-        query = query.join(Experiment).where(Experiment.owner == owner)
+        query = query.where(Experiment.owner == owner)
     if experiment_id is not None:
         query = query.where(Run.experiment_id == experiment_id)
-    if status is not None:
-        query = query.where(Run.status == status)
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
     if after_id is not None:
         query = query.where(Run.id > after_id)
     return list(session.scalars(query))
+
+
+TAG_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+
+
+def tag_conditions(column: Any, tags: Sequence[str]) -> list[Any]:
+    """WHERE clauses for tag filters: 'key=value' (that value) or 'key' (any value). JSON paths
+    differ between the databases; SQLAlchemy's JSON index renders each one's."""
+    conditions = []
+    for tag in tags:
+        key, equals, value = tag.partition("=")
+        if not TAG_KEY.match(key):
+            raise InvalidInput(f"tag filter {tag[:80]!r}: keys are 1-64 of A-Z a-z 0-9 _ . : -", field="tag")
+        extracted = column[key].as_string()
+        conditions.append(extracted == value if equals else extracted.is_not(None))
+    return conditions
+
+
+def patch_tags(
+    target: Experiment | Run,
+    *,
+    tags: dict[str, str | None] | None,
+    note: str | None,
+    set_note: bool,
+    max_tags: int,
+    max_tag_length: int,
+    max_note_length: int,
+) -> None:
+    """Merge `tags` into the target's (a None value removes its key) and replace its note."""
+    if tags is not None:
+        merged = dict(target.tags or {})
+        for key, value in tags.items():
+            if value is None:
+                merged.pop(key, None)
+            elif len(value) > max_tag_length:
+                raise InvalidInput(f"tag {key}'s value is over {max_tag_length} characters", field=f"tags.{key}")
+            else:
+                merged[key] = value
+        if len(merged) > max_tags:
+            raise InvalidInput(f"{len(merged)} tags; at most {max_tags}", field="tags")
+        target.tags = merged or None
+    if set_note:
+        if note is not None and len(note) > max_note_length:
+            raise InvalidInput(f"the note is over {max_note_length} characters", field="note")
+        target.note = note or None
 
 
 def run_events(session: Session, run_id: int) -> list[RunEvent]:

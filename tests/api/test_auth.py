@@ -48,6 +48,8 @@ def _call(http: httpx.Client, method: str, path: str, key: str | None, **ids: in
         body = {"run_ids": [ids.get("run_id", 1)]}
     elif method == "POST" and path == "/v1/runs/{run_id}/continue":
         body = {"steps": 10}
+    elif method == "PATCH":
+        body = {"note": "theirs?"}
     # A stream of a queued run never ends: read the status line only.
     with http.stream(method, url, headers=headers, json=body) as response:
         if "text/event-stream" not in response.headers.get("content-type", ""):

@@ -378,3 +378,136 @@ def test_d_crit_search_page_shows_the_bracket_the_estimate_and_the_probes_by_rou
     assert "search_round" in page.locator("#runs th").all_inner_texts()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-d-crit-search.png"), full_page=True)
+
+
+def _stored_experiment(url: str, specs: list[dict[str, Any]], curve: Any) -> tuple[int, list[int]]:
+    """An experiment whose succeeded runs logged curve(spec) = {name: {step: value}}, written through
+    the store (the page reads; nothing needs training)."""
+    from groklab.store import leases
+    from groklab.store import runs as run_store
+    from groklab.store.database import session_scope
+    from groklab.store.metric_writes import write_points
+
+    with session_scope(url) as session:
+        experiment = run_store.create_experiment(
+            session, name="overlay", spec={}, runs=[run_store.NewRun(spec=s, total_steps=500) for s in specs]
+        )
+        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+    for run_id, spec in zip(run_ids, specs, strict=True):
+        with session_scope(url) as session:
+            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
+            assert lease is not None
+            points = [(name, step, value) for name, series in curve(spec).items() for step, value in series.items()]
+            write_points(session, run_id, points)
+            leases.finish(session, lease, status=run_store.SUCCEEDED)
+    return experiment_id, run_ids
+
+
+def _curves(spec: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """Memorised by step 50; test accuracy rises at a step set by weight decay and the seed, and
+    falls on D' <= 40 after the phase boundary at 300: seeds differ, so bands have width."""
+    seed, phases = spec["seed"], spec["phases"]
+    d_prime = phases[1]["subset_size"] if len(phases) > 1 else None
+    rise = 150 + 20 * seed if spec["optimizer"]["weight_decay"] >= 1 else 250 + 20 * seed
+    steps = range(0, sum(p["steps"] for p in phases) + 1, 10)
+
+    def test_acc(step: int) -> float:
+        value = 0.1 if step < rise else 0.98
+        if d_prime is not None and d_prime <= 40 and step > 300 + d_prime * 2:
+            return 0.2 if d_prime < 40 else 0.6
+        return value
+
+    return {
+        "train_acc": {s: min(1.0, 0.2 + s / 50) for s in steps},
+        "test_acc": {s: test_acc(s) for s in steps},
+        "train_loss": {s: 2.0 / (1 + s) + 0.01 * seed for s in steps},
+        "test_loss": {s: 3.0 / (1 + s / 10) for s in steps},
+        "param_norm": {s: 30 - s / 50 + seed for s in steps},
+        "test_margin": {s: s / 100 for s in steps},
+    }
+
+
+def test_experiment_page_overlays_runs_by_a_spec_field_with_seed_bands_filters_and_compares(
+    pg_stack: Stack, pg_database: str, client: httpx.Client, page: Any
+) -> None:
+    # Ungrokking's shape: phase 1 on D (two seeds), then D' in {20, 40, 60} from step 300.
+    phase1 = [tiny_spec(phases=[{"steps": 300}], seed=s) for s in (0, 1)]
+    phase2 = [
+        tiny_spec(phases=[{"steps": 300}, {"steps": 200, "train_set": "subset", "subset_size": d}], seed=s)
+        for d in (20, 40, 60) for s in (0, 1)
+    ]  # fmt: skip
+    ungrokking, run_ids = _stored_experiment(pg_database, phase1 + phase2, _curves)
+    page.goto(f"{pg_stack.base_url}/#/experiments/{ungrokking}")
+    page.wait_for_function("window.groklab.overlay && window.groklab.overlay.groups.length > 0")
+    overlay = page.evaluate("window.groklab.overlay")
+    assert overlay["field"] == "phases.1.subset_size" and overlay["seeds"] == "mean" and overlay["maxPoints"] == 1000
+    assert overlay["markers"] == [300]
+    assert [(g["label"], g["runs"]) for g in overlay["groups"]] == [
+        ("subset_size = 20", 2), ("subset_size = 40", 2), ("subset_size = 60", 2), ("subset_size = –", 2),
+    ]  # fmt: skip
+    assert len({g["color"] for g in overlay["groups"]}) == 4
+    # What is drawn is what one grouped query answers: every group's buckets of every series.
+    served = client.post(
+        "/v1/metrics/query",
+        json={"experiment_id": ungrokking, "names": ["test_acc"], "max_points": 1000, "group_by": ["phases.1.subset_size"]},
+    ).json()
+    per_group = Counter(json.dumps(row["group"]) for row in served["rows"])
+    drawn = overlay["charts"]["test_acc"]
+    assert sorted(drawn.values()) == sorted(per_group.values()) and len(drawn) == 4
+    assert any(row["min"] < row["max"] for row in served["rows"])  # the seeds' band has width
+    for chart in ("test_acc", "train_acc", "train_loss", "test_loss", "param_norm"):
+        element = page.locator(f'[data-chart="overlay-{chart}"]')
+        assert element.locator("canvas").count() == 1
+        assert data_json(element, "markers") == [300]
+    key = page.inner_text("#overlay-key")
+    assert page.locator("#overlay-key .swatch").all_inner_texts() == ["20", "40", "60", "–"]
+    assert key.startswith("phases.1.subset_size:") and "phase boundary at 300" in key, key
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#overlay").screenshot(path=str(ARTIFACTS / "dashboard-overlay-ungrokking.png"))
+
+    # Seeds one by one: a line per run; the log step axis.
+    page.select_option("#overlay-seeds", "each")
+    page.wait_for_function("window.groklab.overlay.seeds === 'each'")
+    assert [g["runs"] for g in page.evaluate("window.groklab.overlay.groups")] == [1] * 8
+    page.select_option("#overlay-steps", "log")
+    page.wait_for_function("window.groklab.overlay.steps === 'log'")
+    assert page.locator('[data-chart="overlay-test_acc"]').get_attribute("data-step-axis") == "log"
+    page.select_option("#overlay-series", "test_margin")
+    page.wait_for_selector('[data-chart="overlay-test_margin"] canvas')
+
+    # The runs table: sort by a column, filter by text and label, compare two ticked runs.
+    analysis = client.get(f"/v1/experiments/{ungrokking}/analysis").json()["runs"]
+    page.locator('#runs th[data-column="final_test_acc"]').click()
+    page.locator('#runs th[data-column="final_test_acc"]').click()
+    expected = sorted(analysis, key=lambda r: (-r["final_test_acc"], r["id"]))
+    assert data_json(page.locator("#runs"), "shown") == [r["id"] for r in expected]
+    label = analysis[-1]["label"]
+    page.select_option("#runs-label", label)
+    assert set(data_json(page.locator("#runs"), "shown")) == {r["id"] for r in analysis if r["label"] == label}
+    page.select_option("#runs-label", "")
+    page.fill("#runs-filter", "ungrokked")
+    assert set(data_json(page.locator("#runs"), "shown")) == {r["id"] for r in analysis if "ungrokked" in str(r["label"])}
+    page.fill("#runs-filter", "")
+    assert page.locator("#runs tr[data-run]").count() == len(analysis)
+    page.locator(f'#runs input[data-run="{run_ids[2]}"]').check()
+    page.locator(f'#runs input[data-run="{run_ids[6]}"]').check()
+    page.click("#compare-button")
+    page.wait_for_function("window.groklab.compare")
+    compared = page.evaluate("window.groklab.compare")
+    assert compared["runs"] == [run_ids[2], run_ids[6]]
+    assert compared["fields"] == ["phases.1.subset_size"]  # seeds equal, D' 20 vs 60
+    assert page.locator("#compare-diff tr[data-field]").all_inner_texts() == ["phases.1.subset_size\t20\t60"]
+    assert all(count > 0 for chart in compared["charts"].values() for count in chart.values())
+    page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
+
+    # The grokking example's shape: two weight decays overlaid, seeds folded.
+    grokking, _ = _stored_experiment(
+        pg_database,
+        [tiny_spec(optimizer={"lr": 0.003, "weight_decay": wd}, seed=s) for wd in (1.0, 0.3) for s in (0, 1, 2)],
+        _curves,
+    )
+    page.goto(f"{pg_stack.base_url}/#/experiments/{grokking}")
+    page.wait_for_function("id => window.groklab.overlay && window.groklab.page === `experiments/${id}`", arg=grokking)
+    overlay = page.evaluate("window.groklab.overlay")
+    assert overlay["field"] == "optimizer.weight_decay" and overlay["markers"] == []
+    assert [(g["label"], g["runs"]) for g in overlay["groups"]] == [("weight_decay = 0.3", 3), ("weight_decay = 1", 3)]

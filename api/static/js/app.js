@@ -2,6 +2,7 @@
 
 import { HttpError, Unauthorized, forgetKey, get, queryBuckets, queryPoints, saveKey, storedKey, streamMetrics } from "./api.js";
 import { StepChart, bucketsToSeries, spectrumChart, sweepChart } from "./charts.js";
+import { compareView, overlayCard, runsTable } from "./compare.js";
 
 const MAX_POINTS = 1000;
 const REFRESH_MS = 5000;
@@ -147,29 +148,27 @@ async function experimentPage(id) {
   const phaseOne = analysis.accuracy_vs_train_size.filter((point) => point.role === "phase1");
   const phaseOneText = phaseOne.map((p) => `phase 1 (D = ${p.train_size.toLocaleString()}, wd ${p.weight_decay}): final test accuracy ${fmt(p.mean)} (n = ${p.n})`);
   const columns = ["id", "status", "role", ...(analysis.search ? ["search_round"] : []), "seed", "train_size", "weight_decay", "label", "final_train_acc", "final_test_acc", "memorisation_step", "circuit_formation_step", "generalisation_step", "grokking_delay"];
-  const table = h(
-    "table",
-    { id: "runs" },
-    h("tr", {}, columns.map((c) => h("th", {}, c))),
-    analysis.runs.map((run) =>
-      h(
-        "tr",
-        {},
-        columns.map((c) =>
-          h("td", {}, c === "id" ? h("a", { href: `#/runs/${run.id}` }, run.id) : c === "status" ? badge(run.status) : c === "label" ? h("span", { class: "label" }, run.label || "–") : fmt(run[c])),
-        ),
-      ),
-    ),
-  );
+  const cell = (run, c) => (c === "id" ? h("a", { href: `#/runs/${run.id}` }, run.id) : c === "status" ? badge(run.status) : c === "label" ? h("span", { class: "label" }, run.label || "–") : fmt(run[c]));
+  const specs = Object.fromEntries(experiment.runs.map((run) => [run.id, run]));
+  const compareEl = h("div", { class: "card", id: "compare", hidden: "" });
+  const showCompare = (ids) => {
+    compareEl.hidden = false;
+    compareView(h, compareEl, ids.map((runId) => specs[runId]).filter(Boolean), (drawn) => (state.compare = drawn)).catch((error) => compareEl.append(h("p", { class: "error" }, error.message)));
+  };
+  const table = runsTable(h, experiment, analysis.runs, columns, cell, showCompare);
+  const overlay = overlayCard(h, experiment, experiment.runs, (drawn) => (state.overlay = drawn));
   app.replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← experiments")),
     h("h1", {}, `Experiment ${experiment.id}${experiment.name ? `: ${experiment.name}` : ""}`),
     h("p", {}, Object.entries(experiment.status_counts).map(([s, n]) => badge(s, n)), analysis.complete ? "" : " (analysis updates as runs finish)"),
     h("div", { class: "card" }, sweep, h("div", { id: "d-crit" }, dCritLines), phaseOneText.length ? h("p", { id: "phase1" }, phaseOneText.join("; ")) : ""),
     analysis.search ? searchCard(analysis.search) : "",
+    overlay.el,
     h("h2", {}, "Runs"),
     table,
+    compareEl,
   );
+  await overlay.draw();
   sweepChart(sweep, analysis.accuracy_vs_train_size.filter((point) => point.role !== "phase1"), pooled, analysis.search?.bracket);
   if (!analysis.complete) every(REFRESH_MS, () => route({ quiet: true }));
 }
@@ -408,6 +407,8 @@ async function route({ quiet = false } = {}) {
   state.page = match ? `${match[1]}/${match[2]}` : "experiments";
   state.charts = {};
   state.spectrum = null;
+  state.overlay = null;
+  state.compare = null;
   if (!quiet) app.replaceChildren(h("p", { class: "loading" }, "loading…"));
   try {
     if (!match) await experimentsPage();

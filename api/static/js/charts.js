@@ -5,6 +5,20 @@ import uPlot from "../vendor/uPlot-1.6.32.esm.js";
 
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 
+// The i-th of n colours: the palette while it lasts, else n hues around the wheel.
+export function colorAt(i, n) {
+  if (n <= PALETTE.length) return PALETTE[i % PALETTE.length];
+  const [r, g, b] = hslToRgb((i * 360) / n, 0.65, 0.45);
+  return `#${((1 << 24) | (r << 16) | (g << 8) | b).toString(16).slice(1)}`;
+}
+
+function hslToRgb(hue, s, l) {
+  const k = (n) => (n + hue / 30) % 12;
+  const a = s * Math.min(l, 1 - l);
+  const f = (n) => Math.round(255 * (l - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1))));
+  return [f(0), f(8), f(4)];
+}
+
 function fade(hex, alpha) {
   const n = parseInt(hex.slice(1), 16);
   return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
@@ -50,7 +64,7 @@ function verticalLines(u, xs, style) {
 // on a log axis, `logSteps` the steps (for long runs on a log evaluation schedule; step 0 has no
 // place there and is left out).
 export class StepChart {
-  constructor(el, { title, metrics, log = false, logSteps = false, markers = [], data = null }) {
+  constructor(el, { title, metrics, log = false, logSteps = false, markers = [], data = null, legend = true }) {
     this.el = el;
     this.metrics = metrics;
     this.log = log;
@@ -76,7 +90,7 @@ export class StepChart {
         bands,
         scales: { x: logSteps ? { time: false, distr: 3 } : { time: false }, y: log ? { distr: 3 } : {} },
         axes: [logSteps ? { ...decadeAxis, size: 50, label: "step" } : { label: "step" }, log ? decadeAxis : { size: 60 }],
-        legend: { live: true },
+        legend: { show: legend, live: true },
         hooks: { draw: [(u) => verticalLines(u, this.markers, "rgba(90, 90, 90, 0.8)")] },
       },
       this.table(),
