@@ -57,7 +57,7 @@ def test_http_api_reference_comes_from_the_openapi_schema(site: Path) -> None:
 def test_client_reference_renders_the_docstrings(site: Path) -> None:
     page = _text((site / "reference" / "client" / "index.html").read_text())
     assert "load_model" in page
-    assert "Every run of an experiment, in creation order." in page
+    assert "Runs (of one experiment, or all of the owner's) filtered by spec fields" in page
 
 
 def test_pages_load_nothing_from_the_network(site: Path) -> None:

@@ -64,10 +64,10 @@ CALLS = {
         s, [e.id for e in run_store.list_experiments(s, limit=50, before_id=None, owner="owner3")]
     ),
     "GET /v1/runs?experiment_id=": lambda s: run_store.list_runs(
-        s, experiment_id=EXPERIMENTS_PER_OWNER * 3 + 7, status=None, limit=100, after_id=None, owner="owner3"
+        s, experiment_id=EXPERIMENTS_PER_OWNER * 3 + 7, statuses=None, limit=100, after_id=None, owner="owner3"
     ),
     "GET /v1/runs?status=queued": lambda s: run_store.list_runs(
-        s, experiment_id=None, status="queued", limit=100, after_id=None, owner="owner3"
+        s, experiment_id=None, statuses=["queued"], limit=100, after_id=None, owner="owner3"
     ),
 }
 
