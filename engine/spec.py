@@ -267,10 +267,12 @@ class StopCondition(StrictModel):
 class RunSpec(StrictModel):
     """Everything one training run needs; the engine's single input."""
 
-    task: TaskSpec = TaskSpec()
-    model: ModelSpec = TransformerSpec()
-    optimizer: OptimizerSpec = OptimizerSpec()
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    task: TaskSpec = Field(TaskSpec(), description="The modular-arithmetic table and its training split.")
+    model: ModelSpec = Field(
+        TransformerSpec(), description="The paper's 1-layer transformer (default), an MLP, or the Section 3 toy model."
+    )
+    optimizer: OptimizerSpec = Field(OptimizerSpec(), description="AdamW (default) or SGD, with warm-up and weight decay.")
+    loss: Literal["cross_entropy", "mse"] = Field("cross_entropy", description="Softmax cross-entropy, or MSE on one-hot targets.")
     phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
         PhaseSpec(steps=10_000)
     ]
