@@ -162,11 +162,13 @@ def test_reproduce_writes_every_figure_and_claims_whose_verdicts_follow_the_stor
     checkpoint = groklab("checkpoint", str(run_id), "-o", str(weights), url=server.url, key=server.key)
     assert checkpoint.returncode == 0 and weights.stat().st_size > 0, checkpoint.stderr
     load = subprocess.run(
-        [sys.executable, "-c", "from groklab.client import Client; "
-         f"print(type(Client({server.url!r}, {server.key!r}).load_model({run_id})).__name__)"],
+        [sys.executable, "-c", f"from groklab.client import Client; client = Client({server.url!r}, {server.key!r}); "
+         f"print(len(client.metrics({run_id}, ['test_acc'], as_dataframe=True)), type(client.load_model({run_id})).__name__)"],
         env=_plain_env(), cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert load.returncode == 0 and load.stdout.strip(), load.stderr
+    assert load.returncode == 0, load.stderr
+    points, model = load.stdout.split()
+    assert int(points) > 2 and model, load.stdout  # the tour's pandas frame and model, on the plain install
 
 
 def _experiment_count(server: Server) -> int:
