@@ -189,13 +189,12 @@ def select_series(
 
 
 def last_step(session: Session, series: Sequence[SeriesRef]) -> int | None:
-    """The highest step of any of the series: one index probe per series."""
-    steps = [
-        session.scalar(select(func.max(MetricPoint.step)).where(MetricPoint.series_id == s.id))
-        for s in series
-    ]
-    present = [step for step in steps if step is not None]
-    return max(present) if present else None
+    """The highest step of any of the series: one index probe per series, all in one statement
+    (a round trip each cost a 200-run query 400 of them)."""
+    if not series:
+        return None
+    probe = select(func.max(MetricPoint.step)).where(MetricPoint.series_id == MetricSeries.id).scalar_subquery()
+    return session.scalar(select(func.max(probe)).where(MetricSeries.id.in_([s.id for s in series])))
 
 
 def encode_cursor(series_id: int, step: int) -> str:
