@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -124,9 +123,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         # One handler for every route: a request that found the database or the broker down is
         # told so, with when to try again, instead of a 500 a client cannot tell from a bug.
         dependency = outage_of(exc)
-        if dependency is None:  # a database error that is not about reaching it
-            logging.getLogger("api").error("unexpected error", exc_info=exc)
-            return problem(500, "Internal server error", "an unexpected error occurred; see the server log")
+        if dependency is None:  # a database error that is not about reaching it: a bug, as before
+            raise exc
         OUTAGES[dependency].failed(exc, f"{request.method} {request.url.path}")
         return problem(
             503, "Service Unavailable",

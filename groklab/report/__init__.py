@@ -10,7 +10,7 @@ orchestration (submit, wait, collect) is groklab/reproduce.py; the page itself, 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PASS, FAIL, NOT_TESTABLE = "pass", "fail", "not testable"
@@ -59,7 +59,6 @@ class Section:
     """The metric series its figure draws, fetched for each of its runs."""
     seeded: bool = True
     """Whether `--seeds N` replaces its spec's seeds."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _SECTIONS: dict[str, Section] = {}
