@@ -1,12 +1,12 @@
-"""Makes this Python process see only what the README's set-up command installs.
+"""Makes a Python process see only what the README's set-up command installs.
 
 The suite runs in a venv with the `test` extra, which a user's `bin/groklab up` install lacks; a
-command that imports a test-only package would pass here and fail for the user. A process whose
-PYTHONPATH starts with this folder imports this file at start-up (Python's `site` does), and
-every module that BASE_INSTALL_BLOCKED_MODULES names (`tests.services.base_install_env` lists the
-top-level modules of the distributions outside groklab's base dependencies) then fails to import
-as it would there. Children inherit the environment, so `groklab up`'s api and workers see the
-same install.
+command that imports a test-only package would pass here and fail for the user. A process started
+with `tests.services.base_install_env` imports this module at start-up (through a one-line
+`sitecustomize` that env puts first on PYTHONPATH), and every module that
+BASE_INSTALL_BLOCKED_MODULES names (the top-level modules of the distributions outside groklab's
+base dependencies) then fails to import as it would there. Children inherit the environment, so
+`groklab up`'s api and workers see the same install.
 """
 
 from __future__ import annotations
@@ -27,5 +27,6 @@ class _BaseInstallOnly(importlib.abc.MetaPathFinder):
         return None
 
 
-if _BLOCKED:
-    sys.meta_path.insert(0, _BaseInstallOnly())
+def install() -> None:
+    if _BLOCKED:
+        sys.meta_path.insert(0, _BaseInstallOnly())

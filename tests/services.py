@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -232,12 +236,26 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-BASE_INSTALL = ROOT / "tests" / "base_install"
-
-
 def base_install_env(env: dict[str, str]) -> dict[str, str]:
     """`env` for a process that may import only groklab's base dependencies (what `bin/groklab`
-    installs), although this venv has the test extra: see tests/base_install/sitecustomize.py."""
+    installs), although this venv has the test extra: see tests/base_install.py."""
+    path = os.pathsep.join(filter(None, [str(_base_install_site()), str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "BASE_INSTALL_BLOCKED_MODULES": ",".join(_modules_outside_the_base_install())}
+
+
+@functools.cache
+def _base_install_site() -> Path:
+    """A folder holding the `sitecustomize` that makes a process load tests/base_install.py."""
+    folder = Path(tempfile.mkdtemp(prefix="groklab-base-install-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "sitecustomize.py").write_text("from tests.base_install import install\n\ninstall()\n")
+    return folder
+
+
+@functools.cache
+def _modules_outside_the_base_install() -> list[str]:
+    """Top-level modules of the installed distributions that groklab's base dependencies (with
+    their extras, transitively) do not bring."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
@@ -256,10 +274,8 @@ def base_install_env(env: dict[str, str]) -> dict[str, str]:
                 dist = canonicalize_name(requirement.name)
                 pending += [(dist, "")] + [(dist, e) for e in requirement.extras]
     base = {name for name, _ in wanted}
-    blocked = sorted(
+    return sorted(
         module
         for module, dists in metadata.packages_distributions().items()
         if not any(canonicalize_name(d) in base for d in dists)
     )
-    path = os.pathsep.join(filter(None, [str(BASE_INSTALL), env.get("PYTHONPATH")]))
-    return {**env, "PYTHONPATH": path, "BASE_INSTALL_BLOCKED_MODULES": ",".join(blocked)}

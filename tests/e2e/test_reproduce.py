@@ -1,6 +1,6 @@
 """The newcomer's path on the install the README's set-up command makes: `bin/groklab up` (the
 embedded default: SQLite, filesystem broker, a real worker) and then the README's commands, each
-process able to import only groklab's base dependencies (tests/base_install), with API keys
+process able to import only groklab's base dependencies (tests/base_install.py), with API keys
 required. `groklab reproduce --scale smoke` writes every figure and a claims table whose verdicts
 come from the stored series (change one stored value, resume, and its verdict changes); status,
 metrics, checkpoint and load_model read its runs; bad input, a server that is down, a refused key,
