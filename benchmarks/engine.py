@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ from engine.train import PASS_COST_EXAMPLES, Ensemble, resolve_device
 from benchmarks.reference_model import reference_forward
 
 SPEC = RunSpec(task=TaskSpec(p=113, train_size=3830), phases=[PhaseSpec(steps=10_000)])
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense TF32 tensor-core peaks
+# Dense TF32 tensor-core peaks by the vendors' datasheets (their larger figures assume 2:4 sparsity).
+PEAK_TFLOPS = {"H100": 494.7, "H200": 494.7, "A100": 156.0}
 
 
 def matmul_flops_per_step(spec: RunSpec) -> float:
@@ -103,6 +105,60 @@ def count_host_reads(train_sizes: list[int]) -> tuple[int, int]:
     return reads.within("Ensemble.train_step"), reads.within("Ensemble.evaluate")
 
 
+def count_cuda_syncs(k: int, device: torch.device) -> tuple[float, int]:
+    """Host-device synchronisations that torch's sync debug mode reports, per training step (mean of
+    5, past the layout's first steps) and for one evaluation of all K members."""
+    ensemble = _ensemble(k, device)
+    for _ in range(3):
+        ensemble.train_step()
+
+    def syncs(fn) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    step_syncs = syncs(lambda: [ensemble.train_step() for _ in range(5)]) / 5
+    return step_syncs, syncs(lambda: ensemble.evaluate(list(ensemble.members)))
+
+
+# The paper's Fig. 7 (examples/paper/ungrokking.json): 10 seeds trained on half the pairs for 5,000
+# steps, then 7 D' x 3 weight decays x 10 seeds = 210 runs of 10,000 steps; an evaluation every 50.
+FIG7_SUBSETS = [390, 488, 610, 763, 955, 1194, 1494]
+
+
+def project_fig7(device: torch.device, pack: int = 64) -> None:
+    """Fig. 7's wall time on this device from measured steps and evaluations of its packs' shapes:
+    phase 1 as one pack of 10, phase 2 as packs of `pack` with the seven D' mixed as a pack holds them."""
+    half = SPEC.task.model_copy(update={"train_size": None, "train_fraction": 0.5})
+
+    def seconds(sizes: list[int | None], steps: int) -> tuple[float, float]:
+        specs = [
+            SPEC.model_copy(update={"seed": s, "task": half if d is None else SPEC.task.model_copy(update={"train_size": d})})
+            for s, d in enumerate(sizes)
+        ]
+        ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None] * len(specs), device)
+        t_step = min(_time(ensemble.train_step, 10, device) for _ in range(2))
+        t_eval = _time(lambda: ensemble.evaluate(list(ensemble.members)), 3, device)
+        total = steps * t_step + (steps // 50) * t_eval
+        print(f"  Fig. 7 pack of {len(sizes):3d}: {t_step * 1e3:.2f} ms/step, {t_eval * 1e3:.1f} ms/evaluation -> {total:.1f} s")
+        return total, t_step
+
+    phase2 = [FIG7_SUBSETS[i % len(FIG7_SUBSETS)] for i in range(210)]
+    packs = [phase2[i : i + pack] for i in range(0, len(phase2), pack)]
+    total = seconds([None] * 10, 5000)[0]
+    by_size = {}
+    for members in packs:
+        if len(members) not in by_size:
+            by_size[len(members)] = seconds(members, 10_000)[0]
+        total += by_size[len(members)]
+    print(f"Fig. 7 projected on this device: {total:.0f} s of training and evaluation ({len(packs)} phase-2 packs of <= {pack})")
+
+
 def _time(fn, steps: int, device: torch.device) -> float:
     """Seconds per call of fn over `steps` calls, after one warm-up call."""
     fn()
@@ -125,7 +181,7 @@ def main() -> None:
     steps, rounds = (5, 3) if args.quick else (20, 5)
     # As memory allows: the sizes whose members fit in the device's free memory at once.
     fit = members_that_fit([SPEC], device)
-    sizes = [k for k in ([1, 8] if args.quick else [1, 8, 32, 128]) if k <= fit]
+    sizes = [k for k in ([1, 8] if args.quick else [1, 8, 64, 256] if device.type == "cuda" else [1, 8, 32, 128]) if k <= fit]
 
     reference, single = _Reference(device), _ensemble(1, device)
     ref_times, single_times = [], []
@@ -159,7 +215,7 @@ def main() -> None:
             else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB max RSS (process)"
         )
         print(
-            f"ensemble K={k:3d}: {rate:8.2f} run-steps/s   {speedups[k]:.2f}x reference   "
+            f"ensemble K={k:3d}: {rate:8.2f} run-steps/s   {t * 1e3:7.2f} ms/step   {speedups[k]:.2f}x reference   "
             f"{achieved / 1e9:.1f} GFLOP/s ({fraction})   {memory}"
         )
         del ensemble
@@ -200,6 +256,11 @@ def main() -> None:
             f"{nbytes / 1e6:.0f} MB per member-step, {step_reads} host reads per step, "
             f"{eval_reads} per evaluation of all members"
         )
+    if device.type == "cuda":
+        for k in sizes[:3]:
+            step_syncs, eval_syncs = count_cuda_syncs(k, device)
+            print(f"host syncs on CUDA (torch.cuda.set_sync_debug_mode), K={k}: {step_syncs} per step, {eval_syncs} per evaluation")
+        project_fig7(device)
     k_best = max(speedups)
     print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")
 

@@ -3,7 +3,15 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import torch
+
+# The devices an equivalence test runs on: the CPU always, CUDA where there is a GPU (CI has none,
+# so there the CUDA cases are skipped; `pytest -m cuda` on a GPU host runs exactly them).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")]),
+]
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
 from engine.train import train_run
 
-from . import single_cpu_thread
+from . import DEVICES, single_cpu_thread
 
 TASK = TaskSpec(p=23, train_fraction=0.5)
 
@@ -54,8 +54,9 @@ def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
         ),
     ],
 )
-def test_stop_and_resume_reproduces_the_straight_run(tmp_path, changes, stop):
-    spec = _spec(**changes)
+@pytest.mark.parametrize("device", DEVICES)
+def test_stop_and_resume_reproduces_the_straight_run(tmp_path, changes, stop, device):
+    spec = _spec(**changes, device=device)
     straight = MemorySink()
     train_run(spec, straight)
 

@@ -12,7 +12,7 @@ from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
 from engine.packing import pack_key
 from engine.train import size_classes, train_ensemble, train_run
 
-from . import single_cpu_thread
+from . import DEVICES, single_cpu_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,13 +57,15 @@ def float64():
         torch.set_default_dtype(torch.float32)
 
 
-def test_ensemble_of_different_members_matches_each_run_trained_alone(float64):
-    assert len({pack_key(spec) for spec in MEMBERS}) == 1
-    alone = [MemorySink() for _ in MEMBERS]
-    for spec, sink in zip(MEMBERS, alone):
+@pytest.mark.parametrize("device", DEVICES)
+def test_ensemble_of_different_members_matches_each_run_trained_alone(float64, device):
+    members = [spec.model_copy(update={"device": device}) for spec in MEMBERS]
+    assert len({pack_key(spec) for spec in members}) == 1
+    alone = [MemorySink() for _ in members]
+    for spec, sink in zip(members, alone):
         train_run(spec, sink)
-    together = [MemorySink() for _ in MEMBERS]
-    results = train_ensemble(MEMBERS, together)
+    together = [MemorySink() for _ in members]
+    results = train_ensemble(members, together)
     assert [r.final_step for r in results] == [40, 50, 40]
     for a, b in zip(alone, together):
         _assert_same_series(a, b)

@@ -7,6 +7,8 @@ from engine.model import Mlp, Transformer, build_model, component_norms
 from engine.spec import MlpSpec, RunSpec, TaskSpec, TransformerSpec
 from benchmarks.reference_model import reference_forward
 
+from . import DEVICES
+
 
 def _random_batch(vocab: int, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.randint(vocab, (batch, 3), generator=g)
@@ -23,14 +25,15 @@ def _random_batch(vocab: int, batch: int, g: torch.Generator) -> tuple[torch.Ten
         (113, TransformerSpec()),
     ],
 )
-def test_shortcut_logits_and_gradients_match_all_positions_reference(p, model):
+@pytest.mark.parametrize("device", DEVICES)
+def test_shortcut_logits_and_gradients_match_all_positions_reference(p, model, device):
     spec = RunSpec(task=TaskSpec(p=p), model=model, seed=p)
-    net = build_model(spec).double()
+    net = build_model(spec).double().to(device)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for param in net.parameters():  # non-zero biases too, and larger scores than at init
-            param.copy_(torch.randn(param.shape, generator=g, dtype=torch.float64) * 0.5)
-    tokens, targets = _random_batch(p, 64, g)
+            param.copy_(torch.randn(param.shape, generator=g, dtype=torch.float64).to(device) * 0.5)
+    tokens, targets = (t.to(device) for t in _random_batch(p, 64, g))
 
     def logits_and_grads(forward):
         net.zero_grad()

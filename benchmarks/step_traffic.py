@@ -1,0 +1,117 @@
+"""One training step of the paper's configuration on CUDA, eager against compiled: milliseconds per
+step and, under Nsight Compute, the DRAM bytes it moves.
+
+`python -m benchmarks.step_traffic --k 64` prints ms/step of the eager step, the eager step replayed
+as a CUDA graph (the engine's capture), the step compiled by TorchInductor (fused elementwise work,
+`torch.compile(fullgraph=True)` of the engine's step body) and that compiled step replayed as a CUDA
+graph. `--profile eager|compiled` instead runs that one variant's step once between
+cudaProfilerStart and cudaProfilerStop, for
+`ncu --profile-from-start off --metrics dram__bytes_read.sum,dram__bytes_write.sum --csv`, whose
+per-kernel rows benchmarks/gpu_check.sh sums: the bytes the step really moves (caches included),
+where engine.op_count can only add up the tensors each eager op reads and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.engine import SPEC
+from engine.device import configure_tf32
+from engine.sink import MemorySink
+from engine.train import Ensemble
+
+
+def _ensemble(k: int, device: torch.device) -> Ensemble:
+    specs = [SPEC.model_copy(update={"seed": s}) for s in range(k)]
+    ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
+    for member in ensemble.members:  # past the warm-up: the step's shape from now on
+        member.step = SPEC.optimizer.warmup_steps
+    ensemble._set_hyperparameters()
+    return ensemble
+
+
+def _ms_per_step(step, steps: int = 20) -> float:
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def _graphed(step):
+    """The step replayed as one CUDA graph (captured after warm-up on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def variants(ensemble: Ensemble) -> dict:
+    layout = ensemble._batch_layout()
+    compiled_body = torch.compile(ensemble._step_body, fullgraph=True)
+    eager = lambda: ensemble._step_body(layout)  # noqa: E731
+    compiled = lambda: compiled_body(layout, functional=True)  # noqa: E731
+    return {"eager": eager, "compiled": compiled}
+
+
+def sum_ncu_csv(path: Path, k: int) -> None:
+    """Prints the kernels and DRAM bytes of an `ncu --csv --print-units base` log of one step."""
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))
+    kernels, total = set(), 0.0
+    for row in csv.DictReader(lines[header:]):
+        if row["Metric Name"] in ("dram__bytes_read.sum", "dram__bytes_write.sum"):
+            kernels.add(row["ID"])
+            total += float(row["Metric Value"].replace(",", ""))
+    print(f"{path.name}: {len(kernels)} kernels, {total / 1e9:.3f} GB of DRAM traffic a step, {total / k / 1e6:.1f} MB per member-step")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--profile", choices=["eager", "compiled"])
+    parser.add_argument("--sum-ncu", type=Path, help="sum the DRAM bytes of this ncu CSV log and exit")
+    args = parser.parse_args()
+    if args.sum_ncu:
+        sum_ncu_csv(args.sum_ncu, args.k)
+        return
+    device = torch.device("cuda")
+    configure_tf32(True)
+    ensemble = _ensemble(args.k, device)
+    steps = variants(ensemble)
+    if args.profile:
+        step = steps[args.profile]
+        for _ in range(3):  # compiles, warms the allocator
+            step()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+        return
+    start = time.perf_counter()
+    steps["compiled"]()
+    print(f"K={args.k}: compiling the step took {time.perf_counter() - start:.1f} s")
+    for name, step in steps.items():
+        ms = _ms_per_step(step)
+        print(f"K={args.k}: {name:9s} {ms:8.3f} ms/step   {args.k / ms * 1e3:10.1f} run-steps/s")
+        graphed_ms = _ms_per_step(_graphed(step))
+        print(f"K={args.k}: {name:9s} as a CUDA graph {graphed_ms:8.3f} ms/step   {args.k / graphed_ms * 1e3:10.1f} run-steps/s")
+
+
+if __name__ == "__main__":
+    main()
