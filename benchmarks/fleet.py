@@ -224,6 +224,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=40.0, help="stop after this long, at the size reached")
+    parser.add_argument("--worker-nice", type=int, default=None, help="the workers' GROKLAB_WORKER_NICE (default: the setting's)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.minutes * 60
     postgres, redis = start_postgres(), start_redis()
@@ -244,6 +245,8 @@ def main() -> None:
             # The fill stores 100 experiments a minute, as no owner could submit them.
             GROKLAB_SUBMISSIONS_PER_MINUTE="1000000",
         )  # fmt: skip
+        if args.worker_nice is not None:
+            env["GROKLAB_WORKER_NICE"] = str(args.worker_nice)
         port = free_port()
         for i in range(args.workers):
             processes.append(subprocess.Popen(
@@ -264,7 +267,8 @@ def main() -> None:
                 time.sleep(0.2)
         settings = Settings(database_url=url, broker_url=redis.url, queue_name="fleet", requeue_grace_seconds=30)
         celery = make_celery(settings)
-        print(f"fleet: PostgreSQL + Redis + api + {args.workers} workers on {os.cpu_count()} cores; logs in {logs}")
+        nice = env.get("GROKLAB_WORKER_NICE", Settings.model_fields["worker_nice"].default)
+        print(f"fleet: PostgreSQL + Redis + api + {args.workers} workers (nice {nice}) on {os.cpu_count()} cores; logs in {logs}")
         for size in (int(s) for s in args.sizes.split(",")):
             if time.monotonic() > deadline:
                 print(f"\nstopped before {size:,} runs: past --minutes {args.minutes:g}")

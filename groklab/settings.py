@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per worker; default splits the cores."
     )
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="The CPU priority (nice value) a worker process takes at start: training yields "
+        "the cores to the api, the database and the broker where they share a host (the embedded "
+        "default, a laptop); 0 keeps the priority the worker was started with.",
+    )
     max_runs_per_experiment: int = Field(DEFAULT_MAX_RUNS, ge=1)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     metric_flush_seconds: float = Field(
