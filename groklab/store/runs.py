@@ -13,19 +13,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from groklab.errors import Conflict, InvalidInput, NotFound
+from groklab.lifecycle import (  # noqa: F401  (the statuses' one home; the store's callers read them here too)
+    CANCELLED,
+    FAILED,
+    FINISHED_STATUSES,
+    QUEUED,
+    RUN_STATUSES,
+    RUNNING,
+    SUCCEEDED,
+    RunStatus,
+)
 from groklab.store.metric_writes import delete_series
 from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = RUN_STATUSES
-FINISHED_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ID = 2**31 - 1
 """Ids are 32-bit on PostgreSQL: a larger one cannot exist, and binding it is a database error."""
 
