@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.experiments import DCritSearchExperiment
 from engine.search import ProbeResult, next_round
 from engine.spec import RunSpec
+from groklab.lifecycle import CANCELLED, FAILED, FINISHED_STATUSES
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
 SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase", "restricted_loss")
@@ -417,11 +418,11 @@ def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None 
             "by_weight_decay": [{"weight_decay": wd, **d_crit(per_wd[wd])} for wd in sorted(per_wd)],
         }
         collapse[role] = weight_decay_collapse(per_wd)
-    missing = [run.id for run in runs if run.status in ("queued", "running")]
+    missing = [run.id for run in runs if run.status not in FINISHED_STATUSES]
     return {
         "complete": not missing,
         "missing_run_ids": missing,
-        "excluded_run_ids": [run.id for run in runs if run.status in ("failed", "cancelled")],
+        "excluded_run_ids": [run.id for run in runs if run.status in (FAILED, CANCELLED)],
         "analysed_runs": sum(run.analysis is not None for run in runs),
         "accuracy_vs_train_size": curves,
         "d_crit": estimates,

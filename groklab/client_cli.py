@@ -20,6 +20,7 @@ from groklab.client import (
     load_spec,
     watch_runs,
 )
+from groklab.lifecycle import CANCELLED, FAILED, SUCCEEDED
 from groklab.settings import comma_list
 
 
@@ -277,7 +278,7 @@ def _continue(client: Client, args: argparse.Namespace, console: Console) -> int
 def _retry(client: Client, args: argparse.Namespace, console: Console) -> int:
     before = {run.id: run.status for run in client.runs(args.experiment)}
     experiment = client.retry(args.experiment)
-    retried = [run_id for run_id, status in before.items() if status in ("failed", "cancelled")]
+    retried = [run_id for run_id, status in before.items() if status in (FAILED, CANCELLED)]
     console.print(f"experiment {experiment.id}: re-queued run(s) {', '.join(map(str, retried))}; now {_counts(experiment)}", markup=False)
     return 0
 
@@ -330,7 +331,7 @@ def _reproduce(client: Client, args: argparse.Namespace, console: Console) -> in
 
 def _exit_code(runs: list[Any]) -> int:
     """0 when every run succeeded, 1 otherwise, so that scripts can chain on `groklab watch`."""
-    return 0 if all(run.status == "succeeded" for run in runs) else 1
+    return 0 if all(run.status == SUCCEEDED for run in runs) else 1
 
 
 _COMMANDS = {

@@ -87,7 +87,7 @@ def continue_run(
         limit=settings.max_stored_bytes_per_owner, field="steps",
     )  # fmt: skip
     previous_end = spec.total_steps - request.steps
-    moved = run_store.transition(
+    moved = run_store.move(
         session,
         run_id,
         from_statuses=[run_store.SUCCEEDED],
@@ -126,7 +126,7 @@ def retry_experiment(session: Session, celery: Celery, settings: Settings, exper
         new_bytes=sum(_still_to_store(run, run.planned_points, run.planned_checkpoint_bytes) for run in retried),
     )  # fmt: skip
     for run in retried:
-        run_store.transition(
+        run_store.move(
             session,
             run.id,
             from_statuses=list(RETRIED_STATUSES),

@@ -23,10 +23,11 @@ from celery.worker import state as worker_state
 
 from engine.spec import RunSpec
 from engine.train import train_ensemble
-from groklab import forks, kinds
+from groklab import forks
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
 from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
+from groklab.lifecycle.finish import LEASE_LOST, RunEnding, finish_runs
 from groklab.run_checkpoints import RunCheckpoints
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
@@ -192,7 +193,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             member.sink.flush()
             if member.sink.lease_lost:
-                outcomes[member.run_id] = "lease-lost"
+                outcomes[member.run_id] = LEASE_LOST
             elif result.error is not None:
                 endings.append(Ending(member, run_store.FAILED, error=result.error))
             elif result.stopped and _worker_shutting_down() and not cancel_requested(k):
@@ -233,33 +234,12 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
 
 
 def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
-    """Record the runs' final statuses and hand off their waiting children, in one transaction;
-    then plan the next round of their searches. Each run's outcome: its status, or "lease-lost"
-    for a run whose lease moved on (another worker owns it now)."""
-    if not endings:
-        return {}
-    outcomes: dict[int, str] = {}
-    with session_scope(settings.resolved_database_url) as session:
-        for ending in endings:
-            member = ending.member
-            finished = leases.finish(
-                session,
-                member.lease,
-                status=ending.status,
-                error=ending.error,
-                stopped_early_at_step=ending.stopped_early_at_step,
-            )
-            outcomes[member.run_id] = ending.status if finished else "lease-lost"
-        forks.hand_off(
-            session, app, settings, {run_id: status for run_id, status in outcomes.items() if status != "lease-lost"}
-        )
-        session.commit()
-    finished_experiments = {e.member.experiment_id for e in endings if outcomes[e.member.run_id] != "lease-lost"}
-    for experiment_id in sorted(finished_experiments):
-        try:
-            with session_scope(settings.resolved_database_url) as session:
-                kinds.runs_finished(session, app, settings, run_store.get_experiment(session, experiment_id))
-        except Exception:
-            # The runs' ends are stored; the reconciler's next pass does it instead (a search's round).
-            log.exception("could not run the finish hook of experiment %s", experiment_id)
-    return outcomes
+    """The run lifecycle's finish path (groklab/lifecycle/finish.py) for the pack's members."""
+    return finish_runs(
+        settings,
+        app,
+        [
+            RunEnding(e.member.lease, e.member.experiment_id, e.status, e.error, e.stopped_early_at_step)
+            for e in endings
+        ],
+    )
