@@ -23,7 +23,7 @@ from engine.spec import RunSpec
 from groklab.fair_share import is_short
 from groklab.outages import BROKER, OUTAGES
 from groklab.settings import Settings
-from groklab.store import leases
+from groklab.store import database, leases
 from groklab.store import runs as run_store
 
 TRAIN_RUNS_TASK = "groklab.train_runs"
@@ -110,7 +110,7 @@ def dispatch_runs(
     budget = app.conf.get("short_run_parameter_steps", 0)
     packs = _packs(session, run_ids, ensemble_size)
     leases.mark_enqueued(session, list(run_ids))
-    session.commit()
+    database.commit(session)
     for sent, (pack, specs) in enumerate(packs):
         queue = priority_queue(app.conf["task_default_queue"]) if first or all(is_short(s, budget) for s in specs) else None
         try:

@@ -86,7 +86,5 @@ class YieldPoll:
             # that one short pack moves one long run aside, not one per member.
             experiment = self.experiment[shorts[0]]
             turn = [run_id for run_id in shorts if self.experiment[run_id] == experiment][: self.settings.ensemble_size]
-            if not leases.take_turn(session, turn, older_than=waited):
-                return None
-            session.commit()
-            return turn
+            # session_scope commits the turn when this returns.
+            return turn if leases.take_turn(session, turn, older_than=waited) else None

@@ -31,7 +31,7 @@ from groklab.settings import Settings
 from groklab.submission import stored_run
 from groklab.store import runs as run_store
 from groklab.store import search as search_store
-from groklab.store.database import session_scope
+from groklab.store.database import commit, session_scope
 from groklab.store.models import Experiment, Run
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
     )
     if plan.ended is not None:
         search_store.mark_ended(session, experiment_id)
-        session.commit()
+        commit(session)
         log.info("d_crit_search %s ended (%s) with bracket %s", experiment_id, plan.ended, plan.bracket)
         return []
     search_round = max((r.search_round or 1 for r in probes), default=0) + 1
