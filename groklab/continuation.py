@@ -16,6 +16,7 @@ from engine.spec import PhaseSpec, RunSpec, StopCondition, StrictModel, error_fi
 from groklab import storage
 from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, InvalidInput
+from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.store import quotas
 from groklab.store import runs as run_store
@@ -42,7 +43,7 @@ class ContinueRequest(StrictModel):
 def continued_spec(run: Run, request: ContinueRequest) -> RunSpec:
     """The run's spec with the new phase appended. A run that stopped early ends its phases at
     the step it stopped at (its last checkpoint), so the new phase starts there."""
-    spec = RunSpec.model_validate(run.spec)
+    spec = run_spec(run)
     phases = list(spec.phases)
     if run.stopped_early_at_step is not None:
         phases = _phases_ending_at(phases, run.stopped_early_at_step)

@@ -22,6 +22,7 @@ from engine.packing import pack_runs
 from engine.spec import RunSpec
 from groklab.fair_share import is_short
 from groklab.outages import BROKER, OUTAGES
+from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.store import database, leases
 from groklab.store import runs as run_store
@@ -129,7 +130,7 @@ def _packs(session: Session, run_ids: Sequence[int], ensemble_size: int) -> list
     by_experiment: dict[int, list[tuple[int, RunSpec]]] = {}
     for run_id in run_ids:
         run = run_store.get_run(session, run_id)
-        by_experiment.setdefault(run.experiment_id, []).append((run_id, RunSpec.model_validate(run.spec)))
+        by_experiment.setdefault(run.experiment_id, []).append((run_id, run_spec(run)))
     packs = []
     for runs in by_experiment.values():
         packs += [

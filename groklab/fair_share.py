@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from engine.spec import RunSpec, parameter_count
 from groklab.outages import DATABASE, OUTAGES, log_failure
+from groklab.run_specs import spec_of
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -78,7 +79,7 @@ class YieldPoll:
             unknown = [run_id for run_id in waiting if run_id not in self.short]
             for run_id, (experiment_id, spec) in run_store.specs_of(session, unknown).items():
                 self.experiment[run_id] = experiment_id
-                self.short[run_id] = is_short(RunSpec.model_validate(spec), self.settings.short_run_parameter_steps)
+                self.short[run_id] = is_short(spec_of(run_id, spec), self.settings.short_run_parameter_steps)
             shorts = [run_id for run_id in waiting if self.short.get(run_id)]
             if not shorts:
                 return None

@@ -29,6 +29,7 @@ from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.lifecycle.finish import LEASE_LOST, RunEnding, finish_runs
 from groklab.run_checkpoints import RunCheckpoints
+from groklab.run_specs import spec_of
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -152,7 +153,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
     for member in members:
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             try:
-                spec = RunSpec.model_validate(member.spec_data)
+                spec = spec_of(member.run_id, member.spec_data)
                 if member.parent_run_id is not None:
                     forks.start_child(settings, member.checkpoints, member.parent_run_id)
             except Exception as exc:
