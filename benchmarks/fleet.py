@@ -32,7 +32,6 @@ from sqlalchemy import func, select, update
 
 from engine.experiments import PlannedRun
 from engine.spec import RunSpec
-from groklab.dispatch import make_celery
 from groklab.local_servers import free_port, start_postgres, start_redis
 from groklab.reconciler import reconcile_once
 from groklab.settings import Settings
@@ -43,6 +42,7 @@ from groklab.store.migrate import upgrade
 from groklab.store.models import Run, utcnow
 from groklab.store.plans import captured_statements, explain, summary
 from groklab.submission import stored_run
+from worker.celery_config import make_celery
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_PER_EXPERIMENT = 500

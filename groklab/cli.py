@@ -81,7 +81,8 @@ def run_check(settings: Settings, api_url: str | None) -> int:
     """The container healthcheck of the api and the workers: what this process needs, reachable now."""
     import httpx
 
-    from groklab.dispatch import broker_reachable, make_celery
+    from groklab.dispatch import broker_reachable
+    from worker.celery_config import make_celery
     from groklab.store.database import database_reachable
 
     checks = {
@@ -144,7 +145,7 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str | None = None) -> int:
-    from groklab.dispatch import make_celery
+    from worker.celery_config import make_celery
     from groklab.reconciler import hand_back_worker_runs
     from groklab.store.migrate import upgrade
     from groklab.supervisor import Supervisor

@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 from engine.spec import RunSpec
 from engine.train import train_ensemble
 from groklab import forks
-from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
+from groklab.dispatch import dispatch_runs
 from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.lifecycle.finish import LEASE_LOST, RunEnding, finish_runs
@@ -36,6 +36,7 @@ from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_app import app
+from worker.celery_config import TRAIN_RUNS_TASK
 from worker.sink import DatabaseMetricSink, MetricWriter
 
 log = logging.getLogger(__name__)
