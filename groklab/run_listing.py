@@ -3,7 +3,8 @@ page at a time with a keyset cursor.
 
 Status, experiment and tags narrow the runs in SQL; spec fields, labels and sorting are applied
 here, over at most `max_listed_runs` runs, because JSON comparison differs between PostgreSQL and
-SQLite (as in the metric query's `where`) and labels come from each run's series.
+SQLite and labels come from each run's series. `where` means what it means in the metric query
+(store.metric_reads.spec_matches).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from engine.spec import spec_path_error
 from groklab.errors import InvalidInput
 from groklab.run_labels import run_labels
 from groklab.store import runs as run_store
-from groklab.store.metric_reads import LABEL, spec_value, value_order
+from groklab.store.metric_reads import LABEL, spec_matches, spec_value, value_order
 from groklab.store.models import Run
 
 LABELS = (
@@ -87,7 +88,7 @@ def list_runs(
             field="experiment_id",
         )
     if where:
-        runs = [run for run in runs if all(_equal(spec_value(run.spec, p), v) for p, v in where.items())]
+        runs = [run for run in runs if spec_matches(run.spec, where)]
     run_label: dict[int, str | None] = {}
     if labels or sort == LABEL or sort == f"-{LABEL}":
         run_label = run_labels(session, runs)
@@ -139,11 +140,6 @@ def sort_key(sort: str | None) -> tuple[Callable[[Run], Any] | None, bool]:
 
 def _LABEL_VALUE(run: Run) -> Any:  # a marker: the label is looked up, not computed
     return None
-
-
-def _equal(have: Any, want: Any) -> bool:
-    # 1000 == 1000.0 as in the metric query's where; True is not 1.
-    return have == want and isinstance(have, bool) == isinstance(want, bool)
 
 
 def _plain(value: Any) -> Any:
