@@ -169,13 +169,7 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
             ),
         },
     )  # fmt: skip
-    idle_times: dict[str, list[float]] = {name: [] for name in probe.requests}  # 5 rounds, no worker busy
-    with httpx.Client(base_url=base_url, timeout=60) as http:
-        for _ in range(5):
-            for name, (method, path, body) in probe.requests.items():
-                started = time.perf_counter()
-                http.request(method, path, json=body).raise_for_status()
-                idle_times[name].append(time.perf_counter() - started)
+    idle_times = _idle_times(base_url, probe)
     spec = {**TINY, "name": f"fleet {size}", "seeds": list(range(RUNS_PER_EXPERIMENT))}
     with httpx.Client(base_url=base_url, timeout=120) as http:
         started = time.perf_counter()
@@ -184,20 +178,7 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
         response.raise_for_status()
         experiment_id = response.json()["id"]
     probe.start()
-    submitted = time.monotonic()
-    while True:
-        with session_scope(url) as session:
-            finished, points = session.execute(
-                select(
-                    func.count(Run.id).filter(Run.status.in_(run_store.FINISHED_STATUSES)),
-                    func.coalesce(func.sum(Run.stored_points), 0),
-                ).where(Run.experiment_id == experiment_id)
-            ).one()
-        points = int(points)
-        if finished == RUNS_PER_EXPERIMENT or time.monotonic() - submitted > 900:
-            break
-        time.sleep(0.5)
-    trained_seconds = time.monotonic() - submitted
+    finished, points, trained_seconds = _wait_for(url, experiment_id)
     probe.stop.set()
     probe.join()
     reconcile_seconds, plans = explain_reconciler(settings, celery)
@@ -219,6 +200,66 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
     sys.stdout.flush()
 
 
+def _idle_times(base_url: str, probe: Probe) -> dict[str, list[float]]:
+    """Seconds of each probe request in 5 rounds while no worker is busy."""
+    idle_times: dict[str, list[float]] = {name: [] for name in probe.requests}
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        for _ in range(5):
+            for name, (method, path, body) in probe.requests.items():
+                started = time.perf_counter()
+                http.request(method, path, json=body).raise_for_status()
+                idle_times[name].append(time.perf_counter() - started)
+    return idle_times
+
+
+def _wait_for(url: str, experiment_id: int) -> tuple[int, int, float]:
+    """(finished runs, their stored points, seconds) once the experiment's runs finished (or 900 s)."""
+    submitted = time.monotonic()
+    while True:
+        with session_scope(url) as session:
+            finished, points = session.execute(
+                select(
+                    func.count(Run.id).filter(Run.status.in_(run_store.FINISHED_STATUSES)),
+                    func.coalesce(func.sum(Run.stored_points), 0),
+                ).where(Run.experiment_id == experiment_id)
+            ).one()
+        points = int(points)
+        if finished == RUNS_PER_EXPERIMENT or time.monotonic() - submitted > 900:
+            return finished, points, time.monotonic() - submitted
+        time.sleep(0.5)
+
+
+def _start_fleet(url: str, redis_url: str, workers: int, logs: Path, processes: list[subprocess.Popen[bytes]]) -> str:
+    """Start the workers and the api (appended to `processes`); the api's base URL once it answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
+    env.update(
+        GROKLAB_DATABASE_URL=url, GROKLAB_BROKER_URL=redis_url, GROKLAB_DATA_DIR=str(logs),
+        GROKLAB_QUEUE_NAME="fleet", GROKLAB_TORCH_THREADS="1", GROKLAB_DEVICE="cpu",
+        GROKLAB_RECONCILE_SECONDS="5", GROKLAB_MAX_RUNS_PER_EXPERIMENT="500", PYTHONUNBUFFERED="1",
+        # The fill stores 100 experiments a minute, as no owner could submit them.
+        GROKLAB_SUBMISSIONS_PER_MINUTE="1000000",
+    )  # fmt: skip
+    port = free_port()
+    for i in range(workers):
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+             "--loglevel", "WARNING", "-n", f"fleet{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            env=env, cwd=ROOT, stdout=(logs / f"worker{i}.log").open("ab"), stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
+    ))  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return base_url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -236,32 +277,7 @@ def main() -> None:
         url = postgres.url.rsplit("/", 1)[0] + "/fleet"
         libpq = url.replace("postgresql+psycopg://", "postgresql://")
         upgrade(url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
-        env.update(
-            GROKLAB_DATABASE_URL=url, GROKLAB_BROKER_URL=redis.url, GROKLAB_DATA_DIR=str(logs),
-            GROKLAB_QUEUE_NAME="fleet", GROKLAB_TORCH_THREADS="1", GROKLAB_DEVICE="cpu",
-            GROKLAB_RECONCILE_SECONDS="5", GROKLAB_MAX_RUNS_PER_EXPERIMENT="500", PYTHONUNBUFFERED="1",
-            # The fill stores 100 experiments a minute, as no owner could submit them.
-            GROKLAB_SUBMISSIONS_PER_MINUTE="1000000",
-        )  # fmt: skip
-        port = free_port()
-        for i in range(args.workers):
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-                 "--loglevel", "WARNING", "-n", f"fleet{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                env=env, cwd=ROOT, stdout=(logs / f"worker{i}.log").open("ab"), stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        base_url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        base_url = _start_fleet(url, redis.url, args.workers, logs, processes)
         settings = Settings(database_url=url, broker_url=redis.url, queue_name="fleet", requeue_grace_seconds=30)
         celery = make_celery(settings)
         print(f"fleet: PostgreSQL + Redis + api + {args.workers} workers on {os.cpu_count()} cores; logs in {logs}")

@@ -135,18 +135,6 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     # forms, typically long before test accuracy jumps: the lead says by how many steps.
     circuit_step = _first_step_at_most(_points(series, "restricted_loss"), thresholds.circuit_formed_loss)
     final_norm = _points(series, "param_norm")
-
-    def converged(points: list[tuple[int, float]]) -> float | None:
-        return float(np.median([v for _, v in points[-CONVERGED_EVALUATIONS:]])) if points else None
-
-    def drift(points: list[tuple[int, float]]) -> float | None:
-        # How far from settled the converged state is: a net whose norm still moves is read
-        # mid-way (weight decay's pull on what the loss does not use takes ~1 / (lr * wd) steps).
-        if not points or not points[-1][1]:
-            return None
-        quarter = next(v for s, v in points if s >= 0.75 * points[-1][0])
-        return abs(points[-1][1] - quarter) / points[-1][1]
-
     result: dict[str, Any] = {
         "memorisation_step": mem_step,
         "generalisation_step": gen_step,
@@ -163,11 +151,11 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "final_param_norm": final_norm[-1][1] if final_norm else None,
         "loss_target_step": norm_step,
         "param_norm_at_loss_target": norm,
-        "converged_train_loss": converged(_points(series, "train_loss")),
-        "converged_param_norm": converged(final_norm),
-        "converged_train_acc": converged(train_acc),
-        "converged_test_acc": converged(test_acc),
-        "param_norm_drift": drift(final_norm),
+        "converged_train_loss": _converged(_points(series, "train_loss")),
+        "converged_param_norm": _converged(final_norm),
+        "converged_train_acc": _converged(train_acc),
+        "converged_test_acc": _converged(test_acc),
+        "param_norm_drift": _drift(final_norm),
         "train_size": spec.final_train_size,
         "weight_decay": run_weight_decay(spec),
         "seed": spec.seed,
@@ -175,6 +163,19 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     }
     result["label"] = label_run(result, test_acc, thresholds, phase_two=phase_two)
     return result
+
+
+def _converged(points: list[tuple[int, float]]) -> float | None:
+    return float(np.median([v for _, v in points[-CONVERGED_EVALUATIONS:]])) if points else None
+
+
+def _drift(points: list[tuple[int, float]]) -> float | None:
+    # How far from settled the converged state is: a net whose norm still moves is read
+    # mid-way (weight decay's pull on what the loss does not use takes ~1 / (lr * wd) steps).
+    if not points or not points[-1][1]:
+        return None
+    quarter = next(v for s, v in points if s >= 0.75 * points[-1][0])
+    return abs(points[-1][1] - quarter) / points[-1][1]
 
 
 def label_run(

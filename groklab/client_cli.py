@@ -29,7 +29,14 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="the api's base URL (GROKLAB_URL; default http://127.0.0.1:8000)")
     common.add_argument("--api-key", help="an API key (GROKLAB_API_KEY), when the api requires one")
+    # In this order in `groklab --help`.
+    _add_submit_and_find_commands(commands, common)
+    _add_run_commands(commands, common)
+    _add_experiment_commands(commands, common)
 
+
+def _add_submit_and_find_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """submit, status, watch, metrics, runs."""
     submit = commands.add_parser("submit", parents=[common], help="submit an experiment spec (JSON or YAML file)")
     submit.add_argument("spec", help="path of a .json, .yaml or .yml spec")
     submit.add_argument("--watch", action="store_true", help="then watch its runs until they finish")
@@ -63,6 +70,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     runs.add_argument("--sort", help="a column, label, final_<series> or spec.<path>; -COLUMN descends")
     runs.add_argument("--json", action="store_true", help="one JSON object a run on stdout")
 
+
+def _add_run_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """tag, cancel, checkpoint, continue."""
     tag = commands.add_parser("tag", parents=[common], help="set or remove a run's or an experiment's tags and note")
     tag.add_argument("target", metavar="RUN|exp:EXP", help="a run id (7), or exp:3 for experiment 3")
     tag.add_argument("tags", nargs="*", metavar="KEY=VALUE", help="tags to set; KEY= removes KEY")
@@ -87,6 +97,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     proceed.add_argument("--weight-decay", type=float, help="the new phase's weight decay (default: the run's)")
     proceed.add_argument("--subset-size", type=int, help="train the new phase on a subset D' of the last training set")
 
+
+def _add_experiment_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """usage, retry, delete, reproduce."""
     usage = commands.add_parser("usage", parents=[common], help="what your runs store and will store, against your bound")
     usage.add_argument("--json", action="store_true", help="the api's answer as JSON on stdout")
 

@@ -62,13 +62,7 @@ def list_runs(
     max_listed_runs: int,
 ) -> RunListing:
     sort_value, descending = sort_key(sort)
-    for path in where or {}:
-        problem = spec_path_error(path)
-        if problem:
-            raise InvalidInput(f"where {path}: {problem}", field="where")
-    for label in labels or ():
-        if label not in LABELS:
-            raise InvalidInput(f"unknown label {label!r}; one of {', '.join(LABELS)}", field="label")
+    _check_filters(where, labels)
     if not where and not labels and sort_value is None:
         # Id order needs nothing but SQL: the listing stays unbounded, a page at a time.
         after_id = _id_cursor(cursor)
@@ -111,6 +105,16 @@ def list_runs(
         last_value = _plain(value(last) if value is not _LABEL_VALUE else run_label[last.id])
         next_cursor = _encode([last_value, last.id])
     return RunListing(page, next_cursor)
+
+
+def _check_filters(where: Mapping[str, Any] | None, labels: Sequence[str] | None) -> None:
+    for path in where or {}:
+        problem = spec_path_error(path)
+        if problem:
+            raise InvalidInput(f"where {path}: {problem}", field="where")
+    for label in labels or ():
+        if label not in LABELS:
+            raise InvalidInput(f"unknown label {label!r}; one of {', '.join(LABELS)}", field="label")
 
 
 def sort_key(sort: str | None) -> tuple[Callable[[Run], Any] | None, bool]:
