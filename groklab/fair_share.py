@@ -3,7 +3,7 @@
 A run is short when its total steps x model parameters (engine.spec.parameter_count) is at most
 `short_run_parameter_steps`: that product is what its training costs, known from the spec alone.
 Short runs go to the priority queue, long runs to the normal one, and every worker takes from the
-priority queue first (groklab.dispatch: Celery queues, consumed in order).
+priority queue first (worker.celery_config: Celery queues, consumed in order).
 
 When a short run has waited `IDLE_WORKER_GRACE_SECONDS` (so no worker was free to take it), one
 worker training long runs yields: the first whose conditional update wins the turn

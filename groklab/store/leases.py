@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from groklab.store.models import Run, RunEvent, utcnow
 from groklab.lifecycle import CANCELLED, FINISHED_STATUSES, QUEUED, RUNNING, SUCCEEDED, check_transition
+from groklab.store.models import Run, RunEvent, utcnow
 from groklab.store.runs import move
 
 
@@ -37,7 +37,7 @@ def claim_run(
 
     `message` names the broker message that carried the run (its pack), so the run's events tell
     which runs were trained together as one ensemble."""
-    check_transition([QUEUED], RUNNING)
+    check_transition([QUEUED], RUNNING)  # its own UPDATE rather than `move`: it returns the new token
     now = utcnow()
     token = session.scalar(
         update(Run)
