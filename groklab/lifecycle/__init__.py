@@ -33,7 +33,6 @@ FINISHED_STATUSES: tuple[RunStatus, ...] = (SUCCEEDED, FAILED, CANCELLED)
 """A run in one of these trains no more until a user continues or retries it."""
 ENQUEUED = "enqueued"
 """A queued run whose message was sent (see the module's docstring); stored as `queued`."""
-RUN_STATES: tuple[str, ...] = (QUEUED, ENQUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     # claimed by a worker; cancelled before it started; failed with its parent (a fork)
