@@ -11,11 +11,11 @@ from celery import Celery
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
-from groklab.dispatch import make_celery
 from groklab.outages import DATABASE, OUTAGES
 from groklab.settings import Settings, get_settings
 from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
+from worker.celery_config import make_celery
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -184,20 +184,45 @@ def main() -> None:
     sizes = [k for k in ([1, 8] if args.quick else [1, 8, 64, 256] if device.type == "cuda" else [1, 8, 32, 128]) if k <= fit]
 
     reference, single = _Reference(device), _ensemble(1, device)
+    t_ref, t_single = _single_run(reference, single, steps, rounds, device)
+    speedups = _ensembles(reference, single, sizes, steps, device, _peak_tflops(args.peak_tflops, device))
+    _evaluation(single, steps, rounds, device)
+    if device.type == "cuda":
+        _cuda_graphs(sizes, steps, t_ref, device)
+        for k in sizes[:3]:
+            step_syncs, eval_syncs = count_cuda_syncs(k, device)
+            print(f"host syncs on CUDA (torch.cuda.set_sync_debug_mode), K={k}: {step_syncs} per step, {eval_syncs} per evaluation")
+        project_fig7(device)
+    _kernels_and_host_reads(device, quick=args.quick)
+    k_best = max(speedups)
+    print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")
+
+
+def _single_run(reference: _Reference, single: Ensemble, steps: int, rounds: int, device: torch.device) -> tuple[float, float]:
+    """Seconds per step of the all-positions reference and of the engine's single run."""
     ref_times, single_times = [], []
     for _ in range(rounds):  # interleaved: load from other processes hits both alike
         ref_times.append(_time(reference.step, steps, device))
         single_times.append(_time(single.train_step, steps, device))
     t_ref, t_single = min(ref_times), min(single_times)
-    flops = matmul_flops_per_step(SPEC)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), threads {torch.get_num_threads()}")
     print(f"reference (all positions): {1 / t_ref:8.2f} steps/s")
     print(f"engine single run:         {1 / t_single:8.2f} steps/s   {t_ref / t_single:.2f}x reference")
+    return t_ref, t_single
 
-    peak = args.peak_tflops
-    if peak is None and device.type == "cuda":
+
+def _peak_tflops(given: float | None, device: torch.device) -> float | None:
+    if given is None and device.type == "cuda":
         name = torch.cuda.get_device_name()
-        peak = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
+        return next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
+    return given
+
+
+def _ensembles(
+    reference: _Reference, single: Ensemble, sizes: list[int], steps: int, device: torch.device, peak: float | None
+) -> dict[int, float]:
+    """Run-steps per second of ensembles of each size; each one's speed-up over the reference."""
+    flops = matmul_flops_per_step(SPEC)
     speedups = {}
     for k in sizes:
         ensemble = single if k == 1 else _ensemble(k, device)
@@ -219,9 +244,12 @@ def main() -> None:
             f"{achieved / 1e9:.1f} GFLOP/s ({fraction})   {memory}"
         )
         del ensemble
+    return speedups
 
-    # Evaluation + logging at the default interval (DEFAULT_EVALUATIONS per run: every 20 steps of
-    # 10,000), without and with the progress measures (on by default for add), interleaved.
+
+def _evaluation(single: Ensemble, steps: int, rounds: int, device: torch.device) -> None:
+    """Evaluation + logging at the default interval (DEFAULT_EVALUATIONS per run: every 20 steps of
+    10,000), without and with the progress measures (on by default for add), interleaved."""
     every = SPEC.resolved_eval_every
     plain = _ensemble(1, device, progress_measures=False)
     plain_times, measured_times = [], []
@@ -238,15 +266,20 @@ def main() -> None:
         f"progress measures: +{(t_measured - t_eval) * 1e3:.1f} ms per eval ({t_measured / t_eval:.2f}x the eval), "
         f"{(t_measured - t_eval) / (every * t_step):.1%} of training time at the default interval"
     )
-    if device.type == "cuda":
-        for k in sizes:
-            captured = _ensemble(k, device, capture=True)
-            t = min(_time(captured.train_step, max(2, steps // max(1, k // 8)), device) for _ in range(2))
-            print(f"ensemble K={k:3d}, CUDA graphs: {k / t:8.2f} run-steps/s   {k / t * t_ref:.2f}x reference")
-            del captured
 
+
+def _cuda_graphs(sizes: list[int], steps: int, t_ref: float, device: torch.device) -> None:
+    for k in sizes:
+        captured = _ensemble(k, device, capture=True)
+        t = min(_time(captured.train_step, max(2, steps // max(1, k // 8)), device) for _ in range(2))
+        print(f"ensemble K={k:3d}, CUDA graphs: {k / t:8.2f} run-steps/s   {k / t * t_ref:.2f}x reference")
+        del captured
+
+
+def _kernels_and_host_reads(device: torch.device, *, quick: bool) -> None:
+    """Kernels, bytes and host reads of one step, for lone runs, ensembles and two size classes."""
     d, small = SPEC.task.resolved_train_size, SPEC.task.resolved_train_size * 2 // 5  # two size classes
-    cases = [[d], [d] * 8] + ([] if args.quick else [[d] * 64]) + [[d] * 4 + [small] * 4]
+    cases = [[d], [d] * 8] + ([] if quick else [[d] * 64]) + [[d] * 4 + [small] * 4]
     for train_sizes in cases:
         ops, nbytes = count_step(train_sizes, device)
         step_reads, eval_reads = count_host_reads(train_sizes)
@@ -256,13 +289,6 @@ def main() -> None:
             f"{nbytes / 1e6:.0f} MB per member-step, {step_reads} host reads per step, "
             f"{eval_reads} per evaluation of all members"
         )
-    if device.type == "cuda":
-        for k in sizes[:3]:
-            step_syncs, eval_syncs = count_cuda_syncs(k, device)
-            print(f"host syncs on CUDA (torch.cuda.set_sync_debug_mode), K={k}: {step_syncs} per step, {eval_syncs} per evaluation")
-        project_fig7(device)
-    k_best = max(speedups)
-    print(f"single-run speed-up: {t_ref / t_single:.1f}x, ensemble speed-up (K={k_best}): {speedups[k_best]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from sqlalchemy import func, select, update
 
 from engine.experiments import PlannedRun
 from engine.spec import RunSpec
-from groklab.dispatch import make_celery
 from groklab.local_servers import free_port, start_postgres, start_redis
 from groklab.reconciler import reconcile_once
 from groklab.settings import Settings
@@ -43,6 +42,7 @@ from groklab.store.migrate import upgrade
 from groklab.store.models import Run, utcnow
 from groklab.store.plans import captured_statements, explain, summary
 from groklab.submission import stored_run
+from worker.celery_config import make_celery
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_PER_EXPERIMENT = 500
@@ -169,13 +169,7 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
             ),
         },
     )  # fmt: skip
-    idle_times: dict[str, list[float]] = {name: [] for name in probe.requests}  # 5 rounds, no worker busy
-    with httpx.Client(base_url=base_url, timeout=60) as http:
-        for _ in range(5):
-            for name, (method, path, body) in probe.requests.items():
-                started = time.perf_counter()
-                http.request(method, path, json=body).raise_for_status()
-                idle_times[name].append(time.perf_counter() - started)
+    idle_times = _idle_times(base_url, probe)
     spec = {**TINY, "name": f"fleet {size}", "seeds": list(range(RUNS_PER_EXPERIMENT))}
     with httpx.Client(base_url=base_url, timeout=120) as http:
         started = time.perf_counter()
@@ -184,20 +178,7 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
         response.raise_for_status()
         experiment_id = response.json()["id"]
     probe.start()
-    submitted = time.monotonic()
-    while True:
-        with session_scope(url) as session:
-            finished, points = session.execute(
-                select(
-                    func.count(Run.id).filter(Run.status.in_(run_store.FINISHED_STATUSES)),
-                    func.coalesce(func.sum(Run.stored_points), 0),
-                ).where(Run.experiment_id == experiment_id)
-            ).one()
-        points = int(points)
-        if finished == RUNS_PER_EXPERIMENT or time.monotonic() - submitted > 900:
-            break
-        time.sleep(0.5)
-    trained_seconds = time.monotonic() - submitted
+    finished, points, trained_seconds = _wait_for(url, experiment_id)
     probe.stop.set()
     probe.join()
     reconcile_seconds, plans = explain_reconciler(settings, celery)
@@ -219,6 +200,71 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
     sys.stdout.flush()
 
 
+def _idle_times(base_url: str, probe: Probe) -> dict[str, list[float]]:
+    """Seconds of each probe request in 5 rounds while no worker is busy."""
+    idle_times: dict[str, list[float]] = {name: [] for name in probe.requests}
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        for _ in range(5):
+            for name, (method, path, body) in probe.requests.items():
+                started = time.perf_counter()
+                http.request(method, path, json=body).raise_for_status()
+                idle_times[name].append(time.perf_counter() - started)
+    return idle_times
+
+
+def _wait_for(url: str, experiment_id: int) -> tuple[int, int, float]:
+    """(finished runs, their stored points, seconds) once the experiment's runs finished (or 900 s)."""
+    submitted = time.monotonic()
+    while True:
+        with session_scope(url) as session:
+            finished, points = session.execute(
+                select(
+                    func.count(Run.id).filter(Run.status.in_(run_store.FINISHED_STATUSES)),
+                    func.coalesce(func.sum(Run.stored_points), 0),
+                ).where(Run.experiment_id == experiment_id)
+            ).one()
+        points = int(points)
+        if finished == RUNS_PER_EXPERIMENT or time.monotonic() - submitted > 900:
+            return finished, points, time.monotonic() - submitted
+        time.sleep(0.5)
+
+
+def _start_fleet(
+    url: str, redis_url: str, workers: int, logs: Path, processes: list[subprocess.Popen[bytes]], worker_nice: int | None
+) -> str:
+    """Start the workers (at `worker_nice`, or the setting's default) and the api (appended to
+    `processes`); the api's base URL once it answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
+    env.update(
+        GROKLAB_DATABASE_URL=url, GROKLAB_BROKER_URL=redis_url, GROKLAB_DATA_DIR=str(logs),
+        GROKLAB_QUEUE_NAME="fleet", GROKLAB_TORCH_THREADS="1", GROKLAB_DEVICE="cpu",
+        GROKLAB_RECONCILE_SECONDS="5", GROKLAB_MAX_RUNS_PER_EXPERIMENT="500", PYTHONUNBUFFERED="1",
+        # The fill stores 100 experiments a minute, as no owner could submit them.
+        GROKLAB_SUBMISSIONS_PER_MINUTE="1000000",
+    )  # fmt: skip
+    if worker_nice is not None:
+        env["GROKLAB_WORKER_NICE"] = str(worker_nice)
+    port = free_port()
+    for i in range(workers):
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+             "--loglevel", "WARNING", "-n", f"fleet{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            env=env, cwd=ROOT, stdout=(logs / f"worker{i}.log").open("ab"), stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
+    ))  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return base_url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -237,37 +283,10 @@ def main() -> None:
         url = postgres.url.rsplit("/", 1)[0] + "/fleet"
         libpq = url.replace("postgresql+psycopg://", "postgresql://")
         upgrade(url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
-        env.update(
-            GROKLAB_DATABASE_URL=url, GROKLAB_BROKER_URL=redis.url, GROKLAB_DATA_DIR=str(logs),
-            GROKLAB_QUEUE_NAME="fleet", GROKLAB_TORCH_THREADS="1", GROKLAB_DEVICE="cpu",
-            GROKLAB_RECONCILE_SECONDS="5", GROKLAB_MAX_RUNS_PER_EXPERIMENT="500", PYTHONUNBUFFERED="1",
-            # The fill stores 100 experiments a minute, as no owner could submit them.
-            GROKLAB_SUBMISSIONS_PER_MINUTE="1000000",
-        )  # fmt: skip
-        if args.worker_nice is not None:
-            env["GROKLAB_WORKER_NICE"] = str(args.worker_nice)
-        port = free_port()
-        for i in range(args.workers):
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-                 "--loglevel", "WARNING", "-n", f"fleet{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                env=env, cwd=ROOT, stdout=(logs / f"worker{i}.log").open("ab"), stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        base_url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        base_url = _start_fleet(url, redis.url, args.workers, logs, processes, args.worker_nice)
         settings = Settings(database_url=url, broker_url=redis.url, queue_name="fleet", requeue_grace_seconds=30)
         celery = make_celery(settings)
-        nice = env.get("GROKLAB_WORKER_NICE", Settings.model_fields["worker_nice"].default)
+        nice = Settings.model_fields["worker_nice"].default if args.worker_nice is None else args.worker_nice
         print(f"fleet: PostgreSQL + Redis + api + {args.workers} workers (nice {nice}) on {os.cpu_count()} cores; logs in {logs}")
         for size in (int(s) for s in args.sizes.split(",")):
             if time.monotonic() > deadline:

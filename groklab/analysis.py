@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.experiments import DCritSearchExperiment
 from engine.search import ProbeResult, next_round
 from engine.spec import RunSpec
+from groklab.lifecycle import CANCELLED, FAILED, FINISHED_STATUSES
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
 SERIES_NEEDED = ("train_acc", "test_acc", "train_loss", "param_norm", "phase", "restricted_loss")
@@ -134,18 +135,6 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     # forms, typically long before test accuracy jumps: the lead says by how many steps.
     circuit_step = _first_step_at_most(_points(series, "restricted_loss"), thresholds.circuit_formed_loss)
     final_norm = _points(series, "param_norm")
-
-    def converged(points: list[tuple[int, float]]) -> float | None:
-        return float(np.median([v for _, v in points[-CONVERGED_EVALUATIONS:]])) if points else None
-
-    def drift(points: list[tuple[int, float]]) -> float | None:
-        # How far from settled the converged state is: a net whose norm still moves is read
-        # mid-way (weight decay's pull on what the loss does not use takes ~1 / (lr * wd) steps).
-        if not points or not points[-1][1]:
-            return None
-        quarter = next(v for s, v in points if s >= 0.75 * points[-1][0])
-        return abs(points[-1][1] - quarter) / points[-1][1]
-
     result: dict[str, Any] = {
         "memorisation_step": mem_step,
         "generalisation_step": gen_step,
@@ -162,11 +151,11 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "final_param_norm": final_norm[-1][1] if final_norm else None,
         "loss_target_step": norm_step,
         "param_norm_at_loss_target": norm,
-        "converged_train_loss": converged(_points(series, "train_loss")),
-        "converged_param_norm": converged(final_norm),
-        "converged_train_acc": converged(train_acc),
-        "converged_test_acc": converged(test_acc),
-        "param_norm_drift": drift(final_norm),
+        "converged_train_loss": _converged(_points(series, "train_loss")),
+        "converged_param_norm": _converged(final_norm),
+        "converged_train_acc": _converged(train_acc),
+        "converged_test_acc": _converged(test_acc),
+        "param_norm_drift": _drift(final_norm),
         "train_size": spec.final_train_size,
         "weight_decay": run_weight_decay(spec),
         "seed": spec.seed,
@@ -174,6 +163,19 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
     }
     result["label"] = label_run(result, test_acc, thresholds, phase_two=phase_two)
     return result
+
+
+def _converged(points: list[tuple[int, float]]) -> float | None:
+    return float(np.median([v for _, v in points[-CONVERGED_EVALUATIONS:]])) if points else None
+
+
+def _drift(points: list[tuple[int, float]]) -> float | None:
+    # How far from settled the converged state is: a net whose norm still moves is read
+    # mid-way (weight decay's pull on what the loss does not use takes ~1 / (lr * wd) steps).
+    if not points or not points[-1][1]:
+        return None
+    quarter = next(v for s, v in points if s >= 0.75 * points[-1][0])
+    return abs(points[-1][1] - quarter) / points[-1][1]
 
 
 def label_run(
@@ -417,11 +419,11 @@ def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None 
             "by_weight_decay": [{"weight_decay": wd, **d_crit(per_wd[wd])} for wd in sorted(per_wd)],
         }
         collapse[role] = weight_decay_collapse(per_wd)
-    missing = [run.id for run in runs if run.status in ("queued", "running")]
+    missing = [run.id for run in runs if run.status not in FINISHED_STATUSES]
     return {
         "complete": not missing,
         "missing_run_ids": missing,
-        "excluded_run_ids": [run.id for run in runs if run.status in ("failed", "cancelled")],
+        "excluded_run_ids": [run.id for run in runs if run.status in (FAILED, CANCELLED)],
         "analysed_runs": sum(run.analysis is not None for run in runs),
         "accuracy_vs_train_size": curves,
         "d_crit": estimates,

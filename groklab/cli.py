@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -17,6 +18,9 @@ from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
 from groklab.client_cli import add_client_commands, run_client_command
 from groklab.gpus import GpuConfigError, default_worker_plan, worker_envs, worker_gpus
 from groklab.settings import InsecureConfig, Settings
+
+if TYPE_CHECKING:
+    from groklab.supervisor import Supervisor
 
 # The server side (SQLAlchemy, Celery, the store) is imported by the commands that run it, so
 # that the client commands start in a fraction of a second and fail fast when the api is down.
@@ -81,8 +85,9 @@ def run_check(settings: Settings, api_url: str | None) -> int:
     """The container healthcheck of the api and the workers: what this process needs, reachable now."""
     import httpx
 
-    from groklab.dispatch import broker_reachable, make_celery
+    from groklab.dispatch import broker_reachable
     from groklab.store.database import database_reachable
+    from worker.celery_config import make_celery
 
     checks = {
         "database": database_reachable(settings.resolved_database_url),
@@ -144,10 +149,7 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str | None = None) -> int:
-    from groklab.dispatch import make_celery
-    from groklab.reconciler import hand_back_worker_runs
     from groklab.store.migrate import upgrade
-    from groklab.supervisor import Supervisor
 
     try:
         settings = Settings(data_dir=data_dir, host=host, gpus=gpus, workers=workers)
@@ -165,6 +167,29 @@ def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str 
     env = {**os.environ, "GROKLAB_DATA_DIR": str(data_dir), "GROKLAB_HOST": host, "GROKLAB_PORT": str(port)}
     env.setdefault("GROKLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
     upgrade(settings.resolved_database_url)
+    supervisor = _supervisor(settings, host, port, env, count, gpu_of_worker)
+    supervisor.start()
+    _print_up(settings, host, port, count, gpu_of_worker, auth_required=required)
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = supervisor.run(lambda: stopping)
+    print("groklab stopped.", flush=True)
+    return exit_code
+
+
+def _supervisor(
+    settings: Settings, host: str, port: int, env: dict[str, str], count: int, gpu_of_worker: list[str] | None
+) -> Supervisor:
+    """`groklab up`'s processes: the api and `count` workers, a dead worker's runs handed back."""
+    from groklab.reconciler import hand_back_worker_runs
+    from groklab.supervisor import Supervisor
+    from worker.celery_config import make_celery
 
     host_name = socket.gethostname()
     names = [f"worker{i}@{host_name}" for i in range(count)]
@@ -184,14 +209,18 @@ def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str 
         if run_ids:
             print(f"groklab: handed back runs {run_ids} of worker {worker}", file=sys.stderr, flush=True)
 
-    supervisor = Supervisor(
+    return Supervisor(
         [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
         workers_by_name,
         env,
         hand_back,
         worker_envs=worker_envs(names, gpu_of_worker),
     )
-    supervisor.start()
+
+
+def _print_up(
+    settings: Settings, host: str, port: int, count: int, gpu_of_worker: list[str] | None, *, auth_required: bool
+) -> None:
     on_gpus = "" if gpu_of_worker is None else f" on GPUs {', '.join(gpu_of_worker)}"
     print(
         f"groklab is up: http://{host}:{port} (docs at /docs), {count} worker(s){on_gpus}, "
@@ -199,7 +228,7 @@ def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str 
         f"{settings.broker_folder}. Ctrl-C stops it.",
         flush=True,
     )
-    if required:
+    if auth_required:
         print(
             "auth: required; send `Authorization: Bearer <key>` (create one with "
             "`groklab keys create --owner NAME`).",
@@ -211,18 +240,6 @@ def run_up(host: str, port: int, data_dir: Path, workers: int | None, gpus: str 
             "'local'. Bind another address (--host) and API keys become required.",
             flush=True,
         )
-
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    exit_code = supervisor.run(lambda: stopping)
-    print("groklab stopped.", flush=True)
-    return exit_code
 
 
 def _reason(exc: Exception) -> str:

@@ -32,10 +32,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from groklab.lifecycle import FINISHED_STATUSES
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRY_SECONDS = 600.0
 log = logging.getLogger(__name__)
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class ClientError(Exception):
@@ -134,7 +135,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED
+        return self.status in FINISHED_STATUSES
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Run:

@@ -20,6 +20,7 @@ from groklab.client import (
     load_spec,
     watch_runs,
 )
+from groklab.lifecycle import CANCELLED, FAILED, SUCCEEDED
 from groklab.settings import comma_list
 
 
@@ -28,7 +29,14 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="the api's base URL (GROKLAB_URL; default http://127.0.0.1:8000)")
     common.add_argument("--api-key", help="an API key (GROKLAB_API_KEY), when the api requires one")
+    # In this order in `groklab --help`.
+    _add_submit_and_find_commands(commands, common)
+    _add_run_commands(commands, common)
+    _add_experiment_commands(commands, common)
 
+
+def _add_submit_and_find_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """submit, status, watch, metrics, runs."""
     submit = commands.add_parser("submit", parents=[common], help="submit an experiment spec (JSON or YAML file)")
     submit.add_argument("spec", help="path of a .json, .yaml or .yml spec")
     submit.add_argument("--watch", action="store_true", help="then watch its runs until they finish")
@@ -62,6 +70,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     runs.add_argument("--sort", help="a column, label, final_<series> or spec.<path>; -COLUMN descends")
     runs.add_argument("--json", action="store_true", help="one JSON object a run on stdout")
 
+
+def _add_run_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """tag, cancel, checkpoint, continue."""
     tag = commands.add_parser("tag", parents=[common], help="set or remove a run's or an experiment's tags and note")
     tag.add_argument("target", metavar="RUN|exp:EXP", help="a run id (7), or exp:3 for experiment 3")
     tag.add_argument("tags", nargs="*", metavar="KEY=VALUE", help="tags to set; KEY= removes KEY")
@@ -86,6 +97,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     proceed.add_argument("--weight-decay", type=float, help="the new phase's weight decay (default: the run's)")
     proceed.add_argument("--subset-size", type=int, help="train the new phase on a subset D' of the last training set")
 
+
+def _add_experiment_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """usage, retry, delete, reproduce."""
     usage = commands.add_parser("usage", parents=[common], help="what your runs store and will store, against your bound")
     usage.add_argument("--json", action="store_true", help="the api's answer as JSON on stdout")
 
@@ -277,7 +291,7 @@ def _continue(client: Client, args: argparse.Namespace, console: Console) -> int
 def _retry(client: Client, args: argparse.Namespace, console: Console) -> int:
     before = {run.id: run.status for run in client.runs(args.experiment)}
     experiment = client.retry(args.experiment)
-    retried = [run_id for run_id, status in before.items() if status in ("failed", "cancelled")]
+    retried = [run_id for run_id, status in before.items() if status in (FAILED, CANCELLED)]
     console.print(f"experiment {experiment.id}: re-queued run(s) {', '.join(map(str, retried))}; now {_counts(experiment)}", markup=False)
     return 0
 
@@ -330,7 +344,7 @@ def _reproduce(client: Client, args: argparse.Namespace, console: Console) -> in
 
 def _exit_code(runs: list[Any]) -> int:
     """0 when every run succeeded, 1 otherwise, so that scripts can chain on `groklab watch`."""
-    return 0 if all(run.status == "succeeded" for run in runs) else 1
+    return 0 if all(run.status == SUCCEEDED for run in runs) else 1
 
 
 _COMMANDS = {

@@ -16,6 +16,7 @@ from engine.spec import PhaseSpec, RunSpec, StopCondition, StrictModel, error_fi
 from groklab import storage
 from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, InvalidInput
+from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.store import quotas
 from groklab.store import runs as run_store
@@ -42,7 +43,7 @@ class ContinueRequest(StrictModel):
 def continued_spec(run: Run, request: ContinueRequest) -> RunSpec:
     """The run's spec with the new phase appended. A run that stopped early ends its phases at
     the step it stopped at (its last checkpoint), so the new phase starts there."""
-    spec = RunSpec.model_validate(run.spec)
+    spec = run_spec(run)
     phases = list(spec.phases)
     if run.stopped_early_at_step is not None:
         phases = _phases_ending_at(phases, run.stopped_early_at_step)
@@ -87,7 +88,7 @@ def continue_run(
         limit=settings.max_stored_bytes_per_owner, field="steps",
     )  # fmt: skip
     previous_end = spec.total_steps - request.steps
-    moved = run_store.transition(
+    moved = run_store.move(
         session,
         run_id,
         from_statuses=[run_store.SUCCEEDED],
@@ -126,7 +127,7 @@ def retry_experiment(session: Session, celery: Celery, settings: Settings, exper
         new_bytes=sum(_still_to_store(run, run.planned_points, run.planned_checkpoint_bytes) for run in retried),
     )  # fmt: skip
     for run in retried:
-        run_store.transition(
+        run_store.move(
             session,
             run.id,
             from_statuses=list(RETRIED_STATUSES),

@@ -10,7 +10,6 @@ and only lose the link to their parent (the foreign key sets it to null).
 
 from __future__ import annotations
 
-
 from sqlalchemy.orm import Session
 
 from groklab.errors import Conflict
@@ -18,6 +17,7 @@ from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointStore
+from groklab.store.database import commit
 
 RETRY_AFTER_SECONDS = 2
 """A running run stops within about a second of its cancel."""
@@ -35,7 +35,7 @@ def delete_experiment(session: Session, settings: Settings, experiment_id: int, 
     running = run_store.cancel_experiment(session, experiment)
     # Committed before anything else: the cancels stand even when the deletion must wait, and
     # the checkpoint store's own transactions must not queue behind this one's locks (SQLite).
-    session.commit()
+    commit(session)
     if running:
         raise Conflict(
             f"experiment {experiment_id} cannot be deleted yet: runs {', '.join(map(str, running))} "
@@ -49,4 +49,4 @@ def delete_experiment(session: Session, settings: Settings, experiment_id: int, 
         # Before the runs: their index rows would cascade, but the blobs they name would not.
         checkpoints.delete_run(run.id)
     run_store.delete_experiment(session, experiment_id)
-    session.commit()
+    commit(session)

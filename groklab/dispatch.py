@@ -1,5 +1,8 @@
 """Sending runs to the broker and reading what waits there: the one place that queues work.
 
+A message goes to the task `worker.celery_config.TRAIN_RUNS_TASK`, which `worker/tasks.py`
+defines; the Celery app both sides use is made by `worker.celery_config.make_celery`.
+
 Everything that queues runs calls `dispatch_runs`: the api when an experiment is submitted, the
 worker for runs it re-queues and for fork children whose parent succeeded, the reconciler for
 runs the broker lost. The broker only carries run ids; a task reads everything else from the
@@ -15,81 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
 from sqlalchemy.orm import Session
 
 from engine.packing import pack_runs
 from engine.spec import RunSpec
 from groklab.fair_share import is_short
 from groklab.outages import BROKER, OUTAGES
-from groklab.settings import Settings
-from groklab.store import leases
+from groklab.run_specs import run_spec
+from groklab.store import database, leases
 from groklab.store import runs as run_store
-
-TRAIN_RUNS_TASK = "groklab.train_runs"
-
-
-def priority_queue(queue_name: str) -> str:
-    """The queue workers take from first: short runs, and the runs that gave way to them
-    (groklab/fair_share.py). `queue_name` itself carries the long runs."""
-    return f"{queue_name}.priority"
-
-
-def training_queues(queue_name: str) -> list[str]:
-    """Both training queues, in the order every worker consumes them."""
-    return [priority_queue(queue_name), queue_name]
-
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("groklab", broker=settings.resolved_broker_url, set_as_current=False)
-    # A worker tries its queues in the order of task_queues (the priority queue first) each time it
-    # takes a message; kombu's Redis transport reads this option, groklab.filesystem_broker makes
-    # the filesystem transport read it too.
-    transport_options: dict[str, object] = {"queue_order_strategy": "priority"}
-    transport: str | None = None
-    if settings.resolved_broker_url.startswith("filesystem://"):
-        transport = "groklab.filesystem_broker:Transport"
-        folder = settings.broker_folder
-        for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        transport_options |= {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-        }
-    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
-        # Redis hands an unacknowledged task to another worker after this long; runs can take
-        # days, and the run lease (not the broker) is what detects a lost worker.
-        transport_options |= {"visibility_timeout": settings.broker_visibility_timeout}
-    app.conf.update(
-        broker_transport=transport,
-        broker_transport_options=transport_options,
-        # Outages of the broker are waited out, never a reason to leave the fleet: retry the
-        # connection at start and after a loss for ever (Celery's default gives up after 100
-        # tries and the worker shuts down, silently shrinking a production fleet by a GPU).
-        broker_connection_retry_on_startup=True,
-        broker_connection_retry=True,
-        broker_connection_max_retries=None,
-        # A training task keeps going through a broker outage: its run's lease and checkpoints are
-        # in the database, and cancelling it would throw away up to a checkpoint interval of
-        # work. Said explicitly because Celery 6 turns the default around (it warns at every loss).
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        task_default_queue=settings.queue_name,
-        task_queues=[Queue(name, routing_key=name) for name in training_queues(settings.queue_name)],
-        task_ignore_result=True,
-        # Long training tasks: take one message at a time and acknowledge it only when done,
-        # so a worker that dies mid-run leaves its message to be delivered again.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-    )
-    # Read by dispatch_runs to route each pack (a setting of the process that sends, like the queues).
-    app.conf.short_run_parameter_steps = settings.short_run_parameter_steps
-    return app
-
+from worker.celery_config import TRAIN_RUNS_TASK, priority_queue, training_queues
 
 def dispatch_runs(
     session: Session, app: Celery, run_ids: Sequence[int], *, ensemble_size: int, first: bool = False
@@ -110,7 +48,7 @@ def dispatch_runs(
     budget = app.conf.get("short_run_parameter_steps", 0)
     packs = _packs(session, run_ids, ensemble_size)
     leases.mark_enqueued(session, list(run_ids))
-    session.commit()
+    database.commit(session)
     for sent, (pack, specs) in enumerate(packs):
         queue = priority_queue(app.conf["task_default_queue"]) if first or all(is_short(s, budget) for s in specs) else None
         try:
@@ -129,7 +67,7 @@ def _packs(session: Session, run_ids: Sequence[int], ensemble_size: int) -> list
     by_experiment: dict[int, list[tuple[int, RunSpec]]] = {}
     for run_id in run_ids:
         run = run_store.get_run(session, run_id)
-        by_experiment.setdefault(run.experiment_id, []).append((run_id, RunSpec.model_validate(run.spec)))
+        by_experiment.setdefault(run.experiment_id, []).append((run_id, run_spec(run)))
     packs = []
     for runs in by_experiment.values():
         packs += [

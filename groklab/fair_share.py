@@ -3,7 +3,7 @@
 A run is short when its total steps x model parameters (engine.spec.parameter_count) is at most
 `short_run_parameter_steps`: that product is what its training costs, known from the spec alone.
 Short runs go to the priority queue, long runs to the normal one, and every worker takes from the
-priority queue first (groklab.dispatch: Celery queues, consumed in order).
+priority queue first (worker.celery_config: Celery queues, consumed in order).
 
 When a short run has waited `IDLE_WORKER_GRACE_SECONDS` (so no worker was free to take it), one
 worker training long runs yields: the first whose conditional update wins the turn
@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from engine.spec import RunSpec, parameter_count
 from groklab.outages import DATABASE, OUTAGES, log_failure
+from groklab.run_specs import spec_of
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -78,7 +79,7 @@ class YieldPoll:
             unknown = [run_id for run_id in waiting if run_id not in self.short]
             for run_id, (experiment_id, spec) in run_store.specs_of(session, unknown).items():
                 self.experiment[run_id] = experiment_id
-                self.short[run_id] = is_short(RunSpec.model_validate(spec), self.settings.short_run_parameter_steps)
+                self.short[run_id] = is_short(spec_of(run_id, spec), self.settings.short_run_parameter_steps)
             shorts = [run_id for run_id in waiting if self.short.get(run_id)]
             if not shorts:
                 return None
@@ -86,7 +87,5 @@ class YieldPoll:
             # that one short pack moves one long run aside, not one per member.
             experiment = self.experiment[shorts[0]]
             turn = [run_id for run_id in shorts if self.experiment[run_id] == experiment][: self.settings.ensemble_size]
-            if not leases.take_turn(session, turn, older_than=waited):
-                return None
-            session.commit()
-            return turn
+            # session_scope commits the turn when this returns.
+            return turn if leases.take_turn(session, turn, older_than=waited) else None

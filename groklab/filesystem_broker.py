@@ -5,7 +5,7 @@ order the worker consumes them); kombu's other virtual transports, the filesyste
 ignore it (kombu 5.7: `virtual.Channel._reset_cycle` always builds a round-robin `FairCycle`), so a
 worker of the embedded default would take a long run from the normal queue right after a short
 one even with more short runs waiting. This Channel honours the same option, so both brokers
-consume the priority queue first (groklab.dispatch); everything else is kombu's transport.
+consume the priority queue first (worker.celery_config); everything else is kombu's transport.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.spec import RunSpec
 from groklab import analysis
+from groklab.run_specs import run_spec
 from groklab.store import metric_reads
 from groklab.store.models import Run
 from groklab.store.runs import SUCCEEDED
@@ -19,7 +19,7 @@ def analyse_stored_run(session: Session, run: Run, thresholds: analysis.Threshol
     series = metric_reads.read_series(
         session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None
     )
-    return analysis.analyse_run(series, RunSpec.model_validate(run.spec), thresholds)
+    return analysis.analyse_run(series, run_spec(run), thresholds)
 
 
 def run_labels(

@@ -3,7 +3,8 @@ page at a time with a keyset cursor.
 
 Status, experiment and tags narrow the runs in SQL; spec fields, labels and sorting are applied
 here, over at most `max_listed_runs` runs, because JSON comparison differs between PostgreSQL and
-SQLite (as in the metric query's `where`) and labels come from each run's series.
+SQLite and labels come from each run's series. `where` means what it means in the metric query
+(store.metric_reads.spec_matches).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from engine.spec import spec_path_error
 from groklab.errors import InvalidInput
 from groklab.run_labels import run_labels
 from groklab.store import runs as run_store
-from groklab.store.metric_reads import LABEL, spec_value, value_order
+from groklab.store.metric_reads import LABEL, spec_matches, spec_value, value_order
 from groklab.store.models import Run
 
 LABELS = (
@@ -61,13 +62,7 @@ def list_runs(
     max_listed_runs: int,
 ) -> RunListing:
     sort_value, descending = sort_key(sort)
-    for path in where or {}:
-        problem = spec_path_error(path)
-        if problem:
-            raise InvalidInput(f"where {path}: {problem}", field="where")
-    for label in labels or ():
-        if label not in LABELS:
-            raise InvalidInput(f"unknown label {label!r}; one of {', '.join(LABELS)}", field="label")
+    _check_filters(where, labels)
     if not where and not labels and sort_value is None:
         # Id order needs nothing but SQL: the listing stays unbounded, a page at a time.
         after_id = _id_cursor(cursor)
@@ -87,7 +82,7 @@ def list_runs(
             field="experiment_id",
         )
     if where:
-        runs = [run for run in runs if all(_equal(spec_value(run.spec, p), v) for p, v in where.items())]
+        runs = [run for run in runs if spec_matches(run.spec, where)]
     run_label: dict[int, str | None] = {}
     if labels or sort == LABEL or sort == f"-{LABEL}":
         run_label = run_labels(session, runs)
@@ -110,6 +105,16 @@ def list_runs(
         last_value = _plain(value(last) if value is not _LABEL_VALUE else run_label[last.id])
         next_cursor = _encode([last_value, last.id])
     return RunListing(page, next_cursor)
+
+
+def _check_filters(where: Mapping[str, Any] | None, labels: Sequence[str] | None) -> None:
+    for path in where or {}:
+        problem = spec_path_error(path)
+        if problem:
+            raise InvalidInput(f"where {path}: {problem}", field="where")
+    for label in labels or ():
+        if label not in LABELS:
+            raise InvalidInput(f"unknown label {label!r}; one of {', '.join(LABELS)}", field="label")
 
 
 def sort_key(sort: str | None) -> tuple[Callable[[Run], Any] | None, bool]:
@@ -139,11 +144,6 @@ def sort_key(sort: str | None) -> tuple[Callable[[Run], Any] | None, bool]:
 
 def _LABEL_VALUE(run: Run) -> Any:  # a marker: the label is looked up, not computed
     return None
-
-
-def _equal(have: Any, want: Any) -> bool:
-    # 1000 == 1000.0 as in the metric query's where; True is not 1.
-    return have == want and isinstance(have, bool) == isinstance(want, bool)
 
 
 def _plain(value: Any) -> Any:

@@ -23,15 +23,15 @@ from sqlalchemy.orm import Session
 
 from engine.experiments import DCritSearchExperiment, plan_search_probes
 from engine.search import ProbeResult, next_round
-from engine.spec import RunSpec
 from groklab import analysis
 from groklab.analysis import RunRecord
 from groklab.dispatch import dispatch_runs
+from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.submission import stored_run
 from groklab.store import runs as run_store
 from groklab.store import search as search_store
-from groklab.store.database import session_scope
+from groklab.store.database import commit, session_scope
 from groklab.store.models import Experiment, Run
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def probe_results(runs: list[Run]) -> list[ProbeResult]:
         point = (run.latest_metrics or {}).get("test_acc")
         if point is None or point[1] is None:
             continue
-        size = RunSpec.model_validate(run.spec).final_train_size
+        size = run_spec(run).final_train_size
         results.append(ProbeResult(train_size=size, round=run.search_round or 1, final_test_acc=float(point[1])))
     return results
 
@@ -85,12 +85,12 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
     )
     if plan.ended is not None:
         search_store.mark_ended(session, experiment_id)
-        session.commit()
+        commit(session)
         log.info("d_crit_search %s ended (%s) with bracket %s", experiment_id, plan.ended, plan.bracket)
         return []
     search_round = max((r.search_round or 1 for r in probes), default=0) + 1
     planned = plan_search_probes(
-        request, plan.sizes, search_round, [RunSpec.model_validate(r.spec) for r in phase1]
+        request, plan.sizes, search_round, [run_spec(r) for r in phase1]
     )
     if phase1:
         # Probes go size by size, seed by seed within a size, like phase 1's runs.

@@ -20,6 +20,7 @@ from engine.spec import ExperimentSpec, RunSpec
 from groklab import storage
 from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, NotFound
+from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.store import idempotency, quotas
 from groklab.store import runs as run_store
@@ -142,4 +143,4 @@ def _phase1_spec(session: Session, request: BaseModel, owner: str) -> RunSpec | 
         raise Conflict(
             f"run {run.id} is {run.status}; ungrokking continues a succeeded run", field="phase1_run_id"
         )
-    return RunSpec.model_validate(run.spec)
+    return run_spec(run)

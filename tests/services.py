@@ -20,12 +20,13 @@ from typing import Any
 
 import httpx
 
+from groklab.lifecycle import FINISHED_STATUSES
 from groklab.local_servers import free_port
 from groklab.store.database import create_database, drop_database
 from groklab.store.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
-FINISHED = {"succeeded", "failed", "cancelled"}
+FINISHED = set(FINISHED_STATUSES)
 
 
 @dataclass(frozen=True)

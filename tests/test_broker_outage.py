@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from engine.experiments import ExperimentRequest
 from groklab.continuation import ContinueRequest, continue_run, retry_experiment
-from groklab.dispatch import make_celery, pending_run_ids
+from groklab.dispatch import pending_run_ids
 from groklab.forks import hand_off
 from groklab.local_servers import free_port
 from groklab.reconciler import reconcile_once
@@ -24,6 +24,7 @@ from groklab.store.migrate import upgrade
 from groklab.store.models import Run
 from groklab.submission import submit_experiment
 from tests.services import tiny_spec
+from worker.celery_config import make_celery
 
 REQUEST = TypeAdapter(ExperimentRequest)
 

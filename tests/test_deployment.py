@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from groklab.dispatch import TRAIN_RUNS_TASK
 from groklab.settings import Settings
+from worker.celery_config import TRAIN_RUNS_TASK
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from kombu import Consumer
 
-from groklab.dispatch import make_celery, priority_queue, send_message, waiting_packs
+from groklab.dispatch import send_message, waiting_packs
 from groklab.settings import Settings
 from tests.services import redis_url
+from worker.celery_config import make_celery, priority_queue
 
 
 @pytest.mark.parametrize("broker", ["filesystem", "redis"])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from groklab.dispatch import make_celery, pending_run_ids
+from groklab.dispatch import pending_run_ids
 from groklab.reconciler import reconcile_once
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.migrate import upgrade
+from worker.celery_config import make_celery
 
 
 def _runs(url: str, count: int) -> list[int]:

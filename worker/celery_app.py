@@ -8,9 +8,9 @@ from celery import signals
 from celery.exceptions import CPendingDeprecationWarning
 
 from engine.device import configure_tf32
-from groklab.dispatch import make_celery
 from groklab.settings import get_settings
 from worker import observability  # noqa: F401  (JSON logs with run ids, worker /metrics)
+from worker.celery_config import make_celery
 
 app = make_celery(get_settings())
 # Celery warns at every broker loss that worker_cancel_long_running_tasks_on_connection_loss turns

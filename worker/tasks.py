@@ -23,17 +23,20 @@ from celery.worker import state as worker_state
 
 from engine.spec import RunSpec
 from engine.train import train_ensemble
-from groklab import forks, kinds
-from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
+from groklab import forks
+from groklab.dispatch import dispatch_runs
 from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
+from groklab.lifecycle.finish import LEASE_LOST, RunEnding, finish_runs
 from groklab.run_checkpoints import RunCheckpoints
+from groklab.run_specs import spec_of
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_app import app
+from worker.celery_config import TRAIN_RUNS_TASK
 from worker.sink import DatabaseMetricSink, MetricWriter
 
 log = logging.getLogger(__name__)
@@ -138,31 +141,16 @@ def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int],
 
 @app.task(name=TRAIN_RUNS_TASK, bind=True)
 def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-untyped-def]
+    """Claim the message's runs, train those that start as one ensemble, record each outcome."""
     settings = get_settings()
     store = CheckpointStore.from_settings(settings)
     members = _claim(settings, store, [int(r) for r in run_ids], self.request.hostname or "worker", self.request.id)
     if not members:
         return {}
-
     _set_torch_threads(settings.torch_threads)
-    outcomes: dict[int, str] = {}
-    ready: list[Member] = []
-    specs: list[RunSpec] = []
-    for member in members:
-        with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
-            try:
-                spec = RunSpec.model_validate(member.spec_data)
-                if member.parent_run_id is not None:
-                    forks.start_child(settings, member.checkpoints, member.parent_run_id)
-            except Exception as exc:
-                log.exception("run %s could not start", member.run_id)
-                outcomes |= _finish(settings, [Ending(member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")])
-                continue
-        ready.append(member)
-        specs.append(spec)
+    ready, specs, outcomes = _start(settings, members)
     if not ready:
         return outcomes
-
     cancel_requested = _cancel_poller(settings, ready)
     give_way = YieldPoll(settings, specs, resumed=any(member.resumed for member in ready))
 
@@ -184,23 +172,52 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
             member.sink.flush()
         error = f"{type(exc).__name__}: {exc}"
         return outcomes | _finish(settings, [Ending(member, run_store.FAILED, error=error) for member in ready])
+    return outcomes | _record_results(settings, ready, results, cancel_requested, give_way)
 
+
+def _start(settings: Settings, members: list[Member]) -> tuple[list[Member], list[RunSpec], dict[int, str]]:
+    """The members that start (their spec parsed, a fork given its parent's checkpoint and series)
+    with their specs; the others fail at once, and their outcomes are the third item."""
+    outcomes: dict[int, str] = {}
+    ready: list[Member] = []
+    specs: list[RunSpec] = []
+    for member in members:
+        with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
+            try:
+                spec = spec_of(member.run_id, member.spec_data)
+                if member.parent_run_id is not None:
+                    forks.start_child(settings, member.checkpoints, member.parent_run_id)
+            except Exception as exc:
+                log.exception("run %s could not start", member.run_id)
+                outcomes |= _finish(settings, [Ending(member, run_store.FAILED, error=f"{type(exc).__name__}: {exc}")])
+                continue
+        ready.append(member)
+        specs.append(spec)
+    return ready, specs, outcomes
+
+
+def _record_results(
+    settings: Settings,
+    ready: list[Member],
+    results: list[Any],
+    cancel_requested: Callable[[int], bool],
+    give_way: YieldPoll,
+) -> dict[int, str]:
+    """Each trained member's outcome: re-queued (its worker shuts down, or it gave way to a short
+    run), or ended (failed, cancelled, succeeded); a member whose lease moved on records nothing."""
+    outcomes: dict[int, str] = {}
     requeue: list[int] = []
     yielded: list[int] = []
     endings: list[Ending] = []
-    for k, (member, spec, result) in enumerate(zip(ready, specs, results, strict=True)):
+    for k, (member, result) in enumerate(zip(ready, results, strict=True)):
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
             member.sink.flush()
             if member.sink.lease_lost:
-                outcomes[member.run_id] = "lease-lost"
+                outcomes[member.run_id] = LEASE_LOST
             elif result.error is not None:
                 endings.append(Ending(member, run_store.FAILED, error=result.error))
             elif result.stopped and _worker_shutting_down() and not cancel_requested(k):
-                with session_scope(settings.resolved_database_url) as session:
-                    released = leases.release_to_queue(
-                        session, member.lease, reason=f"{member.lease.worker} shut down; re-queued"
-                    )
-                if released:
+                if _release(settings, member, f"{member.lease.worker} shut down; re-queued"):
                     requeue.append(member.run_id)
                 log.info("run %s checkpointed at step %s and re-queued (worker shutting down)", member.run_id, result.final_step)
                 outcomes[member.run_id] = run_store.QUEUED
@@ -210,9 +227,7 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
                     f"yielded {member.lease.worker} at step {result.final_step} to short run(s) {shorts} "
                     "(fair share); re-queued ahead of the long runs"
                 )
-                with session_scope(settings.resolved_database_url) as session:
-                    released = leases.release_to_queue(session, member.lease, reason=reason)
-                if released:
+                if _release(settings, member, reason):
                     yielded.append(member.run_id)
                 log.info("run %s checkpointed at step %s and yielded to short run(s) %s", member.run_id, result.final_step, shorts)
                 outcomes[member.run_id] = run_store.QUEUED
@@ -222,6 +237,18 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
                 endings.append(Ending(member, status, stopped_early_at_step=result.stopped_early_at_step))
     # All at once, so that the children of the parents this ensemble finished fill whole packs.
     outcomes |= _finish(settings, endings)
+    _send_again(settings, requeue, yielded)
+    return outcomes
+
+
+def _release(settings: Settings, member: Member, reason: str) -> bool:
+    """running -> queued under the member's lease; whether it still held the lease."""
+    with session_scope(settings.resolved_database_url) as session:
+        return leases.release_to_queue(session, member.lease, reason=reason)
+
+
+def _send_again(settings: Settings, requeue: list[int], yielded: list[int]) -> None:
+    """New messages for the runs this worker put back in the queue."""
     if requeue:
         with session_scope(settings.resolved_database_url) as session:
             dispatch_runs(session, app, requeue, ensemble_size=settings.ensemble_size)
@@ -229,37 +256,15 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
         # To the end of the priority queue: back on a worker after the short runs waiting now.
         with session_scope(settings.resolved_database_url) as session:
             dispatch_runs(session, app, yielded, ensemble_size=settings.ensemble_size, first=True)
-    return outcomes
 
 
 def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
-    """Record the runs' final statuses and hand off their waiting children, in one transaction;
-    then plan the next round of their searches. Each run's outcome: its status, or "lease-lost"
-    for a run whose lease moved on (another worker owns it now)."""
-    if not endings:
-        return {}
-    outcomes: dict[int, str] = {}
-    with session_scope(settings.resolved_database_url) as session:
-        for ending in endings:
-            member = ending.member
-            finished = leases.finish(
-                session,
-                member.lease,
-                status=ending.status,
-                error=ending.error,
-                stopped_early_at_step=ending.stopped_early_at_step,
-            )
-            outcomes[member.run_id] = ending.status if finished else "lease-lost"
-        forks.hand_off(
-            session, app, settings, {run_id: status for run_id, status in outcomes.items() if status != "lease-lost"}
-        )
-        session.commit()
-    finished_experiments = {e.member.experiment_id for e in endings if outcomes[e.member.run_id] != "lease-lost"}
-    for experiment_id in sorted(finished_experiments):
-        try:
-            with session_scope(settings.resolved_database_url) as session:
-                kinds.runs_finished(session, app, settings, run_store.get_experiment(session, experiment_id))
-        except Exception:
-            # The runs' ends are stored; the reconciler's next pass does it instead (a search's round).
-            log.exception("could not run the finish hook of experiment %s", experiment_id)
-    return outcomes
+    """The run lifecycle's finish path (groklab/lifecycle/finish.py) for the pack's members."""
+    return finish_runs(
+        settings,
+        app,
+        [
+            RunEnding(e.member.lease, e.member.experiment_id, e.status, e.error, e.stopped_early_at_step)
+            for e in endings
+        ],
+    )

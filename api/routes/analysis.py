@@ -10,10 +10,11 @@ from pydantic import ValidationError
 
 from api.auth import ReaderDep
 from api.deps import SessionDep
-from engine.spec import RunSpec, error_field
+from engine.spec import error_field
 from groklab import analysis, kinds
 from groklab.errors import InvalidInput
 from groklab.run_labels import analyse_stored_run
+from groklab.run_specs import run_spec
 from groklab.store import runs as run_store
 
 router = APIRouter(tags=["analysis"])
@@ -92,7 +93,7 @@ def experiment_analysis(
             index=run.index,
             status=run.status,
             role=run.role or "run",
-            spec=RunSpec.model_validate(run.spec),
+            spec=run_spec(run),
             analysis=_analyse(session, run, limits) if run.status == run_store.SUCCEEDED else None,
             search_round=run.search_round,
         )

@@ -12,9 +12,10 @@ from pydantic import BaseModel
 
 from api.auth import ReaderDep
 from api.deps import CheckpointStoreDep, SessionDep
-from engine.spec import PROGRESS_MEASURES_DEFINED_FOR, RunSpec
+from engine.spec import PROGRESS_MEASURES_DEFINED_FOR
 from groklab.errors import InvalidInput, NotFound
 from groklab.run_checkpoints import decode, model_weights
+from groklab.run_specs import run_spec
 from groklab.store import runs as run_store
 from groklab.store.checkpoints import CheckpointInfo
 
@@ -118,7 +119,7 @@ def fourier_view(
     token axis and of the logits over all pairs in cos / sin(w_k (a + b - c)), and the key
     frequencies (engine.progress_measures), at a stored checkpoint."""
     run = run_store.get_run(session, run_id, owner=principal.owner)
-    spec = RunSpec.model_validate(run.spec)
+    spec = run_spec(run)
     if not spec.supports_progress_measures:
         raise InvalidInput(
             f"run {run_id} is a {spec.model.kind} on '{spec.task.op}': the Fourier view is defined for "

@@ -52,6 +52,18 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
+def commit(session: Session) -> None:
+    """End the session's transaction here, in the middle of a unit of work, because what the
+    caller does next needs what it wrote stored and visible to other processes: a message about
+    runs goes out (the worker must find them), a refusal must keep the cancels made before it
+    (the request's session rolls back on an error), another store's transactions must not wait
+    on this one's locks.
+
+    Transactions are opened and committed in this layer only: by `session_scope` (the api's
+    session per request is one) at the end of the unit of work, and by this before it."""
+    session.commit()
+
+
 def database_reachable(url: str) -> bool:
     """Whether the database answers a trivial query now (readiness checks, `groklab check`)."""
     try:

@@ -10,7 +10,8 @@ from sqlalchemy import ColumnElement, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from groklab.store.models import MetricPoint, MetricRollup, MetricSeries, Run, utcnow
-from groklab.store.runs import FAILED, FINISHED_STATUSES, QUEUED, SUCCEEDED, transition
+from groklab.lifecycle import FAILED, FINISHED_STATUSES, QUEUED, SUCCEEDED
+from groklab.store.runs import move
 
 
 def parent_succeeded(child: Any, parent: Any) -> ColumnElement[bool]:
@@ -50,7 +51,7 @@ def waiting_children(session: Session, parent_run_ids: Collection[int]) -> list[
 def fail_children(session: Session, parent_run_id: int, *, parent_status: str) -> list[int]:
     children = waiting_children(session, [parent_run_id])
     for child in children:
-        transition(
+        move(
             session,
             child,
             from_statuses=[QUEUED],

@@ -14,15 +14,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from groklab.lifecycle import CANCELLED, FINISHED_STATUSES, QUEUED, RUNNING, SUCCEEDED, check_transition
 from groklab.store.models import Run, RunEvent, utcnow
-from groklab.store.runs import (
-    CANCELLED,
-    FINISHED_STATUSES,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    transition,
-)
+from groklab.store.runs import move
 
 
 class LeaseLost(RuntimeError):
@@ -43,6 +37,7 @@ def claim_run(
 
     `message` names the broker message that carried the run (its pack), so the run's events tell
     which runs were trained together as one ensemble."""
+    check_transition([QUEUED], RUNNING)  # its own UPDATE rather than `move`: it returns the new token
     now = utcnow()
     token = session.scalar(
         update(Run)
@@ -86,7 +81,7 @@ def finish(
 ) -> bool:
     if status not in FINISHED_STATUSES:
         raise ValueError(f"not a final status: {status}")
-    return transition(
+    return move(
         session,
         lease.run_id,
         from_statuses=[RUNNING],
@@ -102,7 +97,7 @@ def finish(
 
 def release_to_queue(session: Session, lease: Lease, *, reason: str) -> bool:
     """running -> queued (worker shutting down); the caller sends a new message after commit."""
-    return transition(
+    return move(
         session,
         lease.run_id,
         from_statuses=[RUNNING],
@@ -122,7 +117,7 @@ def expire_leases(session: Session, *, now: datetime | None = None) -> list[int]
     )
     requeued = []
     for run_id in expired:
-        if transition(
+        if move(
             session,
             run_id,
             from_statuses=[RUNNING],
@@ -152,7 +147,7 @@ def release_worker_runs(session: Session, worker: str, *, reason: str) -> list[i
     requeued = []
     for run_id in held:
         fence = {"lease_token": Run.lease_token + 1, "lease_expires_at": None}
-        if transition(
+        if move(
             session,
             run_id,
             from_statuses=[RUNNING],
@@ -164,7 +159,7 @@ def release_worker_runs(session: Session, worker: str, *, reason: str) -> list[i
         ):
             requeued.append(run_id)
         else:
-            transition(
+            move(
                 session,
                 run_id,
                 from_statuses=[RUNNING],

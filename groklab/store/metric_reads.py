@@ -109,6 +109,26 @@ def spec_value(spec: Mapping[str, Any], dotted: str) -> Any:
     return None if value is _MISSING else value
 
 
+def spec_matches(spec: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    """Whether the run's spec has every `where` value at its dotted path: the one meaning of
+    `where` in the runs listing and the metric query. A path the spec lacks never matches (not
+    even null); values are equal as JSON values, so 1000 == 1000.0 but a boolean equals only a
+    boolean (true is not 1), also inside lists and objects."""
+    return all(_json_equal(_spec_value(spec, path), value) for path, value in where.items())
+
+
+def _json_equal(have: Any, want: Any) -> bool:
+    if have is _MISSING:
+        return False
+    if isinstance(have, bool) or isinstance(want, bool):
+        return isinstance(have, bool) and isinstance(want, bool) and have == want
+    if isinstance(have, list) and isinstance(want, list):
+        return len(have) == len(want) and all(map(_json_equal, have, want))
+    if isinstance(have, Mapping) and isinstance(want, Mapping):
+        return have.keys() == want.keys() and all(_json_equal(have[k], want[k]) for k in have)
+    return have == want
+
+
 def value_order(value: Any) -> tuple[Any, ...]:
     """A sort key over the mixed JSON values of spec fields and columns: numbers by size, then
     strings, then anything else by its JSON text; None last."""
@@ -135,7 +155,7 @@ def select_runs(
 ) -> list[Run]:
     """The runs a query names, oldest first: listed ids must all exist, filters narrow the set.
 
-    `where` matches dotted paths of a run's expanded spec by equality (1000 == 1000.0); it is
+    `where` matches dotted paths of a run's expanded spec (`spec_matches`); it is
     applied here rather than in SQL because JSON comparison differs between the two databases,
     and an experiment holds a bounded number of runs. Another owner's runs count as missing.
     """
@@ -158,11 +178,7 @@ def select_runs(
         query = query.where(Run.status.in_(statuses))
     runs = list(session.scalars(query))
     if where:
-        runs = [
-            run
-            for run in runs
-            if all(_spec_value(run.spec, path) == value for path, value in where.items())
-        ]
+        runs = [run for run in runs if spec_matches(run.spec, where)]
     if len(runs) > MAX_RUNS:
         raise InvalidInput(f"the query selects more than {MAX_RUNS} runs", field="experiment_id")
     return runs

@@ -1,8 +1,8 @@
-"""Experiments and runs: creation, listing, and the run state machine as conditional updates.
+"""Experiments and runs: creation, listing, and the run lifecycle's moves as conditional updates.
 
-A run changes status only through `transition`, an UPDATE guarded by the statuses it may come
-from, so two processes racing on one run (a duplicate task delivery, a cancel during start-up)
-cannot both win; every transition that happens is recorded as a RunEvent.
+A run changes status only through `move` (the moves groklab.lifecycle allows), an UPDATE guarded
+by the statuses it may come from, so two processes racing on one run (a duplicate task delivery,
+a cancel during start-up) cannot both win; every move that happens is recorded as a RunEvent.
 
 Reads take an `owner`: another owner's experiment or run is NotFound, exactly like a missing one,
 so ids reveal nothing across owners. `owner=None` (workers, the reconciler) sees everything.
@@ -13,19 +13,26 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from groklab.errors import Conflict, InvalidInput, NotFound
+from groklab.lifecycle import (  # noqa: F401  (the statuses' one home; the store's callers read them here too)
+    CANCELLED,
+    FAILED,
+    FINISHED_STATUSES,
+    QUEUED,
+    RUN_STATUSES,
+    RUNNING,
+    SUCCEEDED,
+    RunStatus,
+    check_transition,
+)
 from groklab.store.metric_writes import delete_series
 from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = RUN_STATUSES
-FINISHED_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ID = 2**31 - 1
 """Ids are 32-bit on PostgreSQL: a larger one cannot exist, and binding it is a database error."""
 
@@ -217,6 +224,8 @@ def transition(
     extra_where: Sequence[Any] = (),
     **values: Any,
 ) -> bool:
+    """Whether the run moved: an UPDATE guarded by the statuses it may come from, recorded as a
+    RunEvent. Unchecked: the server's moves go through `move`; tests use this to set a state up."""
     result = session.execute(
         update(Run)
         .where(Run.id == run_id, Run.status.in_(from_statuses), *extra_where)
@@ -229,10 +238,28 @@ def transition(
     return True
 
 
+def move(
+    session: Session,
+    run_id: int,
+    *,
+    from_statuses: Sequence[str],
+    to_status: str,
+    message: str | None = None,
+    extra_where: Sequence[Any] = (),
+    **values: Any,
+) -> bool:
+    """`transition` for a move the run lifecycle allows (groklab.lifecycle.TRANSITIONS); any
+    other raises IllegalTransition and changes nothing."""
+    check_transition(from_statuses, to_status)
+    return transition(
+        session, run_id, from_statuses=from_statuses, to_status=to_status, message=message, extra_where=extra_where, **values
+    )
+
+
 def request_cancel(session: Session, run_id: int, *, owner: str | None = None) -> Run:
     """A queued run is cancelled at once; a running one is flagged and its worker stops it."""
     run = get_run(session, run_id, owner=owner)
-    if transition(
+    if move(
         session,
         run_id,
         from_statuses=[QUEUED],

@@ -18,11 +18,12 @@ from engine.sink import MemorySink
 from engine.spec import ExperimentSpec
 from engine.train import train_run
 from groklab.client import Client
-from groklab.dispatch import make_celery, send_message
+from groklab.dispatch import send_message
 from groklab.settings import Settings
 from tests.faults.conftest import FAULT_SUMMARY
 from groklab.local_servers import PrivatePostgres, PrivateRedis
 from tests.services import Stack, tiny_spec, wait_for_runs, wait_until
+from worker.celery_config import make_celery
 
 STEPS = 1500
 EVAL_EVERY = 10

@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from engine.experiments import UngrokkingExperiment
-from groklab.dispatch import make_celery, waiting_packs
+from groklab.dispatch import waiting_packs
 from groklab.reconciler import reconcile_once
 from groklab.settings import Settings
 from groklab.submission import submit_experiment
@@ -23,6 +23,7 @@ from groklab.store.migrate import upgrade
 from tests.store.test_leases import parent_and_child
 from worker import tasks
 from worker.sink import DatabaseMetricSink
+from worker.celery_config import make_celery
 
 
 class RecordingBroker:

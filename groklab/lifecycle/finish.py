@@ -1,0 +1,69 @@
+"""The end of runs: record their final statuses, then run the finish hooks.
+
+Two hooks, in this order:
+- the fork hand-off (groklab/forks.py), in the transaction that records the statuses: a
+  succeeded parent's waiting children are sent, a failed or cancelled one's fail with it;
+- each finished experiment's kind hook (groklab/kinds.py: a d_crit_search plans its next round),
+  after that commit, one experiment at a time; a hook that fails is logged and left to the
+  reconciler's next pass, since the runs' ends are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from celery import Celery
+
+from groklab import forks, kinds
+from groklab.settings import Settings
+from groklab.store import leases
+from groklab.store import runs as run_store
+from groklab.store.database import session_scope
+
+log = logging.getLogger(__name__)
+
+LEASE_LOST = "lease-lost"
+"""The outcome of a run whose lease moved on (another worker owns it now): nothing recorded."""
+
+
+@dataclass(frozen=True)
+class RunEnding:
+    """How a run its worker holds the lease of ended."""
+
+    lease: leases.Lease
+    experiment_id: int
+    status: str
+    error: str | None = None
+    stopped_early_at_step: int | None = None
+
+
+def finish_runs(settings: Settings, celery: Celery, endings: Sequence[RunEnding]) -> dict[int, str]:
+    """Record the runs' final statuses and hand off their waiting children, in one transaction;
+    then run their experiments' kind hooks. Each run's outcome: its status, or LEASE_LOST."""
+    if not endings:
+        return {}
+    outcomes: dict[int, str] = {}
+    with session_scope(settings.resolved_database_url) as session:
+        for ending in endings:
+            finished = leases.finish(
+                session,
+                ending.lease,
+                status=ending.status,
+                error=ending.error,
+                stopped_early_at_step=ending.stopped_early_at_step,
+            )
+            outcomes[ending.lease.run_id] = ending.status if finished else LEASE_LOST
+        forks.hand_off(
+            session, celery, settings, {run_id: status for run_id, status in outcomes.items() if status != LEASE_LOST}
+        )
+    finished_experiments = {e.experiment_id for e in endings if outcomes[e.lease.run_id] != LEASE_LOST}
+    for experiment_id in sorted(finished_experiments):
+        try:
+            with session_scope(settings.resolved_database_url) as session:
+                kinds.runs_finished(session, celery, settings, run_store.get_experiment(session, experiment_id))
+        except Exception:
+            # The runs' ends are stored; the reconciler's next pass does it instead (a search's round).
+            log.exception("could not run the finish hook of experiment %s", experiment_id)
+    return outcomes
