@@ -23,11 +23,12 @@ from celery.worker import state as worker_state
 
 from engine.spec import RunSpec
 from engine.train import train_ensemble
-from groklab import forks, kinds
+from groklab import analysis, forks, kinds
 from groklab.dispatch import TRAIN_RUNS_TASK, dispatch_runs
 from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.run_checkpoints import RunCheckpoints
+from groklab.run_labels import analyse_stored_runs
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -232,6 +233,20 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
     return outcomes
 
 
+def _keep_analyses(settings: Settings, run_ids: list[int]) -> None:
+    """Analyse the runs that just succeeded, with the default thresholds, into the answer cache:
+    the experiment page's first open then reads 200 analyses, not 800,000 points. A failure here
+    loses nothing: the api computes and keeps an analysis that is not there."""
+    if not run_ids or settings.answer_cache_bytes == 0:
+        return
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            runs = [run_store.get_run(session, run_id) for run_id in run_ids]
+            analyse_stored_runs(session, runs, analysis.Thresholds(), cache_bytes=settings.answer_cache_bytes)
+    except Exception:
+        log.exception("could not keep the analyses of runs %s", run_ids)
+
+
 def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
     """Record the runs' final statuses and hand off their waiting children, in one transaction;
     then plan the next round of their searches. Each run's outcome: its status, or "lease-lost"
@@ -254,6 +269,7 @@ def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
             session, app, settings, {run_id: status for run_id, status in outcomes.items() if status != "lease-lost"}
         )
         session.commit()
+    _keep_analyses(settings, [run_id for run_id, status in outcomes.items() if status == run_store.SUCCEEDED])
     finished_experiments = {e.member.experiment_id for e in endings if outcomes[e.member.run_id] != "lease-lost"}
     for experiment_id in sorted(finished_experiments):
         try:
