@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import inspect
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -44,10 +44,10 @@ class Entry:
 
 
 def code_digest(*modules: ModuleType) -> str:
-    """A digest of the modules' source: part of every key, so that new code computes anew."""
+    """A digest of the modules' files: part of every key, so that new code computes anew."""
     digest = hashlib.sha256()
     for module in modules:
-        digest.update(inspect.getsource(module).encode())
+        digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()
 
 
