@@ -51,8 +51,6 @@ def thresholds(
 
 ThresholdsDep = Annotated[analysis.Thresholds, Depends(thresholds)]
 
-
-
 _CSV_TOO = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
 
