@@ -15,13 +15,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from engine import spec as engine_spec
 from engine.spec import RunSpec
 from groklab import analysis
 from groklab.store import answer_cache, metric_reads
 from groklab.store.models import Run
 from groklab.store.runs import FINISHED_STATUSES, SUCCEEDED
 
-_CODE = answer_cache.code_digest(analysis, metric_reads, sys.modules[__name__])
+_CODE = answer_cache.code_digest(analysis, engine_spec, metric_reads, sys.modules[__name__])
 
 
 def analyse_stored_run(session: Session, run: Run, thresholds: analysis.Thresholds) -> dict[str, Any]:
