@@ -17,6 +17,7 @@ from api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from api.routes import analysis, checkpoints, experiments, health, metric_query, metric_stream, runs, usage, whoami
 from groklab.reconciler import ReconcilerThread
 from groklab.settings import get_settings
+from groklab.store.answer_cache import GZIP_LEVEL
 
 
 @asynccontextmanager
@@ -43,7 +44,9 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(GZipMiddleware, minimum_size=4096)
+    # zlib's default level: a 200-run grouped answer (10 MB) compresses in 0.2 s to 1.23 MB; Starlette's
+    # default, 9, takes 0.8 s for 1.19 MB.
+    app.add_middleware(GZipMiddleware, minimum_size=4096, compresslevel=GZIP_LEVEL)
     if settings.cors_origins:
         # Outermost, so that preflights and error answers (401, 413) carry the headers too.
         app.add_middleware(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -72,6 +73,15 @@ def rows_response(rows: MetricRows, fmt: MetricFormat, headers: dict[str, str]) 
             }
         )
     return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+def compressed_response(body: bytes, fmt: MetricFormat, headers: dict[str, str], *, decompress: bool) -> Response:
+    """A gzip-compressed answer (groklab/store/answer_cache.py) as it is, or uncompressed for a
+    client that does not accept gzip. The gzip middleware leaves an encoded response alone."""
+    if decompress:
+        return Response(gzip.decompress(body), media_type=MEDIA_TYPES[fmt], headers=headers)
+    encoded = {**headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    return Response(body, media_type=MEDIA_TYPES[fmt], headers=encoded)
 
 
 def _groups_response(rows: MetricRows, fmt: MetricFormat, headers: dict[str, str]) -> Response:

@@ -18,7 +18,7 @@ from groklab.dispatch import dispatch_runs
 from groklab.errors import Conflict, InvalidInput
 from groklab.run_specs import run_spec
 from groklab.settings import Settings
-from groklab.store import quotas
+from groklab.store import answer_cache, quotas
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment, Run
 
@@ -103,6 +103,7 @@ def continue_run(
     )
     if not moved:  # another request continued or deleted it in between
         raise Conflict(f"run {run_id} changed while it was being continued; try again", field="run_id")
+    answer_cache.forget(session, run.experiment_id, [run_id])
     dispatch_runs(session, celery, [run_id], ensemble_size=settings.ensemble_size)
     session.refresh(run)
     return run
@@ -138,6 +139,7 @@ def retry_experiment(session: Session, celery: Celery, settings: Settings, exper
             cancel_requested=False,
         )
     retried_ids = {run.id for run in retried}
+    answer_cache.forget(session, experiment.id, sorted(retried_ids))
     ready = [
         run.id
         for run in retried

@@ -60,6 +60,7 @@ def list_runs(
     limit: int,
     cursor: str | None,
     max_listed_runs: int,
+    cache_bytes: int,
 ) -> RunListing:
     sort_value, descending = sort_key(sort)
     _check_filters(where, labels)
@@ -85,7 +86,7 @@ def list_runs(
         runs = [run for run in runs if spec_matches(run.spec, where)]
     run_label: dict[int, str | None] = {}
     if labels or sort == LABEL or sort == f"-{LABEL}":
-        run_label = run_labels(session, runs)
+        run_label = run_labels(session, runs, cache_bytes=cache_bytes)
     if labels:
         runs = [run for run in runs if run_label[run.id] in labels]
     value = sort_value or (lambda run: run.id)

@@ -198,6 +198,13 @@ class Settings(BaseSettings):
     max_metric_groups: int = Field(
         500, ge=1, description="Groups one metric query's group_by may form (a 200-run sweep over D' x weight decay needs ~50)."
     )
+    answer_cache_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Compressed bytes of answers over finished runs kept in the database (runs' "
+        "analyses, downsampled metric queries; groklab/store/answer_cache.py); the oldest go first. "
+        "A 200-run experiment page keeps ~1.5 MB. 0: nothing is kept.",
+    )
     max_listed_runs: int = Field(
         10_000,
         ge=1,

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
 from api.auth import ReaderDep
-from api.deps import SessionDep
+from api.deps import SessionDep, SettingsDep
 from engine.spec import error_field
 from groklab import analysis, kinds
 from groklab.errors import InvalidInput
-from groklab.run_labels import analyse_stored_run
+from groklab.run_labels import analyse_stored_runs
 from groklab.run_specs import run_spec
 from groklab.store import runs as run_store
 
@@ -52,10 +52,6 @@ def thresholds(
 
 ThresholdsDep = Annotated[analysis.Thresholds, Depends(thresholds)]
 
-
-_analyse = analyse_stored_run
-
-
 _CSV_TOO = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
 
@@ -65,12 +61,13 @@ def run_analysis(
     limits: ThresholdsDep,
     principal: ReaderDep,
     session: SessionDep,
+    settings: SettingsDep,
     format: Format = Query("json"),
 ) -> Any:
     """Milestones, final values and the label of one run (any status: the series so far)."""
     run = run_store.get_run(session, run_id, owner=principal.owner)
-    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(),
-            **_analyse(session, run, limits)}
+    analysed = analyse_stored_runs(session, [run], limits, cache_bytes=settings.answer_cache_bytes)
+    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(), **analysed[run.id]}
     if format == "csv":
         fields = ["run_id", "status", *(k for k in body if k not in ("run_id", "status", "thresholds"))]
         return PlainTextResponse(analysis.rows_csv([body], fields), media_type="text/csv")
@@ -83,10 +80,13 @@ def experiment_analysis(
     limits: ThresholdsDep,
     principal: ReaderDep,
     session: SessionDep,
+    settings: SettingsDep,
     format: Format = Query("json"),
 ) -> Any:
     """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
     experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
+    succeeded = [run for run in experiment.runs if run.status == run_store.SUCCEEDED]
+    analysed = analyse_stored_runs(session, succeeded, limits, cache_bytes=settings.answer_cache_bytes)
     records = [
         analysis.RunRecord(
             id=run.id,
@@ -94,7 +94,7 @@ def experiment_analysis(
             status=run.status,
             role=run.role or "run",
             spec=run_spec(run),
-            analysis=_analyse(session, run, limits) if run.status == run_store.SUCCEEDED else None,
+            analysis=analysed.get(run.id),
             search_round=run.search_round,
         )
         for run in experiment.runs

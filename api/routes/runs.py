@@ -73,6 +73,7 @@ def list_runs(
         limit=limit,
         cursor=cursor,
         max_listed_runs=settings.max_listed_runs,
+        cache_bytes=settings.answer_cache_bytes,
     )
     return RunPage(items=[RunOut.from_row(run) for run in listing.runs], next_cursor=listing.next_cursor)
 

@@ -1,8 +1,10 @@
 """The end of runs: record their final statuses, then run the finish hooks.
 
-Two hooks, in this order:
+Three hooks, in this order:
 - the fork hand-off (groklab/forks.py), in the transaction that records the statuses: a
   succeeded parent's waiting children are sent, a failed or cancelled one's fail with it;
+- each succeeded run's analysis kept in the answer cache (groklab/run_labels.py), so an experiment
+  page's first open reads analyses, not every point;
 - each finished experiment's kind hook (groklab/kinds.py: a d_crit_search plans its next round),
   after that commit, one experiment at a time; a hook that fails is logged and left to the
   reconciler's next pass, since the runs' ends are stored.
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from groklab import forks, kinds
+from groklab import analysis, forks, kinds
+from groklab.run_labels import analyse_stored_runs
 from groklab.settings import Settings
 from groklab.store import leases
 from groklab.store import runs as run_store
@@ -58,6 +61,7 @@ def finish_runs(settings: Settings, celery: Celery, endings: Sequence[RunEnding]
         forks.hand_off(
             session, celery, settings, {run_id: status for run_id, status in outcomes.items() if status != LEASE_LOST}
         )
+    keep_analyses(settings, [run_id for run_id, status in outcomes.items() if status == run_store.SUCCEEDED])
     finished_experiments = {e.experiment_id for e in endings if outcomes[e.lease.run_id] != LEASE_LOST}
     for experiment_id in sorted(finished_experiments):
         try:
@@ -67,3 +71,17 @@ def finish_runs(settings: Settings, celery: Celery, endings: Sequence[RunEnding]
             # The runs' ends are stored; the reconciler's next pass does it instead (a search's round).
             log.exception("could not run the finish hook of experiment %s", experiment_id)
     return outcomes
+
+
+def keep_analyses(settings: Settings, run_ids: list[int]) -> None:
+    """Analyse the runs that just succeeded, with the default thresholds, into the answer cache:
+    the experiment page's first open then reads 200 analyses, not 800,000 points. A failure here
+    loses nothing: the api computes and keeps an analysis that is not there."""
+    if not run_ids or settings.answer_cache_bytes == 0:
+        return
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            runs = [run_store.get_run(session, run_id) for run_id in run_ids]
+            analyse_stored_runs(session, runs, analysis.Thresholds(), cache_bytes=settings.answer_cache_bytes)
+    except Exception:
+        log.exception("could not keep the analyses of runs %s", run_ids)

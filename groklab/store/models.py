@@ -290,3 +290,25 @@ class CheckpointChunk(Base):
         # writer on another host left unindexed does not depend on that host's clock.
         UtcDateTime, server_default=func.now(), comment="An unindexed blob's age (orphans)."
     )
+
+
+class CachedAnswer(Base):
+    """An answer computed from finished runs only (a run's analysis, a downsampled metric query),
+    gzip-compressed, under a key that names every input: the runs' ids, statuses, finish times and
+    point counts, the request and the code's digest (groklab/store/answer_cache.py)."""
+
+    __tablename__ = "cached_answers"
+    __table_args__ = (
+        Index("ix_cached_answers_experiment_id", "experiment_id"),
+        Index("ix_cached_answers_run_id", "run_id"),
+        Index("ix_cached_answers_created_at", "created_at"),
+    )
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True, comment="SHA-256 of the answer's inputs.")
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), comment="The run whose analysis this is; null for a query."
+    )
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary, comment="The answer, gzip-compressed.")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -30,6 +30,7 @@ from groklab.lifecycle import (  # noqa: F401  (the statuses' one home; the stor
     RunStatus,
     check_transition,
 )
+from groklab.store import answer_cache
 from groklab.store.metric_writes import delete_series
 from groklab.store.models import LOCAL_OWNER, Experiment, Run, RunEvent, utcnow
 
@@ -87,6 +88,8 @@ def add_runs(session: Session, experiment: Experiment, runs: Sequence[NewRun]) -
     ]
     experiment.runs.extend(added)
     session.flush()
+    # A new round (or fork) changes what the experiment's queries select: its kept answers go.
+    answer_cache.forget(session, experiment.id)
     for run, new in zip(added, runs, strict=True):
         if new.parent_index is not None:
             run.parent_run_id = added[new.parent_index].id

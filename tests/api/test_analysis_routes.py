@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-import httpx
+import time
 
+import httpx
+from sqlalchemy import func, select
+
+from groklab.store.database import session_scope
+from groklab.store.models import CachedAnswer
 from tests.services import tiny_spec, wait_for_runs
 
 
-def test_run_and_experiment_analyses_of_finished_tiny_runs(client: httpx.Client):
+def _kept_analyses(database_url: str, run_ids: list[int]) -> int:
+    with session_scope(database_url) as session:
+        return session.scalar(select(func.count()).select_from(CachedAnswer).where(CachedAnswer.run_id.in_(run_ids)))
+
+
+def test_run_and_experiment_analyses_of_finished_tiny_runs(client: httpx.Client, pg_database: str):
     spec = tiny_spec(seeds=[0, 1], sweep={"grid": {"task.train_fraction": [0.3, 0.6]}})
     experiment = client.post("/v1/experiments", json=spec).json()
     runs = wait_for_runs(client, experiment["run_ids"])
     assert {run["status"] for run in runs.values()} == {"succeeded"}
+    # The worker analysed each run as it finished, before anyone asked (the page's first open).
+    deadline = time.monotonic() + 30
+    while _kept_analyses(pg_database, experiment["run_ids"]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _kept_analyses(pg_database, experiment["run_ids"]) == 4
 
     run_id = experiment["run_ids"][0]
     run = client.get(f"/v1/runs/{run_id}/analysis")
