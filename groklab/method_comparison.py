@@ -166,7 +166,7 @@ def speed_up(
     which = bound[(baseline.censored, method.censored)]
     return SpeedUp(
         baseline=baseline, method=method, speed_up=baseline.median_steps / method.median_steps, interval=interval,
-        bound=which, reason="neither side generalised at the median: both are censored at the budget" if which == "unknown" else None,
+        bound=which, reason="both medians are censored at the budget (lower bounds): their ratio bounds nothing" if which == "unknown" else None,
     )  # fmt: skip
 
 
