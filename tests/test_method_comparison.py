@@ -182,3 +182,31 @@ def test_the_bootstrap_pairs_seeds_across_sides():
     assert 1.8 < low <= high < 2.2
     # Every seed of one side missing: no ratio at all.
     assert bootstrap_speed_up(baseline, np.full((1, 5), np.nan), pick_best=False) is None
+
+
+def test_the_report_section_reads_the_analysis_into_claims_a_table_and_a_figure():
+    from groklab import report
+    from groklab.report.figures import svg
+    from groklab.report.method_comparison import SECTION
+
+    def data(rises: dict) -> dict[str, report.ExperimentData]:
+        result = compare(records(rises), (0.003, 1.0), 0.95).model_dump(mode="json")
+        return {"methods": report.ExperimentData("methods", 1, COMPARISON, [], {"method_comparison": result}, {}, None)}
+
+    # Untuned: the method halves or better every seed (interval above 1); tuned, the gap shrinks.
+    faster = data(grid_rises(
+        {(0.003, 1.0): [800, 900, None], (0.001, 2.0): [300, 500, 400]},
+        {(0.003, 1.0): [400, 600, 500], (0.003, 2.0): [250, 350, 300]},
+    ))  # fmt: skip
+    assert [c.verdict for c in SECTION.claims(faster)] == [report.PASS, report.PASS]
+    # A method slower than the untuned baseline on every seed fails the first claim.
+    slower = data(grid_rises({(0.003, 1.0): [300, 400, 500]}, {(0.003, 1.0): [600, 700, 800]}))
+    assert SECTION.claims(slower)[0].verdict == report.FAIL
+    # Nothing generalises: neither claim can be tested.
+    assert {c.verdict for c in SECTION.claims(data(grid_rises({}, {})))} == {report.NOT_TESTABLE}
+
+    table = SECTION.table(faster["methods"])
+    assert table.count("<tr>") == 1 + 12 and table.count("&ge; 1000") == 8  # the 8 configurations that never generalise
+    assert "best" in table and "untuned" in table
+    assert report.tables(faster) == {"methods": table}
+    assert svg(lambda axes: SECTION.figure(axes, faster)).startswith("<svg")
