@@ -41,6 +41,8 @@ class SeedSteps(BaseModel):
 
 
 class Configuration(BaseModel):
+    """One (side, learning rate, weight decay) over its seeds."""
+
     side: Side
     learning_rate: float
     weight_decay: float
@@ -66,7 +68,9 @@ class SpeedUp(BaseModel):
 class MethodComparison(BaseModel):
     level: float = Field(description="The test accuracy that counts as generalised.")
     configurations: list[Configuration]
-    best: dict[Side, Configuration | None] = Field(description="Each side's configuration with the fewest median steps.")
+    best: dict[Side, Configuration | None] = Field(
+        description="Each side's configuration with the fewest median steps (ties: the fewest mean steps)."
+    )
     tuned: SpeedUp = Field(description="The method's best against the baseline's best.")
     untuned: SpeedUp = Field(description="Both sides at the base spec's own learning rate and weight decay.")
     resamples: int
@@ -106,11 +110,13 @@ def configurations(
     return found
 
 
-def best_index(medians: np.ndarray) -> int | None:
-    """The configuration with the fewest median steps (the first of equals); None if none has one."""
+def best_index(medians: np.ndarray, means: np.ndarray) -> int | None:
+    """The configuration with the fewest median steps; among equal medians (several censored at
+    the budget, say) the fewest mean steps, then the first. None if none has a median."""
     if np.all(np.isnan(medians)):
         return None
-    return int(np.nanargmin(medians))
+    tied = np.flatnonzero(medians == np.nanmin(medians))
+    return int(tied[np.argmin(means[tied])])
 
 
 def _seed_table(configs: Sequence[Configuration], seeds: Sequence[int]) -> np.ndarray:
@@ -123,12 +129,13 @@ def _seed_table(configs: Sequence[Configuration], seeds: Sequence[int]) -> np.nd
     return table
 
 
-def _medians(table: np.ndarray) -> np.ndarray:
-    medians = np.full(table.shape[0], np.nan)
+def _summaries(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's median and mean over its seeds (NaN for a row with none)."""
+    medians, means = np.full(table.shape[0], np.nan), np.full(table.shape[0], np.nan)
     for i, row in enumerate(table):
         if not np.all(np.isnan(row)):
-            medians[i] = np.nanmedian(row)
-    return medians
+            medians[i], means[i] = np.nanmedian(row), np.nanmean(row)
+    return medians, means
 
 
 def bootstrap_speed_up(
@@ -142,9 +149,9 @@ def bootstrap_speed_up(
     ratios = []
     for _ in range(resamples):
         draw = rng.integers(0, seeds, seeds)
-        b, m = _medians(baseline[:, draw]), _medians(method[:, draw])
+        (b, b_means), (m, m_means) = _summaries(baseline[:, draw]), _summaries(method[:, draw])
         if pick_best:
-            ib, im = best_index(b), best_index(m)
+            ib, im = best_index(b, b_means), best_index(m, m_means)
             if ib is None or im is None:
                 continue
             b, m = b[ib : ib + 1], m[im : im + 1]
@@ -178,7 +185,7 @@ def compare(records: Sequence[RunRecord], untuned: tuple[float, float], level: f
     tables = {side: _seed_table(by_side[side], seeds) for side in SIDES}
     best: dict[Side, Configuration | None] = {}
     for side in SIDES:
-        index = best_index(np.array([np.nan if c.median_steps is None else c.median_steps for c in by_side[side]]))
+        index = best_index(*_summaries(tables[side]))
         best[side] = None if index is None else by_side[side][index]  # type: ignore[index]
     own = {side: next((i for i, c in enumerate(by_side[side]) if c.untuned), None) for side in SIDES}
     tuned_interval = untuned_interval = None
