@@ -171,9 +171,10 @@ def speed_up(
                        reason="needs a succeeded run on each side")  # fmt: skip
     bound = {(False, False): None, (True, False): "lower", (False, True): "upper", (True, True): "unknown"}
     which = bound[(baseline.censored, method.censored)]
+    why = "both medians are censored at the budget (lower bounds): their ratio bounds nothing"
     return SpeedUp(
         baseline=baseline, method=method, speed_up=baseline.median_steps / method.median_steps, interval=interval,
-        bound=which, reason="both medians are censored at the budget (lower bounds): their ratio bounds nothing" if which == "unknown" else None,
+        bound=which, reason=why if which == "unknown" else None,
     )  # fmt: skip
 
 

@@ -73,7 +73,8 @@ def grid_points(request: MethodComparisonExperiment) -> tuple[list[float], list[
     lr, wd = untuned_point(request)
     if request.grid is None:
         return [lr], [wd]
-    for field, values, own in (("learning_rate", request.grid.learning_rate, lr), ("weight_decay", request.grid.weight_decay, wd)):
+    axes = (("learning_rate", request.grid.learning_rate, lr), ("weight_decay", request.grid.weight_decay, wd))
+    for field, values, own in axes:
         if len(set(values)) != len(values):
             raise SpecError(f"grid.{field}", f"repeated values in {values}")
         if not any(math.isclose(value, own, rel_tol=1e-9) for value in values):
