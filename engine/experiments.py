@@ -16,6 +16,7 @@ from engine.kinds.base import PlannedRun, geometric_sizes
 from engine.kinds.d_crit_search import DCritSearchExperiment, plan_search_probes
 from engine.kinds.efficiency import EfficiencyExperiment
 from engine.kinds.grokking import GrokkingExperiment
+from engine.kinds.method_comparison import MethodComparisonExperiment
 from engine.kinds.semi_grokking import SemiGrokkingExperiment
 from engine.kinds.sweep import SweepExperiment
 from engine.kinds.toy import ToyExperiment
@@ -25,7 +26,7 @@ ExperimentRequest = request_type()
 """Any registered kind's request, told apart by `kind` (validated by the api and `python -m engine`)."""
 
 __all__ = [
-    "DCritSearchExperiment", "EfficiencyExperiment", "ExperimentRequest", "GrokkingExperiment", "PlannedRun",
+    "DCritSearchExperiment", "EfficiencyExperiment", "ExperimentRequest", "GrokkingExperiment", "MethodComparisonExperiment", "PlannedRun",
     "SemiGrokkingExperiment", "SweepExperiment", "ToyExperiment", "UngrokkingExperiment", "geometric_sizes",
     "plan_experiment", "plan_search_probes",
 ]  # fmt: skip

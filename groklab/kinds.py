@@ -13,12 +13,13 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from groklab.analysis import RunRecord
+from groklab.analysis import RunRecord, Thresholds
 from groklab.settings import Settings
 from groklab.store.models import Experiment
 
-AnalysisSection = Callable[[Experiment, Sequence[RunRecord]], dict[str, Any]]
-"""(experiment, its runs' records) -> sections merged into the experiment's analysis."""
+AnalysisSection = Callable[[Experiment, Sequence[RunRecord], Thresholds], dict[str, Any]]
+"""(experiment, its runs' records, the request's thresholds) -> sections merged into the
+experiment's analysis."""
 OnRunsFinished = Callable[[Session, Celery, Settings, int], list[int]]
 """(session, celery, settings, experiment id) -> ids of runs it queued (e.g. a search's next round)."""
 
@@ -40,9 +41,9 @@ def unregister_hooks(kind: str) -> None:
     _HOOKS.pop(kind, None)
 
 
-def analysis_sections(experiment: Experiment, records: Sequence[RunRecord]) -> dict[str, Any]:
+def analysis_sections(experiment: Experiment, records: Sequence[RunRecord], thresholds: Thresholds) -> dict[str, Any]:
     hooks = _HOOKS.get(experiment.kind)
-    return {} if hooks is None or hooks.analysis is None else hooks.analysis(experiment, records)
+    return {} if hooks is None or hooks.analysis is None else hooks.analysis(experiment, records, thresholds)
 
 
 def runs_finished(session: Session, celery: Celery, settings: Settings, experiment: Experiment) -> list[int]:
@@ -53,11 +54,12 @@ def runs_finished(session: Session, celery: Celery, settings: Settings, experime
 
 
 def _register_builtin() -> None:
-    from groklab import search
+    from groklab import method_comparison, search
 
     register_hooks(
         "d_crit_search", ServerHooks(analysis=search.analysis_section, on_runs_finished=search.advance_search)
     )
+    register_hooks("method_comparison", ServerHooks(analysis=method_comparison.analysis_section))
 
 
 _register_builtin()

@@ -102,7 +102,7 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
     return run_ids
 
 
-def analysis_section(experiment: Experiment, records: Sequence[RunRecord]) -> dict[str, Any]:
+def analysis_section(experiment: Experiment, records: Sequence[RunRecord], thresholds: analysis.Thresholds) -> dict[str, Any]:
     """The experiment analysis' `search` section: the bracket, the estimate and the probes."""
     request = DCritSearchExperiment.model_validate(experiment.spec)
     return {"search": analysis.search(request, records, ended=experiment.search_ended_at is not None)}

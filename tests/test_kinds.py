@@ -7,6 +7,7 @@ import pytest
 
 from engine.experiments import plan_experiment
 from engine.spec import RunSpec
+from groklab.analysis import Thresholds
 
 
 
@@ -32,7 +33,7 @@ def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_report
                 for size in request.sizes]  # fmt: skip
 
     kinds.register(ExperimentKind("doubling", Doubling, plan))
-    server_kinds.register_hooks("doubling", server_kinds.ServerHooks(analysis=lambda experiment, records: {"doubled": len(records)}))
+    server_kinds.register_hooks("doubling", server_kinds.ServerHooks(analysis=lambda experiment, records, thresholds: {"doubled": len(records)}))
     try:
         request = TypeAdapter(kinds.request_type()).validate_python({"kind": "doubling", "sizes": [10, 20]})
         planned = plan_experiment(request, 10)
@@ -43,7 +44,7 @@ def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_report
         class Stored:
             kind = "doubling"
 
-        assert server_kinds.analysis_sections(Stored(), [object(), object()]) == {"doubled": 2}  # type: ignore[arg-type]
+        assert server_kinds.analysis_sections(Stored(), [object(), object()], Thresholds()) == {"doubled": 2}  # type: ignore[arg-type]
 
         # ...and reported: a report section of its own, with a claim and a figure.
         def claims(data: dict) -> list[report.Claim]:

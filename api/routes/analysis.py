@@ -100,7 +100,7 @@ def experiment_analysis(
         for run in experiment.runs
     ]
     body = analysis.analyse_experiment(records, limits)
-    body |= kinds.analysis_sections(experiment, records)
+    body |= kinds.analysis_sections(experiment, records, limits)
     if format == "csv":
         return PlainTextResponse(analysis.rows_csv(body["runs"]), media_type="text/csv")
     return JSONResponse({"experiment_id": experiment.id, "thresholds": limits.model_dump(), **body})

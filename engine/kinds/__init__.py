@@ -58,7 +58,7 @@ def plan_experiment(request: BaseModel, max_runs: int, *, phase1_spec: RunSpec |
     return kind.plan(request, max_runs, phase1_spec)
 
 
-from engine.kinds import d_crit_search, efficiency, grokking, semi_grokking, sweep, toy, ungrokking  # noqa: E402
+from engine.kinds import d_crit_search, efficiency, grokking, method_comparison, semi_grokking, sweep, toy, ungrokking  # noqa: E402
 
-for _module in (sweep, grokking, ungrokking, semi_grokking, efficiency, toy, d_crit_search):
+for _module in (sweep, grokking, ungrokking, semi_grokking, efficiency, toy, d_crit_search, method_comparison):
     register(_module.KIND)

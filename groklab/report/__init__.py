@@ -45,6 +45,8 @@ class Claim:
 Claims = Callable[[Mapping[str, ExperimentData]], list[Claim]]
 Figure = Callable[[Any, Mapping[str, ExperimentData]], None]
 """Draws on matplotlib axes from every experiment's data."""
+Table = Callable[[ExperimentData], str]
+"""An HTML table (escaped) of the section's own experiment, shown under its figure."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Section:
     """The metric series its figure draws, fetched for each of its runs."""
     seeded: bool = True
     """Whether `--seeds N` replaces its spec's seeds."""
+    table: Table | None = None
 
 
 _SECTIONS: dict[str, Section] = {}
@@ -76,6 +79,11 @@ def unregister(name: str) -> None:
 def sections() -> list[Section]:
     """Every registered section in the report's order."""
     return list(_SECTIONS.values())
+
+
+def tables(data: Mapping[str, ExperimentData]) -> dict[str, str]:
+    """name -> the HTML table of every section that has one and whose experiment is in `data`."""
+    return {s.name: s.table(data[s.name]) for s in _SECTIONS.values() if s.table is not None and s.name in data}
 
 
 def experiments() -> dict[str, str]:
@@ -101,9 +109,9 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def _register_builtin() -> None:
-    from groklab.report import d_crit, efficiency, grokking, semi_grokking, sweep, toy, ungrokking
+    from groklab.report import d_crit, efficiency, grokking, method_comparison, semi_grokking, sweep, toy, ungrokking
 
-    for module in (grokking, sweep, ungrokking, efficiency, d_crit, semi_grokking, toy):
+    for module in (grokking, sweep, ungrokking, efficiency, d_crit, semi_grokking, toy, method_comparison):
         register(module.SECTION)
 
 

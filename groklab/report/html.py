@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, experiments
+from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, experiments, tables
 from groklab.report.d_crit import scratch_d_crit, ungrokking_d_crit
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
@@ -49,12 +49,12 @@ def _d_crit_list(data: Mapping[str, ExperimentData]) -> list[str]:
     ]  # fmt: skip
 
 
-def _figure(name: str, title: str, d: ExperimentData, svg: str) -> str:
+def _figure(name: str, title: str, d: ExperimentData, svg: str, table: str = "") -> str:
     e = html.escape
     wall = f"{d.wall_seconds:.0f} s" if d.wall_seconds is not None else "unknown"
     run_ids = ", ".join(str(r["id"]) for r in d.runs)
     return (f"<figure id='figure-{name}'><h2>{e(title)}</h2>{svg}<figcaption>experiment {d.id}, runs {e(run_ids)}; "
-            f"wall time {wall}</figcaption><details><summary>spec</summary><pre>{e(json.dumps(d.spec, indent=2))}</pre>"
+            f"wall time {wall}</figcaption>{table}<details><summary>spec</summary><pre>{e(json.dumps(d.spec, indent=2))}</pre>"
             "</details></figure>")  # fmt: skip
 
 
@@ -62,13 +62,14 @@ def render(scale: str, server: str, data: Mapping[str, ExperimentData], found: S
     e = html.escape
     counts = {v: sum(c.verdict == v for c in found) for v in (PASS, FAIL, NOT_TESTABLE)}
     devices = sorted({str(d.spec.get("base", {}).get("device", "")) for d in data.values()} - {""}) or ["the workers' default"]
+    shown = tables(data)
     return "\n".join([
         f"<!doctype html><html><head><meta charset='utf-8'><title>groklab reproduction ({e(scale)})</title><style>{STYLE}</style></head><body>",
         f"<h1>Reproducing Varma et al. (2023) at scale <code>{e(scale)}</code></h1>",
         f"<p id='summary'>{counts[PASS]} claims pass, {counts[FAIL]} fail, {counts[NOT_TESTABLE]} cannot be tested at this scale.</p>",
         *_claims_table(found),
         *_d_crit_list(data),
-        *(_figure(name, title, data[name], svgs[name]) for name, title in experiments().items()),
+        *(_figure(name, title, data[name], svgs[name], shown.get(name, "")) for name, title in experiments().items()),
         "<h2>Environment</h2><ul id='environment'>",
         f"<li>groklab {e(_version('groklab'))}, torch {e(_version('torch'))}, Python {e(platform.python_version())}</li>",
         f"<li>server {e(server)}; device {e(', '.join(devices))}</li>",

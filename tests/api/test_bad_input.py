@@ -42,6 +42,9 @@ def _assert_problem(response: httpx.Response, status: int, field: str) -> dict[s
 
 SEARCH = {"kind": "d_crit_search", "low": 20, "high": 80, "seeds": [0, 1], "max_runs": 20,
           "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5}}
+COMPARISON = {"kind": "method_comparison", "method": {"optimizer": {"betas": [0.9, 0.99]}}, "seeds": [0, 1],
+              "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5},
+              "grid": {"learning_rate": [0.001, 0.003], "weight_decay": [1.0]}}
 BAD_SPECS = [
     ({**tiny_spec(), "learning_rate": 0.1}, "learning_rate"),
     ({**tiny_spec(), "task": {"op": "add", "p": "many"}}, "task.p"),
@@ -76,6 +79,13 @@ BAD_SPECS = [
     ({**SEARCH, "side": "ungrokking", "max_runs": 5}, "max_runs"),  # + 2 phase-1 runs
     ({**SEARCH, "max_runs": 100_000}, "max_runs"),  # over the server's runs per experiment
     ({**SEARCH, "low": 20, "high": 21}, "high"),  # no size between them to probe
+    ({**COMPARISON, "grid": {"learning_rate": [0.003], "weight_decay": [1.0]}}, "grid.learning_rate"),  # not the base's
+    ({**COMPARISON, "grid": {"learning_rate": [0.001 * (i + 1) for i in range(9)], "weight_decay": [1.0]}}, "grid.learning_rate"),
+    ({**COMPARISON, "grid": {"learning_rate": [0.001], "weight_decay": [-1.0]}}, "grid.weight_decay.0"),
+    ({**COMPARISON, "method": {"optimizer": {"lr": 0.01}}}, "method.optimizer.lr"),  # the grid sets it
+    ({**COMPARISON, "baseline": {"phases": [{"steps": 10}]}}, "baseline.phases"),  # shared by both sides
+    ({**COMPARISON, "method": {"no_such_option": {"kind": "ema"}}}, "method.no_such_option"),
+    ({**COMPARISON, "seeds": list(range(300))}, "grid"),  # 2 sides x 2 x 300 seeds: over the run limit
 ]
 
 

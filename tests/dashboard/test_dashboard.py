@@ -511,3 +511,63 @@ def test_experiment_page_overlays_runs_by_a_spec_field_with_seed_bands_filters_a
     overlay = page.evaluate("window.groklab.overlay")
     assert overlay["field"] == "optimizer.weight_decay" and overlay["markers"] == []
     assert [(g["label"], g["runs"]) for g in overlay["groups"]] == [("weight_decay = 0.3", 3), ("weight_decay = 1", 3)]
+
+
+def test_method_comparison_page_shows_the_speed_ups_and_every_configuration_in_a_table_and_a_chart(
+    pg_stack: Stack, pg_database: str, client: httpx.Client, page: Any
+) -> None:
+    """A method_comparison's runs stored with series drawn by the analysis tests (no training):
+    the page's speed-ups, table rows and chart points are the analysis the api serves."""
+    from pydantic import TypeAdapter
+
+    from engine.experiments import ExperimentRequest, plan_experiment
+    from groklab.store import leases
+    from groklab.store import runs as run_store
+    from groklab.store.database import session_scope
+    from groklab.store.metric_writes import write_points
+    from groklab.submission import stored_run
+    from tests.test_method_comparison import COMPARISON, grid_rises, series
+
+    request = TypeAdapter(ExperimentRequest).validate_python(COMPARISON)
+    planned = plan_experiment(request, 500)
+    rises = grid_rises(
+        {(0.003, 1.0): [800, 900, None], (0.001, 2.0): [300, 500, 400]},
+        {(0.003, 1.0): [400, 600, 500], (0.003, 2.0): [250, 350, 300]},
+    )  # fmt: skip
+    with session_scope(pg_database) as session:
+        experiment = run_store.create_experiment(
+            session, name="comparison", kind="method_comparison", spec=request.model_dump(mode="json"),
+            runs=[stored_run(run) for run in planned],
+        )  # fmt: skip
+        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+    for run_id, run in zip(run_ids, planned, strict=True):
+        key = (run.role, run.spec.optimizer.lr, run.spec.optimizer.weight_decay, run.spec.seed)
+        with session_scope(pg_database) as session:
+            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
+            assert lease is not None
+            write_points(session, run_id, [(name, int(s), v) for name, points in series(rises[key]).items() for s, v in points])
+            leases.finish(session, lease, status=run_store.SUCCEEDED)
+    comparison = client.get(f"/v1/experiments/{experiment_id}/analysis").json()["method_comparison"]
+
+    page.goto(f"{pg_stack.base_url}/#/experiments/{experiment_id}")
+    page.wait_for_selector('[data-chart="comparison"] canvas')
+    rows = [r.locator("td").all_inner_texts() for r in page.locator("#configurations tr").all()[1:]]
+    assert len(rows) == len(comparison["configurations"]) == 12
+    for row, config in zip(rows, comparison["configurations"], strict=True):
+        assert (row[0], float(row[1]), float(row[2])) == (config["side"], config["learning_rate"], config["weight_decay"])
+        assert row[3] == ("≥ " if config["censored"] else "") + f"{config['median_steps']:g}"
+    notes = {(r[0], float(r[1]), float(r[2])): r[5] for r in rows}
+    assert notes[("baseline", 0.001, 2.0)] == "best" and notes[("method", 0.003, 2.0)] == "best"
+    assert notes[("baseline", 0.003, 1.0)] == "untuned" and notes[("method", 0.003, 1.0)] == "untuned"
+    assert f"{round(comparison['tuned']['speed_up'], 3):g}×" in page.inner_text("#speed-up-tuned")
+    assert f"{round(comparison['untuned']['speed_up'], 3):g}×" in page.inner_text("#speed-up-untuned")
+    chart = page.locator('[data-chart="comparison"]')
+    censored = {side: sum(c["censored"] for c in comparison["configurations"] if c["side"] == side) for side in ("baseline", "method")}
+    assert data_json(chart, "points") == {
+        "baseline": 6 - censored["baseline"], "baseline (censored)": censored["baseline"],
+        "method": 6 - censored["method"], "method (censored)": censored["method"],
+    }  # fmt: skip
+    assert len(data_json(chart, "configurations")) == 6
+    assert page.locator('[data-chart="sweep"]').count() == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-method-comparison.png"), full_page=True)

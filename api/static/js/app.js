@@ -1,7 +1,7 @@
 // The dashboard: hash routes #/ (experiments), #/experiments/ID and #/runs/ID.
 
 import { HttpError, Unauthorized, forgetKey, get, queryBuckets, queryPoints, saveKey, storedKey, streamMetrics } from "./api.js";
-import { StepChart, bucketsToSeries, spectrumChart, sweepChart } from "./charts.js";
+import { StepChart, bucketsToSeries, comparisonChart, spectrumChart, sweepChart } from "./charts.js";
 import { compareView, overlayCard, runsTable } from "./compare.js";
 
 const MAX_POINTS = 1000;
@@ -128,6 +128,41 @@ function searchCard(search) {
   );
 }
 
+// A speed-up of the method over the baseline (the analysis' method_comparison.tuned / .untuned).
+function speedText(speed) {
+  if (speed.speed_up == null) return `none (${speed.reason})`;
+  const interval = speed.interval ? `, 95% interval over seeds [${speed.interval.map((v) => fmt(v)).join(", ")}]` : "";
+  const bound = speed.bound ? ` (a ${speed.bound} bound: a median is censored at the budget)` : "";
+  return `${fmt(speed.speed_up)}×${interval}${bound}`;
+}
+
+// A method_comparison (the analysis' `method_comparison`): its speed-ups, a chart of median steps
+// per configuration and the table of every configuration.
+function comparisonCard(comparison) {
+  const chart = h("div", { class: "chart", "data-chart": "comparison" });
+  const best = Object.fromEntries(Object.entries(comparison.best).map(([side, c]) => [side, c && `${c.learning_rate}|${c.weight_decay}`]));
+  const rows = comparison.configurations.map((c) => {
+    const notes = [best[c.side] === `${c.learning_rate}|${c.weight_decay}` ? "best" : "", c.untuned ? "untuned" : ""].filter(Boolean).join(", ");
+    const median = c.median_steps == null ? "–" : `${c.censored ? "≥ " : ""}${c.median_steps}`;
+    const reached = `${c.seeds.filter((s) => !s.censored).length}/${c.seeds.length}`;
+    return h("tr", {}, [c.side, c.learning_rate, c.weight_decay, median, reached, notes].map((v) => h("td", {}, String(v))));
+  });
+  const card = h(
+    "div",
+    { class: "card", id: "comparison" },
+    h("p", { id: "speed-up-untuned" }, `Untuned speed-up of the method (both at the base spec's learning rate and weight decay): ${speedText(comparison.untuned)}`),
+    h("p", { id: "speed-up-tuned" }, `Tuned speed-up (each side at its best configuration): ${speedText(comparison.tuned)}`),
+    chart,
+    h(
+      "table",
+      { id: "configurations" },
+      h("tr", {}, ["side", "learning rate", "weight decay", `median steps to ${comparison.level}`, "seeds that reached it", ""].map((c) => h("th", {}, c))),
+      rows,
+    ),
+  );
+  return { card, draw: () => comparisonChart(chart, comparison) };
+}
+
 async function experimentPage(id) {
   const [experiment, analysis] = await Promise.all([get(`/v1/experiments/${id}`), get(`/v1/experiments/${id}/analysis`)]);
   const sweep = h("div", { class: "chart", "data-chart": "sweep" });
@@ -157,11 +192,13 @@ async function experimentPage(id) {
   };
   const table = runsTable(h, experiment, analysis.runs, columns, cell, showCompare);
   const overlay = overlayCard(h, experiment, experiment.runs, (drawn) => (state.overlay = drawn));
+  // A method comparison trains one D: its own card replaces the accuracy-vs-D chart.
+  const comparison = analysis.method_comparison ? comparisonCard(analysis.method_comparison) : null;
   app.replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← experiments")),
     h("h1", {}, `Experiment ${experiment.id}${experiment.name ? `: ${experiment.name}` : ""}`),
     h("p", {}, Object.entries(experiment.status_counts).map(([s, n]) => badge(s, n)), analysis.complete ? "" : " (analysis updates as runs finish)"),
-    h("div", { class: "card" }, sweep, h("div", { id: "d-crit" }, dCritLines), phaseOneText.length ? h("p", { id: "phase1" }, phaseOneText.join("; ")) : ""),
+    comparison ? comparison.card : h("div", { class: "card" }, sweep, h("div", { id: "d-crit" }, dCritLines), phaseOneText.length ? h("p", { id: "phase1" }, phaseOneText.join("; ")) : ""),
     analysis.search ? searchCard(analysis.search) : "",
     overlay.el,
     h("h2", {}, "Runs"),
@@ -169,7 +206,8 @@ async function experimentPage(id) {
     compareEl,
   );
   await overlay.draw();
-  sweepChart(sweep, analysis.accuracy_vs_train_size.filter((point) => point.role !== "phase1"), pooled, analysis.search?.bracket);
+  if (comparison) comparison.draw();
+  else sweepChart(sweep, analysis.accuracy_vs_train_size.filter((point) => point.role !== "phase1"), pooled, analysis.search?.bracket);
   if (!analysis.complete) every(REFRESH_MS, () => route({ quiet: true }));
 }
 

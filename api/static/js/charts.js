@@ -265,3 +265,67 @@ export function spectrumChart(el, view) {
   el.dataset.highlighted = JSON.stringify(drawn[0].filter((_, i) => drawn[2][i] != null));
   return plot;
 }
+
+// A method_comparison's median steps to generalise per configuration (learning rate, weight
+// decay), the baseline and the method side by side; a censored median (at least the step budget:
+// fewer than half the seeds generalised) is drawn hollow; the budget is a dashed line.
+export function comparisonChart(el, comparison) {
+  const points = [...new Set(comparison.configurations.map((c) => `${c.learning_rate}|${c.weight_decay}`))].sort((a, b) => {
+    const [la, wa] = a.split("|").map(Number);
+    const [lb, wb] = b.split("|").map(Number);
+    return la - lb || wa - wb;
+  });
+  // Each configuration at an integer x, the baseline just left of it and the method just right.
+  const sides = [["baseline", PALETTE[0], -0.15], ["method", PALETTE[4], 0.15]];
+  const xs = points.flatMap((_, i) => sides.map(([, , offset]) => i + offset));
+  const column = (side, censored) =>
+    xs.map((x) => {
+      const i = Math.round(x);
+      const [, , offset] = sides.find(([s]) => s === side);
+      const config = comparison.configurations.find((c) => c.side === side && `${c.learning_rate}|${c.weight_decay}` === points[i]);
+      const ok = Math.abs(x - i - offset) < 1e-9 && config && config.median_steps != null && config.censored === censored;
+      return ok ? config.median_steps : null;
+    });
+  const series = [{ label: "configuration" }];
+  const data = [xs];
+  for (const [side, color] of sides) {
+    for (const censored of [false, true]) {
+      series.push({ label: censored ? `${side} (censored)` : side, stroke: color, width: 0, paths: () => null,
+        points: { show: true, size: 11, width: 2, stroke: color, fill: censored ? "#fff" : color } });
+      data.push(column(side, censored));
+    }
+  }
+  const budget = Math.max(...comparison.configurations.map((c) => c.budget));
+  const drawBudget = (u) => {
+    const { ctx, bbox } = u;
+    const y = u.valToPos(budget, "y", true);
+    ctx.save();
+    ctx.strokeStyle = "rgba(120, 120, 120, 0.9)";
+    ctx.setLineDash([6, 4]);
+    ctx.beginPath();
+    ctx.moveTo(bbox.left, y);
+    ctx.lineTo(bbox.left + bbox.width, y);
+    ctx.stroke();
+    ctx.restore();
+  };
+  const label = (i) => {
+    const [lr, wd] = (points[i] || "").split("|");
+    return points[i] ? `lr ${lr}, wd ${wd}` : "";
+  };
+  const plot = new uPlot(
+    {
+      title: `Median steps to test accuracy ${comparison.level} (dashed: the step budget)`,
+      width: chartWidth(el),
+      height: 300,
+      series,
+      scales: { x: { time: false, range: () => [-0.5, points.length - 0.5] }, y: { range: () => [0, budget * 1.08] } },
+      axes: [{ label: "learning rate, weight decay", splits: () => points.map((_, i) => i), values: (u, splits) => splits.map(label) }, { label: "steps", size: 60 }],
+      hooks: { draw: [drawBudget] },
+    },
+    data,
+    el,
+  );
+  el.dataset.points = JSON.stringify(Object.fromEntries(series.slice(1).map((s, i) => [s.label, data[i + 1].filter((v) => v != null).length])));
+  el.dataset.configurations = JSON.stringify(points.map((_, i) => label(i)));
+  return plot;
+}
