@@ -122,7 +122,7 @@ def test_another_owners_checkpoints_are_404(auth_stack: Stack) -> None:
 
 
 def test_load_model_as_transformer_lens_gives_the_engines_logits_at_eq(trained: tuple[Client, int]) -> None:
-    from groklab.lens import HOOK_NAMES, TransformerLensView
+    from groklab.client.lens import HOOK_NAMES, TransformerLensView
 
     client, run_id = trained
     run = client.run(run_id)

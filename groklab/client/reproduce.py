@@ -23,13 +23,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from groklab import report
-from groklab.client import ApiError, Client, ClientError
-from groklab.report import Claim, ExperimentData
-from groklab.report.figures import MissingLibrary, pyplot, svg
-from groklab.report.html import render
+from groklab.client import report
+from groklab.client.http import ApiError, Client, ClientError
+from groklab.client.report import Claim, ExperimentData
+from groklab.client.report.figures import MissingLibrary, pyplot, svg
+from groklab.client.report.html import render
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MANIFEST = "manifest.json"
 
 

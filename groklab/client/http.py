@@ -430,8 +430,8 @@ class Client:
         - "engine": the engine's nn.Module (engine.model), in eval mode.
         - "transformer_lens" (transformer runs; needs the transformer-lens extra, TransformerLens
           4.x): the same model over all three positions as a TransformerLens HookedRootModule
-          (groklab.lens.TransformerLensView), in eval mode: run_with_cache, run_with_hooks.
-        - "hooked_transformer" (transformer runs; torch alone): groklab.lens.HookedTransformerWeights,
+          (groklab.client.lens.TransformerLensView), in eval mode: run_with_cache, run_with_hooks.
+        - "hooked_transformer" (transformer runs; torch alone): groklab.client.lens.HookedTransformerWeights,
           a (state_dict, config) pair for TransformerLens 2.x/3.x:
           HookedTransformer(HookedTransformerConfig(**config)).load_state_dict(state_dict).
 
@@ -454,7 +454,7 @@ class Client:
         model.load_state_dict(load(self.download_checkpoint(run, step)))
         if format == "engine":
             return model.eval()
-        from groklab import lens
+        from groklab.client import lens
 
         if format == "transformer_lens":
             return lens.transformer_lens_view(model)
@@ -552,7 +552,7 @@ class Client:
     ) -> Path:
         """`groklab reproduce`: submit the paper's experiments at `scale` (or re-attach to `folder`'s
         with resume), wait, and write the HTML report (groklab/reproduce.py); its path."""
-        from groklab.reproduce import reproduce
+        from groklab.client.reproduce import reproduce
 
         report, _ = reproduce(
             self, scale=scale, seeds=seeds, folder=Path(folder), out=Path(out) if out else None,

@@ -101,7 +101,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def _register_builtin() -> None:
-    from groklab.report import d_crit, efficiency, grokking, semi_grokking, sweep, toy, ungrokking
+    from groklab.client.report import d_crit, efficiency, grokking, semi_grokking, sweep, toy, ungrokking
 
     for module in (grokking, sweep, ungrokking, efficiency, d_crit, semi_grokking, toy):
         register(module.SECTION)
