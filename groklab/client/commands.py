@@ -11,10 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from groklab.client.errors import ApiError, ClientError
 from groklab.client.http import (
-    ApiError,
     Client,
-    ClientError,
     Experiment,
     flat_fields,
     load_spec,

@@ -21,13 +21,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from groklab.client import report
-from groklab.client.http import ApiError, Client, ClientError
+from groklab.client.errors import ApiError, ClientError
 from groklab.client.report import Claim, ExperimentData
 from groklab.client.report.figures import MissingLibrary, pyplot, svg
 from groklab.client.report.html import render
+
+if TYPE_CHECKING:
+    # Only a type here: the client calls this module (Client.reproduce), never the other way.
+    from groklab.client.http import Client
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MANIFEST = "manifest.json"
