@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.client.report import FAIL, PASS, Claim, ExperimentData, Section, rows
+from groklab.client.report.claims import FAIL, PASS, Claim, ExperimentData, Section, rows
 from groklab.client.report.figures import curves
 
 

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-from groklab.client.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, experiments
+from groklab.client.report import experiments
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData
 from groklab.client.report.d_crit import scratch_d_crit, ungrokking_d_crit
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.client.report import NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
+from groklab.client.report.claims import NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
 from groklab.client.report.figures import curves
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.client.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, rows
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, rows
 from groklab.client.report.figures import curves
 
 _NEVER = ("never reaches generalised_acc", lambda r: r["generalisation_step"] is None)
