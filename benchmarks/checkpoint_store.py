@@ -83,7 +83,7 @@ def time_put_and_get(settings: Settings, data: bytes, repeats: int) -> tuple[flo
 
 @contextmanager
 def backends(folder: Path) -> Iterator[dict[str, Callable[[], Settings]]]:
-    from groklab.local_seaweedfs import SeaweedFS  # needs the test extras; running_run does not
+    from tests.local_seaweedfs import SeaweedFS  # needs the test extras; running_run does not
 
     pg_name, pg_url = create_database(ADMIN_URL, prefix="groklab_bench")
     seaweedfs = SeaweedFS()

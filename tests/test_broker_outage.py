@@ -14,7 +14,7 @@ from engine.experiments import ExperimentRequest
 from groklab.continuation import ContinueRequest, continue_run, retry_experiment
 from groklab.dispatch import pending_run_ids
 from groklab.forks import hand_off
-from groklab.local_servers import free_port
+from tests.local_servers import free_port
 from groklab.reconciler import reconcile_once
 from groklab.search import advance_search
 from groklab.settings import Settings

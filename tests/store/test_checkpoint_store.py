@@ -26,7 +26,7 @@ from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, claim_run, expire_leases
 from groklab.store.migrate import upgrade
 from groklab.store.models import utcnow
-from groklab.local_seaweedfs import BUCKET, SeaweedFS
+from tests.local_seaweedfs import BUCKET, SeaweedFS
 
 class RecordingBlobs:
     """A backend's blob store that remembers the keys written, to look for leftovers."""
