@@ -41,9 +41,9 @@ from engine.spec import PhaseSpec, RunSpec, TaskSpec
 import engine.checkpoint
 from engine.checkpoint import CheckpointFolder
 from engine.train import Ensemble, resolve_device, train_ensemble, train_run
-from groklab.run_checkpoints import RunCheckpoints
+from groklab.checkpoint_format import RunCheckpoints
 from groklab.settings import Settings
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import create_database, drop_database
 from groklab.store.migrate import upgrade
 

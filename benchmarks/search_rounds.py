@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from engine.search import ProbeResult, narrow, next_round, probe_sizes, reached_tolerance
+from engine.d_crit_bracket import ProbeResult, narrow, next_round, probe_sizes, reached_tolerance
 
 LOW, HIGH, PLACES = 50, 800, 199
 STEEPNESS = (1.0, 3.5, 10.0)

@@ -53,10 +53,10 @@ def runs_finished(session: Session, celery: Celery, settings: Settings, experime
 
 
 def _register_builtin() -> None:
-    from groklab import search
+    from groklab import search_rounds
 
     register_hooks(
-        "d_crit_search", ServerHooks(analysis=search.analysis_section, on_runs_finished=search.advance_search)
+        "d_crit_search", ServerHooks(analysis=search_rounds.analysis_section, on_runs_finished=search_rounds.advance_search)
     )
 
 

@@ -28,12 +28,12 @@ from groklab.dispatch import dispatch_runs
 from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.lifecycle.finish import LEASE_LOST, RunEnding, finish_runs
-from groklab.run_checkpoints import RunCheckpoints
+from groklab.checkpoint_format import RunCheckpoints
 from groklab.run_specs import spec_of
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_app import app
 from worker.celery_config import TRAIN_RUNS_TASK

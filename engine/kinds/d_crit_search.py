@@ -10,7 +10,7 @@ from pydantic import Field
 
 from engine.kinds import grokking, ungrokking
 from engine.kinds.base import ExperimentKind, KindRequest, PlannedRun, Seeds, phase_two, run_spec, seeded
-from engine.search import check_bracket, round_sizes
+from engine.d_crit_bracket import check_bracket, round_sizes
 from engine.spec import RunSpec, SpecError
 
 

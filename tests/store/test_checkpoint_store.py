@@ -14,7 +14,7 @@ import pytest
 
 from groklab.settings import Settings
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import (
+from groklab.store.checkpoint_store import (
     BlobMissing,
     BlobStore,
     CheckpointCorrupt,

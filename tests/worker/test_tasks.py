@@ -16,7 +16,7 @@ from groklab.settings import Settings
 from groklab.submission import submit_experiment
 from groklab.store import leases
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from groklab.store.metric_reads import read_series
 from groklab.store.migrate import upgrade

@@ -22,7 +22,7 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from engine.experiments import DCritSearchExperiment, plan_search_probes
-from engine.search import ProbeResult, next_round
+from engine.d_crit_bracket import ProbeResult, next_round
 from groklab import analysis
 from groklab.analysis import RunRecord
 from groklab.dispatch import dispatch_runs
@@ -30,7 +30,7 @@ from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.submission import stored_run
 from groklab.store import runs as run_store
-from groklab.store import search as search_store
+from groklab.store import search_state as search_store
 from groklab.store.database import commit, session_scope
 from groklab.store.models import Experiment, Run
 

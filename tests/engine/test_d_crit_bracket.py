@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.experiments import DCritSearchExperiment, plan_experiment
-from engine.search import (
+from engine.d_crit_bracket import (
     MAX_RUNS,
     NO_SIZE_LEFT,
     REACHED_TOLERANCE,
