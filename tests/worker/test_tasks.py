@@ -43,7 +43,7 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> RecordingBroker:
     return recording
 
 
-def _claimed(settings: Settings, run_id: int, lease_seconds: float = 60) -> tasks.Member:
+def _claimed(settings: Settings, run_id: int, lease_seconds: float = 60) -> tasks.ClaimedRun:
     settings = settings.model_copy(update={"lease_seconds": lease_seconds})
     [member] = tasks._claim(settings, CheckpointStore.from_settings(settings), [run_id], "test-worker")
     return member
