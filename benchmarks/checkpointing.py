@@ -4,7 +4,7 @@
 (P = 113, D = 3,830, the default RunSpec transformer, AdamW; default evaluation interval) for N
 steps (2,000) three times in one process: with no checkpoint storage (the baseline), then
 checkpointing at the default cadence (RunSpec.resolved_checkpoint_every, 20 a run) to a worker's
-storage (groklab/run_checkpoints.py over the checkpoint store) on SQLite and on PostgreSQL. It
+storage (groklab/checkpoint_format.py over the checkpoint store) on SQLite and on PostgreSQL. It
 prints each run's time against the baseline and its overhead: the time spent inside the
 checkpoint storage (encode, put, prune) over the rest of that run's training time. On a shared
 machine the wall-clock ratio moves with the load by more than the checkpoints cost; the

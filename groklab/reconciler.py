@@ -36,7 +36,7 @@ class ReconcileReport:
     expired: list[int]
     resent: list[int]
     planned: list[int]
-    """Runs of d_crit_search rounds that no worker had planned (groklab/search.py)."""
+    """Runs of d_crit_search rounds that no worker had planned (groklab/search_rounds.py)."""
 
 
 def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:

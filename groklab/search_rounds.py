@@ -5,7 +5,7 @@ probes waiting on them as forks). When a worker finishes a run of a search it ca
 `advance_search`; the reconciler calls `advance_waiting_searches` on every pass, so a round whose
 last run finished while no process planned the next (a worker killed in between, an api
 restart) is planned then. Planning reads every finished probe's final test accuracy from the
-database, narrows the bracket (engine/search.py), stores the next round's runs (role `probe`,
+database, narrows the bracket (engine/d_crit_bracket.py), stores the next round's runs (role `probe`,
 `search_round`) and sends them; the database, not any process, holds the search's state.
 
 A round with a failed or cancelled probe waits: the bracket would rest on missing sizes.
