@@ -30,7 +30,7 @@ from groklab.client.report.figures import MissingLibrary, pyplot, svg
 from groklab.client.report.html import render
 
 if TYPE_CHECKING:
-    # Only a type here: the client calls this module (Client.reproduce), never the other way.
+    # Only a type here: the client imports this module (in Client.reproduce), never the other way round.
     from groklab.client.http import Client
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
