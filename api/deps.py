@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from groklab.outages import DATABASE, OUTAGES
 from groklab.settings import Settings, get_settings
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_config import make_celery
 

@@ -25,10 +25,10 @@ import torch
 from engine.checkpoint import Checkpoint
 from engine.model import build_model
 from engine.spec import RunSpec, TaskSpec
-from groklab.run_checkpoints import encode
+from groklab.checkpoint_format import encode
 from groklab.settings import Settings
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import create_database, drop_database, session_scope
 from groklab.store.leases import Lease, claim_run
 from groklab.store.migrate import upgrade
@@ -39,7 +39,7 @@ BUCKET = "groklab-bench"
 
 
 def paper_checkpoint_bytes() -> bytes:
-    """The bytes a worker stores (groklab.run_checkpoints.encode) for the paper model after one AdamW step."""
+    """The bytes a worker stores (groklab.checkpoint_format.encode) for the paper model after one AdamW step."""
     model = build_model(SPEC)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
     for param in model.parameters():
@@ -83,7 +83,7 @@ def time_put_and_get(settings: Settings, data: bytes, repeats: int) -> tuple[flo
 
 @contextmanager
 def backends(folder: Path) -> Iterator[dict[str, Callable[[], Settings]]]:
-    from groklab.local_seaweedfs import SeaweedFS  # needs the test extras; running_run does not
+    from tests.local_seaweedfs import SeaweedFS  # needs the test extras; running_run does not
 
     pg_name, pg_url = create_database(ADMIN_URL, prefix="groklab_bench")
     seaweedfs = SeaweedFS()

@@ -4,7 +4,7 @@
 (P = 113, D = 3,830, the default RunSpec transformer, AdamW; default evaluation interval) for N
 steps (2,000) three times in one process: with no checkpoint storage (the baseline), then
 checkpointing at the default cadence (RunSpec.resolved_checkpoint_every, 20 a run) to a worker's
-storage (groklab/run_checkpoints.py over the checkpoint store) on SQLite and on PostgreSQL. It
+storage (groklab/checkpoint_format.py over the checkpoint store) on SQLite and on PostgreSQL. It
 prints each run's time against the baseline and its overhead: the time spent inside the
 checkpoint storage (encode, put, prune) over the rest of that run's training time. On a shared
 machine the wall-clock ratio moves with the load by more than the checkpoints cost; the
@@ -41,9 +41,9 @@ from engine.spec import PhaseSpec, RunSpec, TaskSpec
 import engine.checkpoint
 from engine.checkpoint import CheckpointFolder
 from engine.train import Ensemble, resolve_device, train_ensemble, train_run
-from groklab.run_checkpoints import RunCheckpoints
+from groklab.checkpoint_format import RunCheckpoints
 from groklab.settings import Settings
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import create_database, drop_database
 from groklab.store.migrate import upgrade
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from engine.experiments import geometric_sizes
-from engine.search import narrow
+from engine.d_crit_bracket import narrow
 from groklab.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 
 from engine.experiments import PlannedRun
 from engine.spec import RunSpec
-from groklab.local_servers import free_port, start_postgres, start_redis
+from tests.local_servers import free_port, start_postgres, start_redis
 from groklab.reconciler import reconcile_once
 from groklab.settings import Settings
 from groklab.store import runs as run_store

@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 from engine.experiments import ExperimentRequest, plan_experiment
 from engine.spec import LogEvalSchedule, PhaseSpec, RunSpec, log_spaced_steps
 from engine.train import train_run
-from groklab.local_servers import start_postgres
+from tests.local_servers import start_postgres
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import write_points

@@ -1,6 +1,6 @@
 """Rounds a one-probe d_crit_search takes on gradual curves, beside plain bisection.
 
-`python -m benchmarks.search_rounds` (no server, no training: the searcher of engine/search.py
+`python -m benchmarks.search_rounds` (no server, no training: the searcher of engine/d_crit_bracket.py
 against a curve). Test accuracy rises through the level along a logistic in log D,
 acc(D) = 1 / (1 + (D_crit / D)^k), with D_crit at 199 log-even places in the bracket [50, 800].
 k is the steepness: 3.7-4.2 fit the D_crit benchmark's probes and grid on the CI ungrokking
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from engine.search import ProbeResult, narrow, next_round, probe_sizes, reached_tolerance
+from engine.d_crit_bracket import ProbeResult, narrow, next_round, probe_sizes, reached_tolerance
 
 LOW, HIGH, PLACES = 50, 800, 199
 STEEPNESS = (1.0, 3.5, 10.0)

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.experiments import DCritSearchExperiment
-from engine.search import ProbeResult, next_round
+from engine.d_crit_bracket import ProbeResult, next_round
 from engine.spec import RunSpec
 from groklab.lifecycle import CANCELLED, FAILED, FINISHED_STATUSES
 

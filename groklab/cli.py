@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from groklab.client_cli import COMMANDS as CLIENT_COMMANDS
-from groklab.client_cli import add_client_commands, run_client_command
+from groklab.client.commands import COMMANDS as CLIENT_COMMANDS
+from groklab.client.commands import add_client_commands, run_client_command
 from groklab.gpus import GpuConfigError, default_worker_plan, worker_envs, worker_gpus
 from groklab.settings import InsecureConfig, Settings
 

@@ -1,6 +1,6 @@
 """Training finished runs further: a succeeded run continued with a new phase, and an experiment's
 failed and cancelled runs re-queued. Either way the run is queued again under its own id and a
-worker resumes it from its latest stored checkpoint (groklab.run_checkpoints), on any host, so its
+worker resumes it from its latest stored checkpoint (groklab.checkpoint_format), on any host, so its
 series go on where they ended and the analyses read the whole run.
 """
 

@@ -16,7 +16,7 @@ from groklab.errors import Conflict
 from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import commit
 
 RETRY_AFTER_SECONDS = 2

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from engine.checkpoint import start_from_parent
 from groklab.dispatch import dispatch_runs
-from groklab.run_checkpoints import RunCheckpoints
+from groklab.checkpoint_format import RunCheckpoints
 from groklab.settings import Settings
 from groklab.store import forks as fork_store
 from groklab.store import runs as run_store

@@ -54,10 +54,10 @@ def runs_finished(session: Session, celery: Celery, settings: Settings, experime
 
 
 def _register_builtin() -> None:
-    from groklab import method_comparison, search
+    from groklab import method_comparison, search_rounds
 
     register_hooks(
-        "d_crit_search", ServerHooks(analysis=search.analysis_section, on_runs_finished=search.advance_search)
+        "d_crit_search", ServerHooks(analysis=search_rounds.analysis_section, on_runs_finished=search_rounds.advance_search)
     )
     register_hooks("method_comparison", ServerHooks(analysis=method_comparison.analysis_section))
 

@@ -21,10 +21,10 @@ from celery import Celery
 
 from groklab.dispatch import dispatch_runs, pending_run_ids
 from groklab.outages import DATABASE, OUTAGES, log_failure
-from groklab.search import advance_waiting_searches
+from groklab.search_rounds import advance_waiting_searches
 from groklab.settings import Settings
 from groklab.store import leases
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from groklab.store.models import utcnow
 
@@ -36,7 +36,7 @@ class ReconcileReport:
     expired: list[int]
     resent: list[int]
     planned: list[int]
-    """Runs of d_crit_search rounds that no worker had planned (groklab/search.py)."""
+    """Runs of d_crit_search rounds that no worker had planned (groklab/search_rounds.py)."""
 
 
 def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:

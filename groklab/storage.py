@@ -44,7 +44,7 @@ class Footprint:
 
 
 def checkpoint_size(spec: RunSpec) -> int:
-    """Bytes of one checkpoint (groklab.run_checkpoints): float32 weights with AdamW's two moments
+    """Bytes of one checkpoint (groklab.checkpoint_format): float32 weights with AdamW's two moments
     (SGD keeps none), the training-set indices as int64, and the header."""
     tensors_per_parameter = 3 if spec.optimizer.kind == "adamw" else 1
     largest_train_set = max([spec.task.resolved_train_size, *spec.phase_train_sizes()])

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from groklab.store.migrate import upgrade
-from groklab.local_seaweedfs import BUCKET, SeaweedFS
-from groklab.local_servers import start_postgres, start_redis
+from tests.local_seaweedfs import BUCKET, SeaweedFS
+from tests.local_servers import start_postgres, start_redis
 from tests.services import (
     Stack,
     TestServers,

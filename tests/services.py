@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from groklab.lifecycle import FINISHED_STATUSES
-from groklab.local_servers import free_port
+from tests.local_servers import free_port
 from groklab.store.database import create_database, drop_database
 from groklab.store.migrate import upgrade
 

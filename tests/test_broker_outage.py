@@ -14,9 +14,9 @@ from engine.experiments import ExperimentRequest
 from groklab.continuation import ContinueRequest, continue_run, retry_experiment
 from groklab.dispatch import pending_run_ids
 from groklab.forks import hand_off
-from groklab.local_servers import free_port
+from tests.local_servers import free_port
 from groklab.reconciler import reconcile_once
-from groklab.search import advance_search
+from groklab.search_rounds import advance_search
 from groklab.settings import Settings
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope

@@ -21,8 +21,8 @@ def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_report
     from engine import kinds
     from engine.kinds.base import ExperimentKind, KindRequest, PlannedRun, run_spec
     from groklab import kinds as server_kinds
-    from groklab import report
-    from groklab.report.figures import svg
+    from groklab.client import report
+    from groklab.client.report.figures import svg
 
     class Doubling(KindRequest):
         kind: Literal["doubling"]

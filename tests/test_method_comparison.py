@@ -191,8 +191,8 @@ def test_the_bootstrap_pairs_seeds_across_sides():
 
 def test_the_report_section_reads_the_analysis_into_claims_a_table_and_a_figure():
     from groklab import report
-    from groklab.report.figures import svg
-    from groklab.report.method_comparison import SECTION
+    from groklab.client.report.figures import svg
+    from groklab.client.report.method_comparison import SECTION
 
     def data(rises: dict) -> dict[str, report.ExperimentData]:
         result = compare(records(rises), (0.003, 1.0), 0.95).model_dump(mode="json")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from groklab.report import ExperimentData
-from groklab.report.d_crit import scratch_d_crit
+from groklab.client.report import ExperimentData
+from groklab.client.report.d_crit import scratch_d_crit
 
 
 _run_ids = itertools.count(1)

@@ -28,12 +28,12 @@ from groklab.dispatch import dispatch_runs
 from groklab.fair_share import YieldPoll
 from groklab.json_logs import log_context
 from groklab.lifecycle.finish import LEASE_LOST, RunEnding, finish_runs
-from groklab.run_checkpoints import RunCheckpoints
+from groklab.checkpoint_format import RunCheckpoints
 from groklab.run_specs import spec_of
 from groklab.settings import Settings, get_settings
 from groklab.store import leases
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from worker.celery_app import app
 from worker.celery_config import TRAIN_RUNS_TASK
@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Member:
-    """One claimed run of the pack."""
+class ClaimedRun:
+    """One run of the pack that this worker claimed: its lease, metric sink and checkpoints (the
+    engine trains the pack as an ensemble of members: engine.train._Member)."""
 
     run_id: int
     experiment_id: int
@@ -60,7 +61,7 @@ class Member:
 class Ending:
     """How a member's run ended, to be recorded."""
 
-    member: Member
+    member: ClaimedRun
     status: str
     error: str | None = None
     stopped_early_at_step: int | None = None
@@ -78,7 +79,7 @@ def _set_torch_threads(threads: int | None) -> None:
 
 def _claim(
     settings: Settings, store: CheckpointStore, run_ids: list[int], worker_name: str, message_id: str | None = None
-) -> list[Member]:
+) -> list[ClaimedRun]:
     message = None if message_id is None else f"message {message_id} of {len(run_ids)} runs"
     # The runs train as one ensemble: their points go to the database together, one transaction
     # per flush for all of them, each still fenced by its own lease (worker/sink.py).
@@ -88,7 +89,7 @@ def _claim(
         flush_seconds=settings.metric_flush_seconds,
         flush_points=settings.metric_flush_points,
     )
-    members: list[Member] = []
+    members: list[ClaimedRun] = []
     for run_id in run_ids:
         with session_scope(settings.resolved_database_url) as session:
             lease = leases.claim_run(
@@ -100,13 +101,13 @@ def _claim(
             run = run_store.get_run(session, run_id)
             sink = metrics.sink(lease)
             checkpoints = RunCheckpoints(store, run_id, lease)
-            members.append(Member(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink, checkpoints))
+            members.append(ClaimedRun(run_id, run.experiment_id, lease, run.spec, run.parent_run_id, sink, checkpoints))
     for member in members:
         member.resumed = _note_resume(settings, store, member)
     return members
 
 
-def _note_resume(settings: Settings, store: CheckpointStore, member: Member) -> bool:
+def _note_resume(settings: Settings, store: CheckpointStore, member: ClaimedRun) -> bool:
     """A run that resumes says from which step, in its status history; whether it resumes."""
     stored = store.list_checkpoints(member.run_id)
     if not stored:
@@ -118,7 +119,7 @@ def _note_resume(settings: Settings, store: CheckpointStore, member: Member) -> 
     return True
 
 
-def _cancel_poller(settings: Settings, members: list[Member]) -> Callable[[int], bool]:
+def _cancel_poller(settings: Settings, members: list[ClaimedRun]) -> Callable[[int], bool]:
     """should_stop for member k; one database query per poll interval answers for all members."""
     run_ids = [m.run_id for m in members]
     cancelled: set[int] = set()
@@ -175,11 +176,11 @@ def train_runs(self, run_ids: list[int]) -> dict[int, str]:  # type: ignore[no-u
     return outcomes | _record_results(settings, ready, results, cancel_requested, give_way)
 
 
-def _start(settings: Settings, members: list[Member]) -> tuple[list[Member], list[RunSpec], dict[int, str]]:
+def _start(settings: Settings, members: list[ClaimedRun]) -> tuple[list[ClaimedRun], list[RunSpec], dict[int, str]]:
     """The members that start (their spec parsed, a fork given its parent's checkpoint and series)
     with their specs; the others fail at once, and their outcomes are the third item."""
     outcomes: dict[int, str] = {}
-    ready: list[Member] = []
+    ready: list[ClaimedRun] = []
     specs: list[RunSpec] = []
     for member in members:
         with log_context(run_id=member.run_id, experiment_id=member.experiment_id):
@@ -198,7 +199,7 @@ def _start(settings: Settings, members: list[Member]) -> tuple[list[Member], lis
 
 def _record_results(
     settings: Settings,
-    ready: list[Member],
+    ready: list[ClaimedRun],
     results: list[Any],
     cancel_requested: Callable[[int], bool],
     give_way: YieldPoll,
@@ -241,7 +242,7 @@ def _record_results(
     return outcomes
 
 
-def _release(settings: Settings, member: Member, reason: str) -> bool:
+def _release(settings: Settings, member: ClaimedRun, reason: str) -> bool:
     """running -> queued under the member's lease; whether it still held the lease."""
     with session_scope(settings.resolved_database_url) as session:
         return leases.release_to_queue(session, member.lease, reason=reason)

@@ -14,10 +14,10 @@ from api.auth import ReaderDep
 from api.deps import CheckpointStoreDep, SessionDep
 from engine.spec import PROGRESS_MEASURES_DEFINED_FOR
 from groklab.errors import InvalidInput, NotFound
-from groklab.run_checkpoints import decode, model_weights
+from groklab.checkpoint_format import decode, model_weights
 from groklab.run_specs import run_spec
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointInfo
+from groklab.store.checkpoint_store import CheckpointInfo
 
 router = APIRouter(prefix="/v1/runs", tags=["checkpoints"])
 

@@ -1,6 +1,6 @@
 """d_crit_search: find D_crit adaptively, in rounds of probes that narrow a bracket in D (the
-bracket and probe placement: engine/search.py). Round 1 is planned with the experiment; later
-rounds are planned by the server as rounds finish (groklab/search.py)."""
+bracket and probe placement: engine/d_crit_bracket.py). Round 1 is planned with the experiment; later
+rounds are planned by the server as rounds finish (groklab/search_rounds.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pydantic import Field
 
 from engine.kinds import grokking, ungrokking
 from engine.kinds.base import ExperimentKind, KindRequest, PlannedRun, Seeds, phase_two, run_spec, seeded
-from engine.search import check_bracket, round_sizes
+from engine.d_crit_bracket import check_bracket, round_sizes
 from engine.spec import RunSpec, SpecError
 
 
 class DCritSearchExperiment(KindRequest):
-    """Find D_crit adaptively (engine/search.py): rounds of probes that narrow a bracket in D."""
+    """Find D_crit adaptively (engine/d_crit_bracket.py): rounds of probes that narrow a bracket in D."""
 
     kind: Literal["d_crit_search"]
     side: Literal["scratch", "ungrokking"] = Field(

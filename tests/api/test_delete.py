@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from groklab.settings import Settings
 from groklab.store import leases
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import write_points
 from groklab.store.models import (

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from engine.experiments import EfficiencyExperiment, plan_experiment
-from groklab.report.efficiency import FLAT_SPREAD
+from groklab.client.report.efficiency import FLAT_SPREAD
 from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope

@@ -14,10 +14,10 @@ from safetensors.torch import load
 from engine.datasets import build_task
 from engine.spec import RunSpec
 from groklab.client import ApiError, Client
-from groklab.run_checkpoints import decode
+from groklab.checkpoint_format import decode
 from groklab.settings import Settings
 from groklab.store import leases
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from tests.client.test_client_cli import groklab
 from tests.services import Stack, bearer, create_key, tiny_spec, wait_for_runs
@@ -122,7 +122,7 @@ def test_another_owners_checkpoints_are_404(auth_stack: Stack) -> None:
 
 
 def test_load_model_as_transformer_lens_gives_the_engines_logits_at_eq(trained: tuple[Client, int]) -> None:
-    from groklab.lens import HOOK_NAMES, TransformerLensView
+    from groklab.client.lens import HOOK_NAMES, TransformerLensView
 
     client, run_id = trained
     run = client.run(run_id)

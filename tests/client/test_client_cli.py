@@ -28,6 +28,20 @@ def groklab(*args: str, url: str, api_key: str | None = None, timeout: float = 1
     )
 
 
+def test_the_client_and_groklab_help_import_none_of_the_server_or_torch() -> None:
+    # `groklab --help` and `from groklab.client import Client` load groklab/client/ and the CLI's
+    # parser only: a client command starts in a fraction of a second on a laptop with no torch.
+    code = (
+        "import sys\nfrom groklab.client import Client\nfrom groklab.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+        "heavy = {'torch', 'sqlalchemy', 'fastapi', 'celery', 'pandas', 'matplotlib'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "reproduce" in result.stdout and "submit" in result.stdout
+
+
 def test_client_submits_waits_and_reads_the_same_series_and_analysis_as_the_api(
     pg_stack: Stack, client: httpx.Client
 ) -> None:

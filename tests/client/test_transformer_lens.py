@@ -1,4 +1,4 @@
-"""The engine's transformer as a TransformerLens HookedRootModule (groklab.lens) with the real
+"""The engine's transformer as a TransformerLens HookedRootModule (groklab.client.lens) with the real
 library: the same logits at '=', TransformerLens's hook names and shapes, hooks, caching and
 activation patching, the HookedTransformer 2.x/3.x state-dict export, and client.load_model's
 formats' refusals (their results through a real server: tests/client/test_checkpoints.py)."""
@@ -20,7 +20,7 @@ from transformer_lens import ActivationCache
 from engine.datasets import build_task
 from engine.model import build_model
 from engine.spec import RunSpec
-from groklab import lens
+from groklab.client import lens
 from groklab.client import Client, Run
 
 P = 23
@@ -139,7 +139,7 @@ def test_importing_the_client_does_not_import_transformer_lens() -> None:
 
 
 def test_the_export_needs_no_transformer_lens(engine_model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A notebook on TransformerLens 2.x cannot install 4.x beside it: groklab.lens imports and
+    # A notebook on TransformerLens 2.x cannot install 4.x beside it: groklab.client.lens imports and
     # exports with transformer_lens unimportable (a None in sys.modules fails its import).
     for name in [name for name in sys.modules if name.split(".")[0] == "transformer_lens"]:
         monkeypatch.setitem(sys.modules, name, None)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, select, update
 
-from engine.search import narrow, probe_sizes
+from engine.d_crit_bracket import narrow, probe_sizes
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import delete_series
 from groklab.store.migrate import upgrade

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from groklab.report import experiments
+from groklab.client.report import experiments
 from groklab.store.database import session_scope
 from groklab.store.models import MetricPoint, MetricSeries, Run
 from tests.services import ROOT, base_install_env, bearer, create_key, free_port, wait_http

@@ -19,7 +19,7 @@ import pytest
 
 from groklab.store.migrate import upgrade
 from tests.faults.test_faults import assert_series_complete_and_equal, fault_spec, resumed_from, running_past
-from groklab.local_seaweedfs import BUCKET, SeaweedFS
+from tests.local_seaweedfs import BUCKET, SeaweedFS
 from tests.services import (
     Stack,
     create_pg_database,

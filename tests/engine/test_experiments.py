@@ -215,7 +215,7 @@ def test_the_smoke_scale_takes_seconds_and_the_ci_scale_fits_two_cores():
     """`groklab reproduce`'s scales: smoke is P=13 with short runs; ci is about 49 runs at P=47
     (measured before the method comparison's 16 runs joined it: the other 33 finish in under 30
     minutes on two cores, README)."""
-    from groklab.reproduce import load_specs
+    from groklab.client.reproduce import load_specs
 
     smoke = [run for spec in load_specs("smoke", None).values() for run in plan(spec)]
     assert all(r.spec.model.kind == "toy_circuits" or (r.spec.task.p <= 13 and r.spec.total_steps <= 400) for r in smoke)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from groklab.store.migrate import upgrade
-from groklab.local_servers import PrivatePostgres, PrivateRedis
+from tests.local_servers import PrivatePostgres, PrivateRedis
 from tests.services import Stack, service_env
 
 FAULT_SUMMARY = {"faults injected": 0, "runs finished": 0, "points lost": 0, "duplicates": 0}

@@ -21,7 +21,7 @@ from groklab.client import Client
 from groklab.dispatch import send_message
 from groklab.settings import Settings
 from tests.faults.conftest import FAULT_SUMMARY
-from groklab.local_servers import PrivatePostgres, PrivateRedis
+from tests.local_servers import PrivatePostgres, PrivateRedis
 from tests.services import Stack, tiny_spec, wait_for_runs, wait_until
 from worker.celery_config import make_celery
 

@@ -14,7 +14,7 @@ import pytest
 
 from groklab.settings import Settings
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import (
+from groklab.store.checkpoint_store import (
     BlobMissing,
     BlobStore,
     CheckpointCorrupt,
@@ -26,7 +26,7 @@ from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, claim_run, expire_leases
 from groklab.store.migrate import upgrade
 from groklab.store.models import utcnow
-from groklab.local_seaweedfs import BUCKET, SeaweedFS
+from tests.local_seaweedfs import BUCKET, SeaweedFS
 
 class RecordingBlobs:
     """A backend's blob store that remembers the keys written, to look for leftovers."""

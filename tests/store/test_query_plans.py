@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from groklab.store import leases, quotas
 from groklab.store import runs as run_store
-from groklab.store import search as search_store
+from groklab.store import search_state as search_store
 from groklab.store.database import session_scope
 from groklab.store.migrate import upgrade
 from groklab.store.models import Run, utcnow

@@ -16,7 +16,7 @@ from groklab.settings import Settings
 from groklab.submission import submit_experiment
 from groklab.store import leases
 from groklab.store import runs as run_store
-from groklab.store.checkpoints import CheckpointStore
+from groklab.store.checkpoint_store import CheckpointStore
 from groklab.store.database import session_scope
 from groklab.store.metric_reads import read_series
 from groklab.store.migrate import upgrade
@@ -43,7 +43,7 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> RecordingBroker:
     return recording
 
 
-def _claimed(settings: Settings, run_id: int, lease_seconds: float = 60) -> tasks.Member:
+def _claimed(settings: Settings, run_id: int, lease_seconds: float = 60) -> tasks.ClaimedRun:
     settings = settings.model_copy(update={"lease_seconds": lease_seconds})
     [member] = tasks._claim(settings, CheckpointStore.from_settings(settings), [run_id], "test-worker")
     return member

@@ -11,10 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from groklab.client import (
-    ApiError,
+from groklab.client.errors import ApiError, ClientError
+from groklab.client.http import (
     Client,
-    ClientError,
     Experiment,
     flat_fields,
     load_spec,
@@ -329,8 +328,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _reproduce(client: Client, args: argparse.Namespace, console: Console) -> int:
-    from groklab.report import FAIL
-    from groklab.reproduce import reproduce
+    from groklab.client.report import FAIL
+    from groklab.client.reproduce import reproduce
 
     folder = args.resume or args.dir
     report, found = reproduce(

@@ -5,7 +5,7 @@ probes waiting on them as forks). When a worker finishes a run of a search it ca
 `advance_search`; the reconciler calls `advance_waiting_searches` on every pass, so a round whose
 last run finished while no process planned the next (a worker killed in between, an api
 restart) is planned then. Planning reads every finished probe's final test accuracy from the
-database, narrows the bracket (engine/search.py), stores the next round's runs (role `probe`,
+database, narrows the bracket (engine/d_crit_bracket.py), stores the next round's runs (role `probe`,
 `search_round`) and sends them; the database, not any process, holds the search's state.
 
 A round with a failed or cancelled probe waits: the bracket would rest on missing sizes.
@@ -22,7 +22,7 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from engine.experiments import DCritSearchExperiment, plan_search_probes
-from engine.search import ProbeResult, next_round
+from engine.d_crit_bracket import ProbeResult, next_round
 from groklab import analysis
 from groklab.analysis import RunRecord
 from groklab.dispatch import dispatch_runs
@@ -30,7 +30,7 @@ from groklab.run_specs import run_spec
 from groklab.settings import Settings
 from groklab.submission import stored_run
 from groklab.store import runs as run_store
-from groklab.store import search as search_store
+from groklab.store import search_state as search_store
 from groklab.store.database import commit, session_scope
 from groklab.store.models import Experiment, Run
 

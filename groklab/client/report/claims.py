@@ -1,10 +1,8 @@
-"""The HTML report of `groklab reproduce`: one section per experiment of a scale, each with its
-claims (docs/paper.md's statements, measured from the server's analyses, with a tolerance and a
-verdict) and its figure, plus sections of claims that read several experiments (D_crit).
+"""What a report section is made of: the data it reads of an experiment, a claim with its
+verdict, and the section itself (claims and figure); with the helpers the sections share.
 
-A section is one module of this package registered here in the report's order; adding an
-experiment to the report is one module and its `examples/<scale>/<name>.json` files. The
-orchestration (submit, wait, collect) is groklab/reproduce.py; the page itself, report/html.py.
+The sections (one module each in this package) import from here, and the registry
+(report/__init__.py) imports the sections: one way, no import circle.
 """
 
 from __future__ import annotations
@@ -64,37 +62,6 @@ class Section:
     table: Table | None = None
 
 
-_SECTIONS: dict[str, Section] = {}
-
-
-def register(section: Section) -> Section:
-    _SECTIONS[section.name] = section
-    return section
-
-
-def unregister(name: str) -> None:
-    _SECTIONS.pop(name, None)
-
-
-def sections() -> list[Section]:
-    """Every registered section in the report's order."""
-    return list(_SECTIONS.values())
-
-
-def tables(data: Mapping[str, ExperimentData]) -> dict[str, str]:
-    """name -> the HTML table of every section that has one and whose experiment is in `data`."""
-    return {s.name: s.table(data[s.name]) for s in _SECTIONS.values() if s.table is not None and s.name in data}
-
-
-def experiments() -> dict[str, str]:
-    """name -> title of every section that is an experiment (has a figure), in the report's order."""
-    return {s.name: s.title for s in _SECTIONS.values() if s.figure is not None}
-
-
-def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:
-    return [claim for section in _SECTIONS.values() for claim in section.claims(data)]
-
-
 def rows(data: ExperimentData, **where: Any) -> list[dict[str, Any]]:
     """The experiment's succeeded runs' analysis rows matching `where`."""
     return [r for r in data.runs if r["status"] == "succeeded" and all(r.get(k) == v for k, v in where.items())]
@@ -106,13 +73,3 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
-
-
-def _register_builtin() -> None:
-    from groklab.report import d_crit, efficiency, grokking, method_comparison, semi_grokking, sweep, toy, ungrokking
-
-    for module in (grokking, sweep, ungrokking, efficiency, d_crit, semi_grokking, toy, method_comparison):
-        register(module.SECTION)
-
-
-_register_builtin()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
 
 
 def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:

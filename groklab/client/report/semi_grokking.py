@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
-from groklab.report.figures import curves
+from groklab.client.report.claims import NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
+from groklab.client.report.figures import curves
 
 
 def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
 
 
 def ungrokking_d_crit(data: Mapping[str, ExperimentData]) -> dict[str, Any]:

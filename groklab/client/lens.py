@@ -316,7 +316,7 @@ def _define_view_class() -> type:
                 return out, cache_dict
             return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
-    # Its module-level name, so pickle and repr find it as groklab.lens.TransformerLensView.
+    # Its module-level name, so pickle and repr find it as groklab.client.lens.TransformerLensView.
     TransformerLensView.__qualname__ = "TransformerLensView"
     return TransformerLensView
 

@@ -32,43 +32,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from groklab.client.errors import ApiError, ClientError, ServerUnreachable, ServiceUnavailable, Unauthorized
 from groklab.lifecycle import FINISHED_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRY_SECONDS = 600.0
 log = logging.getLogger(__name__)
-
-
-class ClientError(Exception):
-    """Anything the client could not do; the message is meant for a person."""
-
-
-class ServerUnreachable(ClientError):
-    """No api answers at the client's URL (and it never did, or the outage outlasted retry_seconds)."""
-
-
-class Unauthorized(ClientError):
-    """401 or 403: the key is missing, unknown, revoked, or lacks the scope."""
-
-
-class ApiError(ClientError):
-    """The api refused a request: `status` is the HTTP status, `detail` the problem's detail."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"{status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-class ServiceUnavailable(ApiError):
-    """503: the api's database or broker is down (an outage the client waits out)."""
-
-    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(status, detail)
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return f"the api answers 503: {self.detail}"
 
 
 _READING_POSTS = frozenset({"/v1/metrics/query", "/v1/experiments/plan"})
@@ -430,8 +399,8 @@ class Client:
         - "engine": the engine's nn.Module (engine.model), in eval mode.
         - "transformer_lens" (transformer runs; needs the transformer-lens extra, TransformerLens
           4.x): the same model over all three positions as a TransformerLens HookedRootModule
-          (groklab.lens.TransformerLensView), in eval mode: run_with_cache, run_with_hooks.
-        - "hooked_transformer" (transformer runs; torch alone): groklab.lens.HookedTransformerWeights,
+          (groklab.client.lens.TransformerLensView), in eval mode: run_with_cache, run_with_hooks.
+        - "hooked_transformer" (transformer runs; torch alone): groklab.client.lens.HookedTransformerWeights,
           a (state_dict, config) pair for TransformerLens 2.x/3.x:
           HookedTransformer(HookedTransformerConfig(**config)).load_state_dict(state_dict).
 
@@ -454,7 +423,7 @@ class Client:
         model.load_state_dict(load(self.download_checkpoint(run, step)))
         if format == "engine":
             return model.eval()
-        from groklab import lens
+        from groklab.client import lens
 
         if format == "transformer_lens":
             return lens.transformer_lens_view(model)
@@ -551,8 +520,10 @@ class Client:
         progress: bool = True,
     ) -> Path:
         """`groklab reproduce`: submit the paper's experiments at `scale` (or re-attach to `folder`'s
-        with resume), wait, and write the HTML report (groklab/reproduce.py); its path."""
-        from groklab.reproduce import reproduce
+        with resume), wait, and write the HTML report (groklab/client/reproduce.py); its path."""
+        # One way only: the reproduce module builds on the client and imports only its errors.
+        # Imported here, on use, so that importing the client does not load the report.
+        from groklab.client.reproduce import reproduce
 
         report, _ = reproduce(
             self, scale=scale, seeds=seeds, folder=Path(folder), out=Path(out) if out else None,

@@ -21,15 +21,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from groklab import report
-from groklab.client import ApiError, Client, ClientError
-from groklab.report import Claim, ExperimentData
-from groklab.report.figures import MissingLibrary, pyplot, svg
-from groklab.report.html import render
+from groklab.client import report
+from groklab.client.errors import ApiError, ClientError
+from groklab.client.report import Claim, ExperimentData
+from groklab.client.report.figures import MissingLibrary, pyplot, svg
+from groklab.client.report.html import render
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+if TYPE_CHECKING:
+    # Only a type here: the client imports this module (in Client.reproduce), never the other way round.
+    from groklab.client.http import Client
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MANIFEST = "manifest.json"
 
 

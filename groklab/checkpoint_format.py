@@ -13,7 +13,7 @@ import json
 import struct
 from typing import TYPE_CHECKING, Any
 
-from groklab.store.checkpoints import CheckpointNotFound, CheckpointStore
+from groklab.store.checkpoint_store import CheckpointNotFound, CheckpointStore
 from groklab.store.leases import Lease
 
 if TYPE_CHECKING:

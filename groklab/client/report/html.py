@@ -11,8 +11,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, experiments, tables
-from groklab.report.d_crit import scratch_d_crit, ungrokking_d_crit
+from groklab.client.report import experiments, tables
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData
+from groklab.client.report.d_crit import scratch_d_crit, ungrokking_d_crit
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;width:100%}th,td{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}

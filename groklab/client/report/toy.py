@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, rows
-from groklab.report.figures import curves
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, rows
+from groklab.client.report.figures import curves
 
 _NEVER = ("never reaches generalised_acc", lambda r: r["generalisation_step"] is None)
 EXPECTED = {

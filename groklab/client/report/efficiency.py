@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section
 
 FLAT_SPREAD = 0.15
 """C_gen's norm at fixed loss counts as flat in D when (max - min) / mean over its sizes is below this."""

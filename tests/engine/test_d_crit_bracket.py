@@ -1,4 +1,4 @@
-"""The d_crit_search bracket (engine/search.py): probes split it in log D (one probe a round:
+"""The d_crit_search bracket (engine/d_crit_bracket.py): probes split it in log D (one probe a round:
 where the bracket ends' accuracies say the curve crosses the level), rounds narrow it around the
 true transition, and the search ends at the tolerance, out of sizes, or at max_runs."""
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.experiments import DCritSearchExperiment, plan_experiment
-from engine.search import (
+from engine.d_crit_bracket import (
     MAX_RUNS,
     NO_SIZE_LEFT,
     REACHED_TOLERANCE,

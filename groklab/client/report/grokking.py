@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import FAIL, PASS, Claim, ExperimentData, Section, rows
-from groklab.report.figures import curves
+from groklab.client.report.claims import FAIL, PASS, Claim, ExperimentData, Section, rows
+from groklab.client.report.figures import curves
 
 
 def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from groklab.report import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, rows
+from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, rows
 
 
 def _late(step: int | None) -> float:

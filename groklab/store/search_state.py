@@ -1,4 +1,4 @@
-"""The SQL of d_crit_search (groklab/search.py): one planner at a time per search, the searches
+"""The SQL of d_crit_search (groklab/search_rounds.py): one planner at a time per search, the searches
 that may need a round, and the mark of a search that ended."""
 
 from __future__ import annotations

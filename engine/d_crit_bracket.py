@@ -17,7 +17,7 @@ transition; where an interpolated round kept more than half of its bracket (the 
 straight there) the next round bisects, so at worst two rounds cut the log-bracket to 3/8 where
 bisection's two cut it to 1/4. benchmarks/search_rounds.py measures both on logistic curves.
 
-Pure functions over plain values: the server (groklab/search.py) reads the probes from its
+Pure functions over plain values: the server (groklab/search_rounds.py) reads the probes from its
 database and plans the next round with them.
 """
 

