@@ -190,7 +190,7 @@ def test_the_bootstrap_pairs_seeds_across_sides():
 
 
 def test_the_report_section_reads_the_analysis_into_claims_a_table_and_a_figure():
-    from groklab import report
+    from groklab.client import report
     from groklab.client.report.figures import svg
     from groklab.client.report.method_comparison import SECTION
 
