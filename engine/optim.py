@@ -22,8 +22,6 @@ from torch import Tensor
 
 from engine.spec import OptimizerSpec
 
-EPS = 1e-8  # torch.optim.AdamW's default
-
 # Columns of EnsembleOptimizer.hyper, set from the host when the schedule changes them.
 LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR = range(5)
 
@@ -55,6 +53,7 @@ class EnsembleOptimizer:
         self.one_minus_beta1 = torch.tensor([[1 - s.betas[0]] for s in specs], dtype=dtype, device=device)
         self.one_minus_beta2 = torch.tensor([[1 - s.betas[1]] for s in specs], dtype=dtype, device=device)
         self.betas = torch.tensor([list(s.betas) for s in specs], dtype=dtype, device=device)  # (K, 2)
+        self.eps = torch.tensor([[s.eps] for s in specs], dtype=dtype, device=device)  # (K, 1) Adam's epsilon
         self.hyper = torch.zeros(len(specs), 5, dtype=dtype, device=device)  # LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR
         self.steps = torch.zeros(len(specs), 1, dtype=dtype, device=device)  # Adam's t per member
         self.host_steps = [0] * len(specs)  # the same, for state_dict without reading the device
@@ -103,7 +102,7 @@ class EnsembleOptimizer:
         self.exp_avg.lerp_(grad, self.one_minus_beta1)  # as torch does
         # torch: v * beta2 + (1 - beta2) * g^2 by mul_ and addcmul_; one lerp, the same to ~1 ulp
         self.exp_avg_sq.lerp_(grad.square(), self.one_minus_beta2)
-        denom = torch.addcmul(inv_neg_step_size * EPS, self.exp_avg_sq.sqrt(), scale)
+        denom = torch.addcmul(inv_neg_step_size * self.eps, self.exp_avg_sq.sqrt(), scale)
         p.addcdiv_(self.exp_avg, denom)
 
     def reset(self, member: int) -> None:
@@ -119,7 +118,7 @@ class EnsembleOptimizer:
         self.flat, self.params = flat, list(params)
         host = members.tolist()
         self.host_steps = [self.host_steps[r] for r in host]
-        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "hyper", "steps", "exp_avg", "exp_avg_sq"):
+        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "eps", "hyper", "steps", "exp_avg", "exp_avg_sq"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[members])
@@ -142,7 +141,7 @@ class EnsembleOptimizer:
                 }
                 for i, (start, end), shape in zip(indices, self.columns, self.shapes)
             }
-        group = {"lr": lr, "betas": spec.betas, "eps": EPS, "weight_decay": weight_decay, "amsgrad": False}
+        group = {"lr": lr, "betas": spec.betas, "eps": spec.eps, "weight_decay": weight_decay, "amsgrad": False}
         return {"state": state, "param_groups": [{**group, "params": indices}]}
 
     def load_member_state_dict(self, member: int, state_dict: dict[str, Any]) -> None:

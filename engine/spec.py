@@ -172,6 +172,9 @@ class OptimizerSpec(StrictModel):
         0.98,
     )
     weight_decay: Annotated[float, Field(ge=0, le=100)] = 1.0
+    eps: Annotated[float, Field(gt=0, le=1)] = Field(
+        1e-8, description="Adam's epsilon (torch.optim.AdamW's default); slingshot dynamics depend on it."
+    )
     warmup_steps: Annotated[int, Field(ge=0)] = Field(
         10, description="Linear learning-rate warm-up from 0 (Nanda uses 10 steps)."
     )

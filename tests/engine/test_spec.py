@@ -29,6 +29,7 @@ def test_importing_spec_does_not_import_torch():
         ({"task": {"op": "power"}}, "task.op"),
         ({"phases": [{"steps": 0}]}, "phases.0.steps"),
         ({"optimizer": {"lr": 1e-3, "momentum": 0.9}}, "optimizer.momentum"),
+        ({"optimizer": {"eps": 0}}, "optimizer.eps"),
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_field(data, field):
