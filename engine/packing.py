@@ -19,6 +19,7 @@ def pack_key(spec: RunSpec) -> Hashable | None:
         spec.task.op,
         spec.task.vocab_size,
         spec.loss,
+        spec.resolved_loss_precision,
         spec.optimizer.kind,
         spec.device,
     )

@@ -43,7 +43,7 @@ DEFAULT_CHECKPOINTS = 20
 EVAL_METRICS = (
     "train_loss", "train_acc", "train_correct_logit", "train_margin",
     "test_loss", "test_acc", "test_correct_logit", "test_margin",
-    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
+    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed", "softmax_collapse",
 )  # fmt: skip
 # Nanda et al.'s progress measures (engine.progress_measures), logged beside EVAL_METRICS when a
 # run's resolved_progress_measures is True: defined for the transformer on these ops.
@@ -275,7 +275,16 @@ class RunSpec(StrictModel):
         TransformerSpec(), description="The paper's 1-layer transformer (default), an MLP, or the Section 3 toy model."
     )
     optimizer: OptimizerSpec = Field(OptimizerSpec(), description="AdamW (default) or SGD, with warm-up and weight decay.")
-    loss: Literal["cross_entropy", "mse"] = Field("cross_entropy", description="Softmax cross-entropy, or MSE on one-hot targets.")
+    loss: Literal["cross_entropy", "mse", "stablemax"] = Field(
+        "cross_entropy",
+        description="Softmax cross-entropy, MSE on one-hot targets, or StableMax cross-entropy "
+        "(Prieto et al. 2025: s(x) = x + 1 for x >= 0, 1 / (1 - x) below, normalised).",
+    )
+    loss_precision: Literal["float32", "float64"] | None = Field(
+        None,
+        description="The float type the (stable)softmax cross-entropy is computed in; default float32 for "
+        "cross_entropy, float64 for stablemax (as its authors compute it). Not for mse.",
+    )
     phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
         PhaseSpec(steps=10_000)
     ]
@@ -309,6 +318,12 @@ class RunSpec(StrictModel):
         "Default: on where defined.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def resolved_loss_precision(self) -> Literal["float32", "float64"]:
+        if self.loss_precision is not None:
+            return self.loss_precision
+        return "float64" if self.loss == "stablemax" else "float32"
 
     @property
     def supports_progress_measures(self) -> bool:
@@ -412,6 +427,8 @@ class RunSpec(StrictModel):
     def _check(self) -> RunSpec:
         if self.eval_every is not None and self.eval_schedule is not None:
             raise _field_error("eval_schedule", "give eval_every or eval_schedule, not both")
+        if self.loss_precision is not None and self.loss == "mse":
+            raise _field_error("loss_precision", "sets the precision of a softmax or StableMax cross-entropy, not of mse")
         if self.progress_measures and not self.supports_progress_measures:
             raise _field_error(
                 "progress_measures",

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from engine.checkpoint import Checkpoint, CheckpointStorage, CheckpointWrite, CheckpointWriter, as_storage, copy_to_host
 from engine.memory import members_that_fit
-from engine.evaluation import evaluation_table, metric_names, pair_logits_fn, per_example_loss, table_rows, to_host
+from engine.evaluation import Loss, evaluation_table, metric_names, pair_logits_fn, per_example_loss, table_rows, to_host
 from engine.model import build_model, mlp_logits, transformer_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
@@ -385,7 +385,7 @@ class Ensemble:
         self._warm: _Layout | None = None  # the layout whose first step ran eagerly (before capture)
         self.checkpoint_seconds = checkpoint_seconds
         self.checkpointed_at = time.monotonic()  # the members' last checkpoint (all are written together)
-        self.loss_kind = specs[0].loss
+        self.loss_kind = Loss.of(specs[0])  # one per pack (engine.packing)
         transformer = isinstance(specs[0].model, TransformerSpec)
         self.logits_fn = transformer_logits if transformer else mlp_logits
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared

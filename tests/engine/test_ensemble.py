@@ -79,6 +79,8 @@ def _merged(base: dict, changes: dict) -> dict:
 # Each method option (engine.spec) with different values per member, members of one pack_key.
 METHOD_MEMBERS = {
     "eps": [{"optimizer": {"eps": 1e-8}}, {"optimizer": {"eps": 1e-3, "lr": 3e-3}}, {"optimizer": {"eps": 1e-5}}],
+    "stablemax": [{"loss": "stablemax"}, {"loss": "stablemax", "optimizer": {"lr": 3e-3}}, {"loss": "stablemax"}],
+    "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
 }
 
 

@@ -30,6 +30,8 @@ def test_importing_spec_does_not_import_torch():
         ({"phases": [{"steps": 0}]}, "phases.0.steps"),
         ({"optimizer": {"lr": 1e-3, "momentum": 0.9}}, "optimizer.momentum"),
         ({"optimizer": {"eps": 0}}, "optimizer.eps"),
+        ({"loss": "mse", "loss_precision": "float64"}, "loss_precision"),
+        ({"loss_precision": "float16"}, "loss_precision"),
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_field(data, field):
