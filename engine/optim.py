@@ -22,6 +22,9 @@ from torch import Tensor
 
 from engine.spec import OptimizerSpec
 
+# ⊥Grad's guard against a zero tensor or gradient, as in Prieto et al.'s reference code.
+ORTHOGONAL_EPS = 1e-30
+
 # Columns of EnsembleOptimizer.hyper, set from the host when the schedule changes them.
 LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR = range(5)
 
@@ -57,6 +60,12 @@ class EnsembleOptimizer:
         self.hyper = torch.zeros(len(specs), 5, dtype=dtype, device=device)  # LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR
         self.steps = torch.zeros(len(specs), 1, dtype=dtype, device=device)  # Adam's t per member
         self.host_steps = [0] * len(specs)  # the same, for state_dict without reading the device
+        self.orthogonal = specs[0].orthogonal_gradients  # one per pack (engine.packing)
+        # Each column's parameter tensor, for ⊥Grad's per-tensor sums (a device index, no host read).
+        self.segment_ids = None
+        if self.orthogonal:
+            sizes = torch.tensor([end - start for start, end in self.columns])
+            self.segment_ids = torch.repeat_interleave(torch.arange(len(self.columns)), sizes).to(device)
         adam = self.kind == "adamw"
         self.exp_avg = torch.zeros_like(flat) if adam else None
         self.exp_avg_sq = torch.zeros_like(flat) if adam else None
@@ -83,8 +92,28 @@ class EnsembleOptimizer:
         self.host_steps = [s + 1 for s in self.host_steps]
         self.update(grad)
 
+    def segment_sums(self, values: Tensor) -> Tensor:
+        """(..., N) -> (..., T): the sum over each parameter tensor's columns, one reduction each."""
+        sizes = [end - start for start, end in self.columns]
+        return torch.stack([part.sum(dim=-1) for part in values.split(sizes, dim=-1)], dim=-1)
+
+    def orthogonal_gradient(self, grad: Tensor) -> Tensor:
+        """⊥Grad (Prieto et al. 2025, "Grokking at the edge of numerical stability", eq. 12, and their
+        reference code orthograd.py): per member and parameter tensor w with gradient g,
+        g_perp = g - (w.g / (w.w + 1e-30)) w, rescaled to g's norm: ||g|| / (||g_perp|| + 1e-30).
+        Over the flat (K, N) buffers: per-tensor sums (K, T), spread back by the column's tensor."""
+        w, segment_ids = self.flat, self.segment_ids
+        assert segment_ids is not None
+        sums = self.segment_sums(torch.stack([w * grad, w * w, grad * grad]))  # (3, K, T)
+        along = sums[0] / (sums[1] + ORTHOGONAL_EPS)  # (K, T)
+        perpendicular = torch.addcmul(grad, along.index_select(1, segment_ids), w, value=-1)
+        scale = sums[2].sqrt() / (self.segment_sums(perpendicular.square()).sqrt() + ORTHOGONAL_EPS)
+        return perpendicular * scale.index_select(1, segment_ids)
+
     def update(self, grad: Tensor) -> None:
         """The step's device work alone: no host values, a fixed set of kernels (graph capture)."""
+        if self.orthogonal:
+            grad = self.orthogonal_gradient(grad)
         p, hyper = self.flat, self.hyper
         if self.kind == "sgd":
             # torch.optim.SGD: g + wd * p, then p - lr * that

@@ -21,6 +21,7 @@ def pack_key(spec: RunSpec) -> Hashable | None:
         spec.loss,
         spec.resolved_loss_precision,
         spec.optimizer.kind,
+        spec.optimizer.orthogonal_gradients,
         spec.device,
     )
 

@@ -175,6 +175,11 @@ class OptimizerSpec(StrictModel):
     eps: Annotated[float, Field(gt=0, le=1)] = Field(
         1e-8, description="Adam's epsilon (torch.optim.AdamW's default); slingshot dynamics depend on it."
     )
+    orthogonal_gradients: bool = Field(
+        False,
+        description="⊥Grad (Prieto et al. 2025): each parameter tensor's gradient loses its component "
+        "along that tensor (rescaled to its own norm) before the update.",
+    )
     warmup_steps: Annotated[int, Field(ge=0)] = Field(
         10, description="Linear learning-rate warm-up from 0 (Nanda uses 10 steps)."
     )

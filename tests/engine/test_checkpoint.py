@@ -48,6 +48,7 @@ def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
         ({"optimizer": OptimizerSpec(batch_size=64)}, 25),
         ({"optimizer": OptimizerSpec(eps=1e-4)}, 30),
         ({"loss": "stablemax"}, 30),
+        ({"optimizer": OptimizerSpec(orthogonal_gradients=True)}, 30),
         ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 20),
         ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 30),
         (

@@ -80,6 +80,8 @@ def _merged(base: dict, changes: dict) -> dict:
 METHOD_MEMBERS = {
     "eps": [{"optimizer": {"eps": 1e-8}}, {"optimizer": {"eps": 1e-3, "lr": 3e-3}}, {"optimizer": {"eps": 1e-5}}],
     "stablemax": [{"loss": "stablemax"}, {"loss": "stablemax", "optimizer": {"lr": 3e-3}}, {"loss": "stablemax"}],
+    "orthogonal adamw": [{"optimizer": {"orthogonal_gradients": True, "weight_decay": 0.0}}, {"optimizer": {"orthogonal_gradients": True, "lr": 3e-3}}, {"optimizer": {"orthogonal_gradients": True}}],
+    "orthogonal sgd": [{"optimizer": {"kind": "sgd", "lr": 0.1, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.2, "weight_decay": 0.0, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.05, "orthogonal_gradients": True}}],
     "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
 }
 

@@ -1,5 +1,5 @@
 """The grokking methods of engine.spec, each against a direct transcription of its paper's
-definition: StableMax and the float64 cross-entropy, softmax collapse."""
+definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from engine.evaluation import Loss, per_example_loss, softmax_collapsed
+from engine.optim import EnsembleOptimizer
+from engine.spec import OptimizerSpec
 
 from . import single_cpu_thread
 
@@ -71,3 +73,68 @@ def test_a_confident_example_collapses_softmax_in_float32_but_not_stablemax_or_f
         (grad,) = torch.autograd.grad(value.sum(), logits)
         assert value.item() > 0 and grad[0, 0] < 0, loss  # still pushing the correct logit up
     assert softmax_collapsed(torch.tensor([[10.0, 0.0]]), torch.tensor([0])).tolist() == [False]
+
+
+def _orthograd_reference(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Prieto et al.'s ⊥Grad of one tensor, transcribed: the projection, rescaled to g's norm."""
+    w, g = w.flatten(), g.flatten()
+    proj = torch.dot(w, g) / (torch.dot(w, w) + 1e-30)
+    g_orth = g - proj * w
+    return g_orth * (g.norm() / (g_orth.norm() + 1e-30))
+
+
+def _stacked_parameters(members: int, generator: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A flat (K, N) buffer and its views shaped like a small model's tensors (one of them zero, as
+    the biases start)."""
+    shapes = [(4, 3), (2, 3, 5), (7,), (5, 2)]
+    flat = torch.randn(members, sum(math.prod(s) for s in shapes), generator=generator, dtype=torch.float64)
+    views = [part.view(members, *shape) for part, shape in zip(flat.split([math.prod(s) for s in shapes], dim=1), shapes)]
+    views[2].zero_()
+    return flat, views
+
+
+def test_orthogonal_gradients_are_orthogonal_per_member_and_tensor_and_keep_their_norm():
+    g = torch.Generator().manual_seed(0)
+    flat, views = _stacked_parameters(3, g)
+    specs = [OptimizerSpec(kind="sgd", orthogonal_gradients=True)] * 3
+    optimizer = EnsembleOptimizer(specs, views, flat)
+    grad = torch.randn(flat.shape, generator=g, dtype=torch.float64)
+    # A gradient along its tensor: all of it is removed, and what rounding leaves is rescaled to its
+    # norm (as the authors' code does): noise, compared only by its norm.
+    grad[1, :12] = 3 * flat[1, :12]
+    projected = optimizer.orthogonal_gradient(grad)
+    for k in range(3):
+        for (start, end), view in zip(optimizer.columns, views):
+            w, g_k, p_k = flat[k, start:end], grad[k, start:end], projected[k, start:end]
+            assert p_k.norm().item() == pytest.approx(g_k.norm().item(), rel=1e-6)
+            if k == 1 and start == 0:
+                continue
+            torch.testing.assert_close(p_k, _orthograd_reference(view[k], g_k), rtol=1e-9, atol=1e-12)
+            if w.any():
+                assert abs(torch.dot(w, p_k)) <= 1e-6 * w.norm() * p_k.norm()
+    assert torch.equal(projected[:, 12:][:, 30:37], grad[:, 12:][:, 30:37])  # a zero tensor's gradient is kept
+
+
+def test_orthogonal_adamw_is_torch_adamw_on_the_transcribed_projection():
+    g = torch.Generator().manual_seed(1)
+    flat, views = _stacked_parameters(2, g)
+    flat32, views32 = flat.float(), []
+    at = 0
+    for view in views:
+        views32.append(flat32[:, at : at + view[0].numel()].view(view.shape))
+        at += view[0].numel()
+    specs = [OptimizerSpec(lr=1e-2, weight_decay=0.5, orthogonal_gradients=True), OptimizerSpec(lr=3e-3, orthogonal_gradients=True)]
+    ensemble = EnsembleOptimizer(specs, views32, flat32)
+    singles = [[view[k].clone().requires_grad_() for view in views32] for k in range(2)]
+    torch_opts = [torch.optim.AdamW(ps, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay) for ps, s in zip(singles, specs)]
+    lr, wd = torch.tensor([s.lr for s in specs], dtype=torch.float64), torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
+    for _ in range(5):
+        grad = torch.randn(flat32.shape, generator=g)
+        ensemble.step(lr, wd, grad=grad.clone())
+        for k, (params, opt) in enumerate(zip(singles, torch_opts)):
+            for (start, end), p in zip(ensemble.columns, params):
+                p.grad = _orthograd_reference(p.detach(), grad[k, start:end]).view(p.shape)
+            opt.step()
+    for k, params in enumerate(singles):
+        for view, p in zip(views32, params):
+            torch.testing.assert_close(view[k], p.detach(), rtol=0, atol=1e-6)
