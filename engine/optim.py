@@ -20,13 +20,76 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.spec import OptimizerSpec
+from engine.spec import EmaGradFilter, GradFilterSpec, OptimizerSpec
 
 # ⊥Grad's guard against a zero tensor or gradient, as in Prieto et al.'s reference code.
 ORTHOGONAL_EPS = 1e-30
 
 # Columns of EnsembleOptimizer.hyper, set from the host when the schedule changes them.
 LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR = range(5)
+
+
+class GradFilter:
+    """Grokfast (Lee et al. 2024, "Grokfast: accelerated grokking by amplifying slow gradients",
+    Algorithms 1 and 2, and their reference code grokfast.py) for every member of an ensemble: the
+    gradient plus lamb times its slow component, before the optimizer step.
+
+    EMA: the average starts at the first gradient, then ema = ema * alpha + g * (1 - alpha) and
+    g + lamb * ema. MA: the last `window` gradients in a ring; once it is full, g + lamb * their mean.
+    All state is (K, N) (a ring (window, K, N)) beside the flat gradient; alpha, lamb and the
+    steps filtered are (K, 1) device columns, so a step reads nothing to the host.
+    """
+
+    def __init__(self, specs: Sequence[GradFilterSpec], flat: Tensor):
+        dtype, device = flat.dtype, flat.device
+        self.kind = specs[0].kind  # one per pack (engine.packing), as an MA ring's window
+        self.lamb = torch.tensor([[s.lamb] for s in specs], dtype=dtype, device=device)
+        self.steps = torch.zeros(len(specs), 1, dtype=torch.long, device=device)
+        self.host_steps = [0] * len(specs)
+        if isinstance(specs[0], EmaGradFilter):
+            self.alpha = torch.tensor([[s.alpha] for s in specs], dtype=dtype, device=device)  # type: ignore[union-attr]
+            self.one_minus_alpha = torch.tensor([[1 - s.alpha] for s in specs], dtype=dtype, device=device)  # type: ignore[union-attr]
+            self.state = torch.zeros_like(flat)  # the EMA
+        else:
+            self.window = specs[0].window  # type: ignore[union-attr]
+            self.scale = torch.tensor([[s.lamb / self.window] for s in specs], dtype=dtype, device=device)
+            self.state = flat.new_zeros(self.window, *flat.shape)  # the ring of the last gradients
+            self.members = torch.arange(len(specs), device=device)
+
+    def apply(self, grad: Tensor) -> Tensor:
+        """The filtered gradient (K, N); updates the state."""
+        if self.kind == "ema":
+            # The EMA starts as the first gradient (lerp by 1 is exactly g; by 0 leaves the EMA as is).
+            self.state.lerp_(grad, (self.steps == 0).to(grad.dtype))
+            self.state.mul_(self.alpha).addcmul_(grad, self.one_minus_alpha)
+            self.steps.add_(1)
+            return torch.addcmul(grad, self.state, self.lamb)
+        self.state.index_put_((self.steps.view(-1) % self.window, self.members), grad)
+        self.steps.add_(1)
+        full = (self.steps >= self.window).to(grad.dtype)  # the authors' warm-up: no filter before
+        return torch.addcmul(grad, self.state.sum(dim=0), self.scale * full)
+
+    def reset(self, member: int) -> None:
+        self.steps[member] = 0
+        self.host_steps[member] = 0
+        self.state[..., member, :].zero_()
+
+    def keep(self, members: Tensor) -> None:
+        self.host_steps = [self.host_steps[r] for r in members.tolist()]
+        for name in ("lamb", "steps", "alpha", "one_minus_alpha", "scale"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name)[members])
+        self.state = self.state[..., members, :]
+        if self.kind == "ma":
+            self.members = torch.arange(len(members), device=members.device)
+
+    def member_state(self, member: int) -> dict[str, Any]:
+        return {"steps": self.host_steps[member], "state": self.state[..., member, :].clone()}
+
+    def load_member_state(self, member: int, state: dict[str, Any]) -> None:
+        self.host_steps[member] = int(state["steps"])
+        self.steps[member] = int(state["steps"])
+        self.state[..., member, :] = state["state"]
 
 
 class EnsembleOptimizer:
@@ -37,7 +100,13 @@ class EnsembleOptimizer:
     is its own flat buffer.
     """
 
-    def __init__(self, specs: Sequence[OptimizerSpec], params: Sequence[Tensor], flat: Tensor | None = None):
+    def __init__(
+        self,
+        specs: Sequence[OptimizerSpec],
+        params: Sequence[Tensor],
+        flat: Tensor | None = None,
+        grad_filters: Sequence[GradFilterSpec | None] | None = None,
+    ):
         self.kind = specs[0].kind
         if flat is None:
             if len(params) != 1:
@@ -66,6 +135,8 @@ class EnsembleOptimizer:
         if self.orthogonal:
             sizes = torch.tensor([end - start for start, end in self.columns])
             self.segment_ids = torch.repeat_interleave(torch.arange(len(self.columns)), sizes).to(device)
+        filters = [f for f in grad_filters or [] if f is not None]
+        self.grad_filter = GradFilter(filters, flat) if filters else None  # all members or none (engine.packing)
         adam = self.kind == "adamw"
         self.exp_avg = torch.zeros_like(flat) if adam else None
         self.exp_avg_sq = torch.zeros_like(flat) if adam else None
@@ -89,8 +160,14 @@ class EnsembleOptimizer:
             self.set_hyperparameters(self.hyper_rows(lr.tolist(), weight_decay.tolist(), self.flat.dtype))
         if grad is None:
             grad = torch.cat([p.grad.reshape(p.shape[0], -1) for p in self.params], dim=1)
-        self.host_steps = [s + 1 for s in self.host_steps]
+        self.count_step()
         self.update(grad)
+
+    def count_step(self) -> None:
+        """The host's count of the steps taken (for state_dict without reading the device)."""
+        self.host_steps = [s + 1 for s in self.host_steps]
+        if self.grad_filter is not None:
+            self.grad_filter.host_steps = [s + 1 for s in self.grad_filter.host_steps]
 
     def segment_sums(self, values: Tensor) -> Tensor:
         """(..., N) -> (..., T): the sum over each parameter tensor's columns, one reduction each."""
@@ -111,7 +188,10 @@ class EnsembleOptimizer:
         return perpendicular * scale.index_select(1, segment_ids)
 
     def update(self, grad: Tensor) -> None:
-        """The step's device work alone: no host values, a fixed set of kernels (graph capture)."""
+        """The step's device work alone: no host values, a fixed set of kernels (graph capture).
+        The gradient passes Grokfast's filter, then ⊥Grad's projection, then the update."""
+        if self.grad_filter is not None:
+            grad = self.grad_filter.apply(grad)
         if self.orthogonal:
             grad = self.orthogonal_gradient(grad)
         p, hyper = self.flat, self.hyper
@@ -138,6 +218,8 @@ class EnsembleOptimizer:
         """A fresh optimizer for one member (PhaseSpec.reset_optimizer)."""
         self.steps[member] = 0
         self.host_steps[member] = 0
+        if self.grad_filter is not None:
+            self.grad_filter.reset(member)
         if self.exp_avg is not None and self.exp_avg_sq is not None:
             self.exp_avg[member].zero_()
             self.exp_avg_sq[member].zero_()
@@ -147,13 +229,22 @@ class EnsembleOptimizer:
         self.flat, self.params = flat, list(params)
         host = members.tolist()
         self.host_steps = [self.host_steps[r] for r in host]
+        if self.grad_filter is not None:
+            self.grad_filter.keep(members)
         for name in ("one_minus_beta1", "one_minus_beta2", "betas", "eps", "hyper", "steps", "exp_avg", "exp_avg_sq"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[members])
 
     def member_state_dict(self, member: int, spec: OptimizerSpec, lr: float, weight_decay: float) -> dict[str, Any]:
-        """Member `member`'s state as torch.optim.AdamW / SGD's state_dict() would hold it."""
+        """Member `member`'s state as torch.optim.AdamW / SGD's state_dict() would hold it, and
+        Grokfast's state (flat, in the parameters' column order) under "grad_filter"."""
+        state_dict = self._torch_state_dict(member, spec, lr, weight_decay)
+        if self.grad_filter is not None:
+            state_dict["grad_filter"] = self.grad_filter.member_state(member)
+        return state_dict
+
+    def _torch_state_dict(self, member: int, spec: OptimizerSpec, lr: float, weight_decay: float) -> dict[str, Any]:
         indices = list(range(len(self.params)))
         if self.kind == "sgd":
             group = {"lr": lr, "momentum": 0, "dampening": 0, "weight_decay": weight_decay, "nesterov": False}
@@ -175,6 +266,8 @@ class EnsembleOptimizer:
 
     def load_member_state_dict(self, member: int, state_dict: dict[str, Any]) -> None:
         self.reset(member)
+        if self.grad_filter is not None and "grad_filter" in state_dict:
+            self.grad_filter.load_member_state(member, state_dict["grad_filter"])
         if self.kind == "sgd":
             return
         assert self.exp_avg is not None and self.exp_avg_sq is not None

@@ -22,6 +22,8 @@ def pack_key(spec: RunSpec) -> Hashable | None:
         spec.resolved_loss_precision,
         spec.optimizer.kind,
         spec.optimizer.orthogonal_gradients,
+        # one filter state per pack: its kind, and an MA ring's window
+        None if spec.grad_filter is None else (spec.grad_filter.kind, getattr(spec.grad_filter, "window", None)),
         spec.device,
     )
 

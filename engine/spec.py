@@ -194,6 +194,32 @@ class OptimizerSpec(StrictModel):
         return self.lr * step / self.warmup_steps
 
 
+# A bound on Grokfast's moving-average window: its state is `window` copies of the gradient.
+MAX_FILTER_WINDOW = 1000
+MAX_FILTER_VALUES = 4 * MAX_PARAMETERS  # window x parameters: ~0.8 GB of float32 per member
+
+
+class EmaGradFilter(StrictModel):
+    """Grokfast-EMA (Lee et al. 2024, Algorithm 2): g + lamb * EMA_alpha(g), the slow component
+    of the gradient amplified before the optimizer step."""
+
+    kind: Literal["ema"]
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.98
+    lamb: Annotated[float, Field(ge=0, le=1000)] = 2.0
+
+
+class MaGradFilter(StrictModel):
+    """Grokfast-MA (Lee et al. 2024, Algorithm 1): g + lamb * the mean of the last `window`
+    gradients, once `window` gradients have been seen (the authors' warm-up)."""
+
+    kind: Literal["ma"]
+    window: Annotated[int, Field(ge=1, le=MAX_FILTER_WINDOW)] = 100
+    lamb: Annotated[float, Field(ge=0, le=1000)] = 5.0
+
+
+GradFilterSpec = Annotated[EmaGradFilter | MaGradFilter, Field(discriminator="kind")]
+
+
 class PhaseSpec(StrictModel):
     """A stretch of training on one training set; ungrokking is phase 1 on D, phase 2 on D' < D."""
 
@@ -289,6 +315,11 @@ class RunSpec(StrictModel):
         None,
         description="The float type the (stable)softmax cross-entropy is computed in; default float32 for "
         "cross_entropy, float64 for stablemax (as its authors compute it). Not for mse.",
+    )
+    grad_filter: GradFilterSpec | None = Field(
+        None,
+        description='Grokfast (Lee et al. 2024): {"kind": "ema", "alpha": 0.98, "lamb": 2.0} or '
+        '{"kind": "ma", "window": 100, "lamb": 5.0}; its state is checkpointed and reset with the optimizer.',
     )
     phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
         PhaseSpec(steps=10_000)
@@ -458,6 +489,14 @@ class RunSpec(StrictModel):
             raise _field_error(
                 "model", f"{params:,} parameters is over the limit of {MAX_PARAMETERS:,}"
             )
+        if isinstance(self.grad_filter, MaGradFilter) and self.grad_filter.window * params > MAX_FILTER_VALUES:
+            raise _field_error(
+                "grad_filter.window",
+                f"a window of {self.grad_filter.window} gradients of {params:,} parameters is over the "
+                f"limit of {MAX_FILTER_VALUES:,} values",
+            )
+        if isinstance(self.model, ToyCircuitsSpec) and (self.grad_filter is not None or self.optimizer.orthogonal_gradients):
+            raise _field_error("model", "the toy model trains with plain gradient descent, without grad_filter or orthogonal_gradients")
         if isinstance(self.model, ToyCircuitsSpec) and self.optimizer.kind != "sgd":
             raise _field_error("optimizer.kind", "the toy model trains with plain gradient descent ('sgd')")
         return self

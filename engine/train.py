@@ -408,7 +408,9 @@ class Ensemble:
         self.shapes = {name: tuple(value.shape) for name, value in states[0].items()}
         self.flat = torch.stack([torch.cat([value.flatten() for value in state.values()]) for state in states]).to(device)
         self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
-        self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()), self.flat)
+        self.optimizer = EnsembleOptimizer(
+            [s.optimizer for s in specs], list(self.params.values()), self.flat, [s.grad_filter for s in specs]
+        )
         self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
         self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0) if pass_cost is None else pass_cost
         self.loss_ring = torch.zeros(LOSS_RING_SLOTS, len(self.members), dtype=self.flat.dtype, device=device)
@@ -663,7 +665,7 @@ class Ensemble:
         # A layout rebuilt every step (minibatches) is never replayed: those steps run eagerly.
         captured = self.capture and layout is self._layout
         losses = self._captured_step(layout) if captured else self._step_body(layout)
-        self.optimizer.host_steps = [s + 1 for s in self.optimizer.host_steps]
+        self.optimizer.count_step()
         # This forward sees the model after `step` steps: its loss is that step's train_loss.
         logging = [m for m in self.members if m.logs_train_loss()]
         if logging:

@@ -49,6 +49,15 @@ def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
         ({"optimizer": OptimizerSpec(eps=1e-4)}, 30),
         ({"loss": "stablemax"}, 30),
         ({"optimizer": OptimizerSpec(orthogonal_gradients=True)}, 30),
+        ({"grad_filter": {"kind": "ema", "alpha": 0.9}}, 30),
+        ({"grad_filter": {"kind": "ma", "window": 7}}, 25),
+        (
+            {
+                "grad_filter": {"kind": "ma", "window": 7},
+                "phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80, reset_optimizer=True)],
+            },
+            33,
+        ),
         ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 20),
         ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 30),
         (

@@ -82,6 +82,8 @@ METHOD_MEMBERS = {
     "stablemax": [{"loss": "stablemax"}, {"loss": "stablemax", "optimizer": {"lr": 3e-3}}, {"loss": "stablemax"}],
     "orthogonal adamw": [{"optimizer": {"orthogonal_gradients": True, "weight_decay": 0.0}}, {"optimizer": {"orthogonal_gradients": True, "lr": 3e-3}}, {"optimizer": {"orthogonal_gradients": True}}],
     "orthogonal sgd": [{"optimizer": {"kind": "sgd", "lr": 0.1, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.2, "weight_decay": 0.0, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.05, "orthogonal_gradients": True}}],
+    "grokfast ema": [{"grad_filter": {"kind": "ema"}}, {"grad_filter": {"kind": "ema", "alpha": 0.9, "lamb": 5.0}}, {"grad_filter": {"kind": "ema", "lamb": 0.5}}],
+    "grokfast ma": [{"grad_filter": {"kind": "ma", "window": 4}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 1.0}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 2.0}}],
     "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
 }
 

@@ -1,8 +1,9 @@
 """The grokking methods of engine.spec, each against a direct transcription of its paper's
-definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad."""
+definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad, Grokfast."""
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from engine.evaluation import Loss, per_example_loss, softmax_collapsed
 from engine.optim import EnsembleOptimizer
-from engine.spec import OptimizerSpec
+from engine.spec import EmaGradFilter, MaGradFilter, OptimizerSpec
 
 from . import single_cpu_thread
 
@@ -138,3 +139,54 @@ def test_orthogonal_adamw_is_torch_adamw_on_the_transcribed_projection():
     for k, params in enumerate(singles):
         for view, p in zip(views32, params):
             torch.testing.assert_close(view[k], p.detach(), rtol=0, atol=1e-6)
+
+
+class _GrokfastReference:
+    """Lee et al.'s gradfilter_ema and gradfilter_ma (grokfast.py), transcribed for one model given
+    as named tensors: the EMA starts at the first gradient; the MA filters once its deque is full."""
+
+    def __init__(self, spec):
+        self.spec, self.grads = spec, None
+
+    def __call__(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec, out = self.spec, {}
+        if spec.kind == "ema":
+            if self.grads is None:
+                self.grads = {n: g.clone() for n, g in grads.items()}
+            for n, g in grads.items():
+                self.grads[n] = self.grads[n] * spec.alpha + g * (1 - spec.alpha)
+                out[n] = g + self.grads[n] * spec.lamb
+            return out
+        if self.grads is None:
+            self.grads = {n: collections.deque(maxlen=spec.window) for n in grads}
+        for n, g in grads.items():
+            self.grads[n].append(g.clone())
+            out[n] = g + sum(self.grads[n]) / len(self.grads[n]) * spec.lamb if len(self.grads[n]) == spec.window else g
+        return out
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        [EmaGradFilter(kind="ema"), EmaGradFilter(kind="ema", alpha=0.5, lamb=5.0)],
+        [MaGradFilter(kind="ma", window=3), MaGradFilter(kind="ma", window=3, lamb=0.5)],
+    ],
+    ids=["ema", "ma"],
+)
+def test_grokfast_filters_every_members_gradient_as_the_papers_algorithm(filters):
+    g = torch.Generator().manual_seed(2)
+    flat, views = _stacked_parameters(2, g)
+    optimizer = EnsembleOptimizer([OptimizerSpec(kind="sgd")] * 2, views, flat, grad_filters=filters)
+    references = [_GrokfastReference(spec) for spec in filters]
+    names = [str(i) for i in range(len(views))]
+    for step in range(8):
+        if step == 5:
+            optimizer.reset(1)  # a phase's reset_optimizer: the member's filter starts over
+            references[1] = _GrokfastReference(filters[1])
+        grad = torch.randn(flat.shape, generator=g, dtype=torch.float64)
+        filtered = optimizer.grad_filter.apply(grad)
+        for k, reference in enumerate(references):
+            expected = reference({n: grad[k, start:end] for n, (start, end) in zip(names, optimizer.columns)})
+            torch.testing.assert_close(filtered[k], torch.cat([expected[n] for n in names]), rtol=1e-12, atol=1e-12)
+        if filters[0].kind == "ma" and step < 2:
+            assert torch.equal(filtered[0], grad[0])  # the authors' warm-up: the window is not full yet

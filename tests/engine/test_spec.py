@@ -32,6 +32,10 @@ def test_importing_spec_does_not_import_torch():
         ({"optimizer": {"eps": 0}}, "optimizer.eps"),
         ({"loss": "mse", "loss_precision": "float64"}, "loss_precision"),
         ({"loss_precision": "float16"}, "loss_precision"),
+        ({"grad_filter": {"kind": "ema", "alpha": 1.0}}, "grad_filter.ema.alpha"),
+        ({"grad_filter": {"kind": "ma", "window": 0}}, "grad_filter.ma.window"),
+        ({"grad_filter": {"kind": "median"}}, "grad_filter"),
+        ({"model": {"kind": "transformer", "d_model": 1024, "d_mlp": 4096}, "grad_filter": {"kind": "ma", "window": 1000}}, "grad_filter.window"),
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_field(data, field):
