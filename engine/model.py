@@ -234,11 +234,18 @@ def build_model(spec: RunSpec) -> nn.Module:
     """The model of a spec on the CPU, initialised from spec.seed alone (not the global RNG)."""
     g = torch.Generator().manual_seed(spec.seed)
     vocab = spec.task.vocab_size
+    model: nn.Module
     if isinstance(spec.model, TransformerSpec):
-        return Transformer(spec.model, vocab, g)
-    if isinstance(spec.model, MlpSpec):
-        return Mlp(spec.model, vocab, g)
-    raise ValueError(f"model: build_model does not build '{spec.model.kind}' models")
+        model = Transformer(spec.model, vocab, g)
+    elif isinstance(spec.model, MlpSpec):
+        model = Mlp(spec.model, vocab, g)
+    else:
+        raise ValueError(f"model: build_model does not build '{spec.model.kind}' models")
+    if spec.model.init_scale != 1:  # Omnigrok's initialisation scale alpha (Liu et al. 2023)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.mul_(spec.model.init_scale)
+    return model
 
 
 def component_norms(params: Mapping[str, Tensor]) -> dict[str, Tensor]:

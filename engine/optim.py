@@ -106,6 +106,7 @@ class EnsembleOptimizer:
         params: Sequence[Tensor],
         flat: Tensor | None = None,
         grad_filters: Sequence[GradFilterSpec | None] | None = None,
+        weight_norms: Tensor | None = None,
     ):
         self.kind = specs[0].kind
         if flat is None:
@@ -135,6 +136,7 @@ class EnsembleOptimizer:
         if self.orthogonal:
             sizes = torch.tensor([end - start for start, end in self.columns])
             self.segment_ids = torch.repeat_interleave(torch.arange(len(self.columns)), sizes).to(device)
+        self.weight_norms = weight_norms  # (K, 1) Omnigrok's norm per member, or None: no constraint
         filters = [f for f in grad_filters or [] if f is not None]
         self.grad_filter = GradFilter(filters, flat) if filters else None  # all members or none (engine.packing)
         adam = self.kind == "adamw"
@@ -189,16 +191,27 @@ class EnsembleOptimizer:
 
     def update(self, grad: Tensor) -> None:
         """The step's device work alone: no host values, a fixed set of kernels (graph capture).
-        The gradient passes Grokfast's filter, then ⊥Grad's projection, then the update."""
+        The gradient passes Grokfast's filter, then ⊥Grad's projection, then the update; Omnigrok's
+        norm constraint rescales the weights after it."""
         if self.grad_filter is not None:
             grad = self.grad_filter.apply(grad)
         if self.orthogonal:
             grad = self.orthogonal_gradient(grad)
-        p, hyper = self.flat, self.hyper
         if self.kind == "sgd":
-            # torch.optim.SGD: g + wd * p, then p - lr * that
-            p.addcmul_(torch.addcmul(grad, p, hyper[:, WEIGHT_DECAY, None]), hyper[:, NEG_LR, None])
-            return
+            self._sgd(grad)
+        else:
+            self._adamw(grad)
+        if self.weight_norms is not None:
+            # Omnigrok (Liu et al. 2023): each member's weights back onto the sphere of its norm
+            self.flat.mul_(self.weight_norms / torch.linalg.vector_norm(self.flat, dim=1, keepdim=True))
+
+    def _sgd(self, grad: Tensor) -> None:
+        # torch.optim.SGD: g + wd * p, then p - lr * that
+        p, hyper = self.flat, self.hyper
+        p.addcmul_(torch.addcmul(grad, p, hyper[:, WEIGHT_DECAY, None]), hyper[:, NEG_LR, None])
+
+    def _adamw(self, grad: Tensor) -> None:
+        p, hyper = self.flat, self.hyper
         assert self.exp_avg is not None and self.exp_avg_sq is not None
         self.steps.add_(1)
         bias_correction = 1 - self.betas.pow(self.steps)  # (K, 2): 1 - beta1^t, 1 - beta2^t
@@ -231,7 +244,7 @@ class EnsembleOptimizer:
         self.host_steps = [self.host_steps[r] for r in host]
         if self.grad_filter is not None:
             self.grad_filter.keep(members)
-        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "eps", "hyper", "steps", "exp_avg", "exp_avg_sq"):
+        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "eps", "hyper", "steps", "exp_avg", "exp_avg_sq", "weight_norms"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[members])

@@ -134,6 +134,9 @@ class TransformerSpec(StrictModel):
     n_heads: Annotated[int, Field(ge=1, le=64)] = 4
     d_head: Annotated[int, Field(ge=1, le=1024)] = 32
     d_mlp: Annotated[int, Field(ge=1, le=16384)] = 512
+    init_scale: Annotated[float, Field(gt=0, le=1000)] = Field(
+        1.0, description="Multiplies every initial weight (Omnigrok, Liu et al. 2023: grokking depends on the init norm)."
+    )
 
 
 class MlpSpec(StrictModel):
@@ -142,6 +145,9 @@ class MlpSpec(StrictModel):
     kind: Literal["mlp"] = "mlp"
     d_embed: Annotated[int, Field(ge=1, le=4096)] = 128
     d_hidden: Annotated[int, Field(ge=1, le=16384)] = 512
+    init_scale: Annotated[float, Field(gt=0, le=1000)] = Field(
+        1.0, description="Multiplies every initial weight (Omnigrok, Liu et al. 2023: grokking depends on the init norm)."
+    )
 
 
 class ToyCircuitsSpec(StrictModel):
@@ -218,6 +224,21 @@ class MaGradFilter(StrictModel):
 
 
 GradFilterSpec = Annotated[EmaGradFilter | MaGradFilter, Field(discriminator="kind")]
+
+
+class WeightNormSpec(StrictModel):
+    """Omnigrok's norm constraint (Liu et al. 2023, "Omnigrok: grokking beyond algorithmic data"):
+    after every optimizer step each member's weights (all of them, as one vector) are rescaled to
+    a fixed total L2 norm: its initial one ({"fixed": true}) or a given one ({"value": X})."""
+
+    fixed: Literal[True] | None = None
+    value: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightNormSpec:
+        if (self.fixed is None) == (self.value is None):
+            raise _field_error("fixed", 'give exactly one of "fixed": true and "value"')
+        return self
 
 
 class PhaseSpec(StrictModel):
@@ -320,6 +341,11 @@ class RunSpec(StrictModel):
         None,
         description='Grokfast (Lee et al. 2024): {"kind": "ema", "alpha": 0.98, "lamb": 2.0} or '
         '{"kind": "ma", "window": 100, "lamb": 5.0}; its state is checkpointed and reset with the optimizer.',
+    )
+    weight_norm: WeightNormSpec | None = Field(
+        None,
+        description='Omnigrok\'s constraint: {"fixed": true} keeps each member\'s total weight norm at its '
+        'initial value after every step, {"value": X} at X.',
     )
     phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
         PhaseSpec(steps=10_000)
@@ -495,8 +521,10 @@ class RunSpec(StrictModel):
                 f"a window of {self.grad_filter.window} gradients of {params:,} parameters is over the "
                 f"limit of {MAX_FILTER_VALUES:,} values",
             )
-        if isinstance(self.model, ToyCircuitsSpec) and (self.grad_filter is not None or self.optimizer.orthogonal_gradients):
-            raise _field_error("model", "the toy model trains with plain gradient descent, without grad_filter or orthogonal_gradients")
+        methods = {"grad_filter": self.grad_filter, "weight_norm": self.weight_norm, "optimizer.orthogonal_gradients": self.optimizer.orthogonal_gradients}
+        for field, value in methods.items():
+            if isinstance(self.model, ToyCircuitsSpec) and value:
+                raise _field_error(field, "the toy model trains with plain gradient descent, without the grokking methods")
         if isinstance(self.model, ToyCircuitsSpec) and self.optimizer.kind != "sgd":
             raise _field_error("optimizer.kind", "the toy model trains with plain gradient descent ('sgd')")
         return self

@@ -396,6 +396,7 @@ class Ensemble:
         self.members = [_Member(spec, sink, d, device) for spec, sink, d in zip(specs, sinks, storages)]
         self.members_by_index = list(self.members)
         states = [build_model(spec).state_dict() for spec in specs]
+        weight_norms = self._weight_norms(specs, states)  # from the initial weights, before a checkpoint's
         checkpoints = [None if d is None else d.load() for d in storages]
         for member, state, ckpt in zip(self.members, states, checkpoints):
             if ckpt is not None:
@@ -409,7 +410,7 @@ class Ensemble:
         self.flat = torch.stack([torch.cat([value.flatten() for value in state.values()]) for state in states]).to(device)
         self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
         self.optimizer = EnsembleOptimizer(
-            [s.optimizer for s in specs], list(self.params.values()), self.flat, [s.grad_filter for s in specs]
+            [s.optimizer for s in specs], list(self.params.values()), self.flat, [s.grad_filter for s in specs], weight_norms
         )
         self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
         self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0) if pass_cost is None else pass_cost
@@ -425,6 +426,19 @@ class Ensemble:
         self._layout: _Layout | None = None
         self.computed_examples = [0] * len(self.members)  # per row: the padded batch it computed last step
         self._drop([m for m in self.members if m.result is not None])
+
+    def _weight_norms(self, specs: Sequence[RunSpec], states: Sequence[dict[str, Tensor]]) -> Tensor | None:
+        """(K, 1) each member's total weight norm under Omnigrok's constraint: its initial weights'
+        norm, or the one its spec gives; None without the constraint (one per pack: engine.packing)."""
+        if specs[0].weight_norm is None:
+            return None
+        norms = []
+        for spec, state in zip(specs, states):
+            assert spec.weight_norm is not None
+            initial = torch.linalg.vector_norm(torch.cat([value.flatten() for value in state.values()]).double())
+            norms.append(spec.weight_norm.value or float(initial))
+        dtype = next(iter(states[0].values())).dtype
+        return torch.tensor(norms, dtype=torch.float64).to(dtype).view(-1, 1).to(self.device)
 
     def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
         """Runs every member to its end, stop or failure; should_stop gets indices[k] for member k.

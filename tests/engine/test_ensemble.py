@@ -84,6 +84,11 @@ METHOD_MEMBERS = {
     "orthogonal sgd": [{"optimizer": {"kind": "sgd", "lr": 0.1, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.2, "weight_decay": 0.0, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.05, "orthogonal_gradients": True}}],
     "grokfast ema": [{"grad_filter": {"kind": "ema"}}, {"grad_filter": {"kind": "ema", "alpha": 0.9, "lamb": 5.0}}, {"grad_filter": {"kind": "ema", "lamb": 0.5}}],
     "grokfast ma": [{"grad_filter": {"kind": "ma", "window": 4}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 1.0}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 2.0}}],
+    "omnigrok": [
+        {"weight_norm": {"fixed": True}, "model": {"init_scale": 3.0}, "optimizer": {"weight_decay": 0.0}},
+        {"weight_norm": {"value": 30.0}, "model": {"init_scale": 1.0}},
+        {"weight_norm": {"fixed": True}, "model": {"init_scale": 0.5}, "optimizer": {"lr": 3e-3}},
+    ],
     "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
 }
 

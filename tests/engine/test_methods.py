@@ -1,5 +1,5 @@
 """The grokking methods of engine.spec, each against a direct transcription of its paper's
-definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad, Grokfast."""
+definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad, Grokfast, Omnigrok's initial scale and norm constraint."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import torch
 
 from engine.evaluation import Loss, per_example_loss, softmax_collapsed
 from engine.optim import EnsembleOptimizer
-from engine.spec import EmaGradFilter, MaGradFilter, OptimizerSpec
+from engine.model import build_model
+from engine.packing import pack_key
+from engine.sink import MemorySink
+from engine.spec import EmaGradFilter, MaGradFilter, OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, TransformerSpec
+from engine.train import Ensemble
 
 from . import single_cpu_thread
 
@@ -190,3 +194,35 @@ def test_grokfast_filters_every_members_gradient_as_the_papers_algorithm(filters
             torch.testing.assert_close(filtered[k], torch.cat([expected[n] for n in names]), rtol=1e-12, atol=1e-12)
         if filters[0].kind == "ma" and step < 2:
             assert torch.equal(filtered[0], grad[0])  # the authors' warm-up: the window is not full yet
+
+
+def test_init_scale_multiplies_the_default_initialisation():
+    base = RunSpec(task=TaskSpec(p=11, train_size=60), model=TransformerSpec(d_model=16, n_heads=2, d_head=8, d_mlp=32))
+    scaled = base.model_copy(update={"model": base.model.model_copy(update={"init_scale": 3.0})})
+    default, tripled = build_model(base).state_dict(), build_model(scaled).state_dict()
+    for name, value in default.items():
+        assert torch.equal(tripled[name], 3.0 * value), name
+    assert pack_key(base) == pack_key(scaled)  # members at different scales train together
+
+
+@pytest.mark.parametrize("constraint", [{"fixed": True}, {"value": 20.0}])
+def test_the_weight_norm_is_held_after_every_step(constraint):
+    # SGD at a large rate and no weight decay: unconstrained, the norm would move every step.
+    model = TransformerSpec(d_model=16, n_heads=2, d_head=8, d_mlp=32, init_scale=2.0)
+    specs = [
+        RunSpec(
+            task=TaskSpec(p=11, train_size=60), model=model, seed=seed, weight_norm=constraint, device="cpu",
+            phases=[PhaseSpec(steps=12)], optimizer=OptimizerSpec(kind=kind, lr=lr, weight_decay=0.0),
+        )
+        for seed, (kind, lr) in enumerate([("sgd", 3.0), ("adamw", 3e-2)])
+    ]  # fmt: skip
+    ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None, None], torch.device("cpu"))
+    initial = torch.linalg.vector_norm(ensemble.flat, dim=1)
+    target = initial if "fixed" in constraint else torch.full((2,), 20.0)
+    before = ensemble.flat.clone()
+    for _ in range(12):
+        ensemble.train_step()
+        norms = torch.linalg.vector_norm(ensemble.flat.double(), dim=1)
+        torch.testing.assert_close(norms, target.double(), rtol=1e-6, atol=0)
+        assert not torch.equal(before, ensemble.flat)  # it trains: the direction moves
+        before = ensemble.flat.clone()

@@ -35,6 +35,11 @@ def test_importing_spec_does_not_import_torch():
         ({"grad_filter": {"kind": "ema", "alpha": 1.0}}, "grad_filter.ema.alpha"),
         ({"grad_filter": {"kind": "ma", "window": 0}}, "grad_filter.ma.window"),
         ({"grad_filter": {"kind": "median"}}, "grad_filter"),
+        ({"weight_norm": {"fixed": False}}, "weight_norm.fixed"),
+        ({"weight_norm": {}}, "fixed"),
+        ({"weight_norm": {"value": -1}}, "weight_norm.value"),
+        ({"model": {"kind": "mlp", "init_scale": 0}}, "model.mlp.init_scale"),
+        ({"model": {"kind": "toy_circuits"}, "optimizer": {"kind": "sgd"}, "weight_norm": {"fixed": True}}, "weight_norm"),
         ({"model": {"kind": "transformer", "d_model": 1024, "d_mlp": 4096}, "grad_filter": {"kind": "ma", "window": 1000}}, "grad_filter.window"),
     ],
 )
