@@ -14,6 +14,7 @@ read), so a step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,42 @@ ORTHOGONAL_EPS = 1e-30
 
 # Columns of EnsembleOptimizer.hyper, set from the host when the schedule changes them.
 LR, WEIGHT_DECAY, DECAY, NEG_LR, NEG_INV_LR = range(5)
+
+
+# Muon's hidden matrices (the rest trains with AdamW), and each as the 2-D matrix Muon orthogonalises:
+# W_Q, W_K, W_V (H, d, k) as d_model x (H d_head), W_O (H, k, d) as (H d_head) x d_model.
+MUON_PARAMETERS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+# torch.optim.Muon's Newton-Schulz defaults (Keller Jordan's quintic coefficients, 5 steps, eps).
+NS_COEFFICIENTS, NS_STEPS, NS_EPS = (3.4445, -4.7750, 2.0315), 5, 1e-7
+
+
+def as_matrix(name: str, value: Tensor) -> Tensor:
+    """A Muon parameter (K, *shape) as the (K, rows, cols) matrix Muon sees (a copy for W_Q, W_K, W_V)."""
+    if name in ("W_Q", "W_K", "W_V"):
+        return value.transpose(1, 2).flatten(2)  # (K, H, d, k) -> (K, d, H k)
+    if name == "W_O":
+        return value.flatten(1, 2)  # (K, H, k, d) -> (K, H k, d)
+    return value
+
+
+def from_matrix(name: str, matrix: Tensor, shape: Sequence[int]) -> Tensor:
+    """as_matrix's inverse: (K, rows, cols) -> (K, *shape)."""
+    if name in ("W_Q", "W_K", "W_V"):
+        heads, d, k = shape
+        return matrix.unflatten(2, (heads, k)).transpose(1, 2)
+    return matrix.reshape(len(matrix), *shape)
+
+
+def newton_schulz(matrices: Tensor) -> Tensor:
+    """torch.optim.Muon's orthogonalisation (_zeropower_via_newtonschulz, in bfloat16 as there) of a
+    batch (B, r, c) with r <= c, each matrix on its own."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrices.bfloat16()
+    x = x / torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True).clamp(min=NS_EPS)
+    for _ in range(NS_STEPS):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x
 
 
 class GradFilter:
@@ -107,6 +144,7 @@ class EnsembleOptimizer:
         flat: Tensor | None = None,
         grad_filters: Sequence[GradFilterSpec | None] | None = None,
         weight_norms: Tensor | None = None,
+        names: Sequence[str] | None = None,
     ):
         self.kind = specs[0].kind
         if flat is None:
@@ -139,9 +177,19 @@ class EnsembleOptimizer:
         self.weight_norms = weight_norms  # (K, 1) Omnigrok's norm per member, or None: no constraint
         filters = [f for f in grad_filters or [] if f is not None]
         self.grad_filter = GradFilter(filters, flat) if filters else None  # all members or none (engine.packing)
-        adam = self.kind == "adamw"
+        adam = self.kind in ("adamw", "muon")
         self.exp_avg = torch.zeros_like(flat) if adam else None
         self.exp_avg_sq = torch.zeros_like(flat) if adam else None
+        self.muon: list[int] = []  # indices of the parameters Muon trains
+        self.muon_buffer: Tensor | None = None
+        if self.kind == "muon":
+            if names is None:
+                raise ValueError("EnsembleOptimizer: Muon needs the parameters' names")
+            self.names = list(names)
+            self.muon = [i for i, name in enumerate(self.names) if name in MUON_PARAMETERS]
+            self.muon_momentum = torch.tensor([[s.resolved_muon_momentum] for s in specs], dtype=dtype, device=device)
+            self.one_minus_momentum = torch.tensor([[1 - s.resolved_muon_momentum] for s in specs], dtype=dtype, device=device)
+            self.muon_buffer = torch.zeros_like(flat)  # Muon's momentum (its columns alone are used)
 
     @staticmethod
     def hyper_rows(lrs: Sequence[float], weight_decays: Sequence[float], dtype: torch.dtype) -> Tensor:
@@ -200,7 +248,7 @@ class EnsembleOptimizer:
         if self.kind == "sgd":
             self._sgd(grad)
         else:
-            self._adamw(grad)
+            self._adamw(grad)  # Muon: AdamW's update outside Muon's columns
         if self.weight_norms is not None:
             # Omnigrok (Liu et al. 2023): each member's weights back onto the sphere of its norm
             self.flat.mul_(self.weight_norms / torch.linalg.vector_norm(self.flat, dim=1, keepdim=True))
@@ -225,7 +273,36 @@ class EnsembleOptimizer:
         # torch: v * beta2 + (1 - beta2) * g^2 by mul_ and addcmul_; one lerp, the same to ~1 ulp
         self.exp_avg_sq.lerp_(grad.square(), self.one_minus_beta2)
         denom = torch.addcmul(inv_neg_step_size * self.eps, self.exp_avg_sq.sqrt(), scale)
-        p.addcdiv_(self.exp_avg, denom)
+        if self.kind != "muon":
+            p.addcdiv_(self.exp_avg, denom)
+            return
+        step = self.exp_avg / denom
+        self._muon_steps(grad, step)
+        p.add_(step)
+
+    def _muon_steps(self, grad: Tensor, step: Tensor) -> None:
+        """torch.optim.Muon's update of its parameters (nesterov, adjust_lr_fn="match_rms_adamw"),
+        written into their columns of `step` (K, N): momentum, Newton-Schulz over every member's
+        matrices of one shape as one batch, then -lr * 0.2 sqrt(max(rows, cols)) times that. The
+        weight decay is applied with AdamW's (both decay decoupled, by 1 - lr wd)."""
+        assert self.muon_buffer is not None
+        self.muon_buffer.lerp_(grad, self.one_minus_momentum)
+        nesterov = grad.lerp(self.muon_buffer, self.muon_momentum)
+        members = len(grad)
+        groups: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
+        for i in self.muon:
+            start, end = self.columns[i]
+            matrix = as_matrix(self.names[i], nesterov[:, start:end].view(members, *self.shapes[i]))
+            wide = matrix if matrix.shape[1] <= matrix.shape[2] else matrix.mT  # as torch, rows <= cols
+            groups.setdefault(tuple(wide.shape[1:]), []).append((i, wide))  # type: ignore[arg-type]
+        for group in groups.values():
+            orthogonal = newton_schulz(torch.cat([wide for _, wide in group])).split(members)
+            for (i, wide), update in zip(group, orthogonal):
+                start, end = self.columns[i]
+                rows, cols = as_matrix(self.names[i], self.params[i][:1]).shape[1:]
+                update = update if update.shape[1] == rows else update.mT
+                neg_lr = self.hyper[:, NEG_LR, None, None] * (0.2 * math.sqrt(max(rows, cols)))
+                step[:, start:end].view(members, *self.shapes[i]).copy_(from_matrix(self.names[i], update * neg_lr, self.shapes[i]))
 
     def reset(self, member: int) -> None:
         """A fresh optimizer for one member (PhaseSpec.reset_optimizer)."""
@@ -233,6 +310,8 @@ class EnsembleOptimizer:
         self.host_steps[member] = 0
         if self.grad_filter is not None:
             self.grad_filter.reset(member)
+        if self.muon_buffer is not None:
+            self.muon_buffer[member].zero_()
         if self.exp_avg is not None and self.exp_avg_sq is not None:
             self.exp_avg[member].zero_()
             self.exp_avg_sq[member].zero_()
@@ -244,8 +323,9 @@ class EnsembleOptimizer:
         self.host_steps = [self.host_steps[r] for r in host]
         if self.grad_filter is not None:
             self.grad_filter.keep(members)
-        for name in ("one_minus_beta1", "one_minus_beta2", "betas", "eps", "hyper", "steps", "exp_avg", "exp_avg_sq", "weight_norms"):
-            value = getattr(self, name)
+        kept = ("one_minus_beta1", "one_minus_beta2", "betas", "eps", "hyper", "steps", "exp_avg", "exp_avg_sq")
+        for name in (*kept, "weight_norms", "muon_buffer", "muon_momentum", "one_minus_momentum"):
+            value = getattr(self, name, None)
             if value is not None:
                 setattr(self, name, value[members])
 
@@ -258,24 +338,46 @@ class EnsembleOptimizer:
         return state_dict
 
     def _torch_state_dict(self, member: int, spec: OptimizerSpec, lr: float, weight_decay: float) -> dict[str, Any]:
-        indices = list(range(len(self.params)))
         if self.kind == "sgd":
             group = {"lr": lr, "momentum": 0, "dampening": 0, "weight_decay": weight_decay, "nesterov": False}
-            return {"state": {}, "param_groups": [{**group, "params": indices}]}
+            return {"state": {}, "param_groups": [{**group, "params": list(range(len(self.params)))}]}
+        adamw = self._adamw_state_dict(member, spec, lr, weight_decay, [i for i in range(len(self.params)) if i not in self.muon])
+        if self.kind != "muon":
+            return adamw
+        return {"adamw": adamw, "muon": self._muon_state_dict(member, spec, lr, weight_decay)}
+
+    def _adamw_state_dict(
+        self, member: int, spec: OptimizerSpec, lr: float, weight_decay: float, params: list[int]
+    ) -> dict[str, Any]:
+        """torch.optim.AdamW's state_dict over the parameters `params` (numbered 0.. in that order)."""
         assert self.exp_avg is not None and self.exp_avg_sq is not None
         state = {}
         step = self.host_steps[member]
         if step > 0:  # a fresh torch optimizer has no state yet
-            state = {
-                i: {
+            for j, i in enumerate(params):
+                (start, end), shape = self.columns[i], self.shapes[i]
+                state[j] = {
                     "step": torch.tensor(float(step), dtype=torch.float32),
                     "exp_avg": self.exp_avg[member, start:end].view(shape).clone(),
                     "exp_avg_sq": self.exp_avg_sq[member, start:end].view(shape).clone(),
                 }
-                for i, (start, end), shape in zip(indices, self.columns, self.shapes)
-            }
         group = {"lr": lr, "betas": spec.betas, "eps": spec.eps, "weight_decay": weight_decay, "amsgrad": False}
-        return {"state": state, "param_groups": [{**group, "params": indices}]}
+        return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}
+
+    def _muon_state_dict(self, member: int, spec: OptimizerSpec, lr: float, weight_decay: float) -> dict[str, Any]:
+        """torch.optim.Muon's state_dict over the Muon parameters, each as its matrix (as_matrix)."""
+        assert self.muon_buffer is not None
+        state = {}
+        if self.host_steps[member] > 0:
+            for j, i in enumerate(self.muon):
+                start, end = self.columns[i]
+                buffer = self.muon_buffer[member : member + 1, start:end].view(1, *self.shapes[i])
+                state[j] = {"momentum_buffer": as_matrix(self.names[i], buffer)[0].clone()}
+        group = {
+            "lr": lr, "weight_decay": weight_decay, "momentum": spec.resolved_muon_momentum, "nesterov": True,
+            "ns_coefficients": NS_COEFFICIENTS, "eps": NS_EPS, "ns_steps": NS_STEPS, "adjust_lr_fn": "match_rms_adamw",
+        }  # fmt: skip
+        return {"state": state, "param_groups": [{**group, "params": list(range(len(self.muon)))}]}
 
     def load_member_state_dict(self, member: int, state_dict: dict[str, Any]) -> None:
         self.reset(member)
@@ -283,9 +385,20 @@ class EnsembleOptimizer:
             self.grad_filter.load_member_state(member, state_dict["grad_filter"])
         if self.kind == "sgd":
             return
+        adam_params = [i for i in range(len(self.params)) if i not in self.muon]
+        self._load_adamw(member, state_dict["adamw"] if self.kind == "muon" else state_dict, adam_params)
+        if self.kind == "muon":
+            assert self.muon_buffer is not None
+            for j, state in state_dict["muon"]["state"].items():
+                i = self.muon[int(j)]
+                start, end = self.columns[i]
+                buffer = from_matrix(self.names[i], state["momentum_buffer"][None], self.shapes[i])
+                self.muon_buffer[member, start:end] = buffer.reshape(-1)
+
+    def _load_adamw(self, member: int, state_dict: dict[str, Any], params: list[int]) -> None:
         assert self.exp_avg is not None and self.exp_avg_sq is not None
-        for i, state in state_dict["state"].items():
-            start, end = self.columns[int(i)]
+        for j, state in state_dict["state"].items():
+            start, end = self.columns[params[int(j)]]
             self.host_steps[member] = int(float(state["step"]))
             self.steps[member] = float(state["step"])
             self.exp_avg[member, start:end] = state["exp_avg"].reshape(-1)

@@ -171,7 +171,11 @@ ModelSpec = Annotated[TransformerSpec | MlpSpec | ToyCircuitsSpec, Field(discrim
 
 
 class OptimizerSpec(StrictModel):
-    kind: Literal["adamw", "sgd"] = "adamw"
+    kind: Literal["adamw", "sgd", "muon"] = Field(
+        "adamw",
+        description="AdamW, SGD, or Muon (torch.optim.Muon on the hidden matrices W_Q, W_K, W_V, W_O, W_in, "
+        "W_out with Moonshot's RMS matching, so lr and weight_decay serve both; AdamW on the rest).",
+    )
     lr: Annotated[float, Field(gt=0, le=10)] = 1e-3
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.9,
@@ -180,6 +184,9 @@ class OptimizerSpec(StrictModel):
     weight_decay: Annotated[float, Field(ge=0, le=100)] = 1.0
     eps: Annotated[float, Field(gt=0, le=1)] = Field(
         1e-8, description="Adam's epsilon (torch.optim.AdamW's default); slingshot dynamics depend on it."
+    )
+    muon_momentum: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        None, description="Muon's (Nesterov) momentum; kind 'muon' only, default 0.95 (torch's)."
     )
     orthogonal_gradients: bool = Field(
         False,
@@ -192,6 +199,16 @@ class OptimizerSpec(StrictModel):
     batch_size: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Minibatch size; None is full batch (the paper's setup)."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerSpec:
+        if self.muon_momentum is not None and self.kind != "muon":
+            raise _field_error("muon_momentum", f"is Muon's; this optimizer is {self.kind!r}")
+        return self
+
+    @property
+    def resolved_muon_momentum(self) -> float:
+        return 0.95 if self.muon_momentum is None else self.muon_momentum
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of optimizer step `step` (1-based): linear warm-up from 0, then constant."""

@@ -410,8 +410,9 @@ class Ensemble:
         self.flat = torch.stack([torch.cat([value.flatten() for value in state.values()]) for state in states]).to(device)
         self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
         self.optimizer = EnsembleOptimizer(
-            [s.optimizer for s in specs], list(self.params.values()), self.flat, [s.grad_filter for s in specs], weight_norms
-        )
+            [s.optimizer for s in specs], list(self.params.values()), self.flat, [s.grad_filter for s in specs], weight_norms,
+            names=list(self.params),
+        )  # fmt: skip
         self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
         self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0) if pass_cost is None else pass_cost
         self.loss_ring = torch.zeros(LOSS_RING_SLOTS, len(self.members), dtype=self.flat.dtype, device=device)

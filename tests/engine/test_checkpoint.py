@@ -50,6 +50,8 @@ def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
         ({"loss": "stablemax"}, 30),
         ({"optimizer": OptimizerSpec(orthogonal_gradients=True)}, 30),
         ({"grad_filter": {"kind": "ema", "alpha": 0.9}}, 30),
+        ({"optimizer": OptimizerSpec(kind="muon")}, 30),
+        ({"optimizer": OptimizerSpec(kind="muon"), "model": {"kind": "mlp", "d_embed": 16, "d_hidden": 32}}, 30),
         ({"weight_norm": {"fixed": True}, "model": {"kind": "transformer", "init_scale": 2.0}}, 30),
         ({"grad_filter": {"kind": "ma", "window": 7}}, 25),
         (

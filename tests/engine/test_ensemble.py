@@ -89,6 +89,7 @@ METHOD_MEMBERS = {
         {"weight_norm": {"value": 30.0}, "model": {"init_scale": 1.0}},
         {"weight_norm": {"fixed": True}, "model": {"init_scale": 0.5}, "optimizer": {"lr": 3e-3}},
     ],
+    "muon": [{"optimizer": {"kind": "muon"}}, {"optimizer": {"kind": "muon", "lr": 3e-3, "muon_momentum": 0.9}}, {"optimizer": {"kind": "muon", "weight_decay": 0.1}}],
     "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
 }
 

@@ -1,5 +1,6 @@
 """The grokking methods of engine.spec, each against a direct transcription of its paper's
-definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad, Grokfast, Omnigrok's initial scale and norm constraint."""
+definition: StableMax and the float64 cross-entropy, softmax collapse, ⊥Grad, Grokfast, Omnigrok's initial scale and norm constraint, and Muon against
+torch.optim.Muon."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from engine.evaluation import Loss, per_example_loss, softmax_collapsed
-from engine.optim import EnsembleOptimizer
+from engine.optim import MUON_PARAMETERS, EnsembleOptimizer, as_matrix
 from engine.model import build_model
 from engine.packing import pack_key
 from engine.sink import MemorySink
@@ -226,3 +227,52 @@ def test_the_weight_norm_is_held_after_every_step(constraint):
         torch.testing.assert_close(norms, target.double(), rtol=1e-6, atol=0)
         assert not torch.equal(before, ensemble.flat)  # it trains: the direction moves
         before = ensemble.flat.clone()
+
+
+def test_muon_trains_a_member_as_torch_muon_and_adamw_on_the_same_split_step_by_step():
+    spec = RunSpec(task=TaskSpec(p=11, train_size=60), model=TransformerSpec(d_model=16, n_heads=2, d_head=8, d_mlp=32))
+    state = build_model(spec).state_dict()
+    names = list(state)
+    flat = torch.cat([value.flatten() for value in state.values()])[None].repeat(2, 1)  # two members
+    views, at = [], 0
+    for value in state.values():
+        views.append(flat[:, at : at + value.numel()].view(2, *value.shape))
+        at += value.numel()
+    specs = [OptimizerSpec(kind="muon", lr=2e-2, weight_decay=0.1), OptimizerSpec(kind="muon", lr=5e-3, weight_decay=1.0, muon_momentum=0.8)]
+    ensemble = EnsembleOptimizer(specs, views, flat, names=names)
+    references = []
+    for k, opt in enumerate(specs):
+        params = {n: as_matrix(n, v[k : k + 1])[0].clone().requires_grad_() for n, v in zip(names, views)}
+        muon = torch.optim.Muon(
+            [params[n] for n in names if n in MUON_PARAMETERS], lr=opt.lr, weight_decay=opt.weight_decay,
+            momentum=opt.resolved_muon_momentum, adjust_lr_fn="match_rms_adamw",
+        )  # fmt: skip
+        adamw = torch.optim.AdamW([params[n] for n in names if n not in MUON_PARAMETERS], lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        references.append((params, muon, adamw))
+    assert [n for n in names if n in MUON_PARAMETERS] == list(MUON_PARAMETERS)
+    lr = torch.tensor([s.lr for s in specs], dtype=torch.float64)
+    wd = torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        grad = torch.randn(flat.shape, generator=g)
+        ensemble.step(lr, wd, grad=grad.clone())
+        for k, (params, muon, adamw) in enumerate(references):
+            for n, (start, end), view in zip(names, ensemble.columns, views):
+                params[n].grad = as_matrix(n, grad[k : k + 1, start:end].view(1, *view.shape[1:]))[0].clone()
+            muon.step()
+            adamw.step()
+            for n, view in zip(names, views):
+                torch.testing.assert_close(as_matrix(n, view[k : k + 1])[0], params[n].detach(), rtol=0, atol=1e-6, msg=n)
+    # the state resumes as torch's optimizers hold it
+    saved = ensemble.member_state_dict(1, specs[1], specs[1].lr, specs[1].weight_decay)
+    params, muon, adamw = references[1]
+    for j, n in enumerate(n for n in names if n in MUON_PARAMETERS):
+        torch.testing.assert_close(saved["muon"]["state"][j]["momentum_buffer"], muon.state[params[n]]["momentum_buffer"])
+    fresh = EnsembleOptimizer(specs, [v.clone() for v in views], flat.clone(), names=names)
+    fresh.load_member_state_dict(1, saved)
+    for i in fresh.muon:  # Muon's columns of its buffer, AdamW's moments everywhere (Muon's columns unused)
+        start, end = fresh.columns[i]
+        assert torch.equal(fresh.muon_buffer[1, start:end], ensemble.muon_buffer[1, start:end])
+    for i in set(range(len(names))) - set(fresh.muon):
+        start, end = fresh.columns[i]
+        assert torch.equal(fresh.exp_avg[1, start:end], ensemble.exp_avg[1, start:end])

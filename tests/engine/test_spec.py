@@ -36,6 +36,8 @@ def test_importing_spec_does_not_import_torch():
         ({"grad_filter": {"kind": "ma", "window": 0}}, "grad_filter.ma.window"),
         ({"grad_filter": {"kind": "median"}}, "grad_filter"),
         ({"weight_norm": {"fixed": False}}, "weight_norm.fixed"),
+        ({"optimizer": {"kind": "adamw", "muon_momentum": 0.9}}, "muon_momentum"),
+        ({"optimizer": {"kind": "muon", "muon_momentum": 1.0}}, "optimizer.muon_momentum"),
         ({"weight_norm": {}}, "fixed"),
         ({"weight_norm": {"value": -1}}, "weight_norm.value"),
         ({"model": {"kind": "mlp", "init_scale": 0}}, "model.mlp.init_scale"),
