@@ -113,6 +113,36 @@ def test_runs_pack_by_model_and_task_and_never_exceed_the_pack_size():
     assert pack_runs(specs, size=1) == [[i] for i in range(len(specs))]
 
 
+def test_the_grokking_methods_pack_by_their_kind_and_batch_their_values():
+    """Every method batches over members (tests/engine/test_ensemble.py): runs differing only in
+    per-member values (eps, Grokfast's alpha and lamb, init_scale, the norm's value, Muon's
+    momentum) pack together; a method's kind (its state's shape) or the loss packs apart."""
+    from engine.packing import pack_key
+
+    task = TaskSpec(p=13, train_size=40)
+    together = [
+        [RunSpec(task=task, optimizer={"eps": 1e-8}), RunSpec(task=task, optimizer={"eps": 1e-3}, seed=1)],
+        [RunSpec(task=task, grad_filter={"kind": "ema"}), RunSpec(task=task, grad_filter={"kind": "ema", "alpha": 0.5, "lamb": 1})],
+        [RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}), RunSpec(task=task, grad_filter={"kind": "ma", "window": 5, "lamb": 1})],
+        [RunSpec(task=task, weight_norm={"fixed": True}), RunSpec(task=task, weight_norm={"value": 3}, model={"kind": "transformer", "init_scale": 2})],
+        [RunSpec(task=task, optimizer={"kind": "muon"}), RunSpec(task=task, optimizer={"kind": "muon", "muon_momentum": 0.5})],
+    ]
+    for pair in together:
+        assert pack_key(pair[0]) == pack_key(pair[1]), pair
+    apart = [
+        RunSpec(task=task),
+        RunSpec(task=task, loss="stablemax"),
+        RunSpec(task=task, loss_precision="float64"),
+        RunSpec(task=task, optimizer={"orthogonal_gradients": True}),
+        RunSpec(task=task, grad_filter={"kind": "ema"}),
+        RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}),
+        RunSpec(task=task, grad_filter={"kind": "ma", "window": 6}),  # another ring
+        RunSpec(task=task, weight_norm={"fixed": True}),
+        RunSpec(task=task, optimizer={"kind": "muon"}),
+    ]
+    assert len({pack_key(spec) for spec in apart}) == len(apart)
+
+
 def test_a_log_schedule_of_a_long_run_resolves_its_first_steps_and_ends_on_the_last():
     steps = sorted(log_spaced_steps(10_000_000, 1_000))
     assert steps[0] == 0 and steps[-1] == 10_000_000 and len(steps) == len(set(steps))
