@@ -538,7 +538,10 @@ class RunSpec(StrictModel):
                 f"a window of {self.grad_filter.window} gradients of {params:,} parameters is over the "
                 f"limit of {MAX_FILTER_VALUES:,} values",
             )
-        methods = {"grad_filter": self.grad_filter, "weight_norm": self.weight_norm, "optimizer.orthogonal_gradients": self.optimizer.orthogonal_gradients}
+        methods = {
+            "grad_filter": self.grad_filter, "weight_norm": self.weight_norm, "loss_precision": self.loss_precision,
+            "optimizer.orthogonal_gradients": self.optimizer.orthogonal_gradients,
+        }  # fmt: skip
         for field, value in methods.items():
             if isinstance(self.model, ToyCircuitsSpec) and value:
                 raise _field_error(field, "the toy model trains with plain gradient descent, without the grokking methods")

@@ -195,6 +195,9 @@ def test_members_that_fit_follow_the_memory_budget_and_the_largest_member():
     assert members_that_fit([small, large], torch.device("cpu"), budget) == 3
     assert members_that_fit([small], torch.device("cpu"), budget) > 3
     assert members_that_fit([large], torch.device("cpu"), 1) == 1  # never fewer than one
+    # the methods' state: Grokfast's EMA or window of gradients, Muon's momentum
+    ema, window = _spec(grad_filter={"kind": "ema"}), _spec(grad_filter={"kind": "ma", "window": 10})
+    assert member_bytes(small) < member_bytes(ema) == member_bytes(_spec(optimizer={"kind": "muon"})) < member_bytes(window)
 
 
 def test_a_pack_larger_than_memory_trains_in_chunks_each_exactly_as_alone():
