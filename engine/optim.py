@@ -1,9 +1,12 @@
-"""AdamW and SGD for an ensemble: every parameter has a leading member dimension K, and every member
-has its own learning rate, weight decay, betas and step count.
+"""AdamW, SGD and Muon for an ensemble: every parameter has a leading member dimension K, and every
+member has its own learning rate, weight decay, betas and step count. The grokking methods of the
+run spec act here too, on the flat buffers: Grokfast's gradient filter (GradFilter), ⊥Grad's
+projection (EnsembleOptimizer.orthogonal_gradient) and Omnigrok's norm constraint (update).
 
 The update is torch.optim.AdamW's (decoupled weight decay) and torch.optim.SGD's (no momentum,
-weight decay added to the gradient) applied row by row, and a member's state converts to and from
-those optimizers' state_dict, so a member checkpoints and resumes exactly like a lone run.
+weight decay added to the gradient) applied row by row, Muon's torch.optim.Muon's with AdamW on
+the other parameters, and a member's state converts to and from those optimizers' state_dict, so
+a member checkpoints and resumes exactly like a lone run.
 
 All parameters live in one (K, N) buffer (`flat`, the named parameters are views of it) and so do
 the gradient and the Adam moments: a step is a handful of elementwise kernels over (K, N) with the
