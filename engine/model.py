@@ -232,20 +232,23 @@ def mlp_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The model of a spec on the CPU, initialised from spec.seed alone (not the global RNG)."""
-    g = torch.Generator().manual_seed(spec.seed)
-    vocab = spec.task.vocab_size
-    model: nn.Module
-    if isinstance(spec.model, TransformerSpec):
-        model = Transformer(spec.model, vocab, g)
-    elif isinstance(spec.model, MlpSpec):
-        model = Mlp(spec.model, vocab, g)
-    else:
-        raise ValueError(f"model: build_model does not build '{spec.model.kind}' models")
-    if spec.model.init_scale != 1:  # Omnigrok's initialisation scale alpha (Liu et al. 2023)
+    model = _default_init(spec)
+    scale = spec.model.init_scale  # type: ignore[union-attr]
+    if scale != 1:  # Omnigrok's initialisation scale alpha (Liu et al. 2023)
         with torch.no_grad():
             for param in model.parameters():
-                param.mul_(spec.model.init_scale)
+                param.mul_(scale)
     return model
+
+
+def _default_init(spec: RunSpec) -> nn.Module:
+    g = torch.Generator().manual_seed(spec.seed)
+    vocab = spec.task.vocab_size
+    if isinstance(spec.model, TransformerSpec):
+        return Transformer(spec.model, vocab, g)
+    if isinstance(spec.model, MlpSpec):
+        return Mlp(spec.model, vocab, g)
+    raise ValueError(f"model: build_model does not build '{spec.model.kind}' models")
 
 
 def component_norms(params: Mapping[str, Tensor]) -> dict[str, Tensor]:

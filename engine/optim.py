@@ -52,7 +52,7 @@ def as_matrix(name: str, value: Tensor) -> Tensor:
 def from_matrix(name: str, matrix: Tensor, shape: Sequence[int]) -> Tensor:
     """as_matrix's inverse: (K, rows, cols) -> (K, *shape)."""
     if name in ("W_Q", "W_K", "W_V"):
-        heads, d, k = shape
+        heads, _, k = shape
         return matrix.unflatten(2, (heads, k)).transpose(1, 2)
     return matrix.reshape(len(matrix), *shape)
 

@@ -7,9 +7,9 @@ import torch
 
 from engine.memory import MEMORY_FRACTION, member_bytes, members_that_fit
 from engine.optim import EnsembleOptimizer
+from engine.packing import pack_key
 from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, TransformerSpec
-from engine.packing import pack_key
 from engine.train import size_classes, train_ensemble, train_run
 
 from . import single_cpu_thread
@@ -97,7 +97,7 @@ METHOD_MEMBERS = {
 @pytest.mark.parametrize("option", list(METHOD_MEMBERS))
 def test_an_ensemble_with_a_method_option_trains_each_member_as_alone(option, float64):
     tiny = TransformerSpec(d_model=32, n_heads=2, d_head=16, d_mlp=64).model_dump()
-    base = dict(task={"p": 11, "train_size": 60}, model=tiny, phases=[{"steps": 25}], eval_every=5, train_loss_every=2, device="cpu")
+    base = {"task": {"p": 11, "train_size": 60}, "model": tiny, "phases": [{"steps": 25}], "eval_every": 5, "train_loss_every": 2, "device": "cpu"}
     sizes = [60, 40, 60]  # one member in its own size class: gathered rows in the pass
     specs = [
         RunSpec.model_validate(_merged({**base, "seed": k, "task": {"p": 11, "train_size": size}}, changes))

@@ -11,11 +11,19 @@ import pytest
 import torch
 
 from engine.evaluation import Loss, per_example_loss, softmax_collapsed
-from engine.optim import MUON_PARAMETERS, EnsembleOptimizer, as_matrix
 from engine.model import build_model
+from engine.optim import MUON_PARAMETERS, EnsembleOptimizer, as_matrix
 from engine.packing import pack_key
 from engine.sink import MemorySink
-from engine.spec import EmaGradFilter, MaGradFilter, OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, TransformerSpec
+from engine.spec import (
+    EmaGradFilter,
+    MaGradFilter,
+    OptimizerSpec,
+    PhaseSpec,
+    RunSpec,
+    TaskSpec,
+    TransformerSpec,
+)
 from engine.train import Ensemble
 
 from . import single_cpu_thread
