@@ -343,7 +343,9 @@ class RunSpec(StrictModel):
     model: ModelSpec = Field(
         TransformerSpec(), description="The paper's 1-layer transformer (default), an MLP, or the Section 3 toy model."
     )
-    optimizer: OptimizerSpec = Field(OptimizerSpec(), description="AdamW (default) or SGD, with warm-up and weight decay.")
+    optimizer: OptimizerSpec = Field(
+        OptimizerSpec(), description="AdamW (default), SGD or Muon, with warm-up, weight decay and ⊥Grad."
+    )
     loss: Literal["cross_entropy", "mse", "stablemax"] = Field(
         "cross_entropy",
         description="Softmax cross-entropy, MSE on one-hot targets, or StableMax cross-entropy "
