@@ -10,6 +10,7 @@ and nothing is read to the host: the caller reads the whole table with one trans
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,34 +20,77 @@ from torch import Tensor
 from engine.memory import members_per_evaluation
 from engine.model import component_norms, transformer_grid_logits, transformer_logits, transformer_pair_logits
 from engine.progress_measures import FourierBasis, progress_names, progress_table
-from engine.spec import EVAL_METRICS
+from engine.spec import EVAL_METRICS, RunSpec
 
-LossKind = Literal["cross_entropy", "mse"]
+LossKind = Literal["cross_entropy", "mse", "stablemax"]
 PairLogits = Callable[[Mapping[str, Tensor]], Tensor]  # parameters (k, ...) -> logits (k, N, vocab) of every pair
 
 METRIC_NAMES = list(EVAL_METRICS)
 NORM_COLUMNS = ("total", "embed", "attn", "mlp", "unembed")  # param_norm, norm_embed, ... in METRIC_NAMES' order
 
 
-def per_example_loss(logits: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
-    """(..., vocab), (...) -> (...). Cross-entropy takes its log-softmax in at least float32."""
-    if kind == "cross_entropy":
-        wide = logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32))
+@dataclass(frozen=True)
+class Loss:
+    """A run's training loss: its kind, and the float type a (stable)softmax cross-entropy is
+    computed in (None: the logits' own, at least float32)."""
+
+    kind: LossKind = "cross_entropy"
+    precision: torch.dtype | None = None
+
+    @classmethod
+    def of(cls, spec: RunSpec) -> Loss:
+        if spec.loss == "mse":
+            return cls("mse")
+        return cls(spec.loss, torch.float64 if spec.resolved_loss_precision == "float64" else None)
+
+
+def log_stablemax(logits: Tensor) -> Tensor:
+    """log StableMax over the last dimension (Prieto et al. 2025, "Grokking at the edge of numerical
+    stability", eq. 5 and their reference code's log_stablemax): s(x) = x + 1 for x >= 0 and
+    1 / (1 - x) below, normalised, so that a probability reaches 1 only as a logit goes to infinity,
+    where exp saturates float32 (softmax collapse). The clamp keeps the branch torch.where drops
+    finite (1 / (1 - x) at x = 1 would make its zeroed gradient NaN)."""
+    s = torch.where(logits >= 0, logits + 1, (1 - logits.clamp(max=0)).reciprocal())
+    return s.log() - s.sum(dim=-1, keepdim=True).log()
+
+
+def per_example_loss(logits: Tensor, targets: Tensor, loss: Loss | LossKind) -> Tensor:
+    """(..., vocab), (...) -> (...) in the logits' type, at least float32. A cross-entropy is
+    computed in Loss.precision when given (float64: the logits are widened first, as Prieto et al.
+    do; the loss comes back in the logits' type, where a tiny loss is still representable)."""
+    loss = Loss(loss) if isinstance(loss, str) else loss
+    if loss.kind == "mse":
+        one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+        return (logits - one_hot).square().mean(dim=-1)
+    out_dtype = torch.promote_types(logits.dtype, torch.float32)
+    wide = logits.flatten(0, -2).to(torch.promote_types(out_dtype, loss.precision or out_dtype))
+    if loss.kind == "stablemax":
+        flat = -log_stablemax(wide).gather(-1, targets.reshape(-1, 1)).squeeze(-1)
+    else:
         flat = F.cross_entropy(wide, targets.flatten(), reduction="none")
-        return flat.view(targets.shape)
-    one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
-    return (logits - one_hot).square().mean(dim=-1)
+    return flat.view(targets.shape) if flat.dtype == out_dtype else flat.to(out_dtype).view(targets.shape)
 
 
-def per_pair_metrics(logits: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
-    """(k, N, vocab), (k, N) -> (k, 4, N): loss, correct (1 or 0), correct logit and margin (the
-    correct logit minus the largest other) of every pair, in at least float32."""
+def softmax_collapsed(logits: Tensor, targets: Tensor) -> Tensor:
+    """(..., vocab), (...) -> (...) bool: whether the softmax cross-entropy in float32 is exactly 0,
+    its gradient gone (Prieto et al. 2025's softmax collapse)."""
+    return per_example_loss(logits.to(torch.float32), targets, "cross_entropy") == 0
+
+
+def per_pair_metrics(logits: Tensor, targets: Tensor, kind: Loss | LossKind) -> Tensor:
+    """(k, N, vocab), (k, N) -> (k, 5, N): loss, correct (1 or 0), correct logit, margin (the
+    correct logit minus the largest other) and softmax collapse (1 or 0: softmax_collapsed) of
+    every pair, in at least float32."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
     correct = logits.gather(-1, targets[..., None]).squeeze(-1)
     others = logits.scatter(-1, targets[..., None], float("-inf"))
     margin = correct - others.amax(dim=-1)
     right = logits.argmax(dim=-1) == targets  # ties go to the first class, as in accuracy elsewhere
-    values = [per_example_loss(logits, targets, kind), right, correct, margin]
+    loss = per_example_loss(logits, targets, kind)
+    # The float32 softmax cross-entropy is the loss itself when the run trains on it.
+    same = (Loss(kind) if isinstance(kind, str) else kind) == Loss() and loss.dtype == torch.float32
+    collapsed = loss == 0 if same else softmax_collapsed(logits, targets)
+    values = [loss, right, correct, margin, collapsed]
     return torch.stack([v.to(dtype) for v in values], dim=1)
 
 
@@ -88,7 +132,7 @@ def evaluation_table(
     labels: Tensor,
     train_mask: Tensor,
     test_mask: Tensor,
-    kind: LossKind,
+    kind: Loss | LossKind,
     fourier: FourierBasis | None = None,
     with_progress: Sequence[bool] = (),
 ) -> Tensor:
@@ -113,9 +157,13 @@ def evaluation_table(
         stop = min(start + chunk, members)
         part = {name: param[start:stop] for name, param in params.items()}
         logits = pair_logits(part)  # (k, N, vocab)
-        means = masked_means(per_pair_metrics(logits, scored[start:stop], kind), sets[start:stop])  # (k, 2, 4)
+        means = masked_means(per_pair_metrics(logits, scored[start:stop], kind), sets[start:stop])  # (k, 2, 5)
         norms = component_norms(part)
-        columns = [means.flatten(1), torch.stack([norms[g] for g in NORM_COLUMNS], dim=1).to(means.dtype)]
+        columns = [
+            means[:, :, :4].flatten(1),
+            torch.stack([norms[g] for g in NORM_COLUMNS], dim=1).to(means.dtype),
+            means[:, 0, 4:],  # softmax_collapse: over the training set
+        ]
         if fourier is not None:
             columns.append(_progress_columns(fourier, logits, labels, targets, train_mask, part, kind, wanted, start, stop))
         tables.append(torch.cat(columns, dim=1))
@@ -124,7 +172,7 @@ def evaluation_table(
 
 def _progress_columns(
     fourier: FourierBasis, logits: Tensor, labels: Tensor, targets: Tensor, train_mask: Tensor,
-    part: Mapping[str, Tensor], kind: LossKind, wanted: list[bool], start: int, stop: int,
+    part: Mapping[str, Tensor], kind: Loss | LossKind, wanted: list[bool], start: int, stop: int,
 ) -> Tensor:  # fmt: skip
     """(k, n) progress measures of members start..stop, NaN for those that do not ask for them."""
     rows = [j for j in range(stop - start) if wanted[start + j]]
@@ -175,7 +223,7 @@ def evaluate(
     labels: Tensor,
     train_mask: Tensor,
     test_mask: Tensor,
-    kind: LossKind,
+    kind: Loss | LossKind,
     fourier: FourierBasis | None = None,
     with_progress: Sequence[bool] = (),
 ) -> list[dict[str, float]]:

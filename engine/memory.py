@@ -14,8 +14,8 @@ MEMORY_FRACTION = 0.5  # of the memory free when the pack starts: room for evalu
 
 
 def member_bytes(spec: RunSpec) -> int:
-    """An upper estimate of one member's training memory: each parameter with its gradient and two
-    AdamW moments, and the activations autograd keeps for one step over twice its batch (a size
+    """An upper estimate of one member's training memory: each parameter with its gradient, two
+    AdamW moments and the methods' state, and the activations autograd keeps for one step over twice its batch (a size
     class pads a member to at most 2x its examples)."""
     model, vocab = spec.model, spec.task.vocab_size
     if isinstance(model, TransformerSpec):
@@ -27,7 +27,16 @@ def member_bytes(spec: RunSpec) -> int:
         per_example = 0
     batch = spec.optimizer.batch_size or spec.task.resolved_train_size
     batch = min(batch, spec.task.resolved_train_size)
-    return BYTES_PER_VALUE * (4 * parameter_count(spec) + 2 * batch * per_example)
+    return BYTES_PER_VALUE * ((4 + method_state_copies(spec)) * parameter_count(spec) + 2 * batch * per_example)
+
+
+def method_state_copies(spec: RunSpec) -> int:
+    """Copies of the parameters that the grokking methods' state adds: Muon's momentum, and
+    Grokfast's EMA or window of gradients."""
+    copies = 1 if spec.optimizer.kind == "muon" else 0
+    if spec.grad_filter is not None:
+        copies += 1 if spec.grad_filter.kind == "ema" else spec.grad_filter.window
+    return copies
 
 
 def free_bytes(device: torch.device) -> int:

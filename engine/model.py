@@ -232,6 +232,16 @@ def mlp_logits(p: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The model of a spec on the CPU, initialised from spec.seed alone (not the global RNG)."""
+    model = _default_init(spec)
+    scale = spec.model.init_scale  # type: ignore[union-attr]
+    if scale != 1:  # Omnigrok's initialisation scale alpha (Liu et al. 2023)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.mul_(scale)
+    return model
+
+
+def _default_init(spec: RunSpec) -> nn.Module:
     g = torch.Generator().manual_seed(spec.seed)
     vocab = spec.task.vocab_size
     if isinstance(spec.model, TransformerSpec):

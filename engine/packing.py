@@ -15,11 +15,16 @@ def pack_key(spec: RunSpec) -> Hashable | None:
     if isinstance(spec.model, ToyCircuitsSpec) or spec.optimizer.batch_size is not None:
         return None
     return (
-        spec.model.model_dump_json(),
+        spec.model.model_dump_json(exclude={"init_scale"}),  # members may start at different scales
         spec.task.op,
         spec.task.vocab_size,
         spec.loss,
+        spec.resolved_loss_precision,
         spec.optimizer.kind,
+        spec.optimizer.orthogonal_gradients,
+        # one filter state per pack: its kind, and an MA ring's window
+        None if spec.grad_filter is None else (spec.grad_filter.kind, getattr(spec.grad_filter, "window", None)),
+        spec.weight_norm is not None,
         spec.device,
     )
 

@@ -43,7 +43,7 @@ DEFAULT_CHECKPOINTS = 20
 EVAL_METRICS = (
     "train_loss", "train_acc", "train_correct_logit", "train_margin",
     "test_loss", "test_acc", "test_correct_logit", "test_margin",
-    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed",
+    "param_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed", "softmax_collapse",
 )  # fmt: skip
 # Nanda et al.'s progress measures (engine.progress_measures), logged beside EVAL_METRICS when a
 # run's resolved_progress_measures is True: defined for the transformer on these ops.
@@ -134,6 +134,9 @@ class TransformerSpec(StrictModel):
     n_heads: Annotated[int, Field(ge=1, le=64)] = 4
     d_head: Annotated[int, Field(ge=1, le=1024)] = 32
     d_mlp: Annotated[int, Field(ge=1, le=16384)] = 512
+    init_scale: Annotated[float, Field(gt=0, le=1000)] = Field(
+        1.0, description="Multiplies every initial weight (Omnigrok, Liu et al. 2023: grokking depends on the init norm)."
+    )
 
 
 class MlpSpec(StrictModel):
@@ -142,6 +145,9 @@ class MlpSpec(StrictModel):
     kind: Literal["mlp"] = "mlp"
     d_embed: Annotated[int, Field(ge=1, le=4096)] = 128
     d_hidden: Annotated[int, Field(ge=1, le=16384)] = 512
+    init_scale: Annotated[float, Field(gt=0, le=1000)] = Field(
+        1.0, description="Multiplies every initial weight (Omnigrok, Liu et al. 2023: grokking depends on the init norm)."
+    )
 
 
 class ToyCircuitsSpec(StrictModel):
@@ -165,13 +171,28 @@ ModelSpec = Annotated[TransformerSpec | MlpSpec | ToyCircuitsSpec, Field(discrim
 
 
 class OptimizerSpec(StrictModel):
-    kind: Literal["adamw", "sgd"] = "adamw"
+    kind: Literal["adamw", "sgd", "muon"] = Field(
+        "adamw",
+        description="AdamW, SGD, or Muon (torch.optim.Muon on the hidden matrices W_Q, W_K, W_V, W_O, W_in, "
+        "W_out with Moonshot's RMS matching, so lr and weight_decay serve both; AdamW on the rest).",
+    )
     lr: Annotated[float, Field(gt=0, le=10)] = 1e-3
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.9,
         0.98,
     )
     weight_decay: Annotated[float, Field(ge=0, le=100)] = 1.0
+    eps: Annotated[float, Field(gt=0, le=1)] = Field(
+        1e-8, description="Adam's epsilon (torch.optim.AdamW's default); slingshot dynamics depend on it."
+    )
+    muon_momentum: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        None, description="Muon's (Nesterov) momentum; kind 'muon' only, default 0.95 (torch's)."
+    )
+    orthogonal_gradients: bool = Field(
+        False,
+        description="⊥Grad (Prieto et al. 2025): each parameter tensor's gradient loses its component "
+        "along that tensor (rescaled to its own norm) before the update.",
+    )
     warmup_steps: Annotated[int, Field(ge=0)] = Field(
         10, description="Linear learning-rate warm-up from 0 (Nanda uses 10 steps)."
     )
@@ -179,11 +200,62 @@ class OptimizerSpec(StrictModel):
         None, description="Minibatch size; None is full batch (the paper's setup)."
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerSpec:
+        if self.muon_momentum is not None and self.kind != "muon":
+            raise _field_error("muon_momentum", f"is Muon's; this optimizer is {self.kind!r}")
+        return self
+
+    @property
+    def resolved_muon_momentum(self) -> float:
+        return 0.95 if self.muon_momentum is None else self.muon_momentum
+
     def learning_rate(self, step: int) -> float:
         """The learning rate of optimizer step `step` (1-based): linear warm-up from 0, then constant."""
         if step >= self.warmup_steps:
             return self.lr
         return self.lr * step / self.warmup_steps
+
+
+# A bound on Grokfast's moving-average window: its state is `window` copies of the gradient.
+MAX_FILTER_WINDOW = 1000
+MAX_FILTER_VALUES = 4 * MAX_PARAMETERS  # window x parameters: ~0.8 GB of float32 per member
+
+
+class EmaGradFilter(StrictModel):
+    """Grokfast-EMA (Lee et al. 2024, Algorithm 2): g + lamb * EMA_alpha(g), the slow component
+    of the gradient amplified before the optimizer step."""
+
+    kind: Literal["ema"]
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.98
+    lamb: Annotated[float, Field(ge=0, le=1000)] = 2.0
+
+
+class MaGradFilter(StrictModel):
+    """Grokfast-MA (Lee et al. 2024, Algorithm 1): g + lamb * the mean of the last `window`
+    gradients, once `window` gradients have been seen (the authors' warm-up)."""
+
+    kind: Literal["ma"]
+    window: Annotated[int, Field(ge=1, le=MAX_FILTER_WINDOW)] = 100
+    lamb: Annotated[float, Field(ge=0, le=1000)] = 5.0
+
+
+GradFilterSpec = Annotated[EmaGradFilter | MaGradFilter, Field(discriminator="kind")]
+
+
+class WeightNormSpec(StrictModel):
+    """Omnigrok's norm constraint (Liu et al. 2023, "Omnigrok: grokking beyond algorithmic data"):
+    after every optimizer step each member's weights (all of them, as one vector) are rescaled to
+    a fixed total L2 norm: its initial one ({"fixed": true}) or a given one ({"value": X})."""
+
+    fixed: Literal[True] | None = None
+    value: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightNormSpec:
+        if (self.fixed is None) == (self.value is None):
+            raise _field_error("fixed", 'give exactly one of "fixed": true and "value"')
+        return self
 
 
 class PhaseSpec(StrictModel):
@@ -271,8 +343,29 @@ class RunSpec(StrictModel):
     model: ModelSpec = Field(
         TransformerSpec(), description="The paper's 1-layer transformer (default), an MLP, or the Section 3 toy model."
     )
-    optimizer: OptimizerSpec = Field(OptimizerSpec(), description="AdamW (default) or SGD, with warm-up and weight decay.")
-    loss: Literal["cross_entropy", "mse"] = Field("cross_entropy", description="Softmax cross-entropy, or MSE on one-hot targets.")
+    optimizer: OptimizerSpec = Field(
+        OptimizerSpec(), description="AdamW (default), SGD or Muon, with warm-up, weight decay and ⊥Grad."
+    )
+    loss: Literal["cross_entropy", "mse", "stablemax"] = Field(
+        "cross_entropy",
+        description="Softmax cross-entropy, MSE on one-hot targets, or StableMax cross-entropy "
+        "(Prieto et al. 2025: s(x) = x + 1 for x >= 0, 1 / (1 - x) below, normalised).",
+    )
+    loss_precision: Literal["float32", "float64"] | None = Field(
+        None,
+        description="The float type the (stable)softmax cross-entropy is computed in; default float32 for "
+        "cross_entropy, float64 for stablemax (as its authors compute it). Not for mse.",
+    )
+    grad_filter: GradFilterSpec | None = Field(
+        None,
+        description='Grokfast (Lee et al. 2024): {"kind": "ema", "alpha": 0.98, "lamb": 2.0} or '
+        '{"kind": "ma", "window": 100, "lamb": 5.0}; its state is checkpointed and reset with the optimizer.',
+    )
+    weight_norm: WeightNormSpec | None = Field(
+        None,
+        description='Omnigrok\'s constraint: {"fixed": true} keeps each member\'s total weight norm at its '
+        'initial value after every step, {"value": X} at X.',
+    )
     phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
         PhaseSpec(steps=10_000)
     ]
@@ -306,6 +399,12 @@ class RunSpec(StrictModel):
         "Default: on where defined.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def resolved_loss_precision(self) -> Literal["float32", "float64"]:
+        if self.loss_precision is not None:
+            return self.loss_precision
+        return "float64" if self.loss == "stablemax" else "float32"
 
     @property
     def supports_progress_measures(self) -> bool:
@@ -409,6 +508,8 @@ class RunSpec(StrictModel):
     def _check(self) -> RunSpec:
         if self.eval_every is not None and self.eval_schedule is not None:
             raise _field_error("eval_schedule", "give eval_every or eval_schedule, not both")
+        if self.loss_precision is not None and self.loss == "mse":
+            raise _field_error("loss_precision", "sets the precision of a softmax or StableMax cross-entropy, not of mse")
         if self.progress_measures and not self.supports_progress_measures:
             raise _field_error(
                 "progress_measures",
@@ -433,6 +534,19 @@ class RunSpec(StrictModel):
             raise _field_error(
                 "model", f"{params:,} parameters is over the limit of {MAX_PARAMETERS:,}"
             )
+        if isinstance(self.grad_filter, MaGradFilter) and self.grad_filter.window * params > MAX_FILTER_VALUES:
+            raise _field_error(
+                "grad_filter.window",
+                f"a window of {self.grad_filter.window} gradients of {params:,} parameters is over the "
+                f"limit of {MAX_FILTER_VALUES:,} values",
+            )
+        methods = {
+            "grad_filter": self.grad_filter, "weight_norm": self.weight_norm, "loss_precision": self.loss_precision,
+            "optimizer.orthogonal_gradients": self.optimizer.orthogonal_gradients,
+        }  # fmt: skip
+        for field, value in methods.items():
+            if isinstance(self.model, ToyCircuitsSpec) and value:
+                raise _field_error(field, "the toy model trains with plain gradient descent, without the grokking methods")
         if isinstance(self.model, ToyCircuitsSpec) and self.optimizer.kind != "sgd":
             raise _field_error("optimizer.kind", "the toy model trains with plain gradient descent ('sgd')")
         return self

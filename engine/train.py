@@ -19,7 +19,7 @@ from torch import Tensor
 
 from engine.checkpoint import Checkpoint, CheckpointStorage, CheckpointWrite, CheckpointWriter, as_storage, copy_to_host
 from engine.memory import members_that_fit
-from engine.evaluation import evaluation_table, metric_names, pair_logits_fn, per_example_loss, table_rows, to_host
+from engine.evaluation import Loss, evaluation_table, metric_names, pair_logits_fn, per_example_loss, table_rows, to_host
 from engine.model import build_model, mlp_logits, transformer_logits
 from engine.optim import EnsembleOptimizer
 from engine.packing import pack_key
@@ -385,7 +385,7 @@ class Ensemble:
         self._warm: _Layout | None = None  # the layout whose first step ran eagerly (before capture)
         self.checkpoint_seconds = checkpoint_seconds
         self.checkpointed_at = time.monotonic()  # the members' last checkpoint (all are written together)
-        self.loss_kind = specs[0].loss
+        self.loss_kind = Loss.of(specs[0])  # one per pack (engine.packing)
         transformer = isinstance(specs[0].model, TransformerSpec)
         self.logits_fn = transformer_logits if transformer else mlp_logits
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
@@ -396,6 +396,7 @@ class Ensemble:
         self.members = [_Member(spec, sink, d, device) for spec, sink, d in zip(specs, sinks, storages)]
         self.members_by_index = list(self.members)
         states = [build_model(spec).state_dict() for spec in specs]
+        weight_norms = self._weight_norms(specs, states)  # from the initial weights, before a checkpoint's
         checkpoints = [None if d is None else d.load() for d in storages]
         for member, state, ckpt in zip(self.members, states, checkpoints):
             if ckpt is not None:
@@ -408,7 +409,10 @@ class Ensemble:
         self.shapes = {name: tuple(value.shape) for name, value in states[0].items()}
         self.flat = torch.stack([torch.cat([value.flatten() for value in state.values()]) for state in states]).to(device)
         self.params = self._views(self.flat)  # every parameter (K, ...), a view of flat
-        self.optimizer = EnsembleOptimizer([s.optimizer for s in specs], list(self.params.values()), self.flat)
+        self.optimizer = EnsembleOptimizer(
+            [s.optimizer for s in specs], list(self.params.values()), self.flat, [s.grad_filter for s in specs], weight_norms,
+            names=list(self.params),
+        )  # fmt: skip
         self.row_cost = self.flat.shape[1] / ROW_COST_PARAMETERS_PER_EXAMPLE
         self.pass_cost = PASS_COST_EXAMPLES.get(device.type, 0) if pass_cost is None else pass_cost
         self.loss_ring = torch.zeros(LOSS_RING_SLOTS, len(self.members), dtype=self.flat.dtype, device=device)
@@ -423,6 +427,19 @@ class Ensemble:
         self._layout: _Layout | None = None
         self.computed_examples = [0] * len(self.members)  # per row: the padded batch it computed last step
         self._drop([m for m in self.members if m.result is not None])
+
+    def _weight_norms(self, specs: Sequence[RunSpec], states: Sequence[dict[str, Tensor]]) -> Tensor | None:
+        """(K, 1) each member's total weight norm under Omnigrok's constraint: its initial weights'
+        norm, or the one its spec gives; None without the constraint (one per pack: engine.packing)."""
+        if specs[0].weight_norm is None:
+            return None
+        norms = []
+        for spec, state in zip(specs, states):
+            assert spec.weight_norm is not None
+            initial = torch.linalg.vector_norm(torch.cat([value.flatten() for value in state.values()]).double())
+            norms.append(spec.weight_norm.value or float(initial))
+        dtype = next(iter(states[0].values())).dtype
+        return torch.tensor(norms, dtype=torch.float64).to(dtype).view(-1, 1).to(self.device)
 
     def train(self, should_stop: Callable[[int], bool] | None, indices: Sequence[int]) -> list[RunResult]:
         """Runs every member to its end, stop or failure; should_stop gets indices[k] for member k.
@@ -663,7 +680,7 @@ class Ensemble:
         # A layout rebuilt every step (minibatches) is never replayed: those steps run eagerly.
         captured = self.capture and layout is self._layout
         losses = self._captured_step(layout) if captured else self._step_body(layout)
-        self.optimizer.host_steps = [s + 1 for s in self.optimizer.host_steps]
+        self.optimizer.count_step()
         # This forward sees the model after `step` steps: its loss is that step's train_loss.
         logging = [m for m in self.members if m.logs_train_loss()]
         if logging:

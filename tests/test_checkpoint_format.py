@@ -81,3 +81,22 @@ def test_the_codec_round_trips_every_field_and_cuts_out_the_weights(tmp_path) ->
     weights = load(model_weights(data))
     assert weights.keys() == ckpt.model.keys()
     assert read_metadata(model_weights(data))["step"] == "7"
+
+
+def test_the_methods_state_survives_the_codec_and_resumes_exactly(tmp_path) -> None:
+    """Muon's and AdamW's state dicts and Grokfast's window, nested in the optimizer's entry."""
+    from engine.checkpoint import CheckpointFolder
+
+    methods = {"phases": [{"steps": 14}], "grad_filter": {"kind": "ma", "window": 4}, "optimizer": {"kind": "muon"}}
+    spec = RunSpec.model_validate({**SPEC.model_dump(), **methods})
+    straight = MemorySink()
+    train_run(spec, straight)
+    first = MemorySink()
+    assert train_run(spec, first, checkpoint=tmp_path / "a", should_stop=lambda: first.last_step >= 7).stopped
+    ckpt = CheckpointFolder(tmp_path / "a").load()
+    assert ckpt is not None and ckpt.optimizer["grad_filter"]["steps"] == 7
+    CheckpointFolder(tmp_path / "b").save(decode(encode(ckpt)))
+    second = MemorySink()
+    train_run(spec, second, checkpoint=tmp_path / "b")
+    for name, points in straight.series.items():
+        assert {**first.series.get(name, {}), **second.series.get(name, {})} == pytest.approx(points, abs=1e-6), name

@@ -70,6 +70,8 @@ BAD_SPECS = [
     ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "for_steps": 10}]}, "stop_when.0.at_least"),
     ({**tiny_spec(), "stop_when": [{"metric": "test_acc", "at_least": 0.9, "for_steps": -1}]}, "stop_when.0.for_steps"),
     ({**SEARCH, "low": 100, "high": 100}, "high"),
+    ({**tiny_spec(), "grad_filter": {"kind": "ema", "alpha": 1.5}}, "grad_filter.ema.alpha"),
+    ({**tiny_spec(), "loss": "mse", "loss_precision": "float64"}, "loss_precision"),
     ({**SEARCH, "high": 169}, "high"),  # P=13 has 169 pairs: no test set would be left
     ({**SEARCH, "low": 0}, "low"),
     ({**SEARCH, "side": "ungrokking", "high": 120}, "high"),  # over phase 1's D of 84

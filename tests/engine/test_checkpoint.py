@@ -46,12 +46,6 @@ def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
     [
         ({}, 30),
         ({"optimizer": OptimizerSpec(batch_size=64)}, 25),
-        ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 20),
-        ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 30),
-        (
-            {"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80, reset_optimizer=True)]},
-            45,
-        ),
     ],
 )
 @pytest.mark.parametrize("device", DEVICES)
@@ -69,6 +63,37 @@ def test_stop_and_resume_reproduces_the_straight_run(tmp_path, changes, stop, de
 
     _assert_same_series(straight, [first, second])
     assert min(second.series["train_loss"]) == stop  # resumed, not retrained from 0
+
+
+TINY_MODEL = {"kind": "transformer", "d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64}
+TWO_PHASES = [{"steps": 15}, {"steps": 15, "train_set": "subset", "subset_size": 40, "reset_optimizer": True}]
+
+
+@pytest.mark.parametrize(
+    "methods, stop",
+    [
+        ({"optimizer": {"eps": 1e-4}}, 15),
+        ({"loss": "stablemax"}, 15),
+        ({"optimizer": {"orthogonal_gradients": True}}, 15),
+        ({"grad_filter": {"kind": "ema", "alpha": 0.9}}, 15),
+        ({"grad_filter": {"kind": "ma", "window": 7}}, 12),
+        ({"grad_filter": {"kind": "ma", "window": 7}, "phases": TWO_PHASES}, 18),  # the filter restarts with the optimizer
+        ({"weight_norm": {"fixed": True}, "model": {**TINY_MODEL, "init_scale": 2.0}}, 15),
+        ({"optimizer": {"kind": "muon"}}, 15),
+        ({"optimizer": {"kind": "muon"}, "model": {"kind": "mlp", "d_embed": 16, "d_hidden": 32}}, 15),
+    ],
+    ids=["eps", "stablemax", "orthogonal", "grokfast ema", "grokfast ma", "grokfast ma reset", "omnigrok", "muon", "muon mlp"],
+)
+def test_a_run_with_a_method_resumes_as_the_straight_run(tmp_path, methods, stop):
+    base = {"task": {"p": 11, "train_size": 70}, "model": TINY_MODEL, "phases": [{"steps": 30}], "eval_every": 5,
+            "train_loss_every": 1, "device": "cpu"}  # fmt: skip
+    spec = RunSpec.model_validate({**base, **methods})
+    straight, first, second = MemorySink(), MemorySink(), MemorySink()
+    train_run(spec, straight)
+    assert train_run(spec, first, checkpoint=tmp_path, should_stop=_stop_at(first, stop)).final_step == stop
+    train_run(spec, second, checkpoint=tmp_path)
+    _assert_same_series(straight, [first, second])
+    assert min(second.series["train_loss"]) == stop
 
 
 class _Crash(Exception):

@@ -7,9 +7,9 @@ import torch
 
 from engine.memory import MEMORY_FRACTION, member_bytes, members_that_fit
 from engine.optim import EnsembleOptimizer
-from engine.sink import MemorySink
-from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec
 from engine.packing import pack_key
+from engine.sink import MemorySink
+from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, TransformerSpec
 from engine.train import size_classes, train_ensemble, train_run
 
 from . import DEVICES, single_cpu_thread
@@ -71,6 +71,51 @@ def test_ensemble_of_different_members_matches_each_run_trained_alone(float64, d
         _assert_same_series(a, b)
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# Each method option (engine.spec) with different values per member, members of one pack_key.
+METHOD_MEMBERS = {
+    "eps": [{"optimizer": {"eps": 1e-8}}, {"optimizer": {"eps": 1e-3, "lr": 3e-3}}, {"optimizer": {"eps": 1e-5}}],
+    "stablemax": [{"loss": "stablemax"}, {"loss": "stablemax", "optimizer": {"lr": 3e-3}}, {"loss": "stablemax"}],
+    "orthogonal adamw": [{"optimizer": {"orthogonal_gradients": True, "weight_decay": 0.0}}, {"optimizer": {"orthogonal_gradients": True, "lr": 3e-3}}, {"optimizer": {"orthogonal_gradients": True}}],
+    "orthogonal sgd": [{"optimizer": {"kind": "sgd", "lr": 0.1, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.2, "weight_decay": 0.0, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.05, "orthogonal_gradients": True}}],
+    "grokfast ema": [{"grad_filter": {"kind": "ema"}}, {"grad_filter": {"kind": "ema", "alpha": 0.9, "lamb": 5.0}}, {"grad_filter": {"kind": "ema", "lamb": 0.5}}],
+    "grokfast ma": [{"grad_filter": {"kind": "ma", "window": 4}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 1.0}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 2.0}}],
+    "omnigrok": [
+        {"weight_norm": {"fixed": True}, "model": {"init_scale": 3.0}, "optimizer": {"weight_decay": 0.0}},
+        {"weight_norm": {"value": 30.0}, "model": {"init_scale": 1.0}},
+        {"weight_norm": {"fixed": True}, "model": {"init_scale": 0.5}, "optimizer": {"lr": 3e-3}},
+    ],
+    "muon": [{"optimizer": {"kind": "muon"}}, {"optimizer": {"kind": "muon", "lr": 3e-3, "muon_momentum": 0.9}}, {"optimizer": {"kind": "muon", "weight_decay": 0.1}}],
+    "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
+}
+
+
+@pytest.mark.parametrize("option", list(METHOD_MEMBERS))
+def test_an_ensemble_with_a_method_option_trains_each_member_as_alone(option, float64):
+    tiny = TransformerSpec(d_model=32, n_heads=2, d_head=16, d_mlp=64).model_dump()
+    base = {"task": {"p": 11, "train_size": 60}, "model": tiny, "phases": [{"steps": 25}], "eval_every": 5, "train_loss_every": 2, "device": "cpu"}
+    sizes = [60, 40, 60]  # one member in its own size class: gathered rows in the pass
+    specs = [
+        RunSpec.model_validate(_merged({**base, "seed": k, "task": {"p": 11, "train_size": size}}, changes))
+        for k, (size, changes) in enumerate(zip(sizes, METHOD_MEMBERS[option]))
+    ]
+    assert len({pack_key(spec) for spec in specs}) == 1
+    alone = [MemorySink() for _ in specs]
+    for spec, sink in zip(specs, alone):
+        train_run(spec, sink)
+    together = [MemorySink() for _ in specs]
+    train_ensemble(specs, together)
+    for a, b in zip(alone, together):
+        _assert_same_series(a, b)
+    assert alone[0].series["train_loss"] != alone[1].series["train_loss"]
+
+
 def test_size_classes_never_make_a_member_compute_more_than_twice_its_examples():
     rng = random.Random(0)
     for _ in range(200):
@@ -94,12 +139,14 @@ def test_per_phase_weight_decay_is_honoured():
 
 def test_ensemble_adamw_matches_torch_adamw_per_member():
     g = torch.Generator().manual_seed(0)
-    specs = [OptimizerSpec(lr=1e-2, weight_decay=1.0), OptimizerSpec(lr=3e-3, weight_decay=0.1, betas=(0.8, 0.9))]
+    specs = [OptimizerSpec(lr=1e-2, weight_decay=1.0), OptimizerSpec(lr=3e-3, weight_decay=0.1, betas=(0.8, 0.9), eps=1e-3)]
     start = torch.randn(2, 5, 4, generator=g)
     stacked = start.clone().requires_grad_()
     ensemble = EnsembleOptimizer(specs, [stacked])
     singles = [start[k].clone().requires_grad_() for k in range(2)]
-    torch_opts = [torch.optim.AdamW([p], lr=s.lr, betas=s.betas, weight_decay=s.weight_decay) for p, s in zip(singles, specs)]
+    torch_opts = [
+        torch.optim.AdamW([p], lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps) for p, s in zip(singles, specs)
+    ]
     for _ in range(5):
         grad = torch.randn(2, 5, 4, generator=g)
         stacked.grad = grad.clone()
@@ -150,6 +197,9 @@ def test_members_that_fit_follow_the_memory_budget_and_the_largest_member():
     assert members_that_fit([small, large], torch.device("cpu"), budget) == 3
     assert members_that_fit([small], torch.device("cpu"), budget) > 3
     assert members_that_fit([large], torch.device("cpu"), 1) == 1  # never fewer than one
+    # the methods' state: Grokfast's EMA or window of gradients, Muon's momentum
+    ema, window = _spec(grad_filter={"kind": "ema"}), _spec(grad_filter={"kind": "ma", "window": 10})
+    assert member_bytes(small) < member_bytes(ema) == member_bytes(_spec(optimizer={"kind": "muon"})) < member_bytes(window)
 
 
 def test_a_pack_larger_than_memory_trains_in_chunks_each_exactly_as_alone():

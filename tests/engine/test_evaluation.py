@@ -46,6 +46,7 @@ def _reference(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> list[f
         ("add", TransformerSpec(d_model=24, n_heads=3, d_head=8, d_mlp=40), "cross_entropy"),  # the V x V grid
         ("divide", TransformerSpec(d_model=24, n_heads=3, d_head=8, d_mlp=40), "mse"),  # no b = 0: pairs of the grid
         ("add", MlpSpec(d_embed=8, d_hidden=32), "cross_entropy"),
+        ("add", MlpSpec(d_embed=8, d_hidden=32), "stablemax"),
     ],
 )
 def test_batched_evaluation_equals_a_per_member_reference(op, model, kind):
@@ -87,6 +88,9 @@ def test_batched_evaluation_equals_a_per_member_reference(op, model, kind):
         for name in names:
             squares[NORM_GROUPS[name]] += member[name].square().sum().item()
         expected += [sum(squares.values()) ** 0.5] + [squares[group] ** 0.5 for group in ("embed", "attn", "mlp", "unembed")]
+        train_logits = logits[train_idx[k]].float()
+        float32_losses = torch.nn.functional.cross_entropy(train_logits, targets[k, train_idx[k]], reduction="none")
+        expected.append((float32_losses == 0).double().mean().item())
         assert list(batched[k])[: len(METRIC_NAMES)] == METRIC_NAMES
         assert [batched[k][name] for name in METRIC_NAMES] == pytest.approx(expected, rel=1e-9, abs=1e-12)
         if fourier is not None and with_progress[k]:

@@ -106,3 +106,26 @@ def test_training_reads_nothing_per_step_and_once_per_evaluation(tmp_path) -> No
     # owned elsewhere (a background checkpoint writer, the step's rewrite) and reported, not fixed here.
     elsewhere = [r for r in reads.reads if "Ensemble.evaluate" not in r.stack]
     assert all("Ensemble._checkpoint" in r.stack or "Ensemble._drop" in r.stack for r in elsewhere), reads.summary()
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        {"grad_filter": {"kind": "ema"}, "optimizer": {"orthogonal_gradients": True}, "weight_norm": {"fixed": True}, "loss": "stablemax"},
+        {"grad_filter": {"kind": "ma", "window": 3}, "optimizer": {"kind": "muon"}, "loss_precision": "float64"},
+    ],
+    ids=["grokfast ema, orthogonal, norm, stablemax", "grokfast ma, muon, float64 softmax"],
+)
+def test_the_grokking_methods_read_nothing_per_step(methods) -> None:
+    specs = [
+        RunSpec.model_validate({
+            "task": {"p": 11, "train_size": 60 - 20 * seed}, "phases": [{"steps": 5}], "eval_every": 5, "seed": seed,
+            "device": "cpu", **methods, "optimizer": {**methods.get("optimizer", {}), "lr": 1e-3 * (seed + 1)},
+        })
+        for seed in range(2)
+    ]  # fmt: skip
+    ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None, None], META)
+    with HostReads() as reads:
+        for _ in range(5):
+            ensemble.train_step()
+    assert reads.count == 0, reads.summary()

@@ -29,6 +29,20 @@ def test_importing_spec_does_not_import_torch():
         ({"task": {"op": "power"}}, "task.op"),
         ({"phases": [{"steps": 0}]}, "phases.0.steps"),
         ({"optimizer": {"lr": 1e-3, "momentum": 0.9}}, "optimizer.momentum"),
+        ({"optimizer": {"eps": 0}}, "optimizer.eps"),
+        ({"loss": "mse", "loss_precision": "float64"}, "loss_precision"),
+        ({"loss_precision": "float16"}, "loss_precision"),
+        ({"grad_filter": {"kind": "ema", "alpha": 1.0}}, "grad_filter.ema.alpha"),
+        ({"grad_filter": {"kind": "ma", "window": 0}}, "grad_filter.ma.window"),
+        ({"grad_filter": {"kind": "median"}}, "grad_filter"),
+        ({"weight_norm": {"fixed": False}}, "weight_norm.fixed"),
+        ({"optimizer": {"kind": "adamw", "muon_momentum": 0.9}}, "muon_momentum"),
+        ({"optimizer": {"kind": "muon", "muon_momentum": 1.0}}, "optimizer.muon_momentum"),
+        ({"weight_norm": {}}, "fixed"),
+        ({"weight_norm": {"value": -1}}, "weight_norm.value"),
+        ({"model": {"kind": "mlp", "init_scale": 0}}, "model.mlp.init_scale"),
+        ({"model": {"kind": "toy_circuits"}, "optimizer": {"kind": "sgd"}, "weight_norm": {"fixed": True}}, "weight_norm"),
+        ({"model": {"kind": "transformer", "d_model": 1024, "d_mlp": 4096}, "grad_filter": {"kind": "ma", "window": 1000}}, "grad_filter.window"),
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_field(data, field):
@@ -97,6 +111,36 @@ def test_runs_pack_by_model_and_task_and_never_exceed_the_pack_size():
     ]
     assert pack_runs(specs, size=3) == [[0, 1, 3], [2], [4], [5], [6], [7]]
     assert pack_runs(specs, size=1) == [[i] for i in range(len(specs))]
+
+
+def test_the_grokking_methods_pack_by_their_kind_and_batch_their_values():
+    """Every method batches over members (tests/engine/test_ensemble.py): runs differing only in
+    per-member values (eps, Grokfast's alpha and lamb, init_scale, the norm's value, Muon's
+    momentum) pack together; a method's kind (its state's shape) or the loss packs apart."""
+    from engine.packing import pack_key
+
+    task = TaskSpec(p=13, train_size=40)
+    together = [
+        [RunSpec(task=task, optimizer={"eps": 1e-8}), RunSpec(task=task, optimizer={"eps": 1e-3}, seed=1)],
+        [RunSpec(task=task, grad_filter={"kind": "ema"}), RunSpec(task=task, grad_filter={"kind": "ema", "alpha": 0.5, "lamb": 1})],
+        [RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}), RunSpec(task=task, grad_filter={"kind": "ma", "window": 5, "lamb": 1})],
+        [RunSpec(task=task, weight_norm={"fixed": True}), RunSpec(task=task, weight_norm={"value": 3}, model={"kind": "transformer", "init_scale": 2})],
+        [RunSpec(task=task, optimizer={"kind": "muon"}), RunSpec(task=task, optimizer={"kind": "muon", "muon_momentum": 0.5})],
+    ]
+    for pair in together:
+        assert pack_key(pair[0]) == pack_key(pair[1]), pair
+    apart = [
+        RunSpec(task=task),
+        RunSpec(task=task, loss="stablemax"),
+        RunSpec(task=task, loss_precision="float64"),
+        RunSpec(task=task, optimizer={"orthogonal_gradients": True}),
+        RunSpec(task=task, grad_filter={"kind": "ema"}),
+        RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}),
+        RunSpec(task=task, grad_filter={"kind": "ma", "window": 6}),  # another ring
+        RunSpec(task=task, weight_norm={"fixed": True}),
+        RunSpec(task=task, optimizer={"kind": "muon"}),
+    ]
+    assert len({pack_key(spec) for spec in apart}) == len(apart)
 
 
 def test_a_log_schedule_of_a_long_run_resolves_its_first_steps_and_ends_on_the_last():

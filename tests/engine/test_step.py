@@ -114,6 +114,23 @@ def test_the_step_body_compiles_to_one_graph_and_computes_the_eager_step():
     assert seconds < 30, f"compiling the step took {seconds:.1f} s"
 
 
+def test_the_step_body_with_the_grokking_methods_compiles_to_one_graph():
+    # Every method at once (Grokfast-EMA's ops are a subset of the MA ring's: in-place updates of
+    # persistent state): still no host read, no data-dependent size, the eager step's numbers.
+    methods = {
+        "model": TransformerSpec(d_model=16, n_heads=2, d_head=8, d_mlp=32), "loss": "stablemax",
+        "grad_filter": {"kind": "ma", "window": 2}, "weight_norm": {"fixed": True},
+        "optimizer": OptimizerSpec(kind="muon", orthogonal_gradients=True),
+    }  # fmt: skip
+    eager, compiled = _ensemble([40, 15], p=11, **methods), _ensemble([40, 15], p=11, **methods)
+    for ensemble in (eager, compiled):
+        ensemble._set_hyperparameters()
+    step = torch.compile(compiled._step_body, fullgraph=True, backend="aot_eager")
+    for _ in range(3):  # the filter's window fills at step 2
+        torch.testing.assert_close(step(compiled._batch_layout(), functional=True), eager._step_body(eager._batch_layout()))
+    torch.testing.assert_close(compiled.flat, eager.flat)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.filterwarnings("error")  # a failed capture warns and trains eagerly: here it fails the test
 def test_steps_replayed_as_cuda_graphs_train_as_eager_steps():

@@ -14,7 +14,7 @@ from engine.train import train_run
 SERIES = {
     "train_loss", "train_acc", "test_loss", "test_acc", "param_norm", "norm_embed", "norm_attn",
     "norm_mlp", "norm_unembed", "train_correct_logit", "train_margin", "test_correct_logit",
-    "test_margin", "phase", "lr",
+    "test_margin", "softmax_collapse", "phase", "lr",
 }  # fmt: skip
 
 
@@ -23,6 +23,8 @@ SERIES = {
     [
         {},
         {"loss": "mse"},
+        {"loss": "stablemax"},
+        {"loss_precision": "float64"},
         {"optimizer": OptimizerSpec(kind="sgd", lr=0.1, batch_size=16)},
         {"model": MlpSpec(d_embed=16, d_hidden=32)},
     ],
