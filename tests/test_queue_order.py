@@ -42,3 +42,13 @@ def test_a_worker_takes_every_priority_message_before_a_normal_one(broker: str, 
                 connection.drain_events(timeout=10)
     # kombu's round-robin would take 2, then 1 (the other queue), then 4.
     assert taken == [2, 4, 1, 3]
+
+
+def test_the_filesystem_broker_keeps_the_order_of_messages_sent_in_the_same_millisecond(tmp_path: Path) -> None:
+    # kombu names a message file by the millisecond and a uuid4, so messages sent within one
+    # millisecond were taken in the uuids' order: 40 sent back to back all but surely tie.
+    queue = f"groklab-order-{uuid.uuid4().hex[:8]}"
+    app = make_celery(Settings(data_dir=tmp_path, queue_name=queue))
+    for run_id in range(40):
+        send_message(app, [run_id])
+    assert waiting_packs(app, queue) == [[run_id] for run_id in range(40)]
