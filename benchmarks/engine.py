@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from engine.memory import members_that_fit
 from engine.model import build_model
 from engine.device import configure_tf32
-from engine.host_reads import HostReads
+from engine.host_reads import HostReads, cuda_syncs
 from engine.op_count import OpCounter
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
@@ -112,18 +111,8 @@ def count_cuda_syncs(k: int, device: torch.device) -> tuple[float, int]:
     for _ in range(3):
         ensemble.train_step()
 
-    def syncs(fn) -> int:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                fn()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        return sum("synchroniz" in str(w.message) for w in caught)
-
-    step_syncs = syncs(lambda: [ensemble.train_step() for _ in range(5)]) / 5
-    return step_syncs, syncs(lambda: ensemble.evaluate(list(ensemble.members)))
+    step_syncs = cuda_syncs(lambda: [ensemble.train_step() for _ in range(5)]) / 5
+    return step_syncs, cuda_syncs(lambda: ensemble.evaluate(list(ensemble.members)))
 
 
 # The paper's Fig. 7 (examples/paper/ungrokking.json): 10 seeds trained on half the pairs for 5,000

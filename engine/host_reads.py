@@ -34,7 +34,9 @@ op, and storage-level copies below the dispatcher, such as torch.save of device 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,3 +180,17 @@ class HostReads(TorchDispatchMode):
         elif func is aten.repeat_interleave.Tensor and _on_device(args[0]) and kwargs.get("output_size") is None:
             self._record("data-dependent shape", str(func))
         return func(*args, **kwargs)
+
+
+def cuda_syncs(fn: Callable[[], object]) -> int:
+    """How many host-device synchronisations torch's own sync debug mode reports while fn runs on
+    a CUDA device: the same property as HostReads, read by the CUDA runtime instead of counted by
+    op (the check of HostReads' claims on a real GPU)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)

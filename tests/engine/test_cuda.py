@@ -4,13 +4,13 @@ tests/engine` runs these with the CUDA cases of the equivalence tests (ensemble 
 = straight run, shortcut = all positions)."""
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from engine.device import configure_tf32
+from engine.host_reads import cuda_syncs
 from engine.sink import MemorySink
 from engine.spec import PhaseSpec, RunSpec, TaskSpec
 from engine.train import train_ensemble, train_run
@@ -64,18 +64,6 @@ def test_float32_on_cuda_stays_close_to_the_cpu_without_tf32():
             assert abs(cpu[name][step] - cuda[name][step]) <= bound, (name, step, cpu[name][step], cuda[name][step])
 
 
-def _sync_warnings(fn) -> int:
-    """Host-device synchronisations while fn runs, as torch's sync debug mode reports them."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
 def test_training_steps_wait_for_the_gpu_only_at_evaluations():
     from engine.train import Ensemble
 
@@ -84,8 +72,8 @@ def test_training_steps_wait_for_the_gpu_only_at_evaluations():
     for _ in range(3):  # the layout's first steps build it (and copy the batch plan once)
         ensemble.train_step()
     torch.cuda.synchronize()
-    steps = _sync_warnings(lambda: [ensemble.train_step() for _ in range(5)])
-    evaluation = _sync_warnings(lambda: ensemble.evaluate(list(ensemble.members)))
+    steps = cuda_syncs(lambda: [ensemble.train_step() for _ in range(5)])
+    evaluation = cuda_syncs(lambda: ensemble.evaluate(list(ensemble.members)))
     print(f"host syncs: {steps} in 5 training steps, {evaluation} in one evaluation of 4 members")
     assert steps == 0
     assert evaluation <= 2
