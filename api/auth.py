@@ -48,9 +48,7 @@ def current_principal(
     if not settings.auth_required():
         return LOCAL
     if credentials is None:
-        raise Unauthorized(
-            "this api needs an API key: send `Authorization: Bearer <key>`", headers=_challenge()
-        )
+        raise Unauthorized("this api needs an API key: send `Authorization: Bearer <key>`", headers=_challenge())
     # A session of its own, returned at once: the request's session would stay checked out for
     # the whole life of a metric stream.
     with session_scope(settings.resolved_database_url) as session:
@@ -64,9 +62,7 @@ def current_principal(
 def _scoped(scope: str) -> Callable[[Principal], Principal]:
     def require(principal: Principal = Depends(current_principal)) -> Principal:
         if scope not in principal.scopes:
-            raise Forbidden(
-                f"the API key lacks the '{scope}' scope", headers=_challenge("insufficient_scope", scope)
-            )
+            raise Forbidden(f"the API key lacks the '{scope}' scope", headers=_challenge("insufficient_scope", scope))
         return principal
 
     return require

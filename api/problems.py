@@ -99,9 +99,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError) -> JSONResponse:
-        return problem(
-            422, "Invalid experiment spec", str(exc), errors=[{"field": exc.field, "message": exc.message}]
-        )
+        return problem(422, "Invalid experiment spec", str(exc), errors=[{"field": exc.field, "message": exc.message}])
 
     @app.exception_handler(GroklabError)
     async def _domain(request: Request, exc: GroklabError) -> JSONResponse:

@@ -35,9 +35,7 @@ def metric_query_from_params(request: Request) -> MetricQuery:
     try:
         return MetricQuery.model_validate(body)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**err, "loc": ("query", *err["loc"])} for err in exc.errors()]
-        ) from exc
+        raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in exc.errors()]) from exc
 
 
 def metric_query_parameters() -> list[dict[str, Any]]:
@@ -63,9 +61,7 @@ def metric_query_parameters() -> list[dict[str, Any]]:
             schema = {k: v for k, v in schema.items() if k not in ("title", "description", "default")}
             if field.default is not None:
                 schema["default"] = field.default
-        parameters.append(
-            {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
-        )
+        parameters.append({"name": name, "in": "query", "required": False, "description": description, "schema": schema})
     return parameters
 
 

@@ -144,12 +144,8 @@ class MetricQuery(BaseModel):
         None, max_length=100, description="Series names; all when omitted. Unknown names give no rows."
     )
     start_step: int = Field(0, ge=0, description="First step, inclusive.")
-    end_step: int | None = Field(
-        None, ge=0, description="Inclusive; default the last step of the selected series."
-    )
-    max_points: int | None = Field(
-        None, ge=1, le=10_000, description="Downsample each series to at most this many buckets."
-    )
+    end_step: int | None = Field(None, ge=0, description="Inclusive; default the last step of the selected series.")
+    max_points: int | None = Field(None, ge=1, le=10_000, description="Downsample each series to at most this many buckets.")
     limit: int = Field(10_000, ge=1, le=100_000, description="Raw points per page (no max_points).")
     cursor: str | None = Field(None, max_length=40, description="next_cursor of the previous page.")
     format: MetricFormat | None = Field(None, description="Overrides the Accept header.")

@@ -55,9 +55,11 @@ def paper_checkpoint_bytes() -> bytes:
 def running_run(database_url: str) -> Lease:
     """A run, created and claimed for an hour: checkpoints are written under its lease."""
     with session_scope(database_url) as session:
-        run_id = run_store.create_experiment(
-            session, name="bench", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="bench", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)])
+            .runs[0]
+            .id
+        )
     with session_scope(database_url) as session:
         lease = claim_run(session, run_id, worker="bench", lease_seconds=timedelta(hours=1).total_seconds())
     assert lease is not None

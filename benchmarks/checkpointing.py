@@ -48,7 +48,6 @@ from groklab.store.database import create_database, drop_database
 from groklab.store.migrate import upgrade
 
 
-
 class TimedStorage:
     """A run's checkpoint storage that adds up the seconds spent in it."""
 
@@ -181,7 +180,9 @@ def main() -> None:
     device = resolve_device(args.device)
     configure_tf32(True)  # as a worker by default (GROKLAB_TF32)
     if args.ensemble:
-        print(f"paper model ensembles, {args.steps} steps, checkpoint every {args.every}; device {device}, threads {torch.get_num_threads()}")
+        print(
+            f"paper model ensembles, {args.steps} steps, checkpoint every {args.every}; device {device}, threads {torch.get_num_threads()}"
+        )
         with tempfile.TemporaryDirectory(prefix="groklab-bench-") as folder:
             for k in args.ensemble:
                 ensemble_checkpointing(k, args.steps, args.every, device, Path(folder))

@@ -98,8 +98,10 @@ def main() -> None:
     grid_acc = {run["train_size"]: run["final_test_acc"] for run in grid_analysis["runs"]}
     grid_low, grid_high = narrow(LOW, HIGH, grid_acc, 0.5)
     print(f"grid: final test acc {[(d, round(a, 3)) for d, a in sorted(grid_acc.items())]}, bracket [{grid_low}, {grid_high}]")
-    print(f"the search's bracket lies inside the grid's: {grid_low <= low and high <= grid_high}; "
-          f"the grid's interpolated D_crit lies inside the search's bracket: {low <= (grid_d_crit['d_crit'] or 0) <= high}")
+    print(
+        f"the search's bracket lies inside the grid's: {grid_low <= low and high <= grid_high}; "
+        f"the grid's interpolated D_crit lies inside the search's bracket: {low <= (grid_d_crit['d_crit'] or 0) <= high}"
+    )
     print(f"phase-2 run-steps, grid / search: {grid_runs * PHASE2_STEPS / state['probe_run_steps']:.2f}x; "
           f"a grid at the search's final ratio needs {same_ratio_grid} sizes: {same_ratio_grid / state['probe_runs']:.2f}x")  # fmt: skip
 

@@ -76,9 +76,7 @@ def count_step(train_sizes: list[int], device: torch.device) -> tuple[int, float
         SPEC.model_copy(update={"seed": s, "task": SPEC.task.model_copy(update={"train_size": d}), "train_loss_every": 1})
         for s, d in enumerate(train_sizes)
     ]
-    ensemble = Ensemble(
-        specs, [MemorySink() for _ in specs], [None] * len(specs), device, pass_cost=PASS_COST_EXAMPLES["cuda"]
-    )
+    ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None] * len(specs), device, pass_cost=PASS_COST_EXAMPLES["cuda"])
     for member in ensemble.members:
         member.step = SPEC.optimizer.warmup_steps
     ensemble.train_step()  # the first step of a layout builds it
@@ -180,7 +178,9 @@ def main() -> None:
         _cuda_graphs(sizes, steps, t_ref, device)
         for k in sizes[:3]:
             step_syncs, eval_syncs = count_cuda_syncs(k, device)
-            print(f"host syncs on CUDA (torch.cuda.set_sync_debug_mode), K={k}: {step_syncs} per step, {eval_syncs} per evaluation")
+            print(
+                f"host syncs on CUDA (torch.cuda.set_sync_debug_mode), K={k}: {step_syncs} per step, {eval_syncs} per evaluation"
+            )
         project_fig7(device)
     _kernels_and_host_reads(device, quick=args.quick)
     k_best = max(speedups)
@@ -194,7 +194,9 @@ def _single_run(reference: _Reference, single: Ensemble, steps: int, rounds: int
         ref_times.append(_time(reference.step, steps, device))
         single_times.append(_time(single.train_step, steps, device))
     t_ref, t_single = min(ref_times), min(single_times)
-    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), threads {torch.get_num_threads()}")
+    print(
+        f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), threads {torch.get_num_threads()}"
+    )
     print(f"reference (all positions): {1 / t_ref:8.2f} steps/s")
     print(f"engine single run:         {1 / t_single:8.2f} steps/s   {t_ref / t_single:.2f}x reference")
     return t_ref, t_single

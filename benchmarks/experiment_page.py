@@ -69,7 +69,10 @@ def store(url: str, runs: int, points: int) -> int:
     specs = [(size, seed) for size in sizes for seed in range(runs // len(sizes))]
     with session_scope(url) as session:
         experiment = run_store.create_experiment(
-            session, name="fig7", spec={}, runs=[run_store.NewRun(spec=spec(d, s, points), total_steps=points * EVAL_EVERY) for d, s in specs]
+            session,
+            name="fig7",
+            spec={},
+            runs=[run_store.NewRun(spec=spec(d, s, points), total_steps=points * EVAL_EVERY) for d, s in specs],
         )
         experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
     for run_id, (size, seed) in zip(run_ids, specs, strict=True):
@@ -150,11 +153,24 @@ def time_requests(
         requests = {
             "GET experiment (runs)": lambda: ok(client.get(f"/v1/experiments/{experiment_id}")),
             "GET analysis": lambda: ok(client.get(f"/v1/experiments/{experiment_id}/analysis")),
-            "grouped query, seeds folded": lambda: ok(client.post("/v1/metrics/query", json={**query, "group_by": ["task.train_size"]})),
+            "grouped query, seeds folded": lambda: ok(
+                client.post("/v1/metrics/query", json={**query, "group_by": ["task.train_size"]})
+            ),
             # The page asks for fewer buckets when lines x series x 1,000 would pass 100,000 rows
             # (compare.js): 200 lines x 6 series get 83.
-            "grouped query, seeds one by one": lambda: ok(client.post("/v1/metrics/query", json={**query, "max_points": min(1000, 100_000 // (runs * len(NAMES))), "group_by": ["task.train_size", "seed"]})),
-            "GET /v1/runs sort=-final_test_acc": lambda: ok(client.get("/v1/runs", params={"experiment_id": experiment_id, "sort": "-final_test_acc", "limit": 1000})),
+            "grouped query, seeds one by one": lambda: ok(
+                client.post(
+                    "/v1/metrics/query",
+                    json={
+                        **query,
+                        "max_points": min(1000, 100_000 // (runs * len(NAMES))),
+                        "group_by": ["task.train_size", "seed"],
+                    },
+                )
+            ),
+            "GET /v1/runs sort=-final_test_acc": lambda: ok(
+                client.get("/v1/runs", params={"experiment_id": experiment_id, "sort": "-final_test_acc", "limit": 1000})
+            ),
         }
         for name, call in requests.items():
             times[name] = timed(call, repeat)

@@ -47,10 +47,14 @@ def _wait(client: Client, experiment_id: int, expected: int, started: float, dea
 def _print_analysis(analysis: dict) -> None:
     print("mean final test accuracy by D and weight decay (role: phase-2 runs):")
     for curve in analysis["accuracy_vs_train_size"]:
-        print(f"  {curve['role']:>8} wd {curve['weight_decay']:<4} D {curve['train_size']:>5}: {curve['mean']:.3f} (n={curve['n']})")
+        print(
+            f"  {curve['role']:>8} wd {curve['weight_decay']:<4} D {curve['train_size']:>5}: {curve['mean']:.3f} (n={curve['n']})"
+        )
     for role, estimate in analysis["d_crit"].items():
         pooled = estimate["pooled"]
-        print(f"D_crit ({role}, pooled over weight decays): {pooled['d_crit']} interval {pooled['interval']} ({pooled['reason']})")
+        print(
+            f"D_crit ({role}, pooled over weight decays): {pooled['d_crit']} interval {pooled['interval']} ({pooled['reason']})"
+        )
 
 
 def main() -> None:
@@ -67,7 +71,10 @@ def main() -> None:
     expected = expected_runs(client, spec)
     started = time.monotonic()
     experiment = client.submit(spec)
-    print(f"submitted experiment {experiment.id}: {len(experiment.run_ids)} runs now, {expected} in all, seeds {spec['seeds']}", flush=True)
+    print(
+        f"submitted experiment {experiment.id}: {len(experiment.run_ids)} runs now, {expected} in all, seeds {spec['seeds']}",
+        flush=True,
+    )
     counts = _wait(client, experiment.id, expected, started, args.deadline)
     wall = time.monotonic() - started
     print(f"wall time from POST to the end: {wall:.1f} s; runs by status: {counts}")

@@ -43,9 +43,11 @@ STOP_WHEN = [{"metric": "test_acc", "at_least": 0.95, "for_steps": 250}]
 def stored_bytes(url: str, steps: list[int]) -> tuple[int, int]:
     """(rows, bytes) of metric_points after writing one run's SERIES series at `steps`."""
     with session_scope(url) as session:
-        run_id = run_store.create_experiment(
-            session, name="long", spec={}, runs=[run_store.NewRun(spec={}, total_steps=STEPS)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="long", spec={}, runs=[run_store.NewRun(spec={}, total_steps=STEPS)])
+            .runs[0]
+            .id
+        )
     names = [f"series_{i}" for i in range(SERIES)]
     for start in range(0, len(steps), 2_000):
         with session_scope(url) as session:
@@ -75,12 +77,18 @@ def storage() -> None:
         resolved = lambda steps: sum(s == i for i, s in enumerate(steps))  # noqa: E731
         log_rows, log_bytes = stored_bytes(url, log_steps)
         lin_rows, lin_bytes = stored_bytes(url, linear_steps)
-        print(f"  log, 1,000 points:           {len(log_steps):>10,} points/series {log_rows:>12,} rows {log_bytes / 2**20:>9.2f} MiB"
-              f"   first {resolved(log_steps)} steps all evaluated; first at or after 200: step {next(s for s in log_steps if s >= 200)}")
-        print(f"  linear, every 10,000:        {len(linear_steps):>10,} points/series {lin_rows:>12,} rows {lin_bytes / 2**20:>9.2f} MiB"
-              f"   first evaluation after step 0: step {linear_steps[1]:,}")
+        print(
+            f"  log, 1,000 points:           {len(log_steps):>10,} points/series {log_rows:>12,} rows {log_bytes / 2**20:>9.2f} MiB"
+            f"   first {resolved(log_steps)} steps all evaluated; first at or after 200: step {next(s for s in log_steps if s >= 200)}"
+        )
+        print(
+            f"  linear, every 10,000:        {len(linear_steps):>10,} points/series {lin_rows:>12,} rows {lin_bytes / 2**20:>9.2f} MiB"
+            f"   first evaluation after step 0: step {linear_steps[1]:,}"
+        )
         dense = STEPS + 1
-        print(f"  linear, every step:          {dense:>10,} points/series {dense * SERIES:>12,} rows {lin_bytes / lin_rows * dense * SERIES / 2**30:>9.2f} GiB (estimated)")
+        print(
+            f"  linear, every step:          {dense:>10,} points/series {dense * SERIES:>12,} rows {lin_bytes / lin_rows * dense * SERIES / 2**30:>9.2f} GiB (estimated)"
+        )
     finally:
         postgres.remove()
 
@@ -98,8 +106,10 @@ def early_stop() -> None:
         result = train_run(spec, MemorySink())
         stopped = result.stopped_early_at_step
         used += result.final_step
-        print(f"  weight decay {spec.optimizer.weight_decay}: stopped at step {stopped} of {spec.total_steps:,}"
-              f" ({time.perf_counter() - started:.0f} s)")
+        print(
+            f"  weight decay {spec.optimizer.weight_decay}: stopped at step {stopped} of {spec.total_steps:,}"
+            f" ({time.perf_counter() - started:.0f} s)"
+        )
     print(f"  run-steps used: {used:,} of {budget:,} = {used / budget:.1%} of the budget")
 
 

@@ -66,8 +66,7 @@ def staged_copy_upsert(session: Session, run_id: int, points: list[tuple[str, in
     connection = session.connection().connection.driver_connection
     with connection.cursor() as cursor:
         cursor.execute(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS metric_points_staging "
-            "(series_id integer, step bigint, value double precision)"
+            "CREATE TEMPORARY TABLE IF NOT EXISTS metric_points_staging (series_id integer, step bigint, value double precision)"
         )
         with cursor.copy("COPY metric_points_staging FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int4", "int8", "float8"])
@@ -107,9 +106,7 @@ def one_insert_per_point(url: str, run_id: int, count: int) -> float:
         for step in range(count):
             statement = postgresql.insert(MetricPoint).values(series_id=series_id, step=step, value=0.5)
             session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["series_id", "step"], set_={"value": statement.excluded.value}
-                )
+                statement.on_conflict_do_update(index_elements=["series_id", "step"], set_={"value": statement.excluded.value})
             )
     return count / (time.perf_counter() - started)
 
@@ -118,9 +115,7 @@ def executemany_upsert(url: str, run_id: int, count: int) -> float:
     with session_scope(url) as session:
         series_id = series_ids(session, run_id, ["many"])["many"]
     statement = postgresql.insert(MetricPoint)
-    statement = statement.on_conflict_do_update(
-        index_elements=["series_id", "step"], set_={"value": statement.excluded.value}
-    )
+    statement = statement.on_conflict_do_update(index_elements=["series_id", "step"], set_={"value": statement.excluded.value})
     started = time.perf_counter()
     for i in range(0, count, BATCH):
         with session_scope(url) as session:
@@ -141,9 +136,7 @@ def p50_ms(action: Callable[[], Any], repeats: int) -> float:
 
 def buckets_in_sql(url: str, series: list[SeriesRef], end_step: int, max_points: int, start_step: int = 0) -> int:
     with session_scope(url) as session:
-        return len(
-            downsample_buckets(session, series, start_step=start_step, end_step=end_step, max_points=max_points)
-        )
+        return len(downsample_buckets(session, series, start_step=start_step, end_step=end_step, max_points=max_points))
 
 
 def buckets_from_points(url: str, series: list[SeriesRef], end_step: int, max_points: int) -> int:
@@ -196,17 +189,25 @@ def bench_ingest_and_read(url: str, quick: bool) -> None:
     many = executemany_upsert(url, naive_run, ingest_points // 5)
     naive = one_insert_per_point(url, naive_run, naive_points)
     print(f"ingest: write_points (COPY into metric_points + rollups, batches of {BATCH}): {rate:,.0f} points/s")
-    print(f"        previous path (COPY to staging + upsert, no rollups), interleaved:  {staged:,.0f} points/s ({staged / rate:.2f}x write_points)")
+    print(
+        f"        previous path (COPY to staging + upsert, no rollups), interleaved:  {staged:,.0f} points/s ({staged / rate:.2f}x write_points)"
+    )
     print(f"        write_points re-writing existing steps (upsert + rollup recompute):  {rewrite:,.0f} points/s")
-    print(f"        executemany upsert, same batches:                                   {many:,.0f} points/s ({rate / many:.1f}x slower)")
-    print(f"        one INSERT per point (baseline):                                    {naive:,.0f} points/s ({rate / naive:.0f}x slower)")
+    print(
+        f"        executemany upsert, same batches:                                   {many:,.0f} points/s ({rate / many:.1f}x slower)"
+    )
+    print(
+        f"        one INSERT per point (baseline):                                    {naive:,.0f} points/s ({rate / naive:.0f}x slower)"
+    )
 
     per_series = 200_000 if quick else 2_000_000
     [read_run] = new_runs(url, 1)
     names = [f"r{k}" for k in range(5)]
     started = time.perf_counter()
     load = write_series(url, read_run, names, per_series, batch=50_000)
-    print(f"read:   loaded 5 x {per_series:,} points in {time.perf_counter() - started:.0f} s ({load:,.0f} points/s, batches of 50,000)")
+    print(
+        f"read:   loaded 5 x {per_series:,} points in {time.perf_counter() - started:.0f} s ({load:,.0f} points/s, batches of 50,000)"
+    )
     vacuum(url)
     with session_scope(url) as session:
         series = select_series(session, [read_run], names)
@@ -225,8 +226,12 @@ def bench_ingest_and_read(url: str, quick: bool) -> None:
     python = p50_ms(lambda: buckets_in_python(url, series, end, 1000), 1 if not quick else 3)
     print(f"read:   5 series x {per_series:,} points -> 1,000 buckets from rollups: p50 {sql:.0f} ms")
     print(f"        same from step 7 (every bucket edge splits a 16-step block):  p50 {unaligned:.0f} ms")
-    print(f"        previous path, GROUP BY over every point, interleaved:       p50 {points:.0f} ms ({points / sql:.0f}x slower)")
-    print(f"        fetch all points + downsample in Python (baseline):          p50 {python:.0f} ms ({python / sql:.0f}x slower)")
+    print(
+        f"        previous path, GROUP BY over every point, interleaved:       p50 {points:.0f} ms ({points / sql:.0f}x slower)"
+    )
+    print(
+        f"        fetch all points + downsample in Python (baseline):          p50 {python:.0f} ms ({python / sql:.0f}x slower)"
+    )
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -258,8 +263,12 @@ def bench_big_table(url: str, quick: bool) -> None:
         count = session.scalar(text("SELECT count(*) FROM metric_points"))
         points_size = session.scalar(text("SELECT pg_total_relation_size('metric_points')"))
         rollups_size = session.scalar(text("SELECT pg_total_relation_size('metric_rollups')"))
-    print(f"table:  {count:,} points ({runs} runs x {names} metrics x {steps} steps), loaded at {(count - names * steps) / load:,.0f} points/s")
-    print(f"        one run's 10 series -> 1,000 buckets: p50 {big:.1f} ms vs {small:.1f} ms on a 1-run table ({big / small:.2f}x)")
+    print(
+        f"table:  {count:,} points ({runs} runs x {names} metrics x {steps} steps), loaded at {(count - names * steps) / load:,.0f} points/s"
+    )
+    print(
+        f"        one run's 10 series -> 1,000 buckets: p50 {big:.1f} ms vs {small:.1f} ms on a 1-run table ({big / small:.2f}x)"
+    )
     print(
         f"        {(points_size + rollups_size) / count:.1f} bytes on disk per point: {points_size / count:.1f} points "
         f"(table + primary key) + {rollups_size / count:.1f} rollups (pg_total_relation_size / count)"

@@ -12,7 +12,6 @@ round), i.e. runs per seed.
 
 from __future__ import annotations
 
-import math
 import statistics
 
 from engine.d_crit_bracket import ProbeResult, narrow, next_round, probe_sizes, reached_tolerance

@@ -77,7 +77,9 @@ def sum_ncu_csv(path: Path, k: int) -> None:
         if row["Metric Name"] in ("dram__bytes_read.sum", "dram__bytes_write.sum"):
             kernels.add(row["ID"])
             total += float(row["Metric Value"].replace(",", ""))
-    print(f"{path.name}: {len(kernels)} kernels, {total / 1e9:.3f} GB of DRAM traffic a step, {total / k / 1e6:.1f} MB per member-step")
+    print(
+        f"{path.name}: {len(kernels)} kernels, {total / 1e9:.3f} GB of DRAM traffic a step, {total / k / 1e6:.1f} MB per member-step"
+    )
 
 
 def main() -> None:

@@ -95,9 +95,7 @@ def as_storage(checkpoint: CheckpointStorage | Path | None) -> CheckpointStorage
     return CheckpointFolder(checkpoint) if isinstance(checkpoint, Path) else checkpoint
 
 
-def start_from_parent(
-    parent: CheckpointStorage, child: CheckpointStorage, copy_series: Callable[[], None] | None = None
-) -> bool:
+def start_from_parent(parent: CheckpointStorage, child: CheckpointStorage, copy_series: Callable[[], None] | None = None) -> bool:
     """Start a forked run from its parent's final state, unless it has a checkpoint of its own
     (it is resuming): `copy_series` first, then the parent's checkpoint, so a start that fails
     half-way is simply done again (series writes are upserts; a checkpoint is saved atomically).

@@ -305,7 +305,9 @@ class EnsembleOptimizer:
                 rows, cols = as_matrix(self.names[i], self.params[i][:1]).shape[1:]
                 update = update if update.shape[1] == rows else update.mT
                 neg_lr = self.hyper[:, NEG_LR, None, None] * (0.2 * math.sqrt(max(rows, cols)))
-                step[:, start:end].view(members, *self.shapes[i]).copy_(from_matrix(self.names[i], update * neg_lr, self.shapes[i]))
+                step[:, start:end].view(members, *self.shapes[i]).copy_(
+                    from_matrix(self.names[i], update * neg_lr, self.shapes[i])
+                )
 
     def reset(self, member: int) -> None:
         """A fresh optimizer for one member (PhaseSpec.reset_optimizer)."""

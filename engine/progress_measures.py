@@ -227,9 +227,7 @@ def fourier_view(spec: RunSpec, weights: Mapping[str, Tensor]) -> dict[str, Any]
     """The Fourier view of one transformer's weights (a checkpoint): per frequency k = 1 .. P // 2,
     the power of W_E (without '=') and of the logits over all pairs, and the key frequencies."""
     if not spec.supports_progress_measures:
-        raise ValueError(
-            f"progress_measures: defined for {PROGRESS_MEASURES_DEFINED_FOR} only"
-        )
+        raise ValueError(f"progress_measures: defined for {PROGRESS_MEASURES_DEFINED_FOR} only")
     from engine.model import transformer_grid_logits
 
     basis = FourierBasis.of(spec.task)

@@ -75,12 +75,8 @@ class TaskSpec(StrictModel):
     """A binary-operation table; the training set is a random subset of its pairs."""
 
     op: TaskOp = "add"
-    p: Annotated[int, Field(ge=2, le=1000)] = Field(
-        113, description="Modulus for modular ops; ignored for 'permutation'."
-    )
-    n: Annotated[int, Field(ge=2, le=5)] = Field(
-        5, description="Permutation degree for op='permutation' (group S_n)."
-    )
+    p: Annotated[int, Field(ge=2, le=1000)] = Field(113, description="Modulus for modular ops; ignored for 'permutation'.")
+    n: Annotated[int, Field(ge=2, le=5)] = Field(5, description="Permutation degree for op='permutation' (group S_n).")
     train_size: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Absolute training-set size D; overrides train_fraction."
     )
@@ -88,9 +84,7 @@ class TaskSpec(StrictModel):
         0.3, description="Fraction of all pairs used for training when train_size is unset."
     )
     data_seed: Annotated[int, Field(ge=0)] = 0
-    random_labels: bool = Field(
-        False, description="Replace every training label with a random one (isolates memorisation)."
-    )
+    random_labels: bool = Field(False, description="Replace every training label with a random one (isolates memorisation).")
     label_noise: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.0, description="Fraction of training labels replaced with random ones."
     )
@@ -363,12 +357,10 @@ class RunSpec(StrictModel):
     )
     weight_norm: WeightNormSpec | None = Field(
         None,
-        description='Omnigrok\'s constraint: {"fixed": true} keeps each member\'s total weight norm at its '
+        description="Omnigrok's constraint: {\"fixed\": true} keeps each member's total weight norm at its "
         'initial value after every step, {"value": X} at X.',
     )
-    phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [
-        PhaseSpec(steps=10_000)
-    ]
+    phases: Annotated[list[PhaseSpec], Field(min_length=1, max_length=32)] = [PhaseSpec(steps=10_000)]
     seed: Annotated[int, Field(ge=0)] = Field(0, description="Model-initialisation seed.")
     eval_every: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Steps between evaluations; default logs ~500 points per run."
@@ -513,8 +505,7 @@ class RunSpec(StrictModel):
         if self.progress_measures and not self.supports_progress_measures:
             raise _field_error(
                 "progress_measures",
-                f"defined for {PROGRESS_MEASURES_DEFINED_FOR} only, "
-                f"not the {self.model.kind} on {self.task.op}",
+                f"defined for {PROGRESS_MEASURES_DEFINED_FOR} only, not the {self.model.kind} on {self.task.op}",
             )
         metrics = self.eval_metric_names()
         for i, condition in enumerate(self.stop_when):
@@ -531,9 +522,7 @@ class RunSpec(StrictModel):
                 )
         params = parameter_count(self)
         if params > MAX_PARAMETERS:
-            raise _field_error(
-                "model", f"{params:,} parameters is over the limit of {MAX_PARAMETERS:,}"
-            )
+            raise _field_error("model", f"{params:,} parameters is over the limit of {MAX_PARAMETERS:,}")
         if isinstance(self.grad_filter, MaGradFilter) and self.grad_filter.window * params > MAX_FILTER_VALUES:
             raise _field_error(
                 "grad_filter.window",

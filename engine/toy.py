@@ -67,9 +67,7 @@ class _Subweights:
         return self.mem1 * self.mem2
 
 
-def train_toy_run(
-    spec: RunSpec, sink: MetricSink, *, should_stop: Callable[[], bool] | None = None
-) -> RunResult:
+def train_toy_run(spec: RunSpec, sink: MetricSink, *, should_stop: Callable[[], bool] | None = None) -> RunResult:
     """Trains the toy model through every phase of `spec`, logging to `sink`."""
     toy = spec.model
     if not isinstance(toy, ToyCircuitsSpec):
@@ -116,9 +114,7 @@ def _check_supported(spec: RunSpec) -> None:
     if spec.loss != "cross_entropy":
         raise SpecError("loss", "the toy model is defined with cross-entropy only")
     if spec.task.random_labels or spec.task.label_noise > 0:
-        raise SpecError(
-            "task", "the toy model has no label noise: C_mem is right on every training input"
-        )
+        raise SpecError("task", "the toy model has no label noise: C_mem is right on every training input")
 
 
 def _norm_factors_per_phase(spec: RunSpec, toy: ToyCircuitsSpec) -> list[tuple[float, float]]:
@@ -179,9 +175,7 @@ def _softmax_correct(margin: float, num_classes: int) -> float:
     return 1.0 / (1.0 + (num_classes - 1) * math.exp(-margin)) if margin > -700 else 0.0
 
 
-def _metrics(
-    params: _Subweights, toy: ToyCircuitsSpec, norm_factors: tuple[float, float], phase_index: int
-) -> dict[str, float]:
+def _metrics(params: _Subweights, toy: ToyCircuitsSpec, norm_factors: tuple[float, float], phase_index: int) -> dict[str, float]:
     w_gen, w_mem = params.w_gen, params.w_mem
     others_train = toy.num_classes - 1  # classes at logit 0 for a training input
     others_test = toy.num_classes - 2  # ... and for a test input, where C_mem takes one wrong class

@@ -134,9 +134,7 @@ def train_run(
 
         return train_toy_run(spec, sink, should_stop=should_stop)
     stop = None if should_stop is None else lambda k: should_stop()
-    ensemble = Ensemble(
-        [spec], [sink], [as_storage(checkpoint)], resolve_device(device or spec.device), checkpoint_seconds
-    )
+    ensemble = Ensemble([spec], [sink], [as_storage(checkpoint)], resolve_device(device or spec.device), checkpoint_seconds)
     result = ensemble.train(stop, [0])[0]
     if ensemble.members_by_index[0].exception is not None:
         raise ensemble.members_by_index[0].exception
@@ -329,9 +327,7 @@ class _Member:
 
     def fail(self, exc: Exception) -> None:
         self.exception = exc
-        self.result = RunResult(
-            self.step, self.total, final_metrics=self.final_metrics, error=f"{type(exc).__name__}: {exc}"
-        )
+        self.result = RunResult(self.step, self.total, final_metrics=self.final_metrics, error=f"{type(exc).__name__}: {exc}")
 
 
 @dataclass

@@ -43,12 +43,8 @@ class Thresholds(BaseModel):
     )
     ungrokked_below: float = Field(0.5, gt=0, le=1, description="final test_acc of an ungrokked run")
     semi_min: float = Field(0.3, ge=0, le=1, description="lowest final test_acc of a semi-grokked run")
-    semi_rise: float = Field(
-        0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking"
-    )
-    loss_target: float = Field(
-        0.01, gt=0, description="train_loss at which a run's param_norm_at_loss_target is read"
-    )
+    semi_rise: float = Field(0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking")
+    loss_target: float = Field(0.01, gt=0, description="train_loss at which a run's param_norm_at_loss_target is read")
     efficiency_loss: float = Field(
         1e-4, gt=0, description="train_loss at which the efficiency analysis compares converged circuits' norms"
     )
@@ -178,9 +174,7 @@ def _drift(points: list[tuple[int, float]]) -> float | None:
     return abs(points[-1][1] - quarter) / points[-1][1]
 
 
-def label_run(
-    result: Mapping[str, Any], test_acc: list[tuple[int, float]], t: Thresholds, *, phase_two: bool = False
-) -> str:
+def label_run(result: Mapping[str, Any], test_acc: list[tuple[int, float]], t: Thresholds, *, phase_two: bool = False) -> str:
     """The first label whose rule holds, in this order:
 
     not_converged: train_acc never reached memorised_acc.
@@ -332,7 +326,7 @@ def norm_at_fixed_loss(points: Sequence[tuple[float, float]], loss: float) -> tu
     `loss` (one noisy run bends it less than joining neighbours would); None with a reason when
     fewer than two distinct losses or `loss` outside their range (no extrapolation).
     """
-    usable = [(math.log10(l), n) for l, n in points if l is not None and n is not None and l > 0]
+    usable = [(math.log10(value), n) for value, n in points if value is not None and n is not None and value > 0]
     if len({x for x, _ in usable}) < 2:
         return None, "needs two runs with different converged losses"
     xs, ys = np.array([x for x, _ in usable]), np.array([y for _, y in usable])
@@ -380,8 +374,8 @@ def efficiency(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) 
             moved = [x for x in drifts[group][d] if x is not None]
             curves[group].append({"train_size": d, "param_norm_at_loss": norm, "n": len(pairs), "reason": why,
                                   "max_param_norm_drift": max(moved) if moved else None,
-                                  "sweep": [{"train_loss": l, "param_norm": n, "param_norm_drift": x}
-                                            for (l, n), x in sorted(zip(pairs, drifts[group][d]), key=lambda p: p[0])]})  # fmt: skip
+                                  "sweep": [{"train_loss": loss, "param_norm": n, "param_norm_drift": x}
+                                            for (loss, n), x in sorted(zip(pairs, drifts[group][d]), key=lambda p: p[0])]})  # fmt: skip
     result: dict[str, Any] = {"loss": t.efficiency_loss, **curves, "excluded": excluded, "d_crit": None, "reason": None}
     mem = [(c["train_size"], c["param_norm_at_loss"]) for c in curves["memorise"] if c["param_norm_at_loss"] is not None]
     gen = [(c["train_size"], c["param_norm_at_loss"]) for c in curves["generalise"] if c["param_norm_at_loss"] is not None]
@@ -400,8 +394,14 @@ def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None 
     """Accuracy vs D, D_crit, weight-decay collapse and efficiency over the runs that succeeded."""
     table = accuracy_by_size(runs)
     curves = [
-        {"role": role, "weight_decay": wd, "train_size": d, "mean": float(np.mean(v)),
-         "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+        {
+            "role": role,
+            "weight_decay": wd,
+            "train_size": d,
+            "mean": float(np.mean(v)),
+            "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "n": len(v),
+        }
         for (role, wd), by_size in sorted(table.items())
         for d, v in sorted(by_size.items())
     ]
@@ -432,8 +432,6 @@ def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None 
         "seeds": _seeds_used(runs),
         "runs": [run_row(run) for run in runs],
     }
-
-
 
 
 def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: bool) -> dict[str, Any]:
@@ -498,11 +496,18 @@ RUN_ROW_FIELDS = (
 
 def run_row(run: RunRecord) -> dict[str, Any]:
     """One flat row per run; the analysis fields are null until the run succeeded."""
-    row: dict[str, Any] = {"id": run.id, "index": run.index, "status": run.status, "role": run.role,
-                           "search_round": run.search_round,
-                           "seed": run.spec.seed, "data_seed": run.spec.task.data_seed,
-                           "train_size": run.spec.final_train_size,
-                           "weight_decay": run_weight_decay(run.spec), "total_steps": run.spec.total_steps}
+    row: dict[str, Any] = {
+        "id": run.id,
+        "index": run.index,
+        "status": run.status,
+        "role": run.role,
+        "search_round": run.search_round,
+        "seed": run.spec.seed,
+        "data_seed": run.spec.task.data_seed,
+        "train_size": run.spec.final_train_size,
+        "weight_decay": run_weight_decay(run.spec),
+        "total_steps": run.spec.total_steps,
+    }
     for name in RUN_ROW_FIELDS:
         if name not in row:
             row[name] = run.analysis.get(name) if run.analysis else None

@@ -52,7 +52,7 @@ def decode(data: bytes) -> Checkpoint:
         step=int(metadata["step"]),
         phase=int(metadata["phase"]),
         train_idx=tensors["train_idx"],
-        model={name[len(MODEL_PREFIX):]: t for name, t in tensors.items() if name.startswith(MODEL_PREFIX)},
+        model={name[len(MODEL_PREFIX) :]: t for name, t in tensors.items() if name.startswith(MODEL_PREFIX)},
         optimizer=_unflatten(json.loads(metadata["optimizer"]), tensors),
         batch_rng=tensors["batch_rng"],
         data_key=metadata["data_key"],
@@ -65,7 +65,7 @@ def model_weights(data: bytes) -> bytes:
     from safetensors.numpy import load, save
 
     metadata = read_metadata(data)
-    weights = {name[len(MODEL_PREFIX):]: a for name, a in load(data).items() if name.startswith(MODEL_PREFIX)}
+    weights = {name[len(MODEL_PREFIX) :]: a for name, a in load(data).items() if name.startswith(MODEL_PREFIX)}
     # One metadata entry: safetensors writes its metadata map in no fixed order, and a download
     # must be the same bytes each time (its ETag is the stored checkpoint's SHA-256).
     return save(weights, {"step": metadata["step"]})

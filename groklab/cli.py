@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="migrate, then run the api and worker processes until Ctrl-C")
     up.add_argument("--host", default=settings.host, help="bind address (GROKLAB_HOST)")
     up.add_argument("--port", type=int, default=settings.port, help="api port (GROKLAB_PORT)")
+    up.add_argument("--data-dir", type=Path, default=settings.data_dir, help="SQLite, broker, checkpoints (GROKLAB_DATA_DIR)")
     up.add_argument(
-        "--data-dir", type=Path, default=settings.data_dir, help="SQLite, broker, checkpoints (GROKLAB_DATA_DIR)"
-    )
-    up.add_argument(
-        "--workers", type=int, default=settings.workers, help="worker processes (GROKLAB_WORKERS; default one per GPU, or on a host without one, one per two cores)"
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="worker processes (GROKLAB_WORKERS; default one per GPU, or on a host without one, one per two cores)",
     )
     up.add_argument(
         "--gpus",
@@ -116,13 +117,10 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with session_scope(settings.resolved_database_url) as session:
             if args.keys_command == "create":
-                key, secret = key_store.create_key(
-                    session, owner=args.owner, scopes=args.scopes, name=args.name
-                )
+                key, secret = key_store.create_key(session, owner=args.owner, scopes=args.scopes, name=args.name)
                 print(secret)
                 print(
-                    f"key {key.id} for owner {key.owner!r} with scopes {key.scopes}; store it now, "
-                    "it cannot be shown again",
+                    f"key {key.id} for owner {key.owner!r} with scopes {key.scopes}; store it now, it cannot be shown again",
                     file=sys.stderr,
                 )
             elif args.keys_command == "list":
@@ -203,9 +201,7 @@ def _supervisor(
     celery = make_celery(settings)
 
     def hand_back(worker: str, code: int) -> None:
-        run_ids = hand_back_worker_runs(
-            settings, celery, worker, reason=f"worker {worker} died (exit {code}); re-queued"
-        )
+        run_ids = hand_back_worker_runs(settings, celery, worker, reason=f"worker {worker} died (exit {code}); re-queued")
         if run_ids:
             print(f"groklab: handed back runs {run_ids} of worker {worker}", file=sys.stderr, flush=True)
 
@@ -230,8 +226,7 @@ def _print_up(
     )
     if auth_required:
         print(
-            "auth: required; send `Authorization: Bearer <key>` (create one with "
-            "`groklab keys create --owner NAME`).",
+            "auth: required; send `Authorization: Bearer <key>` (create one with `groklab keys create --owner NAME`).",
             flush=True,
         )
     else:

@@ -29,9 +29,8 @@ from groklab.store import database, leases
 from groklab.store import runs as run_store
 from worker.celery_config import TRAIN_RUNS_TASK, priority_queue, training_queues
 
-def dispatch_runs(
-    session: Session, app: Celery, run_ids: Sequence[int], *, ensemble_size: int, first: bool = False
-) -> list[int]:
+
+def dispatch_runs(session: Session, app: Celery, run_ids: Sequence[int], *, ensemble_size: int, first: bool = False) -> list[int]:
     """Pack the queued runs, mark them enqueued, commit, then send one message per pack.
 
     A pack of short runs goes to the priority queue, others to the normal one; `first` sends them

@@ -90,9 +90,7 @@ def median_is_censored(censored_seeds: int, seeds: int) -> bool:
     return seeds > 0 and censored_seeds > (seeds - 1) // 2
 
 
-def configurations(
-    records: Sequence[RunRecord], untuned: tuple[float, float]
-) -> list[Configuration]:
+def configurations(records: Sequence[RunRecord], untuned: tuple[float, float]) -> list[Configuration]:
     """Every (side, learning rate, weight decay) the runs were planned at, in planning order."""
     groups: dict[tuple[str, float, float], list[RunRecord]] = defaultdict(list)
     for run in sorted(records, key=lambda r: r.index):
@@ -163,9 +161,7 @@ def bootstrap_speed_up(
     return [float(low), float(high)]
 
 
-def speed_up(
-    baseline: Configuration | None, method: Configuration | None, interval: list[float] | None
-) -> SpeedUp:
+def speed_up(baseline: Configuration | None, method: Configuration | None, interval: list[float] | None) -> SpeedUp:
     if baseline is None or method is None or baseline.median_steps is None or method.median_steps is None:
         return SpeedUp(baseline=baseline, method=method, speed_up=None, interval=None, bound=None,
                        reason="needs a succeeded run on each side")  # fmt: skip

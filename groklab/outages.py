@@ -27,7 +27,7 @@ SUMMARY_SECONDS = 60.0
 
 
 def outage_of(exc: BaseException) -> str | None:
-    """"database" or "broker" when `exc` says that dependency cannot be reached; None otherwise
+    """ "database" or "broker" when `exc` says that dependency cannot be reached; None otherwise
     (a bug, or bad input, is not an outage)."""
     if isinstance(exc, (OperationalError, InterfaceError)):
         return DATABASE

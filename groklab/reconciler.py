@@ -44,18 +44,12 @@ def reconcile_once(settings: Settings, celery: Celery) -> ReconcileReport:
     with session_scope(url) as session:
         expired = leases.expire_leases(session)
     with session_scope(url) as session:
-        candidates = leases.runs_to_send(
-            session, older_than=utcnow() - timedelta(seconds=settings.requeue_grace_seconds)
-        )
+        candidates = leases.runs_to_send(session, older_than=utcnow() - timedelta(seconds=settings.requeue_grace_seconds))
     resent: list[int] = []
     if candidates:
         # An expired run's old message is held by its dead worker: always send a new one.
         in_broker = pending_run_ids(celery, settings.queue_name)
-        resent = [
-            run_id
-            for run_id in candidates
-            if run_id in expired or (in_broker is not None and run_id not in in_broker)
-        ]
+        resent = [run_id for run_id in candidates if run_id in expired or (in_broker is not None and run_id not in in_broker)]
     if resent:
         with session_scope(url) as session:
             unsent = dispatch_runs(session, celery, resent, ensemble_size=settings.ensemble_size)

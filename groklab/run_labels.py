@@ -26,9 +26,7 @@ _CODE = answer_cache.code_digest(analysis, engine_spec, metric_reads, sys.module
 
 
 def analyse_stored_run(session: Session, run: Run, thresholds: analysis.Thresholds) -> dict[str, Any]:
-    series = metric_reads.read_series(
-        session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None
-    )
+    series = metric_reads.read_series(session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None)
     return analysis.analyse_run(series, run_spec(run), thresholds)
 
 

@@ -78,8 +78,7 @@ def list_runs(
     )  # fmt: skip
     if len(runs) > max_listed_runs:
         raise InvalidInput(
-            f"filtering or sorting reads at most {max_listed_runs} runs; narrow the listing with "
-            "experiment_id, status or tag",
+            f"filtering or sorting reads at most {max_listed_runs} runs; narrow the listing with experiment_id, status or tag",
             field="experiment_id",
         )
     if where:
@@ -137,8 +136,7 @@ def sort_key(sort: str | None) -> tuple[Callable[[Run], Any] | None, bool]:
             return (lambda run: spec_value(run.spec, name.removeprefix("spec."))), descending
         raise InvalidInput(f"sort {name}: {problem}", field="sort")
     raise InvalidInput(
-        f"cannot sort by {name!r}: one of {', '.join(SORT_COLUMNS)}, label, final_<series> or spec.<path>, "
-        "with - for descending",
+        f"cannot sort by {name!r}: one of {', '.join(SORT_COLUMNS)}, label, final_<series> or spec.<path>, with - for descending",
         field="sort",
     )
 
@@ -191,5 +189,3 @@ def _id_cursor(cursor: str | None) -> int | None:
     if not cursor.isdigit() or int(cursor) > run_store.MAX_ID:
         raise InvalidInput("not a next_cursor of this listing (sorted by id)", field="cursor")
     return int(cursor)
-
-

@@ -89,9 +89,7 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
         log.info("d_crit_search %s ended (%s) with bracket %s", experiment_id, plan.ended, plan.bracket)
         return []
     search_round = max((r.search_round or 1 for r in probes), default=0) + 1
-    planned = plan_search_probes(
-        request, plan.sizes, search_round, [run_spec(r) for r in phase1]
-    )
+    planned = plan_search_probes(request, plan.sizes, search_round, [run_spec(r) for r in phase1])
     if phase1:
         # Probes go size by size, seed by seed within a size, like phase 1's runs.
         planned = [run.model_copy(update={"parent_run_id": phase1[i % len(phase1)].id}) for i, run in enumerate(planned)]

@@ -28,13 +28,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-
 def comma_list(text: str | None) -> list[str] | None:
     """'a, b,,c' -> ['a', 'b', 'c']; None when nothing was given. How groklab reads a list from an
     environment variable, a query parameter or a CLI flag."""
     if not text:
         return None
     return [item.strip() for item in text.split(",") if item.strip()]
+
 
 GPU_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z-]+)$")
 """What CUDA_VISIBLE_DEVICES takes: an index as nvidia-smi numbers the GPUs, or a GPU or MIG UUID."""
@@ -47,12 +47,8 @@ class Settings(BaseSettings):
         Path("groklab-data"),
         description="Embedded mode's home: SQLite file, filesystem broker, checkpoints.",
     )
-    database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is a SQLite file in data_dir."
-    )
-    broker_url: str | None = Field(
-        None, description="Celery broker URL; default is kombu's filesystem broker in data_dir."
-    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default is a SQLite file in data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker URL; default is kombu's filesystem broker in data_dir.")
     queue_name: str = Field("groklab", description="Celery queue that carries training tasks.")
     checkpoint_url: str | None = Field(
         None,
@@ -65,9 +61,7 @@ class Settings(BaseSettings):
         description="A training run also checkpoints after this many minutes without one, whatever "
         "its step cadence, so a lost worker costs at most that long; none turns it off.",
     )
-    s3_endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint (MinIO, SeaweedFS); none is AWS."
-    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS); none is AWS.")
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str | None = None
@@ -94,9 +88,7 @@ class Settings(BaseSettings):
         description="Workers let CUDA float32 matmuls and convolutions use TF32 (10-bit mantissa "
         "inputs, several times faster on Ampere and later); set once at worker start. No effect on CPUs.",
     )
-    torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op threads per worker; default splits the cores."
-    )
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per worker; default splits the cores.")
     worker_nice: int = Field(
         10,
         ge=0,
@@ -107,9 +99,7 @@ class Settings(BaseSettings):
     )
     max_runs_per_experiment: int = Field(DEFAULT_MAX_RUNS, ge=1)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    metric_flush_seconds: float = Field(
-        1.0, gt=0, description="A worker writes buffered metric points at least this often."
-    )
+    metric_flush_seconds: float = Field(1.0, gt=0, description="A worker writes buffered metric points at least this often.")
     metric_flush_points: int = Field(5000, ge=1)
     cancel_poll_seconds: float = Field(1.0, gt=0)
     lease_seconds: float = Field(
@@ -150,8 +140,7 @@ class Settings(BaseSettings):
     max_points_per_run: int = Field(
         100_000,
         ge=1,
-        description="Evaluations plus train_loss points one run may log (a log-spaced eval_schedule "
-        "draws any run within it).",
+        description="Evaluations plus train_loss points one run may log (a log-spaced eval_schedule draws any run within it).",
     )
     max_kept_checkpoints_per_run: int = Field(
         1_000, ge=0, description="Checkpoints one run may keep for download (checkpoint_keep_every)."
@@ -172,9 +161,7 @@ class Settings(BaseSettings):
     orphan_sweep_seconds: float = Field(
         900.0, gt=0, description="How often the reconciler looks for such blobs (it lists the whole store)."
     )
-    submissions_per_minute: int = Field(
-        60, ge=1, description="Experiments one owner may submit in any 60 seconds."
-    )
+    submissions_per_minute: int = Field(60, ge=1, description="Experiments one owner may submit in any 60 seconds.")
     idempotency_key_hours: float = Field(
         24.0, gt=0, description="How long an Idempotency-Key replays its experiment; after that it may be reused."
     )

@@ -66,9 +66,7 @@ def submit_experiment(
         owner=owner,
     )
     if idempotency_key is not None and request_hash is not None:
-        idempotency.remember(
-            session, owner=owner, key=idempotency_key, request_hash=request_hash, experiment_id=experiment.id
-        )
+        idempotency.remember(session, owner=owner, key=idempotency_key, request_hash=request_hash, experiment_id=experiment.id)
     ready = [run.id for run, plan in zip(experiment.runs, planned, strict=True) if plan.parent_index is None]
     dispatch_runs(session, celery, ready, ensemble_size=settings.ensemble_size)
     return Submission(experiment, replayed=False)
@@ -88,9 +86,7 @@ def plan_submission(session: Session, settings: Settings, request: BaseModel, *,
     return Plan(planned, sum(run.spec.total_steps for run in planned))
 
 
-def check_limits(
-    session: Session, settings: Settings, owner: str, planned: list[PlannedRun], *, under: str = ""
-) -> None:
+def check_limits(session: Session, settings: Settings, owner: str, planned: list[PlannedRun], *, under: str = "") -> None:
     """The per-run storage bounds, the owner's submission rate, queued-work and storage bounds,
     as a submission of `planned` meets them. `under` prefixes the spec fields named (a kind's
     "base.")."""
@@ -126,9 +122,7 @@ def _spec_prefix(request: BaseModel) -> str:
 
 
 def _planned_runs(session: Session, settings: Settings, request: BaseModel, owner: str) -> list[PlannedRun]:
-    return plan_experiment(
-        request, settings.max_runs_per_experiment, phase1_spec=_phase1_spec(session, request, owner)
-    )
+    return plan_experiment(request, settings.max_runs_per_experiment, phase1_spec=_phase1_spec(session, request, owner))
 
 
 def _phase1_spec(session: Session, request: BaseModel, owner: str) -> RunSpec | None:
@@ -140,7 +134,5 @@ def _phase1_spec(session: Session, request: BaseModel, owner: str) -> RunSpec | 
     except NotFound as exc:
         raise NotFound(f"run {request.phase1_run_id} does not exist", field="phase1_run_id") from exc
     if run.status != run_store.SUCCEEDED:
-        raise Conflict(
-            f"run {run.id} is {run.status}; ungrokking continues a succeeded run", field="phase1_run_id"
-        )
+        raise Conflict(f"run {run.id} is {run.status}; ungrokking continues a succeeded run", field="phase1_run_id")
     return run_spec(run)

@@ -55,9 +55,7 @@ class Supervisor:
     ) -> None:
         self.api_command = api_command
         worker_envs = worker_envs or {}
-        self.workers = [
-            _Worker(name, command, dict(worker_envs.get(name, {}))) for name, command in worker_commands.items()
-        ]
+        self.workers = [_Worker(name, command, dict(worker_envs.get(name, {}))) for name, command in worker_commands.items()]
         self.env = dict(env)
         self.on_worker_death = on_worker_death
         self.backoff_seconds = backoff_seconds
@@ -120,8 +118,7 @@ class Supervisor:
         delay = self.backoff_seconds * 2 ** (worker.early_deaths - 1)
         worker.restart_at = now + delay
         print(
-            f"groklab: worker {worker.name} exited with {_describe(code)} after {lived:.0f} s; "
-            f"restarting it in {delay:g} s",
+            f"groklab: worker {worker.name} exited with {_describe(code)} after {lived:.0f} s; restarting it in {delay:g} s",
             file=sys.stderr,
             flush=True,
         )

@@ -113,9 +113,7 @@ class Stack:
 
     def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{log_name}.log").open("ab")
-        process = subprocess.Popen(
-            args, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(args, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
 
@@ -139,9 +137,21 @@ class Stack:
         env = self.worker_envs.setdefault(name, env or {})
         process = self._spawn(
             [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool", "solo", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-gossip",
-                "--without-mingle", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
             ],
             f"worker-{name}",
             env,
@@ -228,7 +238,11 @@ def create_key(database_url: str, owner: str, scopes: str = "read,write") -> str
     env["GROKLAB_DATABASE_URL"] = database_url
     result = subprocess.run(
         [sys.executable, "-m", "groklab.cli", "keys", "create", "--owner", owner, "--scopes", scopes],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout.strip()
 

@@ -53,7 +53,9 @@ def test_every_path_that_sends_keeps_its_runs_queued_while_the_broker_is_down(tm
 
     def submit(spec: dict) -> list[Run]:
         with session_scope(url) as session:
-            experiment = submit_experiment(session, down, settings, REQUEST.validate_python(spec), owner="local", idempotency_key=None).experiment
+            experiment = submit_experiment(
+                session, down, settings, REQUEST.validate_python(spec), owner="local", idempotency_key=None
+            ).experiment
             runs = list(experiment.runs)
             session.expunge_all()
         return runs

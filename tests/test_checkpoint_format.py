@@ -38,7 +38,9 @@ def test_resumed_under_a_new_lease_the_series_equal_an_uninterrupted_run(empty_d
     store = CheckpointStore.from_settings(Settings(database_url=empty_database_url))
     first_lease = _claim(empty_database_url, run_id, "a@host")
     first = MemorySink()
-    result = train_run(SPEC, first, checkpoint=RunCheckpoints(store, run_id, first_lease), should_stop=lambda: first.last_step >= 23)
+    result = train_run(
+        SPEC, first, checkpoint=RunCheckpoints(store, run_id, first_lease), should_stop=lambda: first.last_step >= 23
+    )
     assert result.stopped
     with session_scope(empty_database_url) as session:
         assert leases.release_to_queue(session, first_lease, reason="test: moved to another worker")

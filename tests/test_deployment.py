@@ -82,7 +82,7 @@ def test_the_worker_for_another_gpu_is_the_worker_pinned_to_that_gpu() -> None:
     lines = text.splitlines()
     start = lines.index("  # worker-gpu1:")
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("  #")), len(lines))
-    uncommented = ["  " + line[len("  # "):] for line in lines[start:end]]
+    uncommented = ["  " + line[len("  # ") :] for line in lines[start:end]]
     services = yaml.safe_load("\n".join(lines[:start] + uncommented + lines[end:]))["services"]
     worker, example = services["worker"], services["worker-gpu1"]
     assert {k: v for k, v in example.items() if k != "deploy"} == {k: v for k, v in worker.items() if k != "deploy"}

@@ -10,7 +10,6 @@ from engine.spec import RunSpec
 from groklab.analysis import Thresholds
 
 
-
 def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_reported() -> None:
     """Adding a kind is one module: a request model and a plan, registered by name; planning, the
     request union and the server's analysis hooks pick it up without naming it anywhere else."""
@@ -33,7 +32,9 @@ def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_report
                 for size in request.sizes]  # fmt: skip
 
     kinds.register(ExperimentKind("doubling", Doubling, plan))
-    server_kinds.register_hooks("doubling", server_kinds.ServerHooks(analysis=lambda experiment, records, thresholds: {"doubled": len(records)}))
+    server_kinds.register_hooks(
+        "doubling", server_kinds.ServerHooks(analysis=lambda experiment, records, thresholds: {"doubled": len(records)})
+    )
     try:
         request = TypeAdapter(kinds.request_type()).validate_python({"kind": "doubling", "sizes": [10, 20]})
         planned = plan_experiment(request, 10)
@@ -49,7 +50,9 @@ def test_a_kind_registered_from_outside_is_planned_validated_analysed_and_report
         # ...and reported: a report section of its own, with a claim and a figure.
         def claims(data: dict) -> list[report.Claim]:
             n = len(report.rows(data["doubling"]))
-            return [report.Claim("doubling", "every size doubled", "-", f"{n} runs", "2 runs", report.PASS if n == 2 else report.FAIL)]
+            return [
+                report.Claim("doubling", "every size doubled", "-", f"{n} runs", "2 runs", report.PASS if n == 2 else report.FAIL)
+            ]
 
         report.register(report.Section("doubling", "Doubled sizes", claims, lambda axes, data: axes.plot([1, 2], [2, 4])))
         data = {"doubling": report.ExperimentData("doubling", 1, {}, [{"id": 1, "status": "succeeded"}] * 2, {}, {}, None)}

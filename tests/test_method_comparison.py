@@ -159,7 +159,9 @@ def test_a_censored_best_makes_the_speed_up_a_bound():
     result = compare(records(rises), (0.003, 1.0), 0.95)
     assert result.untuned.bound == "lower" and result.untuned.speed_up == pytest.approx(BUDGET / first_at_level(400))
     # Every baseline median censored: the best is the one whose seeds did best (fewest mean steps).
-    one_seed = compare(records(grid_rises({(0.001, 1.0): [None, 300, None]}, {(0.003, 1.0): [300, 400, 500]})), (0.003, 1.0), 0.95)
+    one_seed = compare(
+        records(grid_rises({(0.001, 1.0): [None, 300, None]}, {(0.003, 1.0): [300, 400, 500]})), (0.003, 1.0), 0.95
+    )
     best = one_seed.best["baseline"]
     assert (best.learning_rate, best.weight_decay, best.median_steps, best.censored) == (0.001, 1.0, BUDGET, True)
     assert one_seed.tuned.bound == "lower" and one_seed.tuned.baseline == best

@@ -24,7 +24,9 @@ def test_an_outage_is_one_warning_a_summary_a_minute_and_one_line_at_its_end(cap
         outage.reachable()  # nothing to end twice
     above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
     assert [r.levelname for r in above_debug] == ["WARNING"] * 5 + ["INFO"]
-    assert above_debug[0].getMessage() == "database unreachable while reconciling runs: ConnectionRefusedError: connection refused"
+    assert (
+        above_debug[0].getMessage() == "database unreachable while reconciling runs: ConnectionRefusedError: connection refused"
+    )
     assert "still unreachable after 60 s (61 failed attempts" in above_debug[1].getMessage()
     assert above_debug[-1].getMessage() == "database reachable again after 300 s (300 failed attempts)"
     assert all(r.exc_info is None for r in above_debug)  # tracebacks at DEBUG only

@@ -61,4 +61,3 @@ def test_private_servers_are_stopped_and_removed_when_the_run_ends(ending: str, 
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(used["redis"], socket_connect_timeout=2).ping()
     assert not Path(used["data"]).exists()
-

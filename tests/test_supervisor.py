@@ -23,9 +23,7 @@ CRASHER = [sys.executable, "-c", "import sys; sys.exit(3)"]
 
 
 def _supervisor(worker: list[str], deaths: list[tuple[str, int]], **options: float) -> Supervisor:
-    return Supervisor(
-        SLEEPER, {"w0@test": worker}, os.environ, lambda name, code: deaths.append((name, code)), **options
-    )
+    return Supervisor(SLEEPER, {"w0@test": worker}, os.environ, lambda name, code: deaths.append((name, code)), **options)
 
 
 def test_a_killed_worker_is_handed_back_and_restarted_while_the_api_keeps_running() -> None:

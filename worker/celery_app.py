@@ -16,7 +16,9 @@ app = make_celery(get_settings())
 # Celery warns at every broker loss that worker_cancel_long_running_tasks_on_connection_loss turns
 # True in Celery 6, even when a project sets it: groklab sets it False on purpose (make_celery
 # says why), so the warning is noise in the log of every outage.
-warnings.filterwarnings("ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss", category=CPendingDeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss", category=CPendingDeprecationWarning
+)
 app.conf.include = ["worker.tasks"]
 
 

@@ -92,9 +92,7 @@ def _claim(
     members: list[ClaimedRun] = []
     for run_id in run_ids:
         with session_scope(settings.resolved_database_url) as session:
-            lease = leases.claim_run(
-                session, run_id, worker=worker_name, lease_seconds=settings.lease_seconds, message=message
-            )
+            lease = leases.claim_run(session, run_id, worker=worker_name, lease_seconds=settings.lease_seconds, message=message)
             if lease is None:
                 log.info("run %s is not claimable (taken, cancelled or finished); skipping", run_id)
                 continue
@@ -230,7 +228,9 @@ def _record_results(
                 )
                 if _release(settings, member, reason):
                     yielded.append(member.run_id)
-                log.info("run %s checkpointed at step %s and yielded to short run(s) %s", member.run_id, result.final_step, shorts)
+                log.info(
+                    "run %s checkpointed at step %s and yielded to short run(s) %s", member.run_id, result.final_step, shorts
+                )
                 outcomes[member.run_id] = run_store.QUEUED
             else:
                 status = run_store.CANCELLED if result.stopped else run_store.SUCCEEDED
@@ -264,8 +264,5 @@ def _finish(settings: Settings, endings: list[Ending]) -> dict[int, str]:
     return finish_runs(
         settings,
         app,
-        [
-            RunEnding(e.member.lease, e.member.experiment_id, e.status, e.error, e.stopped_early_at_step)
-            for e in endings
-        ],
+        [RunEnding(e.member.lease, e.member.experiment_id, e.status, e.error, e.stopped_early_at_step) for e in endings],
     )

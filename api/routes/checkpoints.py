@@ -38,9 +38,7 @@ class CheckpointList(BaseModel):
 
 
 def _out(info: CheckpointInfo) -> CheckpointOut:
-    return CheckpointOut(
-        step=info.step, bytes=info.size_bytes, sha256=info.sha256, kept=info.kept, created_at=info.created_at
-    )
+    return CheckpointOut(step=info.step, bytes=info.size_bytes, sha256=info.sha256, kept=info.kept, created_at=info.created_at)
 
 
 @router.get("/{run_id}/checkpoints", response_model=CheckpointList)

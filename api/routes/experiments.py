@@ -69,9 +69,7 @@ def submit_experiment(
     ),
 ) -> ExperimentOut:
     """Plan the experiment's runs (a sweep, or one of the paper's kinds), store and queue them."""
-    submission = submit(
-        session, celery, settings, request, owner=principal.owner, idempotency_key=idempotency_key
-    )
+    submission = submit(session, celery, settings, request, owner=principal.owner, idempotency_key=idempotency_key)
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return experiment_out(submission.experiment)

@@ -24,4 +24,3 @@ def readyz(settings: SettingsDep, celery: CeleryDep) -> JSONResponse:
     ready = all(checks.values())
     body = HealthOut(status="ok" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
-

@@ -52,16 +52,12 @@ def query_metrics(
     response_model=None,
     openapi_extra={"parameters": metric_query_parameters()},
 )
-def query_metrics_get(
-    request: Request, principal: ReaderDep, session: SessionDep, settings: SettingsDep
-) -> Response:
+def query_metrics_get(request: Request, principal: ReaderDep, session: SessionDep, settings: SettingsDep) -> Response:
     """The same query as query parameters: lists comma-separated, `where` as a JSON object."""
     return _answer(metric_query_from_params(request), request, session, settings, principal.owner)
 
 
-def _answer(
-    query: MetricQuery, request: Request, session: SessionDep, settings: Settings, owner: str
-) -> Response:
+def _answer(query: MetricQuery, request: Request, session: SessionDep, settings: Settings, owner: str) -> Response:
     fmt = query.format or format_from_accept(request.headers.get("accept", ""))
     runs = metric_reads.select_runs(
         session,

@@ -33,16 +33,16 @@ def list_runs(
     session: SessionDep,
     settings: SettingsDep,
     experiment_id: int | None = Query(None, ge=1, le=run_store.MAX_ID),
-    status: str | None = Query(
-        None, max_length=200, description=f"Comma-separated; each one of {', '.join(RUN_STATUSES)}."
-    ),
+    status: str | None = Query(None, max_length=200, description=f"Comma-separated; each one of {', '.join(RUN_STATUSES)}."),
     where: str | None = Query(
         None,
         max_length=4000,
         description='A JSON object of dotted spec paths and the values runs must have, e.g. {"task.train_size": 1000}.',
     ),
     label: str | None = Query(
-        None, max_length=400, description="Comma-separated analysis labels (grokked, memorised, ...); only succeeded runs have one."
+        None,
+        max_length=400,
+        description="Comma-separated analysis labels (grokked, memorised, ...); only succeeded runs have one.",
     ),
     tag: str | None = Query(
         None, max_length=2000, description="Comma-separated `key=value` (that value) or `key` (any value); all must hold."
@@ -102,9 +102,7 @@ def get_metrics(
     run_id: int,
     principal: ReaderDep,
     session: SessionDep,
-    names: str | None = Query(
-        None, description="Comma-separated series names; all series when omitted.", max_length=4000
-    ),
+    names: str | None = Query(None, description="Comma-separated series names; all series when omitted.", max_length=4000),
     start_step: int | None = Query(None, ge=0),
     end_step: int | None = Query(None, ge=0),
 ) -> MetricsOut:
@@ -112,9 +110,7 @@ def get_metrics(
     if start_step is not None and end_step is not None and end_step < start_step:
         raise InvalidInput("end_step is before start_step", field="end_step")
     run_store.get_run(session, run_id, owner=principal.owner)
-    series = metric_reads.read_series(
-        session, run_id, names=comma_list(names), start_step=start_step, end_step=end_step
-    )
+    series = metric_reads.read_series(session, run_id, names=comma_list(names), start_step=start_step, end_step=end_step)
     return MetricsOut(run_id=run_id, series=series)  # type: ignore[arg-type]
 
 

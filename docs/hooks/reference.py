@@ -89,15 +89,20 @@ def model_table(model: type[BaseModel], models: list[type[BaseModel]]) -> str:
             inherited = parent.model_fields
             doc += f" Every field of [{parent.__name__}](#{_anchor(parent)}), and:"
             break
-    lines = [f"### {model.__name__} {{#{_anchor(model)}}}", "", doc, "", "| field | type | default | description |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"### {model.__name__} {{#{_anchor(model)}}}",
+        "",
+        doc,
+        "",
+        "| field | type | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, field in model.model_fields.items():
         if name in inherited:
             continue
         alias = field.alias or name
         lines.append(
-            f"| `{alias}` | {_type_text(field.annotation, models)} | {_default_text(field)} "
-            f"| {_cell(field.description or '')} |"
+            f"| `{alias}` | {_type_text(field.annotation, models)} | {_default_text(field)} | {_cell(field.description or '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -120,8 +125,7 @@ def run_spec_page() -> str:
 
     models: list[type[BaseModel]] = []
     requests = [kind.request for kind in kinds().values() if kind.request is not ExperimentSpec]
-    kind_lines = "\n".join(f"- `{name}`: [{kind.request.__name__}](#{_anchor(kind.request)})"
-                           for name, kind in kinds().items())
+    kind_lines = "\n".join(f"- `{name}`: [{kind.request.__name__}](#{_anchor(kind.request)})" for name, kind in kinds().items())
     return f"""# Run spec reference
 
 *Generated at build time from the pydantic models in `engine/spec.py` and `engine/kinds/` by
@@ -163,13 +167,15 @@ def http_api_page() -> str:
     from api.main import create_app
 
     spec = create_app().openapi()
-    parts = [f"""# HTTP API reference
+    parts = [
+        """# HTTP API reference
 
 *Generated at build time from the app's OpenAPI schema (`api.main.create_app().openapi()`) by
 `docs/hooks/reference.py`: edit the routes, not this page.* A running server serves the same schema
 at `/openapi.json` and an interactive view at `/docs`. The conventions every route shares
 (keys, errors, pagination, limits) are in [the API guide](../api.md).
-"""]
+"""
+    ]
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             # FastAPI's summary is the function name in words; the docstring, where there is one, says more.
@@ -177,20 +183,25 @@ at `/openapi.json` and an interactive view at `/docs`. The conventions every rou
             parts.append(f"## `{method.upper()} {path}`\n\n{description}\n")
             parameters = operation.get("parameters", [])
             if parameters:
-                parts.append("| parameter | in | type | required | default | description |\n| --- | --- | --- | --- | --- | --- |")
+                parts.append(
+                    "| parameter | in | type | required | default | description |\n| --- | --- | --- | --- | --- | --- |"
+                )
                 for parameter in parameters:
                     schema = parameter.get("schema", {})
                     default = f"`{json.dumps(schema['default'])}`" if "default" in schema else ""
                     description = parameter.get("description") or schema.get("description") or ""
-                    parts.append(f"| `{parameter['name']}` | {parameter['in']} | {_schema_type(schema)} | "
-                                 f"{'yes' if parameter.get('required') else 'no'} | {default} | {_cell(description)} |")
+                    parts.append(
+                        f"| `{parameter['name']}` | {parameter['in']} | {_schema_type(schema)} | "
+                        f"{'yes' if parameter.get('required') else 'no'} | {default} | {_cell(description)} |"
+                    )
                 parts.append("")
             body = operation.get("requestBody", {}).get("content", {})
             for media, content in body.items():
                 parts.append(f"Body (`{media}`): {_schema_type(content.get('schema', {}))}\n")
             parts.append("| status | meaning |\n| --- | --- |")
-            parts.extend(f"| `{code}` | {_cell(response.get('description', ''))} |"
-                         for code, response in operation["responses"].items())
+            parts.extend(
+                f"| `{code}` | {_cell(response.get('description', ''))} |" for code, response in operation["responses"].items()
+            )
             parts.append("")
     parts.append("## Schemas\n")
     for name, schema in spec["components"]["schemas"].items():
@@ -200,8 +211,10 @@ at `/openapi.json` and an interactive view at `/docs`. The conventions every rou
             required = set(schema.get("required", []))
             parts.append("| field | type | required | description |\n| --- | --- | --- | --- |")
             for prop, prop_schema in properties.items():
-                parts.append(f"| `{prop}` | {_schema_type(prop_schema)} | {'yes' if prop in required else 'no'} "
-                             f"| {_cell(prop_schema.get('description', ''))} |")
+                parts.append(
+                    f"| `{prop}` | {_schema_type(prop_schema)} | {'yes' if prop in required else 'no'} "
+                    f"| {_cell(prop_schema.get('description', ''))} |"
+                )
             parts.append("")
         elif "oneOf" in schema or "anyOf" in schema:
             parts.append(f"One of: {_schema_type(schema)}\n")

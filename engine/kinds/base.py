@@ -34,18 +34,14 @@ class PlannedRun(BaseModel):
     parent_index: int | None = Field(
         None, description="Index, in the planned list, of the run whose final state this one continues."
     )
-    parent_run_id: int | None = Field(
-        None, description="An existing run of this server whose final state this one continues."
-    )
+    parent_run_id: int | None = Field(None, description="An existing run of this server whose final state this one continues.")
 
 
 class KindRequest(StrictModel):
     """The fields every kind but the generic sweep has."""
 
     name: Name = None
-    base: dict[str, Any] = Field(
-        {}, description="RunSpec fields deep-merged over this kind's defaults (e.g. task.p, phases)."
-    )
+    base: dict[str, Any] = Field({}, description="RunSpec fields deep-merged over this kind's defaults (e.g. task.p, phases).")
     data_seeds: Seeds | None = Field(
         None,
         description="The data seed (training split, subsets, label noise) of each of `seeds`, in "

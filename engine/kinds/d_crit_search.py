@@ -84,8 +84,10 @@ def plan(request: DCritSearchExperiment, max_runs: int, phase1_spec: RunSpec | N
     first_round = len(phase1) + len(sizes) * len(request.seeds)
     if first_round > request.max_runs:
         raise SpecError(
-            "max_runs", f"one round needs {first_round} runs ({len(sizes)} sizes x {len(request.seeds)} seeds"
-            + (f" + {len(phase1)} phase-1 runs" if phase1 else "") + f"), more than max_runs {request.max_runs}"
+            "max_runs",
+            f"one round needs {first_round} runs ({len(sizes)} sizes x {len(request.seeds)} seeds"
+            + (f" + {len(phase1)} phase-1 runs" if phase1 else "")
+            + f"), more than max_runs {request.max_runs}",
         )
     runs = [PlannedRun(spec=spec, role="phase1") for spec in phase1]
     probes = plan_search_probes(request, sizes, 1, phase1)

@@ -23,9 +23,7 @@ class EfficiencyExperiment(KindRequest):
     kind: Literal["efficiency"]
     seeds: Seeds = [0]
     memorise_sizes: Sizes = Field([250, 500, 1000, 2000], description="D for the random-label (memorisation-only) runs.")
-    generalise_sizes: Sizes = Field(
-        [3830, 5000, 6384], description="D for the generalising runs (large enough to generalise)."
-    )
+    generalise_sizes: Sizes = Field([3830, 5000, 6384], description="D for the generalising runs (large enough to generalise).")
     weight_decays: WeightDecays = [0.3, 1.0, 3.0]
 
 

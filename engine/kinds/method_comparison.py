@@ -51,7 +51,7 @@ class MethodComparisonExperiment(KindRequest):
 
     kind: Literal["method_comparison"]
     method: dict[str, Any] = Field(
-        description='RunSpec fields deep-merged over the base spec for the method\'s runs, e.g. '
+        description="RunSpec fields deep-merged over the base spec for the method's runs, e.g. "
         '{"optimizer": {"betas": [0.9, 0.99]}}. It may not set task, phases, seed, the evaluation '
         "cadence or stop_when (the sides share them), nor optimizer.lr or optimizer.weight_decay (the grid sets them)."
     )

@@ -28,9 +28,7 @@ class UngrokkingExperiment(KindRequest):
     """Grok on a large D once per seed (phase 1), then continue on each smaller D' (phase 2)."""
 
     kind: Literal["ungrokking"]
-    seeds: Seeds | None = Field(
-        None, description="Default 0..9; with phase1_run_id at most one (that run's own seed is kept)."
-    )
+    seeds: Seeds | None = Field(None, description="Default 0..9; with phase1_run_id at most one (that run's own seed is kept).")
     subset_sizes: Sizes = Field(SUBSET_SIZES, description="D' values; each must not exceed phase 1's D.")
     weight_decays: WeightDecays = Field([1.0], description="Phase-2 weight decays.")
     phase2_steps: Annotated[int, Field(ge=1, le=100_000_000)] = 10_000
@@ -59,18 +57,14 @@ def plan(request: UngrokkingExperiment, max_runs: int, phase1_spec: RunSpec | No
         parent_spec = phase1_spec if external and phase1_spec is not None else own_phase1
         too_big = [d for d in request.subset_sizes if d > parent_spec.final_train_size]
         if too_big:
-            raise SpecError(
-                "subset_sizes", f"D' {too_big} larger than phase 1's training set of {parent_spec.final_train_size}"
-            )
+            raise SpecError("subset_sizes", f"D' {too_big} larger than phase 1's training set of {parent_spec.final_train_size}")
         parent_index = None
         if not external:
             parent_index = len(runs)
             runs.append(PlannedRun(spec=parent_spec, role="phase1"))
         for size in request.subset_sizes:
             for decay in request.weight_decays:
-                phase2 = phase_two(
-                    parent_spec, request.phase2_steps, size, decay, reset_optimizer=request.phase2_reset_optimizer
-                )
+                phase2 = phase_two(parent_spec, request.phase2_steps, size, decay, reset_optimizer=request.phase2_reset_optimizer)
                 runs.append(
                     PlannedRun(spec=phase2, role="phase2", parent_index=parent_index, parent_run_id=request.phase1_run_id)
                 )

@@ -165,7 +165,9 @@ def _status(client: Client, args: argparse.Namespace, console: Console) -> int:
         return 0
     experiment = client.experiment(args.experiment)
     labels = {row["id"]: row.get("label") for row in client.analysis(experiment)["runs"]}
-    table = Table("run", "status", "step", "train_acc", "test_acc", "label", title=f"experiment {experiment.id}: {_counts(experiment)}")
+    table = Table(
+        "run", "status", "step", "train_acc", "test_acc", "label", title=f"experiment {experiment.id}: {_counts(experiment)}"
+    )
     for run in client.runs(experiment):
         table.add_row(
             str(run.id), run.status, f"{run.step}/{run.total_steps}", _fmt(run.latest_metrics.get("train_acc")),
@@ -258,7 +260,11 @@ def _tag(client: Client, args: argparse.Namespace, console: Console) -> int:
         tags[key] = value or None
     body = client.tag(int(number), tags or None, note=args.note, experiment=experiment)
     shown = " ".join(f"{k}={v}" for k, v in sorted(body["tags"].items())) or "no tags"
-    console.print(f"{'experiment' if experiment else 'run'} {body['id']}: {shown}" + (f"; note: {body['note']}" if body.get("note") else ""), markup=False)
+    console.print(
+        f"{'experiment' if experiment else 'run'} {body['id']}: {shown}"
+        + (f"; note: {body['note']}" if body.get("note") else ""),
+        markup=False,
+    )
     return 0
 
 
@@ -291,7 +297,9 @@ def _retry(client: Client, args: argparse.Namespace, console: Console) -> int:
     before = {run.id: run.status for run in client.runs(args.experiment)}
     experiment = client.retry(args.experiment)
     retried = [run_id for run_id, status in before.items() if status in (FAILED, CANCELLED)]
-    console.print(f"experiment {experiment.id}: re-queued run(s) {', '.join(map(str, retried))}; now {_counts(experiment)}", markup=False)
+    console.print(
+        f"experiment {experiment.id}: re-queued run(s) {', '.join(map(str, retried))}; now {_counts(experiment)}", markup=False
+    )
     return 0
 
 
@@ -309,7 +317,12 @@ def _usage(client: Client, args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(usage))
         return 0
-    table = Table("", "stored", "planned", title=f"owner {usage['owner']}: {usage['runs']:,} run(s), {usage['unfinished_runs']:,} queued or running")
+    table = Table(
+        "",
+        "stored",
+        "planned",
+        title=f"owner {usage['owner']}: {usage['runs']:,} run(s), {usage['unfinished_runs']:,} queued or running",
+    )
     table.add_row("metric points", f"{usage['stored_points']:,}", f"{usage['planned_points']:,}")
     table.add_row("checkpoints", human_bytes(usage["stored_checkpoint_bytes"]), human_bytes(usage["planned_checkpoint_bytes"]))
     table.add_row("bytes in all", human_bytes(usage["stored_bytes"]), human_bytes(usage["planned_bytes"]))

@@ -356,9 +356,7 @@ class Client:
         """Re-queue the experiment's failed and cancelled runs, each from its latest checkpoint."""
         return Experiment.from_json(self._request("POST", f"/v1/experiments/{_id(experiment)}/retry").json())
 
-    def delete_experiment(
-        self, experiment: ExperimentRef, *, timeout: float = 120.0, poll_seconds: float = 1.0
-    ) -> None:
+    def delete_experiment(self, experiment: ExperimentRef, *, timeout: float = 120.0, poll_seconds: float = 1.0) -> None:
         """Delete the experiment with its runs, metrics and checkpoints, cancelling its runs.
 
         The api refuses (409) while runs are still running, having asked them to stop; this
@@ -416,9 +414,7 @@ class Client:
             raise ValueError(f"format: {format!r} is not one of {', '.join(map(repr, formats))}")
         spec = RunSpec.model_validate((run if isinstance(run, Run) else self.run(run)).spec)
         if format != "engine" and spec.model.kind != "transformer":
-            raise ValueError(
-                f"format: only transformer runs have the {format!r} view; this run's model is {spec.model.kind!r}"
-            )
+            raise ValueError(f"format: only transformer runs have the {format!r} view; this run's model is {spec.model.kind!r}")
         model = build_model(spec)
         model.load_state_dict(load(self.download_checkpoint(run, step)))
         if format == "engine":

@@ -79,9 +79,7 @@ def _engine_params(model_or_params: nn.Module | Mapping[str, Tensor]) -> dict[st
         params = dict(model_or_params)
     missing = set(HOOKED_TRANSFORMER_NAMES) - set(params)
     if missing:
-        raise ValueError(
-            f"model: only transformer runs have a TransformerLens view; these weights lack {sorted(missing)}"
-        )
+        raise ValueError(f"model: only transformer runs have a TransformerLens view; these weights lack {sorted(missing)}")
     if params["W_E"].dim() != 2:
         raise ValueError(f"model: one transformer's weights, not an ensemble (W_E is {tuple(params['W_E'].shape)})")
     return {name: params[name].detach() for name in HOOKED_TRANSFORMER_NAMES}
@@ -142,9 +140,7 @@ def hooked_transformer_state_dict(model_or_params: nn.Module | Mapping[str, Tens
 
 
 def hooked_transformer_weights(model_or_params: nn.Module | Mapping[str, Tensor]) -> HookedTransformerWeights:
-    return HookedTransformerWeights(
-        hooked_transformer_state_dict(model_or_params), hooked_transformer_config(model_or_params)
-    )
+    return HookedTransformerWeights(hooked_transformer_state_dict(model_or_params), hooked_transformer_config(model_or_params))
 
 
 def transformer_lens_view(model_or_params: nn.Module | Mapping[str, Tensor]) -> HookedRootModule:
@@ -264,9 +260,7 @@ def _define_view_class() -> type:
     try:
         from transformer_lens import ActivationCache
     except ImportError as error:
-        raise ImportError(
-            "the TransformerLens view needs transformer-lens: pip install 'groklab[transformer-lens]'"
-        ) from error
+        raise ImportError("the TransformerLens view needs transformer-lens: pip install 'groklab[transformer-lens]'") from error
     try:
         from transformer_lens import HookedRootModule  # 3.x and 4.x
     except ImportError:

@@ -169,7 +169,9 @@ def collect(client: Client, manifest: Manifest) -> dict[str, ExperimentData]:
         for row in client.metrics([r.id for r in runs], sections[name].series, max_points=400) if runs else []:
             value = row.get("mean", row.get("value"))
             if value is not None:
-                series.setdefault(row["run_id"], {}).setdefault(row["name"], []).append((row.get("step_end", row.get("step")), value))
+                series.setdefault(row["run_id"], {}).setdefault(row["name"], []).append(
+                    (row.get("step_end", row.get("step")), value)
+                )
         data[name] = ExperimentData(name, experiment.id, experiment.spec, analysis["runs"], analysis, series, _wall_seconds(runs))
     return data
 

@@ -58,9 +58,7 @@ def finish_runs(settings: Settings, celery: Celery, endings: Sequence[RunEnding]
                 stopped_early_at_step=ending.stopped_early_at_step,
             )
             outcomes[ending.lease.run_id] = ending.status if finished else LEASE_LOST
-        forks.hand_off(
-            session, celery, settings, {run_id: status for run_id, status in outcomes.items() if status != LEASE_LOST}
-        )
+        forks.hand_off(session, celery, settings, {run_id: status for run_id, status in outcomes.items() if status != LEASE_LOST})
     keep_analyses(settings, [run_id for run_id, status in outcomes.items() if status == run_store.SUCCEEDED])
     finished_experiments = {e.experiment_id for e in endings if outcomes[e.lease.run_id] != LEASE_LOST}
     for experiment_id in sorted(finished_experiments):

@@ -424,9 +424,7 @@ class CheckpointStore:
             self._forget(key)
         return orphans
 
-    def _index(
-        self, lease: Lease, step: int, key: str, sha256: str, size: int, keep: bool
-    ) -> tuple[CheckpointInfo, str | None]:
+    def _index(self, lease: Lease, step: int, key: str, sha256: str, size: int, keep: bool) -> tuple[CheckpointInfo, str | None]:
         """Point (run, step) at `key` if `lease` still holds the run; the key it pointed at before."""
         with session_scope(self.database_url) as session:
             row = session.get(CheckpointRecord, (lease.run_id, step))

@@ -95,9 +95,7 @@ def downsample_buckets(
     return buckets
 
 
-def fold_points(
-    session: Session, ids: list[int], start_step: int, end_step: int, width: int
-) -> Sequence[Any]:
+def fold_points(session: Session, ids: list[int], start_step: int, end_step: int, width: int) -> Sequence[Any]:
     """(series_id, bucket, count, min, max, mean, last) of each non-empty bucket, from every point."""
     # Integer division on both databases: steps are >= start_step, so it is a floor.
     bucket = ((MetricPoint.step - start_step) // width).label("bucket")
@@ -286,9 +284,7 @@ def _fold_rollups(
     params = {name: array_literal(values) for name, values in columns.items()} | {"series": array_literal(ids)}
     # unnest() and the lateral filters make PostgreSQL expect millions of rows where there are
     # ~10 per bucket, and plan for that: JIT compilation (~200 ms) and a sort instead of hashing.
-    saved = session.execute(
-        text("SELECT current_setting('jit') AS jit, current_setting('enable_sort') AS sort")
-    ).one()
+    saved = session.execute(text("SELECT current_setting('jit') AS jit, current_setting('enable_sort') AS sort")).one()
     session.execute(_SET_PLAN_SETTINGS, {"jit": "off", "sort": "off"})
     statement = _FOLD_ROLLUPS if wrap is None else text(wrap(_FOLD_ROLLUPS.text))
     rows = session.execute(statement, params | (extra or {})).all()

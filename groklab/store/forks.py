@@ -42,9 +42,7 @@ def waiting_children(session: Session, parent_run_ids: Collection[int]) -> list[
     if not parent_run_ids:
         return []
     return list(
-        session.scalars(
-            select(Run.id).where(Run.parent_run_id.in_(list(parent_run_ids)), Run.status == QUEUED).order_by(Run.id)
-        )
+        session.scalars(select(Run.id).where(Run.parent_run_id.in_(list(parent_run_ids)), Run.status == QUEUED).order_by(Run.id))
     )
 
 
@@ -69,15 +67,11 @@ def copy_parent_points(session: Session, parent_run_id: int, child_run_id: int) 
     Idempotent: a child that already has a series (a retried start) keeps its points.
     """
     existing = set(session.scalars(select(MetricSeries.name).where(MetricSeries.run_id == child_run_id)))
-    parent_series = session.execute(
-        select(MetricSeries.id, MetricSeries.name).where(MetricSeries.run_id == parent_run_id)
-    ).all()
+    parent_series = session.execute(select(MetricSeries.id, MetricSeries.name).where(MetricSeries.run_id == parent_run_id)).all()
     for parent_series_id, name in parent_series:
         if name in existing:
             continue
-        child_series_id = session.scalar(
-            insert(MetricSeries).values(run_id=child_run_id, name=name).returning(MetricSeries.id)
-        )
+        child_series_id = session.scalar(insert(MetricSeries).values(run_id=child_run_id, name=name).returning(MetricSeries.id))
         copied = copy_series_points(session, parent_series_id, child_series_id)
         session.execute(
             update(Run)
@@ -92,9 +86,7 @@ def copy_series_points(session: Session, from_series_id: int, to_series_id: int)
     copied = session.execute(
         insert(MetricPoint).from_select(
             ["series_id", "step", "value"],
-            select(literal(to_series_id), MetricPoint.step, MetricPoint.value).where(
-                MetricPoint.series_id == from_series_id
-            ),
+            select(literal(to_series_id), MetricPoint.step, MetricPoint.value).where(MetricPoint.series_id == from_series_id),
         )
     )
     if session.get_bind().dialect.name == "postgresql":

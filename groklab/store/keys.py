@@ -70,9 +70,7 @@ def revoke_key(session: Session, key_id: int) -> ApiKey:
 
 
 def find_active_key(session: Session, secret: str) -> ApiKey | None:
-    return session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
-    )
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)))
 
 
 def key_scopes(key: ApiKey) -> frozenset[str]:

@@ -30,9 +30,7 @@ class Lease:
     worker: str
 
 
-def claim_run(
-    session: Session, run_id: int, *, worker: str, lease_seconds: float, message: str | None = None
-) -> Lease | None:
+def claim_run(session: Session, run_id: int, *, worker: str, lease_seconds: float, message: str | None = None) -> Lease | None:
     """queued -> running under a fresh lease; None if the run is not claimable (taken, cancelled).
 
     `message` names the broker message that carried the run (its pack), so the run's events tell
@@ -86,7 +84,9 @@ def finish(
         lease.run_id,
         from_statuses=[RUNNING],
         to_status=status,
-        message=error if stopped_early_at_step is None else f"a stop_when condition held: stopped at step {stopped_early_at_step}",
+        message=error
+        if stopped_early_at_step is None
+        else f"a stop_when condition held: stopped at step {stopped_early_at_step}",
         extra_where=[Run.lease_token == lease.token],
         error=error,
         finished_at=utcnow(),
@@ -112,9 +112,7 @@ def release_to_queue(session: Session, lease: Lease, *, reason: str) -> bool:
 def expire_leases(session: Session, *, now: datetime | None = None) -> list[int]:
     """Re-queue running runs whose lease ran out; bumping the token fences their old worker."""
     now = now or utcnow()
-    expired = list(
-        session.scalars(select(Run.id).where(Run.status == RUNNING, Run.lease_expires_at < now))
-    )
+    expired = list(session.scalars(select(Run.id).where(Run.status == RUNNING, Run.lease_expires_at < now)))
     requeued = []
     for run_id in expired:
         if move(
@@ -139,11 +137,7 @@ def release_worker_runs(session: Session, worker: str, *, reason: str) -> list[i
     fences the worker, so even a worker wrongly taken for dead could write nothing more. A run
     whose cancel was requested is cancelled instead, since nobody is left to stop it.
     """
-    held = list(
-        session.scalars(
-            select(Run.id).where(Run.status == RUNNING, Run.worker == worker).order_by(Run.id)
-        )
-    )
+    held = list(session.scalars(select(Run.id).where(Run.status == RUNNING, Run.worker == worker).order_by(Run.id)))
     requeued = []
     for run_id in held:
         fence = {"lease_token": Run.lease_token + 1, "lease_expires_at": None}
@@ -222,8 +216,5 @@ def take_turn(session: Session, run_ids: list[int], *, older_than: datetime) -> 
 def mark_enqueued(session: Session, run_ids: list[int]) -> None:
     if run_ids:
         session.execute(
-            update(Run)
-            .where(Run.id.in_(run_ids))
-            .values(enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
+            update(Run).where(Run.id.in_(run_ids)).values(enqueued_at=utcnow()).execution_options(synchronize_session=False)
         )

@@ -85,9 +85,7 @@ def bounded(session: Session) -> Iterator[None]:
         yield
     except OperationalError as exc:
         if isinstance(exc.orig, QueryCanceled):
-            raise QueryTimeout(
-                f"the query ran past {STATEMENT_TIMEOUT_MS // 1000} s; ask for fewer runs or steps"
-            ) from exc
+            raise QueryTimeout(f"the query ran past {STATEMENT_TIMEOUT_MS // 1000} s; ask for fewer runs or steps") from exc
         raise
 
 
@@ -188,9 +186,7 @@ def all_finished(runs: Sequence[Run]) -> bool:
     return all(run.status in FINISHED_STATUSES for run in runs)
 
 
-def select_series(
-    session: Session, run_ids: Sequence[int], names: Sequence[str] | None
-) -> list[SeriesRef]:
+def select_series(session: Session, run_ids: Sequence[int], names: Sequence[str] | None) -> list[SeriesRef]:
     """The runs' series with these names (all when None), by run and name; unknown names are absent."""
     if not run_ids:
         return []
@@ -327,9 +323,7 @@ def read_metrics(
             end_step = last_step(session, series)
             if end_step is None or end_step < start_step:
                 return MetricRows(start_step, None, None, buckets=[])
-        buckets = downsample_buckets(
-            session, series, start_step=start_step, end_step=end_step, max_points=max_points
-        )
+        buckets = downsample_buckets(session, series, start_step=start_step, end_step=end_step, max_points=max_points)
         width = bucket_width(start_step, end_step, max_points)
         return MetricRows(start_step, end_step, width, buckets=buckets)
 
@@ -376,9 +370,7 @@ def group_runs(
     those values; more than `max_groups` groups is an error rather than an unbounded answer."""
     members: dict[str, RunGroup] = {}
     for run in runs:
-        values = {
-            path: labels.get(run.id) if path == LABEL else spec_value(run.spec, path) for path in group_by
-        }
+        values = {path: labels.get(run.id) if path == LABEL else spec_value(run.spec, path) for path in group_by}
         key = json.dumps(list(values.values()), sort_keys=True)
         members.setdefault(key, RunGroup(values, [])).run_ids.append(run.id)
         if len(members) > max_groups:
@@ -433,9 +425,7 @@ def read_group_metrics(
                 end_step = last_step(session, series)
         if end_step is None or end_step < start_step:
             return MetricRows(start_step, None, None, group_by=list(group_by), groups=list(groups), group_rows=[])
-        rows = downsample.fold_group_means(
-            session, by_series, start_step=start_step, end_step=end_step, max_points=max_points
-        )
+        rows = downsample.fold_group_means(session, by_series, start_step=start_step, end_step=end_step, max_points=max_points)
     width = bucket_width(start_step, end_step, max_points)
     combo_keys = list(combos)
     ordered = []
@@ -446,6 +436,4 @@ def read_group_metrics(
         ordered.append(((group_index, name, step_start), row))
     # Groups in their order (by value), then series by name and buckets by step.
     group_rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
-    return MetricRows(
-        start_step, end_step, width, group_by=list(group_by), groups=list(groups), group_rows=group_rows
-    )
+    return MetricRows(start_step, end_step, width, group_by=list(group_by), groups=list(groups), group_rows=group_rows)

@@ -44,9 +44,7 @@ def series_ids(session: Session, run_id: int, names: Iterable[str]) -> dict[str,
         .on_conflict_do_nothing(index_elements=["run_id", "name"])
     )
     rows = session.execute(
-        select(MetricSeries.name, MetricSeries.id).where(
-            MetricSeries.run_id == run_id, MetricSeries.name.in_(wanted)
-        )
+        select(MetricSeries.name, MetricSeries.id).where(MetricSeries.run_id == run_id, MetricSeries.name.in_(wanted))
     )
     return {name: series_id for name, series_id in rows}
 
@@ -93,9 +91,7 @@ def write_points(
     values: dict[str, Any] = {"latest_metrics": merged, "stored_points": Run.stored_points + added}
     if step is not None:
         values["step"] = step
-    session.execute(
-        update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False)
-    )
+    session.execute(update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False))
 
 
 def delete_series(session: Session, run_ids: Select[tuple[int]]) -> None:

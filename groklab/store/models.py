@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from sqlalchemy import (
@@ -31,7 +31,7 @@ LOCAL_OWNER = "local"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -43,11 +43,11 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -77,8 +77,10 @@ class Experiment(Base):
         Index("ix_experiments_owner_id", "owner", "id"),
         # The reconciler's pass looks for searches between rounds: these few, not every experiment.
         Index(
-            "ix_experiments_open_searches", "id",
-            postgresql_where=text(OPEN_SEARCHES), sqlite_where=text(OPEN_SEARCHES),
+            "ix_experiments_open_searches",
+            "id",
+            postgresql_where=text(OPEN_SEARCHES),
+            sqlite_where=text(OPEN_SEARCHES),
         ),  # fmt: skip
     )
 
@@ -105,9 +107,7 @@ class Run(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE")
-    )
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer, comment="Position within its experiment's sweep.")
     role: Mapped[str | None] = mapped_column(String(32), comment="e.g. phase1 / phase2 / memorise.")
     parent_run_id: Mapped[int | None] = mapped_column(
@@ -195,7 +195,9 @@ class MetricRollup(Base):
     __tablename__ = "metric_rollups"
     __table_args__ = (
         PrimaryKeyConstraint(
-            "series_id", "width", "block",
+            "series_id",
+            "width",
+            "block",
             name="pk_metric_rollups",
             postgresql_include=["count", "value_count", "min", "max", "sum", "last_step", "last_value"],
         ),  # fmt: skip
@@ -288,7 +290,9 @@ class CheckpointChunk(Base):
     created_at: Mapped[datetime] = mapped_column(
         # The database's clock, as S3's LastModified is the store's: the age of a blob that a
         # writer on another host left unindexed does not depend on that host's clock.
-        UtcDateTime, server_default=func.now(), comment="An unindexed blob's age (orphans)."
+        UtcDateTime,
+        server_default=func.now(),
+        comment="An unindexed blob's age (orphans).",
     )
 
 

@@ -312,6 +312,4 @@ def delete_experiment(session: Session, experiment_id: int) -> None:
     idempotency keys cascade; metric points cannot (delete_series), nor checkpoint blobs, which
     the checkpoint store deletes first."""
     delete_series(session, select(Run.id).where(Run.experiment_id == experiment_id))
-    session.execute(
-        delete(Experiment).where(Experiment.id == experiment_id).execution_options(synchronize_session=False)
-    )
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id).execution_options(synchronize_session=False))

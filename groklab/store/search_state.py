@@ -29,9 +29,7 @@ def searches_between_rounds(session: Session) -> list[int]:
     """Searches that have not ended and have no run left to finish: each may need its next round
     (a worker that died between finishing a round and planning the next left it so)."""
     unfinished = exists().where(Run.experiment_id == Experiment.id, Run.status.not_in(FINISHED_STATUSES))
-    query = select(Experiment.id).where(
-        Experiment.kind == SEARCH_KIND, Experiment.search_ended_at.is_(None), ~unfinished
-    )
+    query = select(Experiment.id).where(Experiment.kind == SEARCH_KIND, Experiment.search_ended_at.is_(None), ~unfinished)
     return list(session.scalars(query.order_by(Experiment.id)))
 
 

@@ -182,7 +182,7 @@ def efficiency_run(i, size, loss, norm, random_labels, test_acc=1.0, spike=False
 def sweep(first_id, size, norm_at_1e4, random_labels, **kw):
     """A weight-decay sweep at one D: losses 1e-6, 1e-4, 1e-2 with norm falling 5 per decade."""
     return [
-        efficiency_run(first_id + k, size, 10.0 ** e, norm_at_1e4 - 5 * (e + 4), random_labels, **kw)
+        efficiency_run(first_id + k, size, 10.0**e, norm_at_1e4 - 5 * (e + 4), random_labels, **kw)
         for k, e in enumerate((-6, -4, -2))
     ]
 
@@ -267,4 +267,3 @@ def test_experiment_analysis_groups_phase2_accuracy_by_subset_size_and_weight_de
     csv_text = rows_csv(result["runs"])
     assert csv_text.splitlines()[0].startswith("id,index,status,role")
     assert len(csv_text.splitlines()) == 1 + len(runs)
-

@@ -30,12 +30,7 @@ def _operations(base_url: str) -> list[tuple[str, str]]:
 
 def _secured(base_url: str) -> list[tuple[str, str]]:
     schema = httpx.get(f"{base_url}/openapi.json").json()
-    return [
-        (method.upper(), path)
-        for path, ops in schema["paths"].items()
-        for method, op in ops.items()
-        if op.get("security")
-    ]
+    return [(method.upper(), path) for path, ops in schema["paths"].items() for method, op in ops.items() if op.get("security")]
 
 
 def _call(http: httpx.Client, method: str, path: str, key: str | None, **ids: int) -> httpx.Response:
@@ -120,9 +115,7 @@ def test_every_secured_operation_is_401_without_a_valid_key(auth_stack: Stack, h
     operations = _secured(auth_stack.base_url)
     # Every route but the health probes and the docs is secured, including routes added later.
     assert {path for _, path in operations} >= {"/v1/experiments", "/v1/runs", "/v1/runs/{run_id}"}
-    assert len(operations) == len(
-        [op for op in _operations(auth_stack.base_url) if op[1] not in ("/healthz", "/readyz")]
-    )
+    assert len(operations) == len([op for op in _operations(auth_stack.base_url) if op[1] not in ("/healthz", "/readyz")])
     for method, path in operations:
         for key in (None, "gl_not-a-real-key"):
             response = _call(http, method, path, key, run_id=1, experiment_id=1)
@@ -153,9 +146,7 @@ def test_another_owners_objects_answer_404_exactly_like_missing_ones_on_every_id
     alice = owners["experiments"]["alice"]
     ids = {"run_id": alice["run_ids"][0], "experiment_id": alice["id"]}
     missing = {"run_id": 10**9, "experiment_id": 10**9}
-    operations = [
-        (m, p) for m, p in _operations(auth_stack.base_url) if any(f"{{{a}}}" in p for a in ANCHOR_PARAMS)
-    ]
+    operations = [(m, p) for m, p in _operations(auth_stack.base_url) if any(f"{{{a}}}" in p for a in ANCHOR_PARAMS)]
     assert len(operations) >= 6, operations  # runs, metrics, cancel, analyses, stream, experiment
     for method, path in operations:
         theirs = _call(http, method, path, owners["keys"]["bob"], **ids)
@@ -177,9 +168,7 @@ def test_another_owners_objects_answer_404_exactly_like_missing_ones_on_every_id
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
 
 
-def test_lists_and_metric_queries_show_only_the_owners_objects(
-    http: httpx.Client, owners: dict[str, Any]
-) -> None:
+def test_lists_and_metric_queries_show_only_the_owners_objects(http: httpx.Client, owners: dict[str, Any]) -> None:
     alice, bob = owners["experiments"]["alice"], owners["experiments"]["bob"]
     key = owners["keys"]["alice"]
     experiments = http.get("/v1/experiments", headers=bearer(key)).json()["items"]
@@ -228,9 +217,7 @@ def _stack(tmp_path: Path, database_url: str, **env: str) -> Stack:
 def test_auto_on_loopback_lets_anonymous_requests_in_as_local_with_no_cors(
     tmp_path: Path, auth_stack: Stack, owners: dict[str, Any]
 ) -> None:
-    stack = _stack(
-        tmp_path, auth_stack.env["GROKLAB_DATABASE_URL"], GROKLAB_HOST="127.0.0.1", GROKLAB_RECONCILE_SECONDS="0"
-    )
+    stack = _stack(tmp_path, auth_stack.env["GROKLAB_DATABASE_URL"], GROKLAB_HOST="127.0.0.1", GROKLAB_RECONCILE_SECONDS="0")
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
             response = http.get("/v1/experiments", headers={"Origin": "https://dash.example"})
@@ -247,9 +234,7 @@ def test_auto_on_loopback_lets_anonymous_requests_in_as_local_with_no_cors(
 
 
 def test_auto_on_a_reachable_host_requires_keys(tmp_path: Path, auth_stack: Stack) -> None:
-    stack = _stack(
-        tmp_path, auth_stack.env["GROKLAB_DATABASE_URL"], GROKLAB_HOST="0.0.0.0", GROKLAB_RECONCILE_SECONDS="0"
-    )
+    stack = _stack(tmp_path, auth_stack.env["GROKLAB_DATABASE_URL"], GROKLAB_HOST="0.0.0.0", GROKLAB_RECONCILE_SECONDS="0")
     try:
         response = httpx.get(f"{stack.base_url}/v1/experiments", timeout=30)
         _assert_problem(response, 401)
@@ -259,12 +244,14 @@ def test_auto_on_a_reachable_host_requires_keys(tmp_path: Path, auth_stack: Stac
 
 def test_auth_off_on_a_reachable_host_refuses_to_start(tmp_path: Path) -> None:
     env = service_env(f"sqlite:///{tmp_path / 'g.db'}", None, tmp_path, GROKLAB_AUTH="off", GROKLAB_HOST="0.0.0.0")
-    api = subprocess.run(
-        [sys.executable, "-c", "import api.main"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    api = subprocess.run([sys.executable, "-c", "import api.main"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert api.returncode != 0 and "GROKLAB_AUTH=off" in api.stderr
     up = subprocess.run(
         [sys.executable, "-m", "groklab.cli", "up", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert up.returncode == 2 and "refusing to start" in up.stderr and "loopback" in up.stderr

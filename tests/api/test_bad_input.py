@@ -40,11 +40,21 @@ def _assert_problem(response: httpx.Response, status: int, field: str) -> dict[s
     return body
 
 
-SEARCH = {"kind": "d_crit_search", "low": 20, "high": 80, "seeds": [0, 1], "max_runs": 20,
-          "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5}}
-COMPARISON = {"kind": "method_comparison", "method": {"optimizer": {"betas": [0.9, 0.99]}}, "seeds": [0, 1],
-              "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5},
-              "grid": {"learning_rate": [0.001, 0.003], "weight_decay": [1.0]}}
+SEARCH = {
+    "kind": "d_crit_search",
+    "low": 20,
+    "high": 80,
+    "seeds": [0, 1],
+    "max_runs": 20,
+    "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5},
+}
+COMPARISON = {
+    "kind": "method_comparison",
+    "method": {"optimizer": {"betas": [0.9, 0.99]}},
+    "seeds": [0, 1],
+    "base": {"task": {"p": 13, "train_fraction": 0.5}, "phases": [{"steps": 5}], "eval_every": 5},
+    "grid": {"learning_rate": [0.001, 0.003], "weight_decay": [1.0]},
+}
 BAD_SPECS = [
     ({**tiny_spec(), "learning_rate": 0.1}, "learning_rate"),
     ({**tiny_spec(), "task": {"op": "add", "p": "many"}}, "task.p"),
@@ -92,16 +102,12 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize(("spec", "field"), BAD_SPECS, ids=[f for _, f in BAD_SPECS])
-def test_invalid_spec_is_422_naming_the_field(
-    client: httpx.Client, unchanged: None, spec: dict[str, Any], field: str
-) -> None:
+def test_invalid_spec_is_422_naming_the_field(client: httpx.Client, unchanged: None, spec: dict[str, Any], field: str) -> None:
     _assert_problem(client.post("/v1/experiments", json=spec), 422, field)
 
 
 def test_body_that_is_not_json_is_422(client: httpx.Client, unchanged: None) -> None:
-    response = client.post(
-        "/v1/experiments", content=b"{not json", headers={"content-type": "application/json"}
-    )
+    response = client.post("/v1/experiments", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
 
@@ -118,9 +124,7 @@ def test_streamed_body_over_the_limit_is_413(client: httpx.Client, unchanged: No
             yield b"z" * 4096
         yield b'"}'
 
-    response = client.post(
-        "/v1/experiments", content=chunks(), headers={"content-type": "application/json"}
-    )
+    response = client.post("/v1/experiments", content=chunks(), headers={"content-type": "application/json"})
     _assert_problem(response, 413, "body")
 
 

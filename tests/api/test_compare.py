@@ -69,9 +69,7 @@ def _experiment(url: str, specs: list[dict[str, Any]], owner: str = "local") -> 
 @pytest.fixture
 def sweep(backend: Backend) -> tuple[Backend, int, list[int], dict[int, Any]]:
     """Three sizes x three seeds, succeeded; on each database (the metric tests' api stacks)."""
-    experiment_id, run_ids, logged = _experiment(
-        backend.database_url, [_spec(size, seed) for size in SIZES for seed in SEEDS]
-    )
+    experiment_id, run_ids, logged = _experiment(backend.database_url, [_spec(size, seed) for size in SIZES for seed in SEEDS])
     return backend, experiment_id, run_ids, logged
 
 
@@ -80,7 +78,9 @@ def _problem_field(response: httpx.Response) -> str:
     return response.json()["errors"][0]["field"]
 
 
-def _fold(logged: dict[int, Any], groups: dict[Any, list[int]], name: str, width: int, end: int) -> dict[tuple[Any, int], tuple[int, float, float, float]]:
+def _fold(
+    logged: dict[int, Any], groups: dict[Any, list[int]], name: str, width: int, end: int
+) -> dict[tuple[Any, int], tuple[int, float, float, float]]:
     """What grouping must give, from the raw points: each run's bucket mean (non-NaN values), then
     per group and bucket the runs' n, mean, min and max."""
     out = {}
@@ -116,7 +116,10 @@ def test_groups_equal_a_fold_of_the_raw_points_in_every_format(sweep: Any) -> No
         assert got[key][1:] == pytest.approx((mean, low, high), rel=1e-12)
     # A band is a band: the runs' means differ within a group, so min < mean < max somewhere.
     assert any(r["min"] < r["mean"] < r["max"] for r in grouped["rows"])
-    flat = [{"task.train_size": r["group"]["task.train_size"], **{k: v for k, v in r.items() if k != "group"}} for r in grouped["rows"]]
+    flat = [
+        {"task.train_size": r["group"]["task.train_size"], **{k: v for k, v in r.items() if k != "group"}}
+        for r in grouped["rows"]
+    ]
     ndjson = client.post("/v1/metrics/query", json={**body, "format": "ndjson"})
     assert [json.loads(line) for line in ndjson.text.splitlines()] == flat
     as_csv = list(csv.DictReader(io.StringIO(client.post("/v1/metrics/query", json={**body, "format": "csv"}).text)))
@@ -145,7 +148,13 @@ def test_wide_buckets_fold_from_rollups_to_the_same_groups(backend: Backend) -> 
             write_points(session, run_id, [("wide", s, v) for s, v in points.items()])
     answer = client.post(
         "/v1/metrics/query",
-        json={"experiment_id": experiment_id, "names": ["wide"], "max_points": 7, "start_step": 5, "group_by": ["task.train_size"]},
+        json={
+            "experiment_id": experiment_id,
+            "names": ["wide"],
+            "max_points": 7,
+            "start_step": 5,
+            "group_by": ["task.train_size"],
+        },
     ).json()
     width = answer["bucket_width"]
     assert width >= 16 and answer["end_step"] == 4998
@@ -165,7 +174,11 @@ def test_runs_listing_filters_and_sorts_like_python(sweep: Any) -> None:
     client.patch(f"/v1/runs/{run_ids[4]}", json={"tags": {"keep": "yes"}}).raise_for_status()
     cases = [
         ({"where": json.dumps({"task.train_size": 60})}, lambda r: r["spec"]["task"]["train_size"] == 60, "id"),
-        ({"where": json.dumps({"seed": 2, "task.train_size": 80.0})}, lambda r: r["spec"]["seed"] == 2 and r["spec"]["task"]["train_size"] == 80, "id"),
+        (
+            {"where": json.dumps({"seed": 2, "task.train_size": 80.0})},
+            lambda r: r["spec"]["seed"] == 2 and r["spec"]["task"]["train_size"] == 80,
+            "id",
+        ),
         ({"label": "memorised"}, lambda r: r["spec"]["task"]["train_size"] == 40, "id"),
         ({"label": "grokked,memorised", "status": "succeeded,failed"}, lambda r: True, "id"),
         ({"status": "queued"}, lambda r: False, "id"),
@@ -236,7 +249,12 @@ def test_another_owners_runs_never_appear_and_their_patch_is_404(backend: Backen
     experiment_id, run_ids, _ = _experiment(url, [_spec(40, 0), _spec(60, 1)], owner=other)
     with session_scope(url) as session:
         run_store.get_run(session, run_ids[0]).tags = {"shared": "tag"}
-    for params in ({"sort": "-id", "limit": 1000}, {"where": json.dumps({"task.train_size": 40})}, {"tag": "shared"}, {"label": "grokked", "limit": 1000}):
+    for params in (
+        {"sort": "-id", "limit": 1000},
+        {"where": json.dumps({"task.train_size": 40})},
+        {"tag": "shared"},
+        {"label": "grokked", "limit": 1000},
+    ):
         listed = client.get("/v1/runs", params=params)
         assert listed.status_code == 200, listed.text
         assert not {r["id"] for r in listed.json()["items"]} & set(run_ids), params
@@ -298,7 +316,17 @@ def test_client_and_cli_find_tag_and_group_runs(sqlite_api_stack: Any) -> None:
             experiment=experiment_id, names=["test_acc"], max_points=4, group_by=["task.train_size"], as_dataframe=True
         )
         assert set(groups["task.train_size"]) == set(SIZES) and set(groups["n"]) == {2}
-    found = groklab("runs", "--experiment", str(experiment_id), "--where", "task.train_size=60", "--label", "grokked", "--json", url=stack.base_url)
+    found = groklab(
+        "runs",
+        "--experiment",
+        str(experiment_id),
+        "--where",
+        "task.train_size=60",
+        "--label",
+        "grokked",
+        "--json",
+        url=stack.base_url,
+    )
     assert found.returncode == 0, found.stderr
     assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == run_ids[2:4]
     table = groklab("runs", "--experiment", str(experiment_id), "--where", "task.train_size=60", url=stack.base_url)

@@ -107,9 +107,7 @@ def rows_of(app: App, experiment_id: int) -> dict[str, int]:
 def chunks_of(app: App, experiment_id: int) -> int:
     with session_scope(app.database_url) as session:
         keys = [f"runs/{run_id}/" for run_id in session.scalars(select(Run.id).where(Run.experiment_id == experiment_id))]
-        return sum(
-            session.scalar(select(func.count()).where(CheckpointChunk.blob_key.startswith(key))) or 0 for key in keys
-        )
+        return sum(session.scalar(select(func.count()).where(CheckpointChunk.blob_key.startswith(key))) or 0 for key in keys)
 
 
 def test_delete_removes_every_row_and_checkpoint_of_the_experiment_and_nothing_else(app: App) -> None:
@@ -179,9 +177,7 @@ def test_delete_of_a_parent_refuses_while_a_fork_in_another_experiment_needs_it(
     refused = app.http.delete(f"/v1/experiments/{parent['id']}")
     assert refused.status_code == 409 and f"experiment(s) {child.json()['id']}" in refused.json()["detail"]
     assert rows_of(app, parent["id"])["runs"] == 2  # refused with nothing cancelled or deleted
-    assert {r["status"] for r in app.http.get(f"/v1/experiments/{parent['id']}").json()["runs"]} == {
-        SUCCEEDED, "queued"
-    }
+    assert {r["status"] for r in app.http.get(f"/v1/experiments/{parent['id']}").json()["runs"]} == {SUCCEEDED, "queued"}
 
     # Once the fork finished (here: cancelled) it keeps its own rows and loses only its link.
     for run_id in child.json()["run_ids"]:

@@ -59,30 +59,48 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack
     drop_pg_database(name)
 
 
-def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
-    fuzz_stack: tuple[Stack, str], tmp_path: Path
-) -> None:
+def test_schemathesis_finds_no_server_errors_and_no_schema_violations(fuzz_stack: tuple[Stack, str], tmp_path: Path) -> None:
     stack, key = fuzz_stack
     result = subprocess.run(
         [
-            sys.executable, "-m", "schemathesis.cli", "run", f"{stack.base_url}/openapi.json",
-            "--checks", "all",
-            "--exclude-checks", EXCLUDED_CHECKS,
-            "--header", f"Authorization: Bearer {key}",
-            "--max-examples", str(MAX_EXAMPLES),
-            "--phases", "examples,coverage,fuzzing",
-            "--exclude-path-regex", EXCLUDED_PATHS,
-            "--request-timeout", "20",
-            "--seed", "1",
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{stack.base_url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            EXCLUDED_CHECKS,
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--exclude-path-regex",
+            EXCLUDED_PATHS,
+            "--request-timeout",
+            "20",
+            "--seed",
+            "1",
             # One worker: CPython 3.11's ast module (which hypothesis uses to describe strategies) is
             # not thread-safe and fails now and then as "AST constructor recursion depth mismatch".
-            "--workers", "1",
+            "--workers",
+            "1",
             "--no-color",
-            "--generation-database", "none",
-            "--report", "junit", "--report-dir", str(tmp_path),
+            "--generation-database",
+            "none",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path),
         ],
         # Its own folder: schemathesis leaves a .schemathesis cache in the working directory.
-        cwd=tmp_path, capture_output=True, text=True, timeout=420,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     (tmp_path / "schemathesis.txt").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-4000:] + stack.logs()[-4000:]

@@ -84,9 +84,7 @@ def test_keys_belong_to_their_owner(auth_stack: Stack, http: httpx.Client) -> No
     assert made[0] != made[1]
 
 
-def test_concurrent_retries_make_one_experiment(
-    auth_stack: Stack, owner: tuple[str, dict[str, str]]
-) -> None:
+def test_concurrent_retries_make_one_experiment(auth_stack: Stack, owner: tuple[str, dict[str, str]]) -> None:
     name, headers = owner
     keyed = {**headers, "Idempotency-Key": "burst"}
 
@@ -117,9 +115,7 @@ def test_a_key_older_than_its_lifetime_is_forgotten_and_may_name_a_new_request(
     # A day and a bit later (the default lifetime is 24 h): the same key, another body.
     with session_scope(auth_stack.env["GROKLAB_DATABASE_URL"]) as session:
         session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.owner == name)
-            .values(created_at=utcnow() - timedelta(hours=25))
+            update(IdempotencyKey).where(IdempotencyKey.owner == name).values(created_at=utcnow() - timedelta(hours=25))
         )
     second = http.post("/v1/experiments", json=tiny_spec(seeds=[7]), headers=keyed)
     assert second.status_code == 201, second.text

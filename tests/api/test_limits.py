@@ -46,9 +46,7 @@ def _steps(n: int) -> dict[str, Any]:
     return tiny_spec(phases=[{"steps": n}])
 
 
-def test_submissions_over_the_rate_are_429_with_retry_after_and_store_nothing(
-    auth_stack: Stack, http: httpx.Client
-) -> None:
+def test_submissions_over_the_rate_are_429_with_retry_after_and_store_nothing(auth_stack: Stack, http: httpx.Client) -> None:
     owner, headers = _new_owner(auth_stack)
     for _ in range(RATE):
         assert http.post("/v1/experiments", json=_steps(10), headers=headers).status_code == 201
@@ -64,9 +62,7 @@ def test_submissions_over_the_rate_are_429_with_retry_after_and_store_nothing(
     assert http.post("/v1/experiments", json=_steps(10), headers=other).status_code == 201
 
 
-def test_queued_work_over_the_owner_limit_is_429_until_runs_finish(
-    auth_stack: Stack, http: httpx.Client
-) -> None:
+def test_queued_work_over_the_owner_limit_is_429_until_runs_finish(auth_stack: Stack, http: httpx.Client) -> None:
     owner, headers = _new_owner(auth_stack)
     first = http.post("/v1/experiments", json=_steps(4000), headers=headers)
     assert first.status_code == 201
@@ -134,13 +130,27 @@ def test_a_plan_is_a_dry_run_of_submit_with_its_limits_that_stores_and_counts_no
     [
         (tiny_spec(phases=[{"steps": 10_000_000}], eval_every=1), "eval_every", "10,000,001", "100,000"),
         (
-            tiny_spec(phases=[{"steps": 100_000_000}], eval_every=None, eval_schedule={"kind": "log", "points": 1000}, train_loss_every=1),
-            "train_loss_every", "100,000,001", "100,000",
+            tiny_spec(
+                phases=[{"steps": 100_000_000}],
+                eval_every=None,
+                eval_schedule={"kind": "log", "points": 1000},
+                train_loss_every=1,
+            ),
+            "train_loss_every",
+            "100,000,001",
+            "100,000",
         ),
-        (tiny_spec(phases=[{"steps": 10_000_000}], eval_every=None, checkpoint_keep_every=1), "checkpoint_keep_every", "10,000,000", "1,000"),
+        (
+            tiny_spec(phases=[{"steps": 10_000_000}], eval_every=None, checkpoint_keep_every=1),
+            "checkpoint_keep_every",
+            "10,000,000",
+            "1,000",
+        ),
         (
             {"kind": "grokking", "seeds": [0, 1], "base": tiny_spec(phases=[{"steps": 10_000_000}], eval_every=2)},
-            "base.eval_every", "5,000,001", "100,000",
+            "base.eval_every",
+            "5,000,001",
+            "100,000",
         ),
     ],
     ids=["eval_every", "train_loss_every", "kept_checkpoints", "kind"],
@@ -155,7 +165,9 @@ def test_a_run_over_a_storage_bound_is_422_naming_the_field_with_its_count_and_t
         assert response.json()["errors"][0]["field"] == field
         detail = response.json()["detail"]
         assert count in detail and bound in detail, detail
-        assert ("GROKLAB_MAX_KEPT_CHECKPOINTS_PER_RUN" if field == "checkpoint_keep_every" else "GROKLAB_MAX_POINTS_PER_RUN") in detail
+        assert (
+            "GROKLAB_MAX_KEPT_CHECKPOINTS_PER_RUN" if field == "checkpoint_keep_every" else "GROKLAB_MAX_POINTS_PER_RUN"
+        ) in detail
     assert _experiments_of(auth_stack, owner) == 0
 
 

@@ -35,9 +35,7 @@ def _runs_with_points(
         with session_scope(url) as session:
             lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
             assert lease is not None
-            write_points(
-                session, run_id, [(n, s, v) for n, series in points.items() for s, v in series.items()]
-            )
+            write_points(session, run_id, [(n, s, v) for n, series in points.items() for s, v in series.items()])
             if finish:
                 leases.finish(session, lease, status=run_store.SUCCEEDED)
     return experiment_id, run_ids
@@ -57,9 +55,7 @@ def test_csv_round_trips_to_the_stored_numbers(backend: Backend) -> None:
 
 def test_buckets_in_every_format_carry_the_same_numbers(backend: Backend) -> None:
     client, database_url = backend
-    _, run_ids = _runs_with_points(
-        database_url, {"loss": {s: 1 / (s + 1) for s in range(100)}, "acc": {0: 0.5}}, count=2
-    )
+    _, run_ids = _runs_with_points(database_url, {"loss": {s: 1 / (s + 1) for s in range(100)}, "acc": {0: 0.5}}, count=2)
     body = {"run_ids": run_ids, "names": ["loss", "nope"], "max_points": 7}
     as_json = client.post("/v1/metrics/query", json=body).json()
     assert as_json["mode"] == "buckets" and as_json["bucket_width"] == 15 and as_json["end_step"] == 99
@@ -113,9 +109,7 @@ def test_raw_points_page_through_every_point_once(backend: Backend) -> None:
 def test_large_answers_are_gzipped(backend: Backend) -> None:
     client, database_url = backend
     _, [run_id] = _runs_with_points(database_url, {"loss": {s: s / 7 for s in range(3000)}})
-    response = client.post(
-        "/v1/metrics/query", json={"run_ids": [run_id]}, headers={"Accept-Encoding": "gzip"}
-    )
+    response = client.post("/v1/metrics/query", json={"run_ids": [run_id]}, headers={"Accept-Encoding": "gzip"})
     assert response.headers["content-encoding"] == "gzip"
     # httpx decompresses: the bytes on the wire are the (smaller) content-length.
     assert int(response.headers["content-length"]) < len(response.content) / 3
@@ -131,21 +125,15 @@ def test_finished_runs_get_an_etag_and_304_but_running_ones_do_not(backend: Back
     finally:
         # Left running, its lease would expire mid-suite and the stack's worker would train it.
         with session_scope(database_url) as session:
-            session.execute(
-                update(Run).where(Run.id == running).values(status=run_store.CANCELLED, lease_expires_at=None)
-            )
+            session.execute(update(Run).where(Run.id == running).values(status=run_store.CANCELLED, lease_expires_at=None))
 
 
 def _assert_etags(client: httpx.Client, done: int, running: int) -> None:
     first = client.post("/v1/metrics/query", json={"run_ids": [done], "max_points": 5})
     etag = first.headers["etag"]
-    again = client.post(
-        "/v1/metrics/query", json={"run_ids": [done], "max_points": 5}, headers={"If-None-Match": etag}
-    )
+    again = client.post("/v1/metrics/query", json={"run_ids": [done], "max_points": 5}, headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
-    other_query = client.post(
-        "/v1/metrics/query", json={"run_ids": [done], "max_points": 6}, headers={"If-None-Match": etag}
-    )
+    other_query = client.post("/v1/metrics/query", json={"run_ids": [done], "max_points": 6}, headers={"If-None-Match": etag})
     assert other_query.status_code == 200 and other_query.headers["etag"] != etag
     live = client.post("/v1/metrics/query", json={"run_ids": [done, running], "max_points": 5})
     assert live.status_code == 200 and "etag" not in live.headers

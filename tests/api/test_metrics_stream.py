@@ -35,9 +35,9 @@ def _write(url: str, run_id: int, points: list[tuple[str, int, float]]) -> None:
 def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(backend: Backend) -> None:
     client, database_url = backend
     with session_scope(database_url) as session:
-        run_id = run_store.create_experiment(
-            session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]).runs[0].id
+        )
     with session_scope(database_url) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
     assert lease is not None
@@ -66,18 +66,16 @@ def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(backen
                     leases.finish(session, lease, status=run_store.SUCCEEDED)
     assert [int(event_id) for event_id, _, _ in received] == list(range(10))
     assert all(kind == "points" for _, kind, _ in received)
-    assert [data["values"] for _, _, data in received] == [
-        {"loss": s + 0.5, "acc": s + 0.5} for s in range(10)
-    ]
+    assert [data["values"] for _, _, data in received] == [{"loss": s + 0.5, "acc": s + 0.5} for s in range(10)]
     assert end == {"run_id": run_id, "status": "succeeded", "step": 9}
 
 
 def test_a_finished_run_streams_its_points_after_the_step_and_ends(backend: Backend) -> None:
     client, database_url = backend
     with session_scope(database_url) as session:
-        run_id = run_store.create_experiment(
-            session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=3)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=3)]).runs[0].id
+        )
     with session_scope(database_url) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
         assert lease is not None

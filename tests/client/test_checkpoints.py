@@ -95,9 +95,7 @@ def test_a_step_that_was_not_kept_is_404_listing_the_kept_ones_and_a_bad_step_42
         assert http.get("/v1/runs/999999/checkpoints").status_code == 404
 
 
-def test_cli_writes_the_weights_file_and_lists_the_checkpoints(
-    pg_stack: Stack, trained: tuple[Client, int], tmp_path
-) -> None:
+def test_cli_writes_the_weights_file_and_lists_the_checkpoints(pg_stack: Stack, trained: tuple[Client, int], tmp_path) -> None:
     client, run_id = trained
     out = tmp_path / "model.safetensors"
     written = groklab("checkpoint", str(run_id), "--step", "200", "-o", str(out), url=pg_stack.base_url)

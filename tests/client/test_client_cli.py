@@ -42,9 +42,7 @@ def test_the_client_and_groklab_help_import_none_of_the_server_or_torch() -> Non
     assert "reproduce" in result.stdout and "submit" in result.stdout
 
 
-def test_client_submits_waits_and_reads_the_same_series_and_analysis_as_the_api(
-    pg_stack: Stack, client: httpx.Client
-) -> None:
+def test_client_submits_waits_and_reads_the_same_series_and_analysis_as_the_api(pg_stack: Stack, client: httpx.Client) -> None:
     with Client(pg_stack.base_url) as groklab_client:
         experiment = groklab_client.submit(tiny_spec(seeds=[0, 1]))
         runs = groklab_client.wait(experiment, progress=False, timeout=180)

@@ -215,7 +215,6 @@ def test_patching_resid_mid_at_eq_gives_the_source_runs_logits(view: nn.Module, 
     assert (patched[:, 2] - target_logits[:, 2]).abs().max() > 0.1
 
 
-
 def test_the_hooked_transformer_export_has_the_documented_keys_and_loads_into_the_view(
     engine_model: nn.Module, view: nn.Module, grid: Tensor
 ) -> None:

@@ -21,8 +21,12 @@ CHROMIUM_MISSING = (
     "chromium`; or set GROKLAB_TEST_CHROMIUM to a Chromium executable."
 )
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 MAX_POINTS = 1000  # the page's buckets per series (window.groklab.maxPoints)
@@ -34,6 +38,7 @@ CHART_SERIES = {
     # Nanda et al.'s progress measures: every transformer on add or subtract logs them.
     "progress": ["restricted_loss", "excluded_loss", "train_loss", "test_loss"],
 }
+
 
 def system_chromium() -> str | None:
     """GROKLAB_TEST_CHROMIUM, else the system's Chromium; None leaves it to Playwright's own."""
@@ -79,9 +84,7 @@ def submit(client: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
 
 def api_bucket_counts(client: httpx.Client, run_id: int) -> dict[str, int]:
     names = [name for series in CHART_SERIES.values() for name in series]
-    answer = client.post(
-        "/v1/metrics/query", json={"run_ids": [run_id], "names": names, "max_points": MAX_POINTS}
-    ).json()
+    answer = client.post("/v1/metrics/query", json={"run_ids": [run_id], "names": names, "max_points": MAX_POINTS}).json()
     counts = Counter(row["name"] for row in answer["rows"])
     return {name: counts[name] for name in names}
 
@@ -95,8 +98,7 @@ def open_run(page: Any, stack: Stack, run_id: int) -> None:
     # The charts are published once the series are read: 4, or 5 with the progress measures.
     page.goto(f"{stack.base_url}/#/runs/{run_id}")
     page.wait_for_function(
-        "id => window.groklab && window.groklab.page === `runs/${id}` "
-        "&& Object.keys(window.groklab.charts).length >= 4",
+        "id => window.groklab && window.groklab.page === `runs/${id}` && Object.keys(window.groklab.charts).length >= 4",
         arg=run_id,
     )
 
@@ -180,9 +182,7 @@ def test_live_run_page_gains_points_from_the_stream_while_the_run_trains(
     open_run(page, pg_stack, run_id)
     assert page.evaluate("window.groklab.live") is True
     first = page_counts(page)["test_acc"]
-    page.wait_for_function(
-        "n => window.groklab.charts.accuracy.test_acc >= n + 20 || !window.groklab.live", arg=first
-    )
+    page.wait_for_function("n => window.groklab.charts.accuracy.test_acc >= n + 20 || !window.groklab.live", arg=first)
     grown = page_counts(page)["test_acc"]
     status = client.get(f"/v1/runs/{run_id}").json()["status"]
     assert grown > first or status == "succeeded"  # a very fast CPU may finish before two renders
@@ -256,9 +256,7 @@ def test_run_page_draws_the_progress_measures_and_the_embedding_spectrum_of_each
     assert spectrum.get_attribute("data-step") == "1000"
 
 
-def test_a_run_without_the_progress_measures_shows_neither_new_chart(
-    pg_stack: Stack, client: httpx.Client, page: Any
-) -> None:
+def test_a_run_without_the_progress_measures_shows_neither_new_chart(pg_stack: Stack, client: httpx.Client, page: Any) -> None:
     # An MLP: no restricted_loss series, and its Fourier view is a 422, so the panel stays hidden.
     spec = tiny_spec(model={"kind": "mlp", "d_embed": 8, "d_hidden": 16}, phases=[{"steps": 20}])
     run_id = submit(client, spec)["run_ids"][0]
@@ -273,9 +271,7 @@ def test_a_run_without_the_progress_measures_shows_neither_new_chart(
     assert page.evaluate("window.groklab.spectrum") is None
 
 
-def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(
-    pg_stack: Stack, client: httpx.Client, page: Any
-) -> None:
+def test_experiment_page_shows_the_sweep_chart_d_crit_and_run_labels(pg_stack: Stack, client: httpx.Client, page: Any) -> None:
     spec = tiny_spec(seeds=[0, 1], sweep={"grid": {"task.train_size": [20, 60, 120]}})
     experiment = submit(client, spec)
     wait_for_runs(client, experiment["run_ids"], timeout=300)
@@ -562,7 +558,9 @@ def test_method_comparison_page_shows_the_speed_ups_and_every_configuration_in_a
     assert f"{round(comparison['tuned']['speed_up'], 3):g}×" in page.inner_text("#speed-up-tuned")
     assert f"{round(comparison['untuned']['speed_up'], 3):g}×" in page.inner_text("#speed-up-untuned")
     chart = page.locator('[data-chart="comparison"]')
-    censored = {side: sum(c["censored"] for c in comparison["configurations"] if c["side"] == side) for side in ("baseline", "method")}
+    censored = {
+        side: sum(c["censored"] for c in comparison["configurations"] if c["side"] == side) for side in ("baseline", "method")
+    }
     assert data_json(chart, "points") == {
         "baseline": 6 - censored["baseline"], "baseline (censored)": censored["baseline"],
         "method": 6 - censored["method"], "method (censored)": censored["method"],

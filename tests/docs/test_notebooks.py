@@ -33,7 +33,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (data_dir / "server.log").open("w")
     process = subprocess.Popen(
         [str(ROOT / "bin" / "groklab"), "up", "--port", str(free_port()), "--data-dir", str(data_dir)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base_url = f"http://127.0.0.1:{_port(process)}"
     try:
@@ -63,8 +66,9 @@ def execute(notebook: Path, base_url: str) -> nbformat.NotebookNode:
     env["GROKLAB_URL"] = base_url
     # The kernel imports this checkout's code, also where the virtualenv holds another install.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    )
     client.execute(env=env)  # raises CellExecutionError, with the cell and its traceback, on a failed cell
     return nb
 

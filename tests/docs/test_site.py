@@ -25,7 +25,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # --strict: a broken link, a missing page or a docstring mkdocstrings cannot read fails here.
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return site_dir

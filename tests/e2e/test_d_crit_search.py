@@ -113,8 +113,11 @@ def test_rounds_follow_the_stored_accuracies_and_a_stranded_round_is_planned_by_
         session.execute(delete(Run).where(Run.id.in_(stranded)).execution_options(synchronize_session=False))
         session.execute(update(Experiment).where(Experiment.id == experiment_id).values(search_ended_at=None))
     replanned = wait_until(
-        lambda: [r for r in client.get("/v1/runs", params={"experiment_id": experiment_id, "limit": 100}).json()["items"]
-                 if r["search_round"] == last],
+        lambda: [
+            r
+            for r in client.get("/v1/runs", params={"experiment_id": experiment_id, "limit": 100}).json()["items"]
+            if r["search_round"] == last
+        ],
         timeout=60,
     )
     assert sorted({r["spec"]["task"]["train_size"] for r in replanned}) == sorted(

@@ -134,8 +134,9 @@ def test_worker_killed_mid_run_is_replaced_and_its_run_resumes_from_its_checkpoi
             return [c["step"] for c in client.get(f"/v1/runs/{run_id}/checkpoints").json()["checkpoints"]]
 
         wait_until(
-            lambda: (run := client.get(f"/v1/runs/{run_id}").json())["status"] == "running"
-            and run["step"] >= 600 and stored_steps(),
+            lambda: (
+                (run := client.get(f"/v1/runs/{run_id}").json())["status"] == "running" and run["step"] >= 600 and stored_steps()
+            ),
             timeout=120,
         )
         old_worker = _worker_pid(process.pid)

@@ -53,9 +53,7 @@ class FromScratch:
 @pytest.fixture(scope="module")
 def from_scratch(kinds_client: httpx.Client) -> FromScratch:
     """Submitted together (the grokked run first, as the ungrokking test waits for it)."""
-    grokking = kinds_client.post(
-        "/v1/experiments", json={"kind": "grokking", "base": BASE, "weight_decays": [1.0, 0.0]}
-    )
+    grokking = kinds_client.post("/v1/experiments", json={"kind": "grokking", "base": BASE, "weight_decays": [1.0, 0.0]})
     assert grokking.status_code == 201, grokking.text
     by_decay = {}
     for run_id in grokking.json()["run_ids"]:
@@ -217,9 +215,7 @@ def _assert_memorised_only(
 
 
 @pytest.mark.slow
-def test_no_grokking_without_weight_decay_in_the_same_budget(
-    kinds_client: httpx.Client, from_scratch: FromScratch
-) -> None:
+def test_no_grokking_without_weight_decay_in_the_same_budget(kinds_client: httpx.Client, from_scratch: FromScratch) -> None:
     # Test accuracy creeps up after memorisation and ends at 0.33-0.39 (measured), on the edge of the
     # semi-grokking rule (a rise of 0.1 ending at 0.3 or more), so which of the two labels it gets
     # moves with float rounding; both say it never generalised, which is what this test proves.
@@ -227,9 +223,7 @@ def test_no_grokking_without_weight_decay_in_the_same_budget(
 
 
 @pytest.mark.slow
-def test_random_labels_are_memorised_with_test_accuracy_at_chance(
-    kinds_client: httpx.Client, from_scratch: FromScratch
-) -> None:
+def test_random_labels_are_memorised_with_test_accuracy_at_chance(kinds_client: httpx.Client, from_scratch: FromScratch) -> None:
     analysis = _assert_memorised_only(kinds_client, from_scratch.random_labels, 0.1)  # chance 1/47; measured 0.024
     assert analysis["final_test_acc"] < 0.1
 

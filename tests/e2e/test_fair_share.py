@@ -47,7 +47,12 @@ share off (GROKLAB_SHORT_RUN_PARAMETER_STEPS=0) it waited for a long run to end:
 
 
 def long_spec(seed: int = 0) -> dict[str, Any]:
-    return {"task": {"p": 47, "train_fraction": 0.5}, "phases": [{"steps": LONG_STEPS}], "eval_every": EVAL_EVERY, "seeds": [seed]}
+    return {
+        "task": {"p": 47, "train_fraction": 0.5},
+        "phases": [{"steps": LONG_STEPS}],
+        "eval_every": EVAL_EVERY,
+        "seeds": [seed],
+    }
 
 
 def running_past(client: httpx.Client, run_id: int, step: int) -> None:

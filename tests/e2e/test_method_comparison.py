@@ -81,7 +81,9 @@ def test_a_comparison_trains_on_two_workers_and_reports_speed_ups_read_from_the_
         best = result["best"][side]
         assert best["median_steps"] == min(m for (s, _), m in expected_median.items() if s == side)
     tuned, untuned = result["tuned"], result["untuned"]
-    assert tuned["speed_up"] == pytest.approx(result["best"]["baseline"]["median_steps"] / result["best"]["method"]["median_steps"])
+    assert tuned["speed_up"] == pytest.approx(
+        result["best"]["baseline"]["median_steps"] / result["best"]["method"]["median_steps"]
+    )
     assert untuned["speed_up"] == pytest.approx(expected_median[("baseline", 0.003)] / expected_median[("method", 0.003)])
     for speed in (tuned, untuned):
         low, high = speed["interval"]

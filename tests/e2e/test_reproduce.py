@@ -119,9 +119,7 @@ def read_report(path: Path) -> Report:
     return report
 
 
-def test_reproduce_writes_every_figure_and_claims_whose_verdicts_follow_the_stored_series(
-    server: Server, tmp_path: Path
-) -> None:
+def test_reproduce_writes_every_figure_and_claims_whose_verdicts_follow_the_stored_series(server: Server, tmp_path: Path) -> None:
     folder = tmp_path / "report"
     done = groklab("reproduce", "--scale", "smoke", "--dir", str(folder), url=server.url, key=server.key)
     assert done.returncode == 0, done.stderr
@@ -143,10 +141,14 @@ def test_reproduce_writes_every_figure_and_claims_whose_verdicts_follow_the_stor
                                                  Run.role == "phase2")).all()  # fmt: skip
         largest = max(runs, key=lambda r: r.spec["phases"][-1]["subset_size"])
         run_id = largest.id
-        series_id = session.scalar(select(MetricSeries.id).where(MetricSeries.run_id == largest.id, MetricSeries.name == "test_acc"))
+        series_id = session.scalar(
+            select(MetricSeries.id).where(MetricSeries.run_id == largest.id, MetricSeries.name == "test_acc")
+        )
         last_step = max(session.scalars(select(MetricPoint.step).where(MetricPoint.series_id == series_id)))
         flipped = 0.0 if row[5] == "pass" else 1.0
-        session.execute(update(MetricPoint).where(MetricPoint.series_id == series_id, MetricPoint.step == last_step).values(value=flipped))
+        session.execute(
+            update(MetricPoint).where(MetricPoint.series_id == series_id, MetricPoint.step == last_step).values(value=flipped)
+        )
         answer_cache.forget(session, largest.experiment_id, [largest.id])
     again = groklab("reproduce", "--resume", str(folder), url=server.url, key=server.key)
     assert again.returncode == 0, again.stderr
@@ -191,8 +193,9 @@ def _fails_fast(done: subprocess.CompletedProcess[str], seconds: float, *needles
 def test_what_reproduce_needs_is_checked_before_anything_is_submitted(server: Server, tmp_path: Path) -> None:
     before = _experiment_count(server)
 
-    def reproduce(*args: str, url: str = server.url, key: str | None = server.key, env: dict[str, str] | None = None,
-                  folder: str = "r") -> tuple[subprocess.CompletedProcess[str], float]:
+    def reproduce(
+        *args: str, url: str = server.url, key: str | None = server.key, env: dict[str, str] | None = None, folder: str = "r"
+    ) -> tuple[subprocess.CompletedProcess[str], float]:
         started = time.monotonic()
         done = groklab("reproduce", *args, "--dir", str(tmp_path / folder), url=url, key=key, env=env)
         assert not (tmp_path / folder / "manifest.json").exists()

@@ -8,7 +8,6 @@ checkpoint one worker wrote reaches the other only through the store.
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from groklab.store.migrate import upgrade
 from tests.faults.test_faults import assert_series_complete_and_equal, fault_spec, resumed_from, running_past
-from tests.local_seaweedfs import BUCKET, SeaweedFS
+from tests.local_seaweedfs import SeaweedFS
 from tests.services import (
     Stack,
     create_pg_database,

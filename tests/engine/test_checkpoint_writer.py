@@ -103,9 +103,7 @@ def test_training_goes_on_during_a_save_until_the_writer_queue_is_full():
     sink = _DurableSink()
     storage = _GatedStorage(sink)
     results = []
-    trainer = threading.Thread(
-        target=lambda: results.append(train_run(_spec(checkpoint_every=1), sink, checkpoint=storage))
-    )
+    trainer = threading.Thread(target=lambda: results.append(train_run(_spec(checkpoint_every=1), sink, checkpoint=storage)))
     trainer.start()
     try:
         # The first checkpoint's save is held; training takes PENDING_CHECKPOINTS more steps, each

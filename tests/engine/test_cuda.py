@@ -84,7 +84,9 @@ def test_the_ci_grokking_example_groks_on_the_gpu():
     configure_tf32(True)  # as a worker runs it by default (GROKLAB_TF32)
     example = json.loads((EXAMPLES / "ci" / "grokking.json").read_text())
     base = {**example["base"], "device": "cuda"}
-    specs = [RunSpec(**base, seed=seed, optimizer={"weight_decay": wd}) for wd in example["weight_decays"] for seed in example["seeds"]]
+    specs = [
+        RunSpec(**base, seed=seed, optimizer={"weight_decay": wd}) for wd in example["weight_decays"] for seed in example["seeds"]
+    ]
     sinks = [MemorySink() for _ in specs]
     train_ensemble(specs, sinks)
     for spec, sink in zip(specs, sinks):

@@ -162,8 +162,14 @@ def test_the_ungrokking_side_plans_phase_one_per_seed_and_forks_round_one_from_i
 
 def test_the_scratch_side_trains_each_probe_from_scratch_at_its_size():
     request = DCritSearchExperiment.model_validate(
-        {"kind": "d_crit_search", "low": 300, "high": 1200, "seeds": [0], "probes_per_round": 3,
-         "base": {"task": {"p": 47}}}  # fmt: skip
+        {
+            "kind": "d_crit_search",
+            "low": 300,
+            "high": 1200,
+            "seeds": [0],
+            "probes_per_round": 3,
+            "base": {"task": {"p": 47}},
+        }  # fmt: skip
     )
     runs = plan_experiment(request, 500)
     assert [r.spec.task.train_size for r in runs] == probe_sizes(300, 1200, 3)

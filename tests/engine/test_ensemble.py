@@ -22,7 +22,9 @@ def _one_thread():
 
 
 def _spec(**changes) -> RunSpec:
-    base = dict(task=TaskSpec(p=23, train_size=250), phases=[PhaseSpec(steps=40)], eval_every=10, train_loss_every=3, device="cpu")
+    base = dict(
+        task=TaskSpec(p=23, train_size=250), phases=[PhaseSpec(steps=40)], eval_every=10, train_loss_every=3, device="cpu"
+    )
     return RunSpec(**{**base, **changes})
 
 
@@ -34,7 +36,11 @@ MEMBERS = [
         optimizer=OptimizerSpec(lr=3e-3, weight_decay=0.3, warmup_steps=5),
         phases=[PhaseSpec(steps=20), PhaseSpec(steps=30, train_set="subset", subset_size=70, weight_decay=2.0)],
     ),
-    _spec(seed=3, task=TaskSpec(p=23, train_size=100, data_seed=5, random_labels=True), optimizer=OptimizerSpec(weight_decay=0.1, betas=(0.8, 0.95))),
+    _spec(
+        seed=3,
+        task=TaskSpec(p=23, train_size=100, data_seed=5, random_labels=True),
+        optimizer=OptimizerSpec(weight_decay=0.1, betas=(0.8, 0.95)),
+    ),
 ]
 
 
@@ -82,24 +88,55 @@ def _merged(base: dict, changes: dict) -> dict:
 METHOD_MEMBERS = {
     "eps": [{"optimizer": {"eps": 1e-8}}, {"optimizer": {"eps": 1e-3, "lr": 3e-3}}, {"optimizer": {"eps": 1e-5}}],
     "stablemax": [{"loss": "stablemax"}, {"loss": "stablemax", "optimizer": {"lr": 3e-3}}, {"loss": "stablemax"}],
-    "orthogonal adamw": [{"optimizer": {"orthogonal_gradients": True, "weight_decay": 0.0}}, {"optimizer": {"orthogonal_gradients": True, "lr": 3e-3}}, {"optimizer": {"orthogonal_gradients": True}}],
-    "orthogonal sgd": [{"optimizer": {"kind": "sgd", "lr": 0.1, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.2, "weight_decay": 0.0, "orthogonal_gradients": True}}, {"optimizer": {"kind": "sgd", "lr": 0.05, "orthogonal_gradients": True}}],
-    "grokfast ema": [{"grad_filter": {"kind": "ema"}}, {"grad_filter": {"kind": "ema", "alpha": 0.9, "lamb": 5.0}}, {"grad_filter": {"kind": "ema", "lamb": 0.5}}],
-    "grokfast ma": [{"grad_filter": {"kind": "ma", "window": 4}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 1.0}}, {"grad_filter": {"kind": "ma", "window": 4, "lamb": 2.0}}],
+    "orthogonal adamw": [
+        {"optimizer": {"orthogonal_gradients": True, "weight_decay": 0.0}},
+        {"optimizer": {"orthogonal_gradients": True, "lr": 3e-3}},
+        {"optimizer": {"orthogonal_gradients": True}},
+    ],
+    "orthogonal sgd": [
+        {"optimizer": {"kind": "sgd", "lr": 0.1, "orthogonal_gradients": True}},
+        {"optimizer": {"kind": "sgd", "lr": 0.2, "weight_decay": 0.0, "orthogonal_gradients": True}},
+        {"optimizer": {"kind": "sgd", "lr": 0.05, "orthogonal_gradients": True}},
+    ],
+    "grokfast ema": [
+        {"grad_filter": {"kind": "ema"}},
+        {"grad_filter": {"kind": "ema", "alpha": 0.9, "lamb": 5.0}},
+        {"grad_filter": {"kind": "ema", "lamb": 0.5}},
+    ],
+    "grokfast ma": [
+        {"grad_filter": {"kind": "ma", "window": 4}},
+        {"grad_filter": {"kind": "ma", "window": 4, "lamb": 1.0}},
+        {"grad_filter": {"kind": "ma", "window": 4, "lamb": 2.0}},
+    ],
     "omnigrok": [
         {"weight_norm": {"fixed": True}, "model": {"init_scale": 3.0}, "optimizer": {"weight_decay": 0.0}},
         {"weight_norm": {"value": 30.0}, "model": {"init_scale": 1.0}},
         {"weight_norm": {"fixed": True}, "model": {"init_scale": 0.5}, "optimizer": {"lr": 3e-3}},
     ],
-    "muon": [{"optimizer": {"kind": "muon"}}, {"optimizer": {"kind": "muon", "lr": 3e-3, "muon_momentum": 0.9}}, {"optimizer": {"kind": "muon", "weight_decay": 0.1}}],
-    "float64 softmax": [{"loss_precision": "float64"}, {"loss_precision": "float64", "optimizer": {"lr": 3e-3}}, {"loss_precision": "float64"}],
+    "muon": [
+        {"optimizer": {"kind": "muon"}},
+        {"optimizer": {"kind": "muon", "lr": 3e-3, "muon_momentum": 0.9}},
+        {"optimizer": {"kind": "muon", "weight_decay": 0.1}},
+    ],
+    "float64 softmax": [
+        {"loss_precision": "float64"},
+        {"loss_precision": "float64", "optimizer": {"lr": 3e-3}},
+        {"loss_precision": "float64"},
+    ],
 }
 
 
 @pytest.mark.parametrize("option", list(METHOD_MEMBERS))
 def test_an_ensemble_with_a_method_option_trains_each_member_as_alone(option, float64):
     tiny = TransformerSpec(d_model=32, n_heads=2, d_head=16, d_mlp=64).model_dump()
-    base = {"task": {"p": 11, "train_size": 60}, "model": tiny, "phases": [{"steps": 25}], "eval_every": 5, "train_loss_every": 2, "device": "cpu"}
+    base = {
+        "task": {"p": 11, "train_size": 60},
+        "model": tiny,
+        "phases": [{"steps": 25}],
+        "eval_every": 5,
+        "train_loss_every": 2,
+        "device": "cpu",
+    }
     sizes = [60, 40, 60]  # one member in its own size class: gathered rows in the pass
     specs = [
         RunSpec.model_validate(_merged({**base, "seed": k, "task": {"p": 11, "train_size": size}}, changes))
@@ -150,7 +187,10 @@ def test_ensemble_adamw_matches_torch_adamw_per_member():
     for _ in range(5):
         grad = torch.randn(2, 5, 4, generator=g)
         stacked.grad = grad.clone()
-        ensemble.step(torch.tensor([s.lr for s in specs], dtype=torch.float64), torch.tensor([s.weight_decay for s in specs], dtype=torch.float64))
+        ensemble.step(
+            torch.tensor([s.lr for s in specs], dtype=torch.float64),
+            torch.tensor([s.weight_decay for s in specs], dtype=torch.float64),
+        )
         for k, (p, opt) in enumerate(zip(singles, torch_opts)):
             p.grad = grad[k].clone()
             opt.step()

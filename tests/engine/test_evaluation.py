@@ -51,12 +51,19 @@ def _reference(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> list[f
 )
 def test_batched_evaluation_equals_a_per_member_reference(op, model, kind):
     p = 13
-    tasks = [TaskSpec(op=op, p=p, train_size=80), TaskSpec(op=op, p=p, train_size=60, label_noise=0.3, data_seed=4), TaskSpec(op=op, p=p, train_size=100, data_seed=5)]
+    tasks = [
+        TaskSpec(op=op, p=p, train_size=80),
+        TaskSpec(op=op, p=p, train_size=60, label_noise=0.3, data_seed=4),
+        TaskSpec(op=op, p=p, train_size=100, data_seed=5),
+    ]
     specs = [RunSpec(task=task, model=model, seed=k) for k, task in enumerate(tasks)]
     data = [build_task(task) for task in tasks]
     g = torch.Generator().manual_seed(0)
     names = [name for name, _ in build_model(specs[0]).named_parameters()]
-    params = {name: torch.randn(3, *param.shape, generator=g, dtype=torch.float64) * 0.5 for name, param in build_model(specs[0]).named_parameters()}
+    params = {
+        name: torch.randn(3, *param.shape, generator=g, dtype=torch.float64) * 0.5
+        for name, param in build_model(specs[0]).named_parameters()
+    }
     # member 2 trains on a subset of its training set (a later phase): its test set stays the same
     train_idx = [data[0].train_idx, data[1].train_idx, data[2].train_idx[::3]]
     test_idx = [d.test_idx for d in data]
@@ -98,7 +105,9 @@ def test_batched_evaluation_equals_a_per_member_reference(op, model, kind):
                 fourier, logits[None], labels, targets[k][None], [train_idx[k]], member["W_E"][:, :-1],
                 lambda lg, tg: per_example_loss(lg, tg, kind),
             )[0]  # fmt: skip
-            assert {name: batched[k][name] for name in measured} == pytest.approx({n: v.item() for n, v in measured.items()}, rel=1e-9)
+            assert {name: batched[k][name] for name in measured} == pytest.approx(
+                {n: v.item() for n, v in measured.items()}, rel=1e-9
+            )
             assert len(batched[k]) == len(METRIC_NAMES) + len(measured)
         else:
             assert len(batched[k]) == len(METRIC_NAMES)

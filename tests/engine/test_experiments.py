@@ -130,8 +130,9 @@ def test_semi_grokking_defaults_are_twenty_even_sizes_in_the_papers_range():
 
 
 def test_efficiency_plans_random_label_memorisers_and_generalisers_per_weight_decay():
-    request = EfficiencyExperiment(kind="efficiency", memorise_sizes=[100, 200], generalise_sizes=[3000],
-                                   weight_decays=[0.5, 1.0], seeds=[0])
+    request = EfficiencyExperiment(
+        kind="efficiency", memorise_sizes=[100, 200], generalise_sizes=[3000], weight_decays=[0.5, 1.0], seeds=[0]
+    )
     runs = plan_experiment(request, 500)
     memorise = [r for r in runs if r.role == "memorise"]
     generalise = [r for r in runs if r.role == "generalise"]
@@ -230,4 +231,3 @@ def test_every_kind_has_a_ci_and_a_paper_example():
         assert found == kinds, folder
     # and examples/ci/long_run.json (a sweep), and the seven of reproduce's smoke scale
     assert len(EXAMPLES) == 8 + 9 + 7
-

@@ -111,7 +111,12 @@ def test_training_reads_nothing_per_step_and_once_per_evaluation(tmp_path) -> No
 @pytest.mark.parametrize(
     "methods",
     [
-        {"grad_filter": {"kind": "ema"}, "optimizer": {"orthogonal_gradients": True}, "weight_norm": {"fixed": True}, "loss": "stablemax"},
+        {
+            "grad_filter": {"kind": "ema"},
+            "optimizer": {"orthogonal_gradients": True},
+            "weight_norm": {"fixed": True},
+            "loss": "stablemax",
+        },
         {"grad_filter": {"kind": "ma", "window": 3}, "optimizer": {"kind": "muon"}, "loss_precision": "float64"},
     ],
     ids=["grokfast ema, orthogonal, norm, stablemax", "grokfast ma, muon, float64 softmax"],

@@ -137,11 +137,17 @@ def test_orthogonal_adamw_is_torch_adamw_on_the_transcribed_projection():
     for view in views:
         views32.append(flat32[:, at : at + view[0].numel()].view(view.shape))
         at += view[0].numel()
-    specs = [OptimizerSpec(lr=1e-2, weight_decay=0.5, orthogonal_gradients=True), OptimizerSpec(lr=3e-3, orthogonal_gradients=True)]
+    specs = [
+        OptimizerSpec(lr=1e-2, weight_decay=0.5, orthogonal_gradients=True),
+        OptimizerSpec(lr=3e-3, orthogonal_gradients=True),
+    ]
     ensemble = EnsembleOptimizer(specs, views32, flat32)
     singles = [[view[k].clone().requires_grad_() for view in views32] for k in range(2)]
     torch_opts = [torch.optim.AdamW(ps, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay) for ps, s in zip(singles, specs)]
-    lr, wd = torch.tensor([s.lr for s in specs], dtype=torch.float64), torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
+    lr, wd = (
+        torch.tensor([s.lr for s in specs], dtype=torch.float64),
+        torch.tensor([s.weight_decay for s in specs], dtype=torch.float64),
+    )
     for _ in range(5):
         grad = torch.randn(flat32.shape, generator=g)
         ensemble.step(lr, wd, grad=grad.clone())
@@ -246,7 +252,10 @@ def test_muon_trains_a_member_as_torch_muon_and_adamw_on_the_same_split_step_by_
     for value in state.values():
         views.append(flat[:, at : at + value.numel()].view(2, *value.shape))
         at += value.numel()
-    specs = [OptimizerSpec(kind="muon", lr=2e-2, weight_decay=0.1), OptimizerSpec(kind="muon", lr=5e-3, weight_decay=1.0, muon_momentum=0.8)]
+    specs = [
+        OptimizerSpec(kind="muon", lr=2e-2, weight_decay=0.1),
+        OptimizerSpec(kind="muon", lr=5e-3, weight_decay=1.0, muon_momentum=0.8),
+    ]
     ensemble = EnsembleOptimizer(specs, views, flat, names=names)
     references = []
     for k, opt in enumerate(specs):
@@ -255,7 +264,9 @@ def test_muon_trains_a_member_as_torch_muon_and_adamw_on_the_same_split_step_by_
             [params[n] for n in names if n in MUON_PARAMETERS], lr=opt.lr, weight_decay=opt.weight_decay,
             momentum=opt.resolved_muon_momentum, adjust_lr_fn="match_rms_adamw",
         )  # fmt: skip
-        adamw = torch.optim.AdamW([params[n] for n in names if n not in MUON_PARAMETERS], lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        adamw = torch.optim.AdamW(
+            [params[n] for n in names if n not in MUON_PARAMETERS], lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
+        )
         references.append((params, muon, adamw))
     assert [n for n in names if n in MUON_PARAMETERS] == list(MUON_PARAMETERS)
     lr = torch.tensor([s.lr for s in specs], dtype=torch.float64)

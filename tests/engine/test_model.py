@@ -54,7 +54,10 @@ def test_default_transformer_has_226688_parameters_for_p113():
         (vocab + 1) * d  # W_E, including '='
         + 3 * d  # W_pos
         + 4 * h * d * k  # W_Q, W_K, W_V, W_O
-        + d * m + m + m * d + d  # MLP with biases
+        + d * m
+        + m
+        + m * d
+        + d  # MLP with biases
         + d * vocab  # W_U, no output for '='
     )
     net = build_model(RunSpec(task=TaskSpec(p=113)))
@@ -94,8 +97,7 @@ def test_evaluation_over_the_pair_grid_matches_the_shortcut(p, heads):
     net = build_model(spec).double()
     g = torch.Generator().manual_seed(2)
     params = {
-        name: (torch.randn(param.shape, generator=g, dtype=torch.float64) * 0.5)[None]
-        for name, param in net.named_parameters()
+        name: (torch.randn(param.shape, generator=g, dtype=torch.float64) * 0.5)[None] for name, param in net.named_parameters()
     }  # an ensemble of one, non-zero biases, larger scores than at init
     grid = torch.cartesian_prod(torch.arange(p), torch.arange(p))
     keep = torch.randperm(len(grid), generator=g)[: len(grid) * 3 // 4]  # any pairs covering >= half

@@ -47,11 +47,16 @@ def test_restricted_keeps_exactly_the_key_components_and_excluded_removes_them()
     # per c, and noise at other frequencies of (a + b) and in a and b apart
     coef = torch.randn(5, 2, P, generator=generator, dtype=torch.float64)
     keys = [2, 5, 7, 9, 11]
-    key_table = sum(coef[i, 0] * torch.cos(w[k] * s)[:, None] + coef[i, 1] * torch.sin(w[k] * s)[:, None] for i, k in enumerate(keys))
+    key_table = sum(
+        coef[i, 0] * torch.cos(w[k] * s)[:, None] + coef[i, 1] * torch.sin(w[k] * s)[:, None] for i, k in enumerate(keys)
+    )
     key_table = key_table * 4  # the key frequencies dominate the spectrum
     constant = torch.randn(P, generator=generator, dtype=torch.float64)[None]
     a = torch.arange(P).repeat_interleave(P).double()
-    other = 0.3 * torch.cos(w[3] * s)[:, None] * torch.randn(P, generator=generator, dtype=torch.float64) + 0.2 * torch.sin(w[1] * a)[:, None]
+    other = (
+        0.3 * torch.cos(w[3] * s)[:, None] * torch.randn(P, generator=generator, dtype=torch.float64)
+        + 0.2 * torch.sin(w[1] * a)[:, None]
+    )
     logits = (key_table + constant + other).float()
 
     basis = FourierBasis.of(TaskSpec(p=P))

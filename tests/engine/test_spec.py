@@ -23,7 +23,10 @@ def test_importing_spec_does_not_import_torch():
         ({"task": {"op": "divide", "p": 25}}, "p"),
         ({"task": {"p": 11, "train_size": 121}}, "train_size"),
         (
-            {"task": {"p": 11, "train_size": 60}, "phases": [{"steps": 5}, {"steps": 5, "train_set": "subset", "subset_size": 61}]},
+            {
+                "task": {"p": 11, "train_size": 60},
+                "phases": [{"steps": 5}, {"steps": 5, "train_set": "subset", "subset_size": 61}],
+            },
             "phases.1.subset_size",
         ),
         ({"task": {"op": "power"}}, "task.op"),
@@ -42,7 +45,10 @@ def test_importing_spec_does_not_import_torch():
         ({"weight_norm": {"value": -1}}, "weight_norm.value"),
         ({"model": {"kind": "mlp", "init_scale": 0}}, "model.mlp.init_scale"),
         ({"model": {"kind": "toy_circuits"}, "optimizer": {"kind": "sgd"}, "weight_norm": {"fixed": True}}, "weight_norm"),
-        ({"model": {"kind": "transformer", "d_model": 1024, "d_mlp": 4096}, "grad_filter": {"kind": "ma", "window": 1000}}, "grad_filter.window"),
+        (
+            {"model": {"kind": "transformer", "d_model": 1024, "d_mlp": 4096}, "grad_filter": {"kind": "ma", "window": 1000}},
+            "grad_filter.window",
+        ),
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_field(data, field):
@@ -122,9 +128,18 @@ def test_the_grokking_methods_pack_by_their_kind_and_batch_their_values():
     task = TaskSpec(p=13, train_size=40)
     together = [
         [RunSpec(task=task, optimizer={"eps": 1e-8}), RunSpec(task=task, optimizer={"eps": 1e-3}, seed=1)],
-        [RunSpec(task=task, grad_filter={"kind": "ema"}), RunSpec(task=task, grad_filter={"kind": "ema", "alpha": 0.5, "lamb": 1})],
-        [RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}), RunSpec(task=task, grad_filter={"kind": "ma", "window": 5, "lamb": 1})],
-        [RunSpec(task=task, weight_norm={"fixed": True}), RunSpec(task=task, weight_norm={"value": 3}, model={"kind": "transformer", "init_scale": 2})],
+        [
+            RunSpec(task=task, grad_filter={"kind": "ema"}),
+            RunSpec(task=task, grad_filter={"kind": "ema", "alpha": 0.5, "lamb": 1}),
+        ],
+        [
+            RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}),
+            RunSpec(task=task, grad_filter={"kind": "ma", "window": 5, "lamb": 1}),
+        ],
+        [
+            RunSpec(task=task, weight_norm={"fixed": True}),
+            RunSpec(task=task, weight_norm={"value": 3}, model={"kind": "transformer", "init_scale": 2}),
+        ],
         [RunSpec(task=task, optimizer={"kind": "muon"}), RunSpec(task=task, optimizer={"kind": "muon", "muon_momentum": 0.5})],
     ]
     for pair in together:

@@ -99,9 +99,7 @@ def test_without_weight_decay_memorisation_is_never_undone():
 
 
 @pytest.mark.parametrize(("subset_size", "keeps_generalising"), [(200, False), (800, True)])
-def test_training_on_a_subset_below_critical_size_ungroks(
-    subset_size: int, keeps_generalising: bool
-):
+def test_training_on_a_subset_below_critical_size_ungroks(subset_size: int, keeps_generalising: bool):
     # P_M = 0.002 * D: at D = 1,000 memorisation costs P_M = 2 (the paper's constant); the
     # critical size where it matches C_gen's P_G = 1 is D = 500.
     phases = [
@@ -122,8 +120,7 @@ def test_training_on_a_subset_below_critical_size_ungroks(
 
 def test_logs_every_series_on_the_eval_schedule_and_at_the_last_step():
     sink = run(toy_spec(steps=20, eval_every=7))
-    names = {"train_loss", "train_acc", "test_loss", "test_acc", "w_gen", "w_mem",
-             "norm_gen", "norm_mem", "param_norm", "phase"}
+    names = {"train_loss", "train_acc", "test_loss", "test_acc", "w_gen", "w_mem", "norm_gen", "norm_mem", "param_norm", "phase"}
     assert set(sink.series) == names
     for name in names:
         assert [step for step, _ in sink.points(name)] == [0, 7, 14, 20]
@@ -163,9 +160,7 @@ def test_closed_form_matches_cross_entropy_on_explicit_logits():
     target = torch.tensor([0])
     train_loss = torch.nn.functional.cross_entropy(train_logits[None], target)
     test_loss = torch.nn.functional.cross_entropy(test_logits[None], target)
-    penalty = alpha / 2 * sum(
-        p**2 * w.abs() ** (2 / toy.kappa) for p, w in zip(norm_factors, (w_gen, w_mem))
-    )
+    penalty = alpha / 2 * sum(p**2 * w.abs() ** (2 / toy.kappa) for p, w in zip(norm_factors, (w_gen, w_mem)))
     (train_loss + penalty).backward()
 
     metrics = _metrics(params, toy, norm_factors, phase_index=0)

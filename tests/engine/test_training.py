@@ -46,7 +46,9 @@ def test_every_series_is_logged_at_eval_steps_and_train_loss_between(changes):
 
 
 def test_full_batch_train_loss_between_evals_matches_the_eval_forward():
-    spec = RunSpec(task=TaskSpec(p=11, train_size=60), phases=[PhaseSpec(steps=4)], eval_every=2, train_loss_every=1, device="cpu")
+    spec = RunSpec(
+        task=TaskSpec(p=11, train_size=60), phases=[PhaseSpec(steps=4)], eval_every=2, train_loss_every=1, device="cpu"
+    )
     every_step = MemorySink()
     train_run(spec, every_step)
     evals = MemorySink()
@@ -57,9 +59,7 @@ def test_full_batch_train_loss_between_evals_matches_the_eval_forward():
 
 def test_a_log_schedule_evaluates_at_its_steps_every_phase_boundary_and_the_end():
     phases = [PhaseSpec(steps=150), PhaseSpec(steps=50, train_set="subset", subset_size=30)]
-    spec = RunSpec(
-        task=TaskSpec(p=11, train_size=60), phases=phases, eval_schedule={"kind": "log", "points": 12}, device="cpu"
-    )
+    spec = RunSpec(task=TaskSpec(p=11, train_size=60), phases=phases, eval_schedule={"kind": "log", "points": 12}, device="cpu")
     sink = MemorySink()
     train_run(spec, sink)
     expected = {0, 1, 2, 3, 5, 8, 13, 21, 33, 52, 81, 127, 150, 200}

@@ -16,9 +16,7 @@ FAULT_SUMMARY = {"faults injected": 0, "runs finished": 0, "points lost": 0, "du
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FAULT_SUMMARY["faults injected"]:
-        terminalreporter.write_line(
-            "fault tests: " + ", ".join(f"{name}: {count}" for name, count in FAULT_SUMMARY.items())
-        )
+        terminalreporter.write_line("fault tests: " + ", ".join(f"{name}: {count}" for name, count in FAULT_SUMMARY.items()))
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,9 @@ def finished_once(client: httpx.Client, run_ids: list[int]) -> None:
 def resumed_from(run: dict[str, Any]) -> int:
     """The step of the stored checkpoint the run's last worker resumed it from."""
     (step,) = [
-        int(m.group(1)) for e in run["events"] if (m := re.fullmatch(r"resuming from the checkpoint at step (\d+)", e["message"] or ""))
+        int(m.group(1))
+        for e in run["events"]
+        if (m := re.fullmatch(r"resuming from the checkpoint at step (\d+)", e["message"] or ""))
     ][-1:]
     return step
 
@@ -187,7 +189,7 @@ def test_postgres_crashed_and_redis_killed_mid_sweep_nothing_fails_nothing_exits
 
 def _settings_of(stack: Stack) -> dict[str, str]:
     prefix = "GROKLAB_"
-    return {k[len(prefix):].lower(): v for k, v in stack.env.items() if k.startswith(prefix)}
+    return {k[len(prefix) :].lower(): v for k, v in stack.env.items() if k.startswith(prefix)}
 
 
 def test_sigterm_worker_checkpoints_requeues_and_exits(fault_stack: Stack, client: httpx.Client) -> None:

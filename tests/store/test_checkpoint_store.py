@@ -26,7 +26,8 @@ from groklab.store.database import session_scope
 from groklab.store.leases import Lease, LeaseLost, claim_run, expire_leases
 from groklab.store.migrate import upgrade
 from groklab.store.models import utcnow
-from tests.local_seaweedfs import BUCKET, SeaweedFS
+from tests.local_seaweedfs import SeaweedFS
+
 
 class RecordingBlobs:
     """A backend's blob store that remembers the keys written, to look for leftovers."""
@@ -74,9 +75,9 @@ def store(settings: Settings) -> CheckpointStore:
 
 def running_run(database_url: str) -> Lease:
     with session_scope(database_url) as session:
-        run_id = run_store.create_experiment(
-            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=100)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=100)]).runs[0].id
+        )
     return reclaim(database_url, run_id)
 
 
@@ -234,9 +235,7 @@ def test_a_put_waits_out_an_s3_server_that_is_down_and_succeeds_after_its_restar
     seaweedfs: SeaweedFS, fresh_pg_url: str
 ) -> None:
     upgrade(fresh_pg_url)
-    store = CheckpointStore.from_settings(
-        Settings(database_url=fresh_pg_url, **seaweedfs.store_settings())
-    )
+    store = CheckpointStore.from_settings(Settings(database_url=fresh_pg_url, **seaweedfs.store_settings()))
     lease = running_run(fresh_pg_url)
     store.put(lease, 50, b"before the outage")
     data = b"written across the outage" * 10_000

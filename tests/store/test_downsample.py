@@ -36,9 +36,7 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         yield url
 
 
-values = st.one_of(
-    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.just(math.nan), st.just(math.inf)
-)
+values = st.one_of(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.just(math.nan), st.just(math.inf))
 series_points = st.dictionaries(st.integers(0, 400), values, max_size=120)
 
 
@@ -52,9 +50,9 @@ def queries(draw: st.DrawFn) -> tuple[dict[int, float], int, int, int]:
 
 def _new_run(url: str, points: dict[int, float]) -> int:
     with session_scope(url) as session:
-        run_id = run_store.create_experiment(
-            session, name="d", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="d", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]).runs[0].id
+        )
         write_points(session, run_id, [("m", step, value) for step, value in points.items()])
     return run_id
 

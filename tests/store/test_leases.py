@@ -16,9 +16,7 @@ from groklab.store.models import utcnow
 def _queued_run(url: str) -> int:
     upgrade(url)
     with session_scope(url) as session:
-        experiment = run_store.create_experiment(
-            session, name=None, spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
-        )
+        experiment = run_store.create_experiment(session, name=None, spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)])
         return experiment.runs[0].id
 
 

@@ -20,14 +20,10 @@ def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(empty_database_u
     url = empty_database_url
     upgrade(url)
     with session_scope(url) as session:
-        experiment = run_store.create_experiment(
-            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
-        )
+        experiment = run_store.create_experiment(session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)])
         run_id = experiment.runs[0].id
     with session_scope(url) as session:
-        write_points(
-            session, run_id, [("loss", 2, 0.5), ("loss", 0, 1.0), ("acc", 0, math.nan)], step=2
-        )
+        write_points(session, run_id, [("loss", 2, 0.5), ("loss", 0, 1.0), ("acc", 0, math.nan)], step=2)
     with session_scope(url) as session:
         # A resumed run logs step 2 again (and goes on): still one point per step.
         write_points(session, run_id, [("loss", 2, 0.25), ("loss", 4, 0.125)], step=4)
@@ -45,9 +41,9 @@ def test_rewriting_a_step_keeps_one_point_and_nan_reads_as_null(empty_database_u
 def test_rollup_blocks_equal_a_fold_of_their_points_after_rewrites(fresh_pg_url: str) -> None:
     upgrade(fresh_pg_url)
     with session_scope(fresh_pg_url) as session:
-        run_id = run_store.create_experiment(
-            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]).runs[0].id
+        )
     first = [(name, step, float(step % 97) - 40.0) for step in range(0, 70_000, 7) for name in ("a", "b")]
     # One batch overwrites every point of "b" from step 56 to 5,000 (blocks' maxima among them),
     # every 97th point of "a" with 1000 or NaN, and adds a new step: its COPY fails, it is upserted.

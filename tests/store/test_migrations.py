@@ -36,9 +36,9 @@ def test_migration_0004_builds_the_new_rollup_levels_of_points_written_before_it
     from the blocks below, equal to what write_points keeps."""
     upgrade(fresh_pg_url)
     with session_scope(fresh_pg_url) as session:
-        run_id = run_store.create_experiment(
-            session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]
-        ).runs[0].id
+        run_id = (
+            run_store.create_experiment(session, name="t", spec={}, runs=[run_store.NewRun(spec={}, total_steps=1)]).runs[0].id
+        )
         points = [("loss", step, math.sin(step / 700) if step % 501 else math.nan) for step in range(0, 40_000, 3)]
         write_points(session, run_id, points)
     rollups = "SELECT * FROM metric_rollups ORDER BY series_id, width, block"

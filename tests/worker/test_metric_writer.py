@@ -28,8 +28,7 @@ def test_an_ensemble_flush_is_one_transaction_for_its_runs_less_the_one_fenced_o
     run_ids = _three_runs(url)
     with session_scope(url) as session:
         held = [
-            leases.claim_run(session, run_id, worker="w", lease_seconds=-1 if k == 1 else 60)
-            for k, run_id in enumerate(run_ids)
+            leases.claim_run(session, run_id, worker="w", lease_seconds=-1 if k == 1 else 60) for k, run_id in enumerate(run_ids)
         ]
     with session_scope(url) as session:
         assert leases.expire_leases(session) == [run_ids[1]]  # run 1 is re-queued: this worker is fenced off
@@ -86,4 +85,6 @@ def test_a_write_error_of_one_run_fails_that_run_alone(empty_database_url: str) 
     assert good.points_written == 2
     with session_scope(url) as session:
         assert read_series(session, run_ids[0], names=None, start_step=None, end_step=None) == {}
-        assert read_series(session, run_ids[1], names=None, start_step=None, end_step=None) == {"train_loss": [[0, 1.0], [1, 0.5]]}
+        assert read_series(session, run_ids[1], names=None, start_step=None, end_step=None) == {
+            "train_loss": [[0, 1.0], [1, 0.5]]
+        }

@@ -62,14 +62,18 @@ def test_a_succeeded_parent_sends_its_waiting_child(empty_database_url: str, tmp
     parent, child = parent_and_child(empty_database_url)
     settings = _settings(empty_database_url, tmp_path)
     member = _claimed(settings, parent)
-    assert tasks._claim(settings, CheckpointStore.from_settings(settings), [parent], "another-worker") == []  # a duplicate delivery trains nothing
+    assert (
+        tasks._claim(settings, CheckpointStore.from_settings(settings), [parent], "another-worker") == []
+    )  # a duplicate delivery trains nothing
     assert tasks._finish(settings, [tasks.Ending(member, run_store.SUCCEEDED)]) == {parent: run_store.SUCCEEDED}
     assert broker.messages == [[child]]
     run = _status(empty_database_url, child)
     assert run.status == run_store.QUEUED and run.enqueued_at is not None
 
 
-def test_a_failed_parent_fails_its_child_and_sends_nothing(empty_database_url: str, tmp_path: Path, broker: RecordingBroker) -> None:
+def test_a_failed_parent_fails_its_child_and_sends_nothing(
+    empty_database_url: str, tmp_path: Path, broker: RecordingBroker
+) -> None:
     parent, child = parent_and_child(empty_database_url)
     settings = _settings(empty_database_url, tmp_path)
     member = _claimed(settings, parent)
@@ -99,9 +103,7 @@ def test_a_fenced_off_worker_finishes_nothing_and_writes_no_points(
         assert read_series(session, parent, names=None, start_step=None, end_step=None) == {}
 
 
-def test_points_stay_buffered_through_a_database_outage_and_are_written_after(
-    empty_database_url: str, tmp_path: Path
-) -> None:
+def test_points_stay_buffered_through_a_database_outage_and_are_written_after(empty_database_url: str, tmp_path: Path) -> None:
     url = empty_database_url
     parent, _ = parent_and_child(url)
     with session_scope(url) as session:

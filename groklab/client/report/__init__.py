@@ -28,8 +28,23 @@ from groklab.client.report.claims import (
 )
 
 __all__ = [
-    "DEFAULT_SERIES", "FAIL", "NOT_TESTABLE", "PASS", "Claim", "Claims", "ExperimentData", "Figure", "Section",
-    "claims", "experiments", "fmt", "register", "rows", "sections", "tables", "unregister",
+    "DEFAULT_SERIES",
+    "FAIL",
+    "NOT_TESTABLE",
+    "PASS",
+    "Claim",
+    "Claims",
+    "ExperimentData",
+    "Figure",
+    "Section",
+    "claims",
+    "experiments",
+    "fmt",
+    "register",
+    "rows",
+    "sections",
+    "tables",
+    "unregister",
 ]
 
 _SECTIONS: dict[str, Section] = {}

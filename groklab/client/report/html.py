@@ -7,7 +7,7 @@ import html
 import json
 import platform
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from typing import Any
 
@@ -25,7 +25,9 @@ def _interval(estimate: Mapping[str, Any]) -> str:
     if estimate.get("d_crit") is None:
         return f"none ({html.escape(str(estimate.get('reason')))})"
     bounds = estimate.get("interval")
-    return f"{estimate['d_crit']:.0f}" + (f", 95% bootstrap interval over seeds [{bounds[0]:.0f}, {bounds[1]:.0f}]" if bounds else "")
+    return f"{estimate['d_crit']:.0f}" + (
+        f", 95% bootstrap interval over seeds [{bounds[0]:.0f}, {bounds[1]:.0f}]" if bounds else ""
+    )
 
 
 def _claims_table(found: Sequence[Claim]) -> list[str]:
@@ -74,7 +76,7 @@ def render(scale: str, server: str, data: Mapping[str, ExperimentData], found: S
         "<h2>Environment</h2><ul id='environment'>",
         f"<li>groklab {e(_version('groklab'))}, torch {e(_version('torch'))}, Python {e(platform.python_version())}</li>",
         f"<li>server {e(server)}; device {e(', '.join(devices))}</li>",
-        f"<li>report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}</li></ul>",
+        f"<li>report written {datetime.now(UTC).isoformat(timespec='seconds')}</li></ul>",
         "</body></html>",
     ])  # fmt: skip
 

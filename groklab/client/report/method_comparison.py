@@ -93,7 +93,9 @@ def table(data: ExperimentData) -> str:
     for c in result["configurations"]:
         median = "none" if c["median_steps"] is None else ("&ge; " if c["censored"] else "") + fmt(c["median_steps"], 6)
         reached = f"{sum(not s['censored'] for s in c['seeds'])}/{len(c['seeds'])}"
-        notes = [n for n, on in (("best", best[c["side"]] == (c["learning_rate"], c["weight_decay"])), ("untuned", c["untuned"])) if on]
+        notes = [
+            n for n, on in (("best", best[c["side"]] == (c["learning_rate"], c["weight_decay"])), ("untuned", c["untuned"])) if on
+        ]
         rows.append(f"<tr><td>{e(c['side'])}</td><td>{c['learning_rate']:g}</td><td>{c['weight_decay']:g}</td>"
                     f"<td>{median}</td><td>{reached}</td><td>{e(', '.join(notes))}</td></tr>")  # fmt: skip
     return (
