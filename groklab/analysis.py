@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.experiments import DCritSearchExperiment
 from engine.d_crit_bracket import ProbeResult, next_round
 from engine.spec import RunSpec
+from groklab.analysis_models import DCritSearch, ExperimentAnalysis, Thresholds
 from groklab.lifecycle import CANCELLED, FAILED, FINISHED_STATUSES
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
@@ -29,34 +29,6 @@ CONVERGED_EVALUATIONS = 5
 """A run's converged state is the median of its last this-many evaluations (one spikes)."""
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
-
-
-class Thresholds(BaseModel):
-    """Every cut-off the labels and estimates use; all settable per request."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    memorised_acc: float = Field(0.99, gt=0, le=1, description="train_acc that counts as memorised")
-    generalised_acc: float = Field(0.95, gt=0, le=1, description="test_acc that counts as generalised")
-    no_delay_factor: float = Field(
-        2.0, ge=1, description="generalisation within this factor of the memorisation step is no delay"
-    )
-    ungrokked_below: float = Field(0.5, gt=0, le=1, description="final test_acc of an ungrokked run")
-    semi_min: float = Field(0.3, ge=0, le=1, description="lowest final test_acc of a semi-grokked run")
-    semi_rise: float = Field(0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking")
-    loss_target: float = Field(0.01, gt=0, description="train_loss at which a run's param_norm_at_loss_target is read")
-    efficiency_loss: float = Field(
-        1e-4, gt=0, description="train_loss at which the efficiency analysis compares converged circuits' norms"
-    )
-    circuit_formed_loss: float = Field(
-        0.1, gt=0, description="restricted_loss at or below which the Fourier circuit counts as formed"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> Thresholds:
-        if self.semi_min >= self.generalised_acc:
-            raise ValueError("semi_min: must be below generalised_acc")
-        return self
 
 
 def _points(series: Series, name: str) -> list[tuple[int, float]]:
@@ -434,7 +406,7 @@ def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None 
     }
 
 
-def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: bool) -> dict[str, Any]:
+def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: bool) -> DCritSearch:
     """A d_crit_search's state: the current bracket, the estimate over its probes with its
     interval over seeds, every probed size by round, why it ended, and its run-steps beside those
     of a geometric grid over the same bracket that reaches the same tolerance."""
@@ -458,28 +430,39 @@ def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: 
     # A probe's own steps: phase 2's on the ungrokking side (phase 1 is trained once per seed).
     probe_steps = [run.spec.phases[-1].steps if request.side == "ungrokking" else run.spec.total_steps for run in probe_runs]
     grid_sizes = math.floor(math.log(request.high / request.low) / math.log(1 + request.relative_tolerance)) + 2
-    return {
-        "side": request.side,
-        "level": request.level,
-        "bracket": [low, high],
-        "bracket_ratio": high / low,
-        "ended": ended,
-        "end_reason": plan.ended if ended else None,
-        "rounds": max((p.round for p in probes), default=0),
-        "estimate": d_crit(by_size, level=request.level),
-        "probes": [
-            {"round": r, "train_size": d, "mean_final_test_acc": float(np.mean(v)), "n": len(v)}
-            for (r, d), v in sorted(by_round.items())
-        ],
-        "assumed": f"low {request.low} fails and high {request.high} generalises; they are not trained",
-        "probe_runs": len(probe_runs),
-        "probe_run_steps": sum(probe_steps),
-        "grid_at_same_tolerance": {
-            "sizes": grid_sizes,
-            "runs": grid_sizes * len(request.seeds),
-            "run_steps": grid_sizes * len(request.seeds) * (max(probe_steps) if probe_steps else 0),
-        },
-    }
+    return DCritSearch.model_validate(
+        {
+            "side": request.side,
+            "level": request.level,
+            "bracket": [low, high],
+            "bracket_ratio": high / low,
+            "ended": ended,
+            "end_reason": plan.ended if ended else None,
+            "rounds": max((p.round for p in probes), default=0),
+            "estimate": d_crit(by_size, level=request.level),
+            "probes": [
+                {"round": r, "train_size": d, "mean_final_test_acc": float(np.mean(v)), "n": len(v)}
+                for (r, d), v in sorted(by_round.items())
+            ],
+            "assumed": f"low {request.low} fails and high {request.high} generalises; they are not trained",
+            "probe_runs": len(probe_runs),
+            "probe_run_steps": sum(probe_steps),
+            "grid_at_same_tolerance": {
+                "sizes": grid_sizes,
+                "runs": grid_sizes * len(request.seeds),
+                "run_steps": grid_sizes * len(request.seeds) * (max(probe_steps) if probe_steps else 0),
+            },
+        }
+    )
+
+
+def experiment_analysis(
+    experiment_id: int, runs: Sequence[RunRecord], thresholds: Thresholds, sections: Mapping[str, Any]
+) -> ExperimentAnalysis:
+    """The experiment analysis as the API returns it: analyse_experiment's, the thresholds it used
+    and the sections of the experiment's kind (groklab/kinds.py)."""
+    body = {"experiment_id": experiment_id, "thresholds": thresholds.model_dump(), **analyse_experiment(runs, thresholds)}
+    return ExperimentAnalysis.model_validate(body | dict(sections))
 
 
 def _seeds_used(runs: Sequence[RunRecord]) -> dict[str, Any]:
