@@ -19,7 +19,7 @@ import numpy as np
 from engine.experiments import DCritSearchExperiment
 from engine.d_crit_bracket import ProbeResult, next_round
 from engine.spec import RunSpec
-from groklab.analysis_models import DCritSearch, ExperimentAnalysis, Thresholds
+from groklab.analysis_models import DCritSearch, ExperimentAnalysis, RunAnalysis, Thresholds
 from groklab.lifecycle import CANCELLED, FAILED, FINISHED_STATUSES
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
@@ -79,7 +79,7 @@ def continues_on_a_subset(spec: RunSpec) -> bool:
     return len(spec.phases) > 1 and spec.phases[-1].train_set == "subset"
 
 
-def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[str, Any]:
+def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> RunAnalysis:
     """Milestones, final values and a label for one run (labels: see `label_run`).
 
     A run whose last phase is on a subset D' (ungrokking's phase 2) is judged by that phase: its
@@ -130,7 +130,7 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "data_seed": spec.task.data_seed,
     }
     result["label"] = label_run(result, test_acc, thresholds, phase_two=phase_two)
-    return result
+    return RunAnalysis.model_validate(result)
 
 
 def _converged(points: list[tuple[int, float]]) -> float | None:
@@ -220,7 +220,7 @@ class RunRecord:
     status: str
     role: str
     spec: RunSpec
-    analysis: dict[str, Any] | None
+    analysis: RunAnalysis | None
     search_round: int | None = None
 
 
@@ -228,10 +228,10 @@ def accuracy_by_size(runs: Sequence[RunRecord]) -> dict[tuple[str, float], dict[
     """{(role, weight decay): {D: [final test acc of each seed]}} over analysed runs."""
     table: dict[tuple[str, float], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run.analysis is None or run.analysis["final_test_acc"] is None:
+        if run.analysis is None or run.analysis.final_test_acc is None:
             continue
-        key = (run.role, run.analysis["weight_decay"])
-        table[key][run.analysis["train_size"]].append(run.analysis["final_test_acc"])
+        key = (run.role, run.analysis.weight_decay)
+        table[key][run.analysis.train_size].append(run.analysis.final_test_acc)
     return table
 
 
@@ -331,13 +331,13 @@ def efficiency(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) 
         if a is None:
             continue
         group = "memorise" if run.spec.task.random_labels else "generalise"
-        if group == "memorise" and (a["converged_train_acc"] or 0.0) < t.memorised_acc:
+        if group == "memorise" and (a.converged_train_acc or 0.0) < t.memorised_acc:
             excluded.append({"run_id": run.id, "reason": "has not memorised its training set"})
-        elif group == "generalise" and (a["converged_test_acc"] or 0.0) < t.generalised_acc:
+        elif group == "generalise" and (a.converged_test_acc or 0.0) < t.generalised_acc:
             excluded.append({"run_id": run.id, "reason": "has not generalised"})
         else:
-            points[group][a["train_size"]].append((a["converged_train_loss"], a["converged_param_norm"]))
-            drifts[group][a["train_size"]].append(a.get("param_norm_drift"))
+            points[group][a.train_size].append((a.converged_train_loss, a.converged_param_norm))
+            drifts[group][a.train_size].append(a.param_norm_drift)
     curves: dict[str, list[dict[str, Any]]] = {}
     for group, by_size in points.items():
         curves[group] = []
@@ -411,9 +411,9 @@ def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: 
     interval over seeds, every probed size by round, why it ended, and its run-steps beside those
     of a geometric grid over the same bracket that reaches the same tolerance."""
     probes = [
-        ProbeResult(run.analysis["train_size"], run.search_round or 1, run.analysis["final_test_acc"])
+        ProbeResult(run.analysis.train_size, run.search_round or 1, run.analysis.final_test_acc)
         for run in runs
-        if run.role == "probe" and run.analysis is not None and run.analysis["final_test_acc"] is not None
+        if run.role == "probe" and run.analysis is not None and run.analysis.final_test_acc is not None
     ]
     by_size: dict[int, list[float]] = defaultdict(list)
     by_round: dict[tuple[int, int], list[float]] = defaultdict(list)
@@ -493,7 +493,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
     }
     for name in RUN_ROW_FIELDS:
         if name not in row:
-            row[name] = run.analysis.get(name) if run.analysis else None
+            row[name] = getattr(run.analysis, name) if run.analysis else None
     return row
 
 

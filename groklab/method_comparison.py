@@ -33,7 +33,7 @@ from groklab.store.models import Experiment
 def seed_steps(run: RunRecord) -> SeedSteps:
     """A succeeded run's steps to generalise, censored at its budget."""
     assert run.analysis is not None
-    step = run.analysis["generalisation_step"]
+    step = run.analysis.generalisation_step
     budget = run.spec.total_steps
     return SeedSteps(seed=run.spec.seed, run_id=run.id, steps=budget if step is None else step, censored=step is None)
 

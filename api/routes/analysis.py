@@ -68,7 +68,7 @@ def run_analysis(
     """Milestones, final values and the label of one run (any status: the series so far)."""
     run = run_store.get_run(session, run_id, owner=principal.owner)
     analysed = analyse_stored_runs(session, [run], limits, cache_bytes=settings.answer_cache_bytes)
-    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(), **analysed[run.id]}
+    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(), **analysed[run.id].model_dump()}
     if format == "csv":
         fields = ["run_id", "status", *(k for k in body if k not in ("run_id", "status", "thresholds"))]
         return PlainTextResponse(analysis.rows_csv([body], fields), media_type="text/csv")
