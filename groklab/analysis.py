@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.experiments import DCritSearchExperiment
 from engine.d_crit_bracket import ProbeResult, next_round
 from engine.spec import RunSpec
+from groklab.analysis_models import DCritSearch, ExperimentAnalysis, RunAnalysis, Thresholds
 from groklab.lifecycle import CANCELLED, FAILED, FINISHED_STATUSES
 
 Series = Mapping[str, Sequence[Sequence[float | int | None]]]
@@ -29,34 +29,6 @@ CONVERGED_EVALUATIONS = 5
 """A run's converged state is the median of its last this-many evaluations (one spikes)."""
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
-
-
-class Thresholds(BaseModel):
-    """Every cut-off the labels and estimates use; all settable per request."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    memorised_acc: float = Field(0.99, gt=0, le=1, description="train_acc that counts as memorised")
-    generalised_acc: float = Field(0.95, gt=0, le=1, description="test_acc that counts as generalised")
-    no_delay_factor: float = Field(
-        2.0, ge=1, description="generalisation within this factor of the memorisation step is no delay"
-    )
-    ungrokked_below: float = Field(0.5, gt=0, le=1, description="final test_acc of an ungrokked run")
-    semi_min: float = Field(0.3, ge=0, le=1, description="lowest final test_acc of a semi-grokked run")
-    semi_rise: float = Field(0.1, ge=0, le=1, description="rise of test_acc above its value at memorisation for semi-grokking")
-    loss_target: float = Field(0.01, gt=0, description="train_loss at which a run's param_norm_at_loss_target is read")
-    efficiency_loss: float = Field(
-        1e-4, gt=0, description="train_loss at which the efficiency analysis compares converged circuits' norms"
-    )
-    circuit_formed_loss: float = Field(
-        0.1, gt=0, description="restricted_loss at or below which the Fourier circuit counts as formed"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> Thresholds:
-        if self.semi_min >= self.generalised_acc:
-            raise ValueError("semi_min: must be below generalised_acc")
-        return self
 
 
 def _points(series: Series, name: str) -> list[tuple[int, float]]:
@@ -107,7 +79,7 @@ def continues_on_a_subset(spec: RunSpec) -> bool:
     return len(spec.phases) > 1 and spec.phases[-1].train_set == "subset"
 
 
-def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[str, Any]:
+def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> RunAnalysis:
     """Milestones, final values and a label for one run (labels: see `label_run`).
 
     A run whose last phase is on a subset D' (ungrokking's phase 2) is judged by that phase: its
@@ -158,7 +130,7 @@ def analyse_run(series: Series, spec: RunSpec, thresholds: Thresholds) -> dict[s
         "data_seed": spec.task.data_seed,
     }
     result["label"] = label_run(result, test_acc, thresholds, phase_two=phase_two)
-    return result
+    return RunAnalysis.model_validate(result)
 
 
 def _converged(points: list[tuple[int, float]]) -> float | None:
@@ -248,7 +220,7 @@ class RunRecord:
     status: str
     role: str
     spec: RunSpec
-    analysis: dict[str, Any] | None
+    analysis: RunAnalysis | None
     search_round: int | None = None
 
 
@@ -256,10 +228,10 @@ def accuracy_by_size(runs: Sequence[RunRecord]) -> dict[tuple[str, float], dict[
     """{(role, weight decay): {D: [final test acc of each seed]}} over analysed runs."""
     table: dict[tuple[str, float], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run.analysis is None or run.analysis["final_test_acc"] is None:
+        if run.analysis is None or run.analysis.final_test_acc is None:
             continue
-        key = (run.role, run.analysis["weight_decay"])
-        table[key][run.analysis["train_size"]].append(run.analysis["final_test_acc"])
+        key = (run.role, run.analysis.weight_decay)
+        table[key][run.analysis.train_size].append(run.analysis.final_test_acc)
     return table
 
 
@@ -359,13 +331,13 @@ def efficiency(runs: Sequence[RunRecord], thresholds: Thresholds | None = None) 
         if a is None:
             continue
         group = "memorise" if run.spec.task.random_labels else "generalise"
-        if group == "memorise" and (a["converged_train_acc"] or 0.0) < t.memorised_acc:
+        if group == "memorise" and (a.converged_train_acc or 0.0) < t.memorised_acc:
             excluded.append({"run_id": run.id, "reason": "has not memorised its training set"})
-        elif group == "generalise" and (a["converged_test_acc"] or 0.0) < t.generalised_acc:
+        elif group == "generalise" and (a.converged_test_acc or 0.0) < t.generalised_acc:
             excluded.append({"run_id": run.id, "reason": "has not generalised"})
         else:
-            points[group][a["train_size"]].append((a["converged_train_loss"], a["converged_param_norm"]))
-            drifts[group][a["train_size"]].append(a.get("param_norm_drift"))
+            points[group][a.train_size].append((a.converged_train_loss, a.converged_param_norm))
+            drifts[group][a.train_size].append(a.param_norm_drift)
     curves: dict[str, list[dict[str, Any]]] = {}
     for group, by_size in points.items():
         curves[group] = []
@@ -434,14 +406,14 @@ def analyse_experiment(runs: Sequence[RunRecord], thresholds: Thresholds | None 
     }
 
 
-def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: bool) -> dict[str, Any]:
+def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: bool) -> DCritSearch:
     """A d_crit_search's state: the current bracket, the estimate over its probes with its
     interval over seeds, every probed size by round, why it ended, and its run-steps beside those
     of a geometric grid over the same bracket that reaches the same tolerance."""
     probes = [
-        ProbeResult(run.analysis["train_size"], run.search_round or 1, run.analysis["final_test_acc"])
+        ProbeResult(run.analysis.train_size, run.search_round or 1, run.analysis.final_test_acc)
         for run in runs
-        if run.role == "probe" and run.analysis is not None and run.analysis["final_test_acc"] is not None
+        if run.role == "probe" and run.analysis is not None and run.analysis.final_test_acc is not None
     ]
     by_size: dict[int, list[float]] = defaultdict(list)
     by_round: dict[tuple[int, int], list[float]] = defaultdict(list)
@@ -458,28 +430,39 @@ def search(request: DCritSearchExperiment, runs: Sequence[RunRecord], *, ended: 
     # A probe's own steps: phase 2's on the ungrokking side (phase 1 is trained once per seed).
     probe_steps = [run.spec.phases[-1].steps if request.side == "ungrokking" else run.spec.total_steps for run in probe_runs]
     grid_sizes = math.floor(math.log(request.high / request.low) / math.log(1 + request.relative_tolerance)) + 2
-    return {
-        "side": request.side,
-        "level": request.level,
-        "bracket": [low, high],
-        "bracket_ratio": high / low,
-        "ended": ended,
-        "end_reason": plan.ended if ended else None,
-        "rounds": max((p.round for p in probes), default=0),
-        "estimate": d_crit(by_size, level=request.level),
-        "probes": [
-            {"round": r, "train_size": d, "mean_final_test_acc": float(np.mean(v)), "n": len(v)}
-            for (r, d), v in sorted(by_round.items())
-        ],
-        "assumed": f"low {request.low} fails and high {request.high} generalises; they are not trained",
-        "probe_runs": len(probe_runs),
-        "probe_run_steps": sum(probe_steps),
-        "grid_at_same_tolerance": {
-            "sizes": grid_sizes,
-            "runs": grid_sizes * len(request.seeds),
-            "run_steps": grid_sizes * len(request.seeds) * (max(probe_steps) if probe_steps else 0),
-        },
-    }
+    return DCritSearch.model_validate(
+        {
+            "side": request.side,
+            "level": request.level,
+            "bracket": [low, high],
+            "bracket_ratio": high / low,
+            "ended": ended,
+            "end_reason": plan.ended if ended else None,
+            "rounds": max((p.round for p in probes), default=0),
+            "estimate": d_crit(by_size, level=request.level),
+            "probes": [
+                {"round": r, "train_size": d, "mean_final_test_acc": float(np.mean(v)), "n": len(v)}
+                for (r, d), v in sorted(by_round.items())
+            ],
+            "assumed": f"low {request.low} fails and high {request.high} generalises; they are not trained",
+            "probe_runs": len(probe_runs),
+            "probe_run_steps": sum(probe_steps),
+            "grid_at_same_tolerance": {
+                "sizes": grid_sizes,
+                "runs": grid_sizes * len(request.seeds),
+                "run_steps": grid_sizes * len(request.seeds) * (max(probe_steps) if probe_steps else 0),
+            },
+        }
+    )
+
+
+def experiment_analysis(
+    experiment_id: int, runs: Sequence[RunRecord], thresholds: Thresholds, sections: Mapping[str, Any]
+) -> ExperimentAnalysis:
+    """The experiment analysis as the API returns it: analyse_experiment's, the thresholds it used
+    and the sections of the experiment's kind (groklab/kinds.py)."""
+    body = {"experiment_id": experiment_id, "thresholds": thresholds.model_dump(), **analyse_experiment(runs, thresholds)}
+    return ExperimentAnalysis.model_validate(body | dict(sections))
 
 
 def _seeds_used(runs: Sequence[RunRecord]) -> dict[str, Any]:
@@ -510,7 +493,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
     }
     for name in RUN_ROW_FIELDS:
         if name not in row:
-            row[name] = run.analysis.get(name) if run.analysis else None
+            row[name] = getattr(run.analysis, name) if run.analysis else None
     return row
 
 

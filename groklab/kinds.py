@@ -19,7 +19,8 @@ from groklab.store.models import Experiment
 
 AnalysisSection = Callable[[Experiment, Sequence[RunRecord], Thresholds], dict[str, Any]]
 """(experiment, its runs' records, the request's thresholds) -> sections merged into the
-experiment's analysis."""
+experiment's analysis: {name: a model}, typed by its field of groklab.analysis_models.ExperimentAnalysis
+(a section with no field there passes through as plain JSON)."""
 OnRunsFinished = Callable[[Session, Celery, Settings, int], list[int]]
 """(session, celery, settings, experiment id) -> ids of runs it queued (e.g. a search's next round)."""
 

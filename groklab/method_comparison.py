@@ -21,65 +21,19 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from engine.kinds.method_comparison import SIDES, MethodComparisonExperiment, untuned_point
+from groklab.analysis_models import Configuration, MethodComparison, SeedSteps, Side, SpeedUp
 from groklab.analysis import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, RunRecord, Thresholds, run_weight_decay
 from groklab.store.models import Experiment
-
-Side = Literal["baseline", "method"]
-
-
-class SeedSteps(BaseModel):
-    seed: int
-    run_id: int
-    steps: int = Field(description="First evaluated step at the accuracy level, or the budget when censored.")
-    censored: bool = Field(description="The run never reached the level: `steps` is its budget, a lower bound.")
-
-
-class Configuration(BaseModel):
-    """One (side, learning rate, weight decay) over its seeds."""
-
-    side: Side
-    learning_rate: float
-    weight_decay: float
-    untuned: bool = Field(description="The base spec's own learning rate and weight decay.")
-    budget: int = Field(description="The runs' step budget.")
-    seeds: list[SeedSteps] = Field(description="Each succeeded run's steps to generalise.")
-    median_steps: float | None = Field(description="Median over seeds; None before any run succeeded.")
-    censored: bool = Field(description="The median is a lower bound: at least half the seeds never generalised.")
-
-
-class SpeedUp(BaseModel):
-    baseline: Configuration | None
-    method: Configuration | None
-    speed_up: float | None = Field(description="baseline median steps / method median steps.")
-    interval: list[float] | None = Field(description="95% bootstrap interval over seeds.")
-    bound: Literal["lower", "upper", "unknown"] | None = Field(
-        description="When a median is censored the speed-up is a bound: lower (only the baseline's), upper "
-        "(only the method's) or unknown (both)."
-    )
-    reason: str | None = None
-
-
-class MethodComparison(BaseModel):
-    level: float = Field(description="The test accuracy that counts as generalised.")
-    configurations: list[Configuration]
-    best: dict[Side, Configuration | None] = Field(
-        description="Each side's configuration with the fewest median steps (ties: the fewest mean steps)."
-    )
-    tuned: SpeedUp = Field(description="The method's best against the baseline's best.")
-    untuned: SpeedUp = Field(description="Both sides at the base spec's own learning rate and weight decay.")
-    resamples: int
 
 
 def seed_steps(run: RunRecord) -> SeedSteps:
     """A succeeded run's steps to generalise, censored at its budget."""
     assert run.analysis is not None
-    step = run.analysis["generalisation_step"]
+    step = run.analysis.generalisation_step
     budget = run.spec.total_steps
     return SeedSteps(seed=run.spec.seed, run_id=run.id, steps=budget if step is None else step, censored=step is None)
 
@@ -200,8 +154,7 @@ def compare(records: Sequence[RunRecord], untuned: tuple[float, float], level: f
     )  # fmt: skip
 
 
-def analysis_section(experiment: Experiment, records: Sequence[RunRecord], thresholds: Thresholds) -> dict[str, Any]:
-    """The experiment analysis' `method_comparison` section."""
+def analysis_section(experiment: Experiment, records: Sequence[RunRecord], thresholds: Thresholds) -> dict[str, MethodComparison]:
+    """The experiment analysis' `method_comparison` section (its models: groklab/analysis_models.py)."""
     request = MethodComparisonExperiment.model_validate(experiment.spec)
-    result = compare(records, untuned_point(request), thresholds.generalised_acc)
-    return {"method_comparison": result.model_dump(mode="json")}
+    return {"method_comparison": compare(records, untuned_point(request), thresholds.generalised_acc)}

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from engine import spec as engine_spec
 from groklab import analysis
+from groklab.analysis_models import RunAnalysis
 from groklab.run_specs import run_spec
 from groklab.store import answer_cache, metric_reads
 from groklab.store.models import Run
@@ -25,14 +25,14 @@ from groklab.store.runs import FINISHED_STATUSES, SUCCEEDED
 _CODE = answer_cache.code_digest(analysis, engine_spec, metric_reads, sys.modules[__name__])
 
 
-def analyse_stored_run(session: Session, run: Run, thresholds: analysis.Thresholds) -> dict[str, Any]:
+def analyse_stored_run(session: Session, run: Run, thresholds: analysis.Thresholds) -> RunAnalysis:
     series = metric_reads.read_series(session, run.id, names=list(analysis.SERIES_NEEDED), start_step=None, end_step=None)
     return analysis.analyse_run(series, run_spec(run), thresholds)
 
 
 def analyse_stored_runs(
     session: Session, runs: Sequence[Run], thresholds: analysis.Thresholds, *, cache_bytes: int
-) -> dict[int, dict[str, Any]]:
+) -> dict[int, RunAnalysis]:
     """Each run's analysis by run id: a finished run's from the cache when it is there (computed
     and kept when not), a running one's computed from its series so far."""
     limits = thresholds.model_dump()
@@ -41,10 +41,10 @@ def analyse_stored_runs(
         for run in runs
         if run.status in FINISHED_STATUSES and cache_bytes > 0
     }
-    found = answer_cache.cached_json(session, keys)
+    found = {run_id: RunAnalysis.model_validate(kept) for run_id, kept in answer_cache.cached_json(session, keys).items()}
     computed = {run.id: analyse_stored_run(session, run, thresholds) for run in runs if run.id not in found}
     new = [
-        answer_cache.Entry(keys[run.id], run.experiment_id, run.id, json.dumps(computed[run.id]).encode())
+        answer_cache.Entry(keys[run.id], run.experiment_id, run.id, json.dumps(computed[run.id].model_dump(mode="json")).encode())
         for run in runs
         if run.id in keys and run.id in computed
     ]
@@ -60,4 +60,4 @@ def run_labels(
     experiment's analysis (a running run's label would change under the reader)."""
     succeeded = [run for run in runs if run.status == SUCCEEDED]
     analyses = analyse_stored_runs(session, succeeded, thresholds or analysis.Thresholds(), cache_bytes=cache_bytes)
-    return {run.id: analyses[run.id]["label"] if run.id in analyses else None for run in runs}
+    return {run.id: analyses[run.id].label if run.id in analyses else None for run in runs}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from celery import Celery
 from sqlalchemy.orm import Session
@@ -25,6 +24,7 @@ from engine.experiments import DCritSearchExperiment, plan_search_probes
 from engine.d_crit_bracket import ProbeResult, next_round
 from groklab import analysis
 from groklab.analysis import RunRecord
+from groklab.analysis_models import DCritSearch
 from groklab.dispatch import dispatch_runs
 from groklab.run_specs import run_spec
 from groklab.settings import Settings
@@ -100,7 +100,9 @@ def advance_search(session: Session, celery: Celery, settings: Settings, experim
     return run_ids
 
 
-def analysis_section(experiment: Experiment, records: Sequence[RunRecord], thresholds: analysis.Thresholds) -> dict[str, Any]:
+def analysis_section(
+    experiment: Experiment, records: Sequence[RunRecord], thresholds: analysis.Thresholds
+) -> dict[str, DCritSearch]:
     """The experiment analysis' `search` section: the bracket, the estimate and the probes."""
     request = DCritSearchExperiment.model_validate(experiment.spec)
     return {"search": analysis.search(request, records, ended=experiment.search_ended_at is not None)}

@@ -4,6 +4,7 @@ best, the speed-ups and their paired bootstrap intervals)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from engine.experiments import ExperimentRequest, plan_experiment
 from engine.kinds.method_comparison import MAX_GRID_VALUES, untuned_point
 from engine.spec import SpecError
 from groklab import analysis
+from groklab.analysis_models import ExperimentAnalysis
 from groklab.method_comparison import bootstrap_speed_up, compare, median_is_censored
 
 REQUEST = TypeAdapter(ExperimentRequest)
@@ -197,8 +199,13 @@ def test_the_report_section_reads_the_analysis_into_claims_a_table_and_a_figure(
     from groklab.client.report.method_comparison import SECTION
 
     def data(rises: dict) -> dict[str, report.ExperimentData]:
-        result = compare(records(rises), (0.003, 1.0), 0.95).model_dump(mode="json")
-        return {"methods": report.ExperimentData("methods", 1, COMPARISON, [], {"method_comparison": result}, {}, None)}
+        # The experiment analysis as the API serves it, parsed as the client does.
+        runs = records(rises)
+        result = compare(runs, (0.003, 1.0), 0.95)
+        served = analysis.experiment_analysis(1, runs, analysis.Thresholds(), {"method_comparison": result})
+        parsed = ExperimentAnalysis.model_validate(json.loads(served.model_dump_json()))
+        assert parsed.method_comparison == result and "search" not in served.model_dump(mode="json")
+        return {"methods": report.ExperimentData("methods", 1, COMPARISON, [], parsed, {}, None)}
 
     # Untuned: the method halves or better every seed (interval above 1); tuned, the gap shrinks.
     faster = data(grid_rises(

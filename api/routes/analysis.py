@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 
 from api.auth import ReaderDep
 from api.deps import SessionDep, SettingsDep
 from engine.spec import error_field
 from groklab import analysis, kinds
+from groklab.analysis_models import ExperimentAnalysis, RunAnalysisResponse
 from groklab.errors import InvalidInput
 from groklab.run_labels import analyse_stored_runs
 from groklab.run_specs import run_spec
@@ -55,7 +56,7 @@ ThresholdsDep = Annotated[analysis.Thresholds, Depends(thresholds)]
 _CSV_TOO = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
 
-@router.get("/v1/runs/{run_id}/analysis", responses=_CSV_TOO)
+@router.get("/v1/runs/{run_id}/analysis", response_model=RunAnalysisResponse, responses=_CSV_TOO)
 def run_analysis(
     run_id: int,
     limits: ThresholdsDep,
@@ -67,14 +68,14 @@ def run_analysis(
     """Milestones, final values and the label of one run (any status: the series so far)."""
     run = run_store.get_run(session, run_id, owner=principal.owner)
     analysed = analyse_stored_runs(session, [run], limits, cache_bytes=settings.answer_cache_bytes)
-    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(), **analysed[run.id]}
+    body = {"run_id": run.id, "status": run.status, "thresholds": limits.model_dump(), **analysed[run.id].model_dump()}
     if format == "csv":
         fields = ["run_id", "status", *(k for k in body if k not in ("run_id", "status", "thresholds"))]
         return PlainTextResponse(analysis.rows_csv([body], fields), media_type="text/csv")
-    return JSONResponse(body)
+    return RunAnalysisResponse.model_validate(body)
 
 
-@router.get("/v1/experiments/{experiment_id}/analysis", responses=_CSV_TOO)
+@router.get("/v1/experiments/{experiment_id}/analysis", response_model=ExperimentAnalysis, responses=_CSV_TOO)
 def experiment_analysis(
     experiment_id: int,
     limits: ThresholdsDep,
@@ -99,8 +100,6 @@ def experiment_analysis(
         )
         for run in experiment.runs
     ]
-    body = analysis.analyse_experiment(records, limits)
-    body |= kinds.analysis_sections(experiment, records, limits)
     if format == "csv":
-        return PlainTextResponse(analysis.rows_csv(body["runs"]), media_type="text/csv")
-    return JSONResponse({"experiment_id": experiment.id, "thresholds": limits.model_dump(), **body})
+        return PlainTextResponse(analysis.rows_csv([analysis.run_row(run) for run in records]), media_type="text/csv")
+    return analysis.experiment_analysis(experiment.id, records, limits, kinds.analysis_sections(experiment, records, limits))

@@ -160,7 +160,18 @@ def _schema_type(schema: dict[str, Any]) -> str:
     kind = schema.get("type", "any")
     if kind == "array":
         return f"array[{_schema_type(schema.get('items', {}))}]"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict) and schema["additionalProperties"]:
+        return f"object[string → {_schema_type(schema['additionalProperties'])}]"
     return str(kind)
+
+
+def _response_body(response: dict[str, Any]) -> str:
+    """The types of a response's bodies by media type ('' for none)."""
+    bodies = [
+        f"`{media}`" + (f": {_schema_type(content['schema'])}" if content.get("schema") else "")
+        for media, content in response.get("content", {}).items()
+    ]
+    return ", ".join(bodies)
 
 
 def http_api_page() -> str:
@@ -198,9 +209,10 @@ at `/openapi.json` and an interactive view at `/docs`. The conventions every rou
             body = operation.get("requestBody", {}).get("content", {})
             for media, content in body.items():
                 parts.append(f"Body (`{media}`): {_schema_type(content.get('schema', {}))}\n")
-            parts.append("| status | meaning |\n| --- | --- |")
+            parts.append("| status | meaning | body |\n| --- | --- | --- |")
             parts.extend(
-                f"| `{code}` | {_cell(response.get('description', ''))} |" for code, response in operation["responses"].items()
+                f"| `{code}` | {_cell(response.get('description', ''))} | {_response_body(response)} |"
+                for code, response in operation["responses"].items()
             )
             parts.append("")
     parts.append("## Schemas\n")

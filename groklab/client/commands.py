@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from groklab.analysis_models import ExperimentAnalysis
 from groklab.client.errors import ApiError, ClientError
 from groklab.client.http import (
     Client,
@@ -164,7 +165,7 @@ def _status(client: Client, args: argparse.Namespace, console: Console) -> int:
         out.print(table)
         return 0
     experiment = client.experiment(args.experiment)
-    labels = {row["id"]: row.get("label") for row in client.analysis(experiment)["runs"]}
+    labels = {row.id: row.label for row in ExperimentAnalysis.model_validate(client.analysis(experiment)).runs}
     table = Table(
         "run", "status", "step", "train_acc", "test_acc", "label", title=f"experiment {experiment.id}: {_counts(experiment)}"
     )

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from groklab.analysis_models import ExperimentAnalysis
 from groklab.client import report
 from groklab.client.errors import ApiError, ClientError
 from groklab.client.report import Claim, ExperimentData
@@ -163,7 +164,9 @@ def collect(client: Client, manifest: Manifest) -> dict[str, ExperimentData]:
     data = {}
     for name, known in manifest.experiments.items():
         experiment = client.experiment(known["id"])
-        analysis = client.analysis(known["id"])
+        served = client.analysis(known["id"])
+        # Parsed, so a server whose analysis has another shape fails here, naming the field.
+        analysis = ExperimentAnalysis.model_validate(served)
         runs = client.runs(known["id"])
         series: dict[int, dict[str, list[tuple[int, float]]]] = {}
         for row in client.metrics([r.id for r in runs], sections[name].series, max_points=400) if runs else []:
@@ -172,7 +175,7 @@ def collect(client: Client, manifest: Manifest) -> dict[str, ExperimentData]:
                 series.setdefault(row["run_id"], {}).setdefault(row["name"], []).append(
                     (row.get("step_end", row.get("step")), value)
                 )
-        data[name] = ExperimentData(name, experiment.id, experiment.spec, analysis["runs"], analysis, series, _wall_seconds(runs))
+        data[name] = ExperimentData(name, experiment.id, experiment.spec, served["runs"], analysis, series, _wall_seconds(runs))
     return data
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import jsonschema
 from sqlalchemy import func, select
 
 from groklab.store.database import session_scope
@@ -15,6 +16,34 @@ from tests.services import tiny_spec, wait_for_runs
 def _kept_analyses(database_url: str, run_ids: list[int]) -> int:
     with session_scope(database_url) as session:
         return session.scalar(select(func.count()).select_from(CachedAnswer).where(CachedAnswer.run_id.in_(run_ids)))
+
+
+def _response_schema(openapi: dict, path: str) -> dict:
+    """The 200 JSON response's schema of GET `path`, with the components its $refs point into."""
+    schema = openapi["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    return {**schema, "components": openapi["components"]}
+
+
+def test_the_analyses_are_typed_and_documented_in_the_openapi_schema(client: httpx.Client):
+    openapi = client.get("/openapi.json").json()
+    for path, model in (
+        ("/v1/runs/{run_id}/analysis", "RunAnalysisResponse"),
+        ("/v1/experiments/{experiment_id}/analysis", "ExperimentAnalysis"),
+    ):
+        content = openapi["paths"][path]["get"]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+        assert "text/csv" in content
+    experiment = openapi["components"]["schemas"]["ExperimentAnalysis"]
+    assert {"accuracy_vs_train_size", "d_crit", "efficiency", "runs", "search", "method_comparison"} <= set(
+        experiment["properties"]
+    )
+    # A kind's section is absent for the other kinds, so not required; the rest always is.
+    assert "search" not in experiment["required"] and "efficiency" in experiment["required"]
+    d_crit = experiment["properties"]["d_crit"]
+    assert d_crit["description"] and d_crit["additionalProperties"] == {"$ref": "#/components/schemas/DCritByRole"}
+    assert openapi["components"]["schemas"]["DCritSearch"]["properties"]["estimate"]["$ref"].endswith("/DCritEstimate")
+    label = openapi["components"]["schemas"]["RunAnalysisResponse"]["properties"]["label"]
+    assert "grokked" in label["enum"]
 
 
 def test_run_and_experiment_analyses_of_finished_tiny_runs(client: httpx.Client, pg_database: str):
@@ -38,6 +67,8 @@ def test_run_and_experiment_analyses_of_finished_tiny_runs(client: httpx.Client,
 
     looser = client.get(f"/v1/runs/{run_id}/analysis", params={"memorised_acc": 0.01}).json()
     assert looser["memorisation_step"] == 0
+    openapi = client.get("/openapi.json").json()
+    jsonschema.validate(body, _response_schema(openapi, "/v1/runs/{run_id}/analysis"))
 
     analysis = client.get(f"/v1/experiments/{experiment['id']}/analysis")
     assert analysis.status_code == 200, analysis.text
@@ -46,6 +77,8 @@ def test_run_and_experiment_analyses_of_finished_tiny_runs(client: httpx.Client,
     sizes = {row["train_size"] for row in result["accuracy_vs_train_size"]}
     assert len(sizes) == 2 and all(row["n"] == 2 for row in result["accuracy_vs_train_size"])
     assert "pooled" in result["d_crit"]["run"]
+    jsonschema.validate(result, _response_schema(openapi, "/v1/experiments/{experiment_id}/analysis"))
+    assert "search" not in result and "method_comparison" not in result  # not this kind's sections
 
     table = client.get(f"/v1/experiments/{experiment['id']}/analysis", params={"format": "csv"})
     assert table.headers["content-type"].startswith("text/csv")

@@ -68,20 +68,20 @@ def series(train_acc, test_acc, *, every=100, phase=None, train_loss=None, param
 )
 def test_every_label_follows_its_rule(train_acc, test_acc, spec, phase, label):
     result = analyse_run(series(train_acc, test_acc, phase=phase), spec, T)
-    assert result["label"] == label
+    assert result.label == label
 
 
 def test_milestones_delay_and_final_values_are_read_off_the_series():
     result = analyse_run(series([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.3, 0.6, 1.0, 0.98]), ONE_PHASE, T)
-    assert result["memorisation_step"] == 100 and result["generalisation_step"] == 400
-    assert result["grokking_delay"] == 300
-    assert result["final_test_acc"] == 0.98 and result["max_test_acc"] == 1.0
-    assert result["train_size"] == 3830 and result["weight_decay"] == 1.0
+    assert result.memorisation_step == 100 and result.generalisation_step == 400
+    assert result.grokking_delay == 300
+    assert result.final_test_acc == 0.98 and result.max_test_acc == 1.0
+    assert result.train_size == 3830 and result.weight_decay == 1.0
 
 
 def test_a_looser_no_delay_factor_turns_grokking_into_no_delay():
     data = series([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.2, 0.3, 0.6, 1.0])
-    assert analyse_run(data, ONE_PHASE, Thresholds(no_delay_factor=5))["label"] == "generalised_without_delay"
+    assert analyse_run(data, ONE_PHASE, Thresholds(no_delay_factor=5)).label == "generalised_without_delay"
 
 
 def test_the_phase_series_places_a_forked_runs_boundary():
@@ -89,25 +89,25 @@ def test_the_phase_series_places_a_forked_runs_boundary():
     # test accuracy there decides ungrokking.
     data = series([1.0] * 6, [0.2, 0.5, 0.9, 0.99, 0.3, 0.1], phase=[0, 0, 0, 0, 1, 1])
     result = analyse_run(data, TWO_PHASES, T)
-    assert result["last_phase_start_step"] == 300 and result["test_acc_at_last_phase_start"] == 0.99
-    assert result["label"] == "ungrokked" and result["train_size"] == 400
+    assert result.last_phase_start_step == 300 and result.test_acc_at_last_phase_start == 0.99
+    assert result.label == "ungrokked" and result.train_size == 400
 
 
 def test_a_phase_two_run_does_not_inherit_its_parents_grokking_delay():
     kept = series([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.97, 1.0, 0.97, 0.96], phase=[0, 0, 0, 0, 1, 1])
     result = analyse_run(kept, TWO_PHASES, T)
-    assert result["label"] == "kept" and result["grokking_delay"] is None
-    assert analyse_run(kept, ONE_PHASE, T)["grokking_delay"] == 100  # the same history in one phase
+    assert result.label == "kept" and result.grokking_delay is None
+    assert analyse_run(kept, ONE_PHASE, T).grokking_delay == 100  # the same history in one phase
     # Started memorised at step 300, generalised in phase 2 at 500: its own delay.
     late = series([0.1, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.2, 0.2, 0.5, 0.97], phase=[0, 0, 0, 0, 1, 1])
     result = analyse_run(late, TWO_PHASES, T)
-    assert result["grokking_delay"] == 500 - 300
+    assert result.grokking_delay == 500 - 300
 
 
 def test_null_points_never_cross_a_threshold():
     data = series([0.1, 1.0, 1.0], [0.0, None, None])
     result = analyse_run(data, ONE_PHASE, T)
-    assert result["generalisation_step"] is None and result["final_test_acc"] == 0.0
+    assert result.generalisation_step is None and result.final_test_acc == 0.0
 
 
 def test_thresholds_must_be_consistent():
@@ -219,9 +219,9 @@ def test_each_run_says_how_far_its_norm_still_moved_and_the_sweep_carries_it():
     """param_norm_drift: the relative change of the norm over the run's last quarter of steps."""
     falling = series([1.0] * 11, [1.0] * 11, train_loss=[1e-4] * 11, param_norm=[40.0 - i for i in range(11)])
     result = analyse_run(falling, ONE_PHASE, T)  # from the first evaluation at or after step 750 (800: 32) to the last (30)
-    assert result["param_norm_drift"] == pytest.approx((32.0 - 30.0) / 30.0)
+    assert result.param_norm_drift == pytest.approx((32.0 - 30.0) / 30.0)
     settled = series([1.0] * 11, [1.0] * 11, train_loss=[1e-4] * 11, param_norm=[30.0] * 11)
-    assert analyse_run(settled, ONE_PHASE, T)["param_norm_drift"] == 0.0
+    assert analyse_run(settled, ONE_PHASE, T).param_norm_drift == 0.0
     runs = [*sweep(0, 200, 20.0, True), *sweep(10, 4000, 32.0, False)]
     curve = efficiency(runs, T)["memorise"][0]
     assert [p["param_norm_drift"] for p in curve["sweep"]] == [0.0, 0.0, 0.0] and curve["max_param_norm_drift"] == 0.0

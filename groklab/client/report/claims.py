@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from groklab.analysis_models import ExperimentAnalysis
+
 PASS, FAIL, NOT_TESTABLE = "pass", "fail", "not testable"
 DEFAULT_SERIES = ("train_acc", "test_acc")
 
@@ -23,8 +25,10 @@ class ExperimentData:
     id: int
     spec: dict[str, Any]
     runs: list[dict[str, Any]]
-    """The analysis' run rows (label, final accuracies, D, weight decay...)."""
-    analysis: dict[str, Any]
+    """The analysis' run rows (label, final accuracies, D, weight decay...) as JSON objects, which
+    `rows` filters by key; their model is groklab.analysis_models.RunRow."""
+    analysis: ExperimentAnalysis
+    """The server's experiment analysis, parsed."""
     series: dict[int, dict[str, list[tuple[int, float]]]]
     """run id -> name -> [(step, value)]"""
     wall_seconds: float | None

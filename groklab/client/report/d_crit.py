@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from groklab.analysis_models import DCritEstimate
 from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData, Section, fmt, rows
 
 
-def ungrokking_d_crit(data: Mapping[str, ExperimentData]) -> dict[str, Any]:
-    return data["ungrokking"].analysis["d_crit"].get("phase2", {}).get("pooled", {})
+def ungrokking_d_crit(data: Mapping[str, ExperimentData]) -> DCritEstimate | None:
+    """The pooled D_crit of ungrokking's phase-2 runs; None before any succeeded."""
+    phase2 = data["ungrokking"].analysis.d_crit.get("phase2")
+    return phase2.pooled if phase2 is not None else None
 
 
 def scratch_d_crit(data: Mapping[str, ExperimentData]) -> dict[str, Any]:
@@ -39,22 +42,23 @@ def scratch_d_crit(data: Mapping[str, ExperimentData]) -> dict[str, Any]:
 
 def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:
     ungrok, scratch = ungrokking_d_crit(data), scratch_d_crit(data)
-    eff = data["efficiency"].analysis["efficiency"]
-    both = ungrok.get("d_crit") is not None and scratch["d_crit"] is not None
+    ungrok_d = ungrok.d_crit if ungrok is not None else None
+    eff = data["efficiency"].analysis.efficiency
+    both = ungrok_d is not None and scratch["d_crit"] is not None
     out = [Claim(
         "D_crit", "D_crit from ungrokking lies below D_crit from training from scratch",
         "ungrokking ~800-1,000 and from scratch ~1,500-2,050 at P=113",
-        f"ungrokking {fmt(ungrok.get('d_crit'))}, from scratch {fmt(scratch['d_crit'])}"
-        + ("" if both else f" ({ungrok.get('reason') or scratch['reason']})"),
-        "ungrokking < from scratch", (PASS if ungrok["d_crit"] < scratch["d_crit"] else FAIL) if both else NOT_TESTABLE,
+        f"ungrokking {fmt(ungrok_d)}, from scratch {fmt(scratch['d_crit'])}"
+        + ("" if both else f" ({(ungrok.reason if ungrok else 'no phase-2 run succeeded') or scratch['reason']})"),
+        "ungrokking < from scratch", (PASS if ungrok_d < scratch["d_crit"] else FAIL) if both else NOT_TESTABLE,
     )]  # fmt: skip
-    if eff["d_crit"] is not None or ungrok.get("d_crit") is not None:
+    if eff.d_crit is not None or ungrok_d is not None:
         out.append(Claim(
             "D_crit", "the efficiency crossing lies near the ungrokking D_crit",
             "both estimate one D_crit (~500-1,000 and ~800-1,000 at P=113)",
-            f"efficiency {fmt(eff['d_crit'])}, ungrokking {fmt(ungrok.get('d_crit'))}", "within a factor of 2",
-            NOT_TESTABLE if eff["d_crit"] is None or ungrok.get("d_crit") is None
-            else PASS if 0.5 <= eff["d_crit"] / ungrok["d_crit"] <= 2 else FAIL,
+            f"efficiency {fmt(eff.d_crit)}, ungrokking {fmt(ungrok_d)}", "within a factor of 2",
+            NOT_TESTABLE if eff.d_crit is None or ungrok_d is None
+            else PASS if 0.5 <= eff.d_crit / ungrok_d <= 2 else FAIL,
         ))  # fmt: skip
     return out
 

@@ -11,6 +11,8 @@ from datetime import datetime, UTC
 from importlib import metadata
 from typing import Any
 
+from pydantic import BaseModel
+
 from groklab.client.report import experiments, tables
 from groklab.client.report.claims import FAIL, NOT_TESTABLE, PASS, Claim, ExperimentData
 from groklab.client.report.d_crit import scratch_d_crit, ungrokking_d_crit
@@ -21,7 +23,11 @@ th{background:#f2f2f2}.pass{color:#176a1d;font-weight:600}.fail{color:#b00020;fo
 figure{margin:1.5em 0}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}"""
 
 
-def _interval(estimate: Mapping[str, Any]) -> str:
+def _interval(estimate: Mapping[str, Any] | BaseModel | None) -> str:
+    """An estimate's D_crit and interval: a model of groklab.analysis_models, or scratch_d_crit's dict."""
+    if isinstance(estimate, BaseModel):
+        estimate = estimate.model_dump()
+    estimate = estimate or {"reason": "no run succeeded"}
     if estimate.get("d_crit") is None:
         return f"none ({html.escape(str(estimate.get('reason')))})"
     bounds = estimate.get("interval")
@@ -41,14 +47,14 @@ def _claims_table(found: Sequence[Claim]) -> list[str]:
 
 
 def _d_crit_list(data: Mapping[str, ExperimentData]) -> list[str]:
-    scratch, eff = scratch_d_crit(data), data["efficiency"].analysis["efficiency"]
+    scratch, eff = scratch_d_crit(data), data["efficiency"].analysis.efficiency
     left_out = ", ".join(f"D={r['train_size']} ({r['total_steps']} steps)" for r in scratch["left_out"])
     return [
         "<h2>D_crit</h2><ul id='d-crit'>",
         f"<li>ungrokking (phase 2 on D'): {_interval(ungrokking_d_crit(data))}</li>",
         f"<li>from scratch (sweep, grokking and semi-grokking runs together; a run below 0.5 counts only at the longest budget, "
         f"{scratch['longest_budget']} steps; left out: {html.escape(left_out or 'none')}): {_interval(scratch)}</li>",
-        f"<li>efficiency crossing (memorising vs generalising norm at train loss {eff['loss']:g}): {_interval(eff)}</li></ul>",
+        f"<li>efficiency crossing (memorising vs generalising norm at train loss {eff.loss:g}): {_interval(eff)}</li></ul>",
     ]  # fmt: skip
 
 

@@ -23,25 +23,27 @@ def claims(data: Mapping[str, ExperimentData]) -> list[Claim]:
                          f"final test accuracy {fmt(largest['final_test_acc'])}", ">= 0.9",
                          PASS if largest["final_test_acc"] >= 0.9 else FAIL))  # fmt: skip
     decays = sorted({r["weight_decay"] for r in phase2})
-    collapse = ung.analysis["weight_decay_collapse"].get("phase2", {})
+    collapse = ung.analysis.weight_decay_collapse.get("phase2")
+    max_gap = collapse.max_gap if collapse is not None else None
     out.append(Claim("ungrokking", "curves for different weight decays overlap",
                      "the accuracy D' ends with does not depend on weight decay (Fig. 7)",
-                     f"max gap {fmt(collapse.get('max_gap'))} over weight decays {decays}", "max gap < 0.15",
-                     NOT_TESTABLE if len(decays) < 2 or collapse.get("max_gap") is None
-                     else PASS if collapse["max_gap"] < 0.15 else FAIL))  # fmt: skip
+                     f"max gap {fmt(max_gap)} over weight decays {decays}", "max gap < 0.15",
+                     NOT_TESTABLE if len(decays) < 2 or max_gap is None
+                     else PASS if max_gap < 0.15 else FAIL))  # fmt: skip
     return out
 
 
 def figure(axes: Any, data: Mapping[str, ExperimentData]) -> None:
     analysis = data["ungrokking"].analysis
-    phase2 = [p for p in analysis["accuracy_vs_train_size"] if p["role"] == "phase2"]
-    for wd in sorted({p["weight_decay"] for p in phase2}):
-        points = sorted((p for p in phase2 if p["weight_decay"] == wd), key=lambda p: p["train_size"])
-        axes.errorbar([p["train_size"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+    phase2 = [p for p in analysis.accuracy_vs_train_size if p.role == "phase2"]
+    for wd in sorted({p.weight_decay for p in phase2}):
+        points = sorted((p for p in phase2 if p.weight_decay == wd), key=lambda p: p.train_size)
+        axes.errorbar([p.train_size for p in points], [p.mean for p in points], yerr=[p.std for p in points],
                       marker="o", capsize=3, label=f"wd {wd:g}")  # fmt: skip
-    pooled = analysis["d_crit"].get("phase2", {}).get("pooled", {})
-    if pooled.get("d_crit") is not None:
-        axes.axvline(pooled["d_crit"], color="tab:red", linestyle="--", label=f"D_crit {pooled['d_crit']:.0f}")
+    phase2_d_crit = analysis.d_crit.get("phase2")
+    pooled = phase2_d_crit.pooled.d_crit if phase2_d_crit is not None else None
+    if pooled is not None:
+        axes.axvline(pooled, color="tab:red", linestyle="--", label=f"D_crit {pooled:.0f}")
     axes.set_xscale("log")
     axes.set_xlabel("D' (log scale)")
     axes.set_ylabel("final test accuracy")
