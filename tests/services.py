@@ -83,6 +83,22 @@ def migrated_pg_database() -> Iterator[str]:
         drop_pg_database(name)
 
 
+@contextmanager
+def pg_redis_client(data_dir: Path, workers: list[str]) -> Iterator[httpx.Client]:
+    """An api and these workers on a PostgreSQL database of their own and Redis, as on a cluster,
+    and an HTTP client of the api; stopped afterwards."""
+    with migrated_pg_database() as database_url:
+        stack = Stack(env=service_env(database_url, redis_url(), data_dir), log_dir=data_dir)
+        for name in workers:
+            stack.start_worker(name)
+        stack.start_api()
+        try:
+            with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+                yield client
+        finally:
+            stack.stop()
+
+
 def wait_http(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

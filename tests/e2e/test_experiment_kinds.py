@@ -14,14 +14,13 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import median
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.services import ROOT, Stack, migrated_pg_database, redis_url, service_env, wait_for_runs
+from tests.services import ROOT, pg_redis_client, wait_for_runs
 
 GROK_STEPS = 2_500
 PHASE2_STEPS = 1_500
@@ -32,15 +31,8 @@ BASE = {"task": {"p": 47, "train_fraction": 0.5}, "phases": [{"steps": GROK_STEP
 @pytest.fixture(scope="module")
 def kinds_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """Two workers, so that runs (and forked runs) train side by side as they would on a cluster."""
-    data_dir: Path = tmp_path_factory.mktemp("kinds-stack")
-    with migrated_pg_database() as database_url:
-        stack = Stack(env=service_env(database_url, redis_url(), data_dir), log_dir=data_dir)
-        stack.start_worker("k1")
-        stack.start_worker("k2")
-        stack.start_api()
-        with httpx.Client(base_url=stack.base_url, timeout=60) as client:
-            yield client
-        stack.stop()
+    with pg_redis_client(tmp_path_factory.mktemp("kinds-stack"), ["k1", "k2"]) as client:
+        yield client
 
 
 @dataclass

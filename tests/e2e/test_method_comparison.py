@@ -6,13 +6,12 @@ speed-ups following from them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from statistics import median
 
 import httpx
 import pytest
 
-from tests.services import Stack, migrated_pg_database, redis_url, service_env, tiny_spec, wait_for_runs
+from tests.services import pg_redis_client, tiny_spec, wait_for_runs
 
 STEPS, LEVEL = 600, 0.95
 # P=23 on 70% of the pairs: at lr 0.01 some seeds generalise within 600 steps and some do not
@@ -30,15 +29,8 @@ COMPARISON = {
 
 @pytest.fixture(scope="module")
 def comparison_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    data_dir: Path = tmp_path_factory.mktemp("comparison-stack")
-    with migrated_pg_database() as database_url:
-        stack = Stack(env=service_env(database_url, redis_url(), data_dir), log_dir=data_dir)
-        stack.start_worker("m1")
-        stack.start_worker("m2")
-        stack.start_api()
-        with httpx.Client(base_url=stack.base_url, timeout=60) as client:
-            yield client
-        stack.stop()
+    with pg_redis_client(tmp_path_factory.mktemp("comparison-stack"), ["m1", "m2"]) as client:
+        yield client
 
 
 def _first_at_level(client: httpx.Client, run_id: int) -> int | None:
