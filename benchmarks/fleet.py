@@ -33,6 +33,7 @@ from sqlalchemy import func, select, update
 from engine.experiments import PlannedRun
 from engine.spec import RunSpec
 from tests.local_servers import free_port, start_postgres, start_redis
+from tests.services import wait_http
 from groklab.reconciler import reconcile_once
 from groklab.settings import Settings
 from groklab.store import runs as run_store
@@ -256,12 +257,7 @@ def _start_fleet(
         env=env, cwd=ROOT, stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
     ))  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    wait_http(f"{base_url}/healthz")
     return base_url
 
 

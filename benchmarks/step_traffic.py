@@ -20,15 +20,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import engine as engine_benchmark
 from benchmarks.engine import SPEC
 from engine.device import configure_tf32
-from engine.sink import MemorySink
 from engine.train import Ensemble
 
 
-def _ensemble(k: int, device: torch.device) -> Ensemble:
-    specs = [SPEC.model_copy(update={"seed": s}) for s in range(k)]
-    ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None] * k, device)
+def _ensemble_past_warmup(k: int, device: torch.device) -> Ensemble:
+    ensemble = engine_benchmark._ensemble(k, device)
     for member in ensemble.members:  # past the warm-up: the step's shape from now on
         member.step = SPEC.optimizer.warmup_steps
     ensemble._set_hyperparameters()
@@ -93,7 +92,7 @@ def main() -> None:
         return
     device = torch.device("cuda")
     configure_tf32(True)
-    ensemble = _ensemble(args.k, device)
+    ensemble = _ensemble_past_warmup(args.k, device)
     steps = variants(ensemble)
     if args.profile:
         step = steps[args.profile]

@@ -31,6 +31,13 @@ class QueryTimeout(GroklabError):
     title = "Query timed out"
 
 
+def _check_bucket_rows(lines: int, what: str, max_points: int) -> None:
+    """A downsampled answer of `lines` series (or groups x names) of max_points buckets each is
+    at most MAX_BUCKET_ROWS rows; more is a 422 on max_points."""
+    if lines * max_points > MAX_BUCKET_ROWS:
+        raise InvalidInput(f"{lines} {what} x {max_points} buckets exceeds {MAX_BUCKET_ROWS} rows", field="max_points")
+
+
 @dataclass(frozen=True)
 class PointRow:
     """One raw point; its fields, in order, are the columns of every format the api serves."""
@@ -314,11 +321,7 @@ def read_metrics(
                 session, series, start_step=start_step, end_step=end_step, cursor=cursor, limit=limit
             )
             return MetricRows(start_step, end_step, None, points=points, next_cursor=next_cursor)
-        if len(series) * max_points > MAX_BUCKET_ROWS:
-            raise InvalidInput(
-                f"{len(series)} series x {max_points} buckets exceeds {MAX_BUCKET_ROWS} rows",
-                field="max_points",
-            )
+        _check_bucket_rows(len(series), "series", max_points)
         if end_step is None:
             end_step = last_step(session, series)
             if end_step is None or end_step < start_step:
@@ -414,11 +417,7 @@ def read_group_metrics(
         series = select_series(session, list(group_of), names)
         combos: dict[tuple[int, str], int] = {}
         by_series = {s.id: combos.setdefault((group_of[s.run_id], s.name), len(combos)) for s in series}
-        if len(combos) * max_points > MAX_BUCKET_ROWS:
-            raise InvalidInput(
-                f"{len(combos)} groups x names x {max_points} buckets exceeds {MAX_BUCKET_ROWS} rows",
-                field="max_points",
-            )
+        _check_bucket_rows(len(combos), "groups x names", max_points)
         if end_step is None:
             end_step = _latest_step(runs, series)
             if end_step is None:

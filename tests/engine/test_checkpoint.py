@@ -46,6 +46,12 @@ def _assert_same_series(straight: MemorySink, pieces: list[MemorySink]) -> None:
     [
         ({}, 30),
         ({"optimizer": OptimizerSpec(batch_size=64)}, 25),
+        ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 20),
+        ({"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80)]}, 30),
+        (
+            {"phases": [PhaseSpec(steps=30), PhaseSpec(steps=30, train_set="subset", subset_size=80, reset_optimizer=True)]},
+            45,
+        ),
     ],
 )
 @pytest.mark.parametrize("device", DEVICES)

@@ -12,7 +12,7 @@ from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, TransformerSpec
 from engine.train import size_classes, train_ensemble, train_run
 
-from . import DEVICES, single_cpu_thread
+from . import DEVICES, float64, single_cpu_thread  # noqa: F401  (float64: a fixture the tests ask for)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,19 +52,9 @@ def _assert_same_series(a: MemorySink, b: MemorySink) -> None:
             assert b.series[name][step] == pytest.approx(value, abs=1e-5), (name, step)
 
 
-@pytest.fixture
-def float64():
-    # In float32 a padded member's sums run in another order; Adam turns those last-bit differences
-    # into ~1e-3 drift over tens of steps. In float64 the drift stays ~1e-14: the same computation.
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(torch.float32)
-
-
 @pytest.mark.parametrize("device", DEVICES)
-def test_ensemble_of_different_members_matches_each_run_trained_alone(float64, device):
+@pytest.mark.usefixtures("float64")
+def test_ensemble_of_different_members_matches_each_run_trained_alone(device):
     members = [spec.model_copy(update={"device": device}) for spec in MEMBERS]
     assert len({pack_key(spec) for spec in members}) == 1
     alone = [MemorySink() for _ in members]
@@ -127,7 +117,8 @@ METHOD_MEMBERS = {
 
 
 @pytest.mark.parametrize("option", list(METHOD_MEMBERS))
-def test_an_ensemble_with_a_method_option_trains_each_member_as_alone(option, float64):
+@pytest.mark.usefixtures("float64")
+def test_an_ensemble_with_a_method_option_trains_each_member_as_alone(option):
     tiny = TransformerSpec(d_model=32, n_heads=2, d_head=16, d_mlp=64).model_dump()
     base = {
         "task": {"p": 11, "train_size": 60},
@@ -207,7 +198,8 @@ class _BrokenSink(MemorySink):
         super().log(step, metrics)
 
 
-def test_a_failing_sink_drops_its_member_and_a_stopped_member_resumes_alone(tmp_path, float64):
+@pytest.mark.usefixtures("float64")
+def test_a_failing_sink_drops_its_member_and_a_stopped_member_resumes_alone(tmp_path):
     specs = MEMBERS
     alone = [MemorySink() for _ in specs]
     for spec, sink in zip(specs, alone):

@@ -12,7 +12,7 @@ from engine.sink import MemorySink
 from engine.spec import OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, TransformerSpec
 from engine.train import Ensemble, batch_plan, chunk_width, size_classes, train_ensemble, train_run
 
-from . import single_cpu_thread
+from . import float64, single_cpu_thread  # noqa: F401  (float64: a fixture the tests ask for)
 
 MAX_OPS_PER_STEP = 120  # 351 at P=113 before the flat buffer (549 with 2 size classes, 868 with 4)
 
@@ -62,7 +62,8 @@ def test_the_batch_plan_pads_cuts_or_splits_by_cost():
 
 
 @pytest.mark.parametrize("pass_cost", [0, 10**9], ids=["a pass per size class", "chunks"])
-def test_every_batch_plan_trains_each_member_as_alone_with_a_small_loss_ring(monkeypatch, float64, pass_cost):
+@pytest.mark.usefixtures("float64")
+def test_every_batch_plan_trains_each_member_as_alone_with_a_small_loss_ring(monkeypatch, pass_cost):
     # Free gathered rows, so that sizes far apart get a pass each or rows of the smallest width, and
     # a ring of train losses that wraps every 5 steps: neither shows in any series.
     specs = [
@@ -86,15 +87,6 @@ def test_every_batch_plan_trains_each_member_as_alone_with_a_small_loss_ring(mon
         for name, points in a.series.items():
             assert points.keys() == b.series[name].keys(), name
             assert list(b.series[name].values()) == pytest.approx(list(points.values()), abs=1e-9), name
-
-
-@pytest.fixture
-def float64():
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(torch.float32)
 
 
 def test_the_step_body_compiles_to_one_graph_and_computes_the_eager_step():
