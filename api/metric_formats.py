@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import Response
 
 from api.schemas import MetricFormat, MetricQuery
+from groklab.store import answer_cache
 from groklab.store.downsample import Bucket
 from groklab.store.metric_reads import GroupRow, MetricRows, PointRow
 
@@ -125,7 +126,7 @@ def etag(query: MetricQuery, fmt: MetricFormat, runs: Sequence[Any]) -> str:
     state = {
         "query": query.model_dump(exclude={"format"}),
         "format": fmt,
-        "runs": [(r.id, r.status, r.finished_at.isoformat() if r.finished_at else None) for r in runs],
+        "runs": [answer_cache.run_fingerprint(run) for run in runs],
     }
     digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:32]
     return f'"{digest}"'
