@@ -11,8 +11,10 @@ training-set sizes; on CUDA also the run-steps/s of steps replayed as CUDA graph
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -113,35 +115,39 @@ def count_cuda_syncs(k: int, device: torch.device) -> tuple[float, int]:
     return step_syncs, cuda_syncs(lambda: ensemble.evaluate(list(ensemble.members)))
 
 
-# The paper's Fig. 7 (examples/paper/ungrokking.json): 10 seeds trained on half the pairs for 5,000
-# steps, then 7 D' x 3 weight decays x 10 seeds = 210 runs of 10,000 steps; an evaluation every 50.
-FIG7_SUBSETS = [390, 488, 610, 763, 955, 1194, 1494]
+FIG7 = Path(__file__).resolve().parents[1] / "examples" / "paper" / "ungrokking.json"
 
 
 def project_fig7(device: torch.device, pack: int = 64) -> None:
-    """Fig. 7's wall time on this device from measured steps and evaluations of its packs' shapes:
-    phase 1 as one pack of 10, phase 2 as packs of `pack` with the seven D' mixed as a pack holds them."""
-    half = SPEC.task.model_copy(update={"train_size": None, "train_fraction": 0.5})
+    """The paper's Fig. 7 (examples/paper/ungrokking.json) projected on this device from measured
+    steps and evaluations of its packs' shapes: phase 1 (one run per seed on the base task) as one
+    pack, phase 2 (seeds x D' x weight decays) in packs of `pack`, the D' mixed as a pack holds them."""
+    fig7 = json.loads(FIG7.read_text())
+    phase1_steps, every = fig7["base"]["phases"][0]["steps"], fig7["base"]["eval_every"]
+    base_task = SPEC.task.model_copy(update={"train_size": None, **fig7["base"]["task"]})
 
-    def seconds(sizes: list[int | None], steps: int) -> tuple[float, float]:
+    def seconds(sizes: list[int | None], steps: int) -> float:
         specs = [
-            SPEC.model_copy(update={"seed": s, "task": half if d is None else SPEC.task.model_copy(update={"train_size": d})})
+            SPEC.model_copy(
+                update={"seed": s, "task": base_task if d is None else SPEC.task.model_copy(update={"train_size": d})}
+            )
             for s, d in enumerate(sizes)
         ]
         ensemble = Ensemble(specs, [MemorySink() for _ in specs], [None] * len(specs), device)
         t_step = min(_time(ensemble.train_step, 10, device) for _ in range(2))
         t_eval = _time(lambda: ensemble.evaluate(list(ensemble.members)), 3, device)
-        total = steps * t_step + (steps // 50) * t_eval
+        total = steps * t_step + (steps // every) * t_eval
         print(f"  Fig. 7 pack of {len(sizes):3d}: {t_step * 1e3:.2f} ms/step, {t_eval * 1e3:.1f} ms/evaluation -> {total:.1f} s")
-        return total, t_step
+        return total
 
-    phase2 = [FIG7_SUBSETS[i % len(FIG7_SUBSETS)] for i in range(210)]
+    subsets, seeds = fig7["subset_sizes"], fig7["seeds"]
+    phase2 = [subsets[i % len(subsets)] for i in range(len(seeds) * len(subsets) * len(fig7["weight_decays"]))]
     packs = [phase2[i : i + pack] for i in range(0, len(phase2), pack)]
-    total = seconds([None] * 10, 5000)[0]
-    by_size = {}
+    total = seconds([None] * len(seeds), phase1_steps)
+    by_size: dict[int, float] = {}
     for members in packs:
         if len(members) not in by_size:
-            by_size[len(members)] = seconds(members, 10_000)[0]
+            by_size[len(members)] = seconds(members, fig7["phase2_steps"])
         total += by_size[len(members)]
     print(f"Fig. 7 projected on this device: {total:.0f} s of training and evaluation ({len(packs)} phase-2 packs of <= {pack})")
 
