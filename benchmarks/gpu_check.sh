@@ -60,6 +60,6 @@ traffic() {  # the DRAM bytes of one K=64 step, eager and compiled, read by Nsig
   done
 }
 
-for name in "${@:-machine correctness speed compiled traffic}"; do
-  for each in $name; do "$each"; done
-done
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(machine correctness speed compiled traffic)
+for name in "${stages[@]}"; do "$name"; done

@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import httpx
+
 from groklab.client import Client
 
 
@@ -57,6 +59,20 @@ def _print_analysis(analysis: dict) -> None:
         )
 
 
+def wait_for_api(url: str, seconds: float = 120.0) -> None:
+    """Until the api answers /healthz (a service just started migrates and starts its workers first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/healthz did not answer within {seconds:.0f} s")
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("spec", type=Path)
@@ -67,6 +83,7 @@ def main() -> None:
     spec = json.loads(args.spec.read_text())
     if args.seeds is not None:
         spec["seeds"] = spec["seeds"][: args.seeds]
+    wait_for_api(args.url)
     client = Client(args.url, timeout=60.0)
     expected = expected_runs(client, spec)
     started = time.monotonic()

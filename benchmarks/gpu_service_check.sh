@@ -15,14 +15,6 @@ data=$(mktemp -d)
 service=$!
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 >"$OUT/gpu_utilisation.csv" 2>&1 &
 sampler=$!
-"$PYTHON" -c "
-import time, httpx
-for _ in range(240):
-    try:
-        if httpx.get('http://127.0.0.1:8765/healthz').status_code == 200: break
-    except httpx.HTTPError: pass
-    time.sleep(0.5)
-"
 "$PYTHON" -m benchmarks.gpu_service_check "${SPEC:-examples/paper/ungrokking.json}" --url http://127.0.0.1:8765 \
   ${SEEDS:+--seeds "$SEEDS"} --deadline "${DEADLINE:-240}" 2>&1 | tee "$OUT/service_check.log"
 kill $sampler 2>/dev/null
