@@ -9,12 +9,19 @@ cudaProfilerStart and cudaProfilerStop, for
 `ncu --profile-from-start off --metrics dram__bytes_read.sum,dram__bytes_write.sum --csv`, whose
 per-kernel rows benchmarks/gpu_check.sh sums: the bytes the step really moves (caches included),
 where engine.op_count can only add up the tensors each eager op reads and writes.
+
+`--count-bytes` runs on any device, the CPU included: the bytes each kernel of the compiled step
+reads and writes as TorchInductor's scheduler counts them (its own estimate, the one its
+`inductor_metrics` log prints: a fused kernel's inputs and outputs, an intermediate kept in
+registers counting nothing), beside engine.op_count's count of the eager step. Both count tensors,
+not cache lines, so the pair says what fusion saves before a GPU measures it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +30,7 @@ import torch
 from benchmarks import engine as engine_benchmark
 from benchmarks.engine import SPEC
 from engine.device import configure_tf32
+from engine.op_count import OpCounter
 from engine.train import Ensemble
 
 
@@ -67,6 +75,37 @@ def variants(ensemble: Ensemble) -> dict:
     return {"eager": eager, "compiled": compiled}
 
 
+def compiled_step_bytes(ensemble: Ensemble) -> tuple[int, int]:
+    """(bytes, kernels) of one compiled step as TorchInductor's scheduler counts them while it
+    compiles (caches off, so that it compiles rather than loads an earlier build)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import metrics
+
+    # Inductor counts bytes only when this log takes INFO; kept quiet, the metric is read below.
+    metrics_log = logging.getLogger("torch._inductor.compile_fx.__inductor_metrics")
+    metrics_log.setLevel(logging.INFO)
+    metrics_log.propagate = False
+    metrics.reset()
+    with inductor_config.patch(force_disable_caches=True):
+        variants(ensemble)["compiled"]()
+    return metrics.num_bytes_accessed, metrics.generated_kernel_count
+
+
+def print_byte_counts(k: int, device: torch.device) -> None:
+    ensemble = _ensemble_past_warmup(k, device)
+    eager = variants(ensemble)["eager"]
+    eager()  # the first step of a layout builds it
+    with OpCounter() as counter:
+        eager()
+    print(f"K={k}: eager step    {counter.ops:5d} ops      {counter.bytes / k / 1e6:7.1f} MB per member-step (engine.op_count)")
+    start = time.perf_counter()
+    compiled_bytes, kernels = compiled_step_bytes(ensemble)
+    print(
+        f"K={k}: compiled step {kernels:5d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step "
+        f"(TorchInductor's count; compiled in {time.perf_counter() - start:.0f} s on {device.type})"
+    )
+
+
 def sum_ncu_csv(path: Path, k: int) -> None:
     """Prints the kernels and DRAM bytes of an `ncu --csv --print-units base` log of one step."""
     lines = path.read_text().splitlines()
@@ -86,9 +125,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--profile", choices=["eager", "compiled"])
     parser.add_argument("--sum-ncu", type=Path, help="sum the DRAM bytes of this ncu CSV log and exit")
+    parser.add_argument("--count-bytes", action="store_true", help="the eager and compiled step's bytes as counted, and exit")
+    parser.add_argument("--device", default="cuda", help="the device of --count-bytes (cpu works)")
     args = parser.parse_args()
     if args.sum_ncu:
         sum_ncu_csv(args.sum_ncu, args.k)
+        return
+    if args.count_bytes:
+        print_byte_counts(args.k, torch.device(args.device))
         return
     device = torch.device("cuda")
     configure_tf32(True)
