@@ -13,7 +13,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.schemas import MetricQuery, TagsPatch
+from api.schemas import TagsPatch
+from groklab.metric_answers import MetricQuery
 from groklab.errors import InvalidInput
 from groklab.settings import Settings, comma_list
 from groklab.store.runs import patch_tags

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
-from engine.spec import spec_path_error
+from groklab.metric_answers import MetricQuery
 from groklab.store.downsample import Bucket
-from groklab.store.metric_reads import LABEL, GroupRow, PointRow, RunGroup
+from groklab.store.metric_reads import GroupRow, PointRow, RunGroup
 from groklab.store.runs import RunStatus
 
 
@@ -123,65 +123,6 @@ class HealthOut(BaseModel):
     checks: dict[str, bool] = {}
 
 
-MetricFormat = Literal["json", "csv", "ndjson"]
-
-
-class MetricQuery(BaseModel):
-    """Runs (by id, or an experiment filtered by status and spec fields) x series names x steps."""
-
-    model_config = {"extra": "forbid"}
-
-    run_ids: list[int] | None = Field(None, max_length=1000, description="At most 1,000 run ids.")
-    experiment_id: int | None = Field(None, ge=1, description="All runs of this experiment.")
-    status: list[RunStatus] | None = Field(None, description="Keep runs in these statuses only.")
-    where: dict[str, str | int | float | bool | None] | None = Field(
-        None,
-        max_length=20,
-        description="Dotted spec paths and the values runs must have, e.g. "
-        '{"task.train_size": 1000, "optimizer.weight_decay": 1.0}.',
-    )
-    names: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        None, max_length=100, description="Series names; all when omitted. Unknown names give no rows."
-    )
-    start_step: int = Field(0, ge=0, description="First step, inclusive.")
-    end_step: int | None = Field(None, ge=0, description="Inclusive; default the last step of the selected series.")
-    max_points: int | None = Field(None, ge=1, le=10_000, description="Downsample each series to at most this many buckets.")
-    limit: int = Field(10_000, ge=1, le=100_000, description="Raw points per page (no max_points).")
-    cursor: str | None = Field(None, max_length=40, description="next_cursor of the previous page.")
-    format: MetricFormat | None = Field(None, description="Overrides the Accept header.")
-    group_by: list[Annotated[str, Field(max_length=200)]] | None = Field(
-        None,
-        min_length=1,
-        max_length=4,
-        description="Dotted spec paths (or `label`, the run's analysis label) whose values group the "
-        "runs; each group's buckets are folded across its runs (mean, min and max of the runs' "
-        'bucket means, n runs). Needs max_points. E.g. ["task.train_size"].',
-    )
-
-    @model_validator(mode="after")
-    def _coherent(self) -> MetricQuery:
-        if self.run_ids is None and self.experiment_id is None:
-            raise ValueError("run_ids: give run_ids or experiment_id")
-        check_spec_paths("where", self.where or {})
-        if self.group_by is not None:
-            check_spec_paths("group_by", [path for path in self.group_by if path != LABEL])
-            if self.max_points is None:
-                raise ValueError("group_by: needs max_points (groups are folded bucket by bucket)")
-        if self.end_step is not None and self.end_step < self.start_step:
-            raise ValueError("end_step: is before start_step")
-        if self.max_points is not None and self.cursor is not None:
-            raise ValueError("cursor: downsampled queries return one page")
-        return self
-
-
-def check_spec_paths(field: str, paths: Any) -> None:
-    """A ValueError naming `field` for the first path that names no RunSpec field."""
-    for path in paths:
-        problem = spec_path_error(path)
-        if problem:
-            raise ValueError(f"{field}: {problem}")
-
-
 class MetricQueryOut(BaseModel):
     """The long layout: one row per (run, name, step), downsampled per (run, name, bucket), or with
     group_by per (group, name, bucket)."""
@@ -194,6 +135,16 @@ class MetricQueryOut(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
     group_by: list[str] | None = Field(None, description="The query's group_by (mode groups).")
     groups: list[RunGroup] | None = Field(None, description="Each group's values and runs (mode groups).")
+
+
+class OverlayQueryOut(BaseModel):
+    """What the experiment page's overlay charts ask for (groklab/overlay_query.py)."""
+
+    fields: list[str] = Field(
+        description="Spec fields whose values differ among the runs, but the seed: what may colour the lines."
+    )
+    field: str = Field(description="The field that colours the lines: the one asked for, else the one the experiment varies.")
+    query: MetricQuery = Field(description="The body to POST to /v1/metrics/query: one grouped query for every chart.")
 
 
 class TagsPatch(BaseModel):

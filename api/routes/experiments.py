@@ -15,11 +15,13 @@ from api.schemas import (
     ExperimentOut,
     ExperimentPage,
     ExperimentPlanOut,
+    OverlayQueryOut,
     RunOut,
     TagsPatch,
 )
 from engine.experiments import ExperimentRequest
 from groklab import continuation, deletion
+from groklab.overlay_query import Seeds, overlay_query
 from groklab.settings import comma_list
 from groklab.store import runs as run_store
 from groklab.store.models import Experiment
@@ -119,6 +121,24 @@ def get_experiment(experiment_id: int, principal: ReaderDep, session: SessionDep
         **experiment_out(experiment).model_dump(),
         runs=[RunOut.from_row(run) for run in experiment.runs],
     )
+
+
+@router.get("/{experiment_id}/overlay_query", response_model=OverlayQueryOut)
+def get_overlay_query(
+    experiment_id: int,
+    principal: ReaderDep,
+    session: SessionDep,
+    field: str | None = Query(
+        None, max_length=200, description="A spec field or `label`; default the one the experiment varies."
+    ),
+    seeds: Seeds = Query("mean", description="`mean`: one line per value, seeds folded into a band; `each`: a line per run."),
+    series: str | None = Query(None, max_length=64, description="A series to chart besides the five the page always draws."),
+) -> OverlayQueryOut:
+    """The metric query the experiment page's overlay charts send for these choices; with none, the
+    one whose answer the worker keeps when the experiment's last run finishes."""
+    experiment = run_store.get_experiment(session, experiment_id, owner=principal.owner)
+    overlay = overlay_query(experiment, experiment.runs, field=field, seeds=seeds, series=series)
+    return OverlayQueryOut(fields=overlay.fields, field=overlay.field, query=overlay.query)
 
 
 @router.patch("/{experiment_id}", response_model=ExperimentOut)

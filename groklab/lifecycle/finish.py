@@ -1,13 +1,16 @@
 """The end of runs: record their final statuses, then run the finish hooks.
 
-Three hooks, in this order:
+Four hooks, in this order:
 - the fork hand-off (groklab/forks.py), in the transaction that records the statuses: a
   succeeded parent's waiting children are sent, a failed or cancelled one's fail with it;
 - each succeeded run's analysis kept in the answer cache (groklab/run_labels.py), so an experiment
   page's first open reads analyses, not every point;
 - each finished experiment's kind hook (groklab/kinds.py: a d_crit_search plans its next round),
   after that commit, one experiment at a time; a hook that fails is logged and left to the
-  reconciler's next pass, since the runs' ends are stored.
+  reconciler's next pass, since the runs' ends are stored;
+- then, for an experiment whose runs have all finished (the kind hook added none), the answer to
+  the experiment page's overlay query (groklab/overlay_query.py) kept in the answer cache, so the
+  page's first open reads it instead of folding every point (3.7-6.2 s for 200 runs).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from groklab import analysis, forks, kinds
+from groklab import analysis, forks, kinds, metric_answers
+from groklab.overlay_query import overlay_query
 from groklab.run_labels import analyse_stored_runs
 from groklab.settings import Settings
-from groklab.store import leases
+from groklab.store import leases, metric_reads
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 
@@ -68,6 +72,8 @@ def finish_runs(settings: Settings, celery: Celery, endings: Sequence[RunEnding]
         except Exception:
             # The runs' ends are stored; the reconciler's next pass does it instead (a search's round).
             log.exception("could not run the finish hook of experiment %s", experiment_id)
+    for experiment_id in sorted(finished_experiments):
+        keep_overlay_answer(settings, experiment_id)
     return outcomes
 
 
@@ -83,3 +89,25 @@ def keep_analyses(settings: Settings, run_ids: list[int]) -> None:
             analyse_stored_runs(session, runs, analysis.Thresholds(), cache_bytes=settings.answer_cache_bytes)
     except Exception:
         log.exception("could not keep the analyses of runs %s", run_ids)
+
+
+def keep_overlay_answer(settings: Settings, experiment_id: int) -> str | None:
+    """Once all of the experiment's runs have finished, compute the experiment page's first query
+    (its default overlay query, as the api answers it for the experiment's owner) into the answer
+    cache. A failure here loses nothing: the api computes the answer on the page's first open.
+    Returns the cache's outcome ("miss": computed and kept, "hit": already there), None if not."""
+    if settings.answer_cache_bytes == 0:
+        return None
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            experiment = run_store.get_experiment(session, experiment_id)
+            runs = list(experiment.runs)
+            if not runs or not metric_reads.all_finished(runs):
+                return None  # runs still to train (a fork's children, a search's next round)
+            query = overlay_query(experiment, runs).query
+            runs = metric_answers.select_runs(session, query, experiment.owner)
+            fmt = query.format or "json"
+            return metric_answers.answer(session, settings, query, fmt, runs, experiment.owner).cache
+    except Exception:
+        log.exception("could not keep the overlay answer of experiment %s", experiment_id)
+        return None

@@ -5,6 +5,7 @@ another owner. Over the real api on both databases; points are written through t
 from __future__ import annotations
 
 import gzip
+import json
 import random
 from typing import Any
 
@@ -12,6 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from groklab import metric_answers
+from groklab.lifecycle.finish import keep_overlay_answer
+from groklab.metric_answers import MetricQuery
+from groklab.settings import Settings
 from groklab.store import answer_cache, leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
@@ -89,6 +94,33 @@ def test_a_finished_experiments_answers_are_kept_and_read_back(backend: Backend)
     assert client.get(f"/v1/experiments/{experiment_id}/analysis").json() == analysis
     last = next(r for r in analysis["runs"] if r["id"] == run_ids[-1])
     assert client.get(f"/v1/runs/{run_ids[-1]}/analysis").json()["final_test_acc"] == last["final_test_acc"]
+
+
+def test_the_overlay_answer_kept_as_the_last_run_finishes_is_the_pages_first_read(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the worker does after an experiment's last run ends (finish.keep_overlay_answer), then
+    the page's first open: the query it is told to send is read from the cache, and equals a fresh
+    computation. With the cache off, or when the computation fails, nothing is kept."""
+    client, url = backend
+    experiment_id, run_ids, _ = _experiment(url, [_spec(size, seed) for size in SIZES for seed in SEEDS])
+    assert keep_overlay_answer(Settings(database_url=url, answer_cache_bytes=0), experiment_id) is None
+    # Three sizes are more groups than this server allows: logged, and the page gets the 422.
+    assert keep_overlay_answer(Settings(database_url=url, max_metric_groups=2), experiment_id) is None
+    assert "could not keep the overlay answer" in caplog.text and "more than 2 groups" in caplog.text
+    assert _kept(url, experiment_id=experiment_id) == 0
+    settings = Settings(database_url=url)
+    assert keep_overlay_answer(settings, experiment_id) == "miss"
+    assert keep_overlay_answer(settings, experiment_id) == "hit"
+    overlay = client.get(f"/v1/experiments/{experiment_id}/overlay_query").json()
+    query = MetricQuery.model_validate(overlay["query"])
+    with session_scope(url) as session:
+        runs = metric_answers.select_runs(session, query, "local")
+        assert session.get(CachedAnswer, metric_answers.answer_key(query, "json", runs, "local")) is not None
+        fresh = json.loads(metric_answers.serialise(metric_answers.read_rows(session, settings, query, runs), "json"))
+    first = client.post("/v1/metrics/query", json=overlay["query"])
+    assert first.headers["x-answer-cache"] == "hit" and _kept(url, experiment_id=experiment_id) == 1
+    assert first.json() == fresh and fresh["group_by"] == ["task.train_size"] and len(fresh["rows"]) > 0
 
 
 def test_an_experiment_that_gains_a_run_is_computed_anew(backend: Backend) -> None:

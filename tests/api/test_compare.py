@@ -168,6 +168,50 @@ def test_wide_buckets_fold_from_rollups_to_the_same_groups(backend: Backend) -> 
         assert got[key][1:] == pytest.approx(value[1:], rel=1e-9)
 
 
+def test_the_overlay_query_groups_by_the_field_the_experiment_varies_within_100000_rows(backend: Backend) -> None:
+    """GET /v1/experiments/{id}/overlay_query: the one definition of what the experiment page's
+    overlay charts ask for (groklab/overlay_query.py), which the page posts as it is."""
+    client, url = backend
+    specs = [_spec(size, seed, weight_decay) for size in SIZES for weight_decay in (0.3, 1.0) for seed in (0, 1)]
+    experiment_id, run_ids, _ = _experiment(url, specs)
+    path = f"/v1/experiments/{experiment_id}/overlay_query"
+    overlay = client.get(path).json()
+    # D before weight decay; never the seed (seeds are folded into each line's band).
+    assert overlay["fields"] == ["optimizer.weight_decay", "task.train_size"] and overlay["field"] == "task.train_size"
+    query = overlay["query"]
+    assert {k: v for k, v in query.items() if v is not None and k not in ("start_step", "limit")} == {
+        "experiment_id": experiment_id,
+        "names": ["test_acc", "train_acc", "train_loss", "test_loss", "param_norm"],
+        "max_points": 1000,
+        "group_by": ["task.train_size"],
+        "format": "json",
+    }
+    answer = client.post("/v1/metrics/query", json=query)
+    assert answer.status_code == 200, answer.text
+    assert [(g["group"]["task.train_size"], len(g["run_ids"])) for g in answer.json()["groups"]] == [(s, 4) for s in SIZES]
+    # A sweep's own field comes first, though D varies too.
+    with session_scope(url) as session:
+        run_store.get_experiment(session, experiment_id).spec = {"sweep": {"grid": {"optimizer.weight_decay": [0.3, 1.0]}}}
+    assert client.get(path).json()["query"]["group_by"] == ["optimizer.weight_decay"]
+    each = client.get(path, params={"field": "label", "seeds": "each", "series": "loss"}).json()
+    assert each["field"] == "label" and each["query"]["group_by"] == ["label", "seed"]
+    assert each["query"]["names"][-1] == "loss" and len(each["query"]["names"]) == 6
+    for params, field in (({"field": "task.nope"}, "field"), ({"seeds": "some"}, "seeds")):
+        bad = client.get(path, params=params)
+        assert (bad.status_code, _problem_field(bad)) == (422, field), bad.text
+    # 250 lines (seeds one by one) x 5 series get 80 buckets: 100,000 rows.
+    with session_scope(url) as session:
+        specs = [_spec(40 + 20 * (i % 3), i) for i in range(250)]
+        created = run_store.create_experiment(
+            session, name="many", spec={}, runs=[run_store.NewRun(spec=spec, total_steps=STEPS) for spec in specs]
+        )
+        for run in created.runs:  # cancelled: the stack's reconciler must not send them to its worker
+            run.status = run_store.CANCELLED
+        many = created.id
+    assert client.get(f"/v1/experiments/{many}/overlay_query", params={"seeds": "each"}).json()["query"]["max_points"] == 80
+    assert client.get(f"/v1/experiments/{many}/overlay_query").json()["query"]["max_points"] == 1000
+
+
 def test_runs_listing_filters_and_sorts_like_python(sweep: Any) -> None:
     (client, _), experiment_id, run_ids, _ = sweep
     every = client.get(f"/v1/experiments/{experiment_id}").json()["runs"]
@@ -264,6 +308,7 @@ def test_another_owners_runs_never_appear_and_their_patch_is_404(backend: Backen
         assert client.patch(path, json={"note": "mine"}).status_code == 404
     grouped = client.post("/v1/metrics/query", json={"run_ids": run_ids, "max_points": 5, "group_by": ["seed"]})
     assert grouped.status_code == 404
+    assert client.get(f"/v1/experiments/{experiment_id}/overlay_query").status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import httpx
 
 from sqlalchemy import update
 
-from api.schemas import MetricQuery
+from groklab.metric_answers import MetricQuery
 from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope

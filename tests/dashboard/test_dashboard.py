@@ -433,8 +433,16 @@ def test_experiment_page_overlays_runs_by_a_spec_field_with_seed_bands_filters_a
         for d in (20, 40, 60) for s in (0, 1)
     ]  # fmt: skip
     ungrokking, run_ids = _stored_experiment(pg_database, phase1 + phase2, _curves)
+    # As a worker does when the last run ends: the page's first query is then read, not computed.
+    from groklab.lifecycle.finish import keep_overlay_answer
+    from groklab.settings import Settings
+
+    assert keep_overlay_answer(Settings(database_url=pg_database), ungrokking) == "miss"
+    queries: list[Any] = []
+    page.on("response", lambda r: queries.append(r) if r.url.endswith("/v1/metrics/query") else None)
     page.goto(f"{pg_stack.base_url}/#/experiments/{ungrokking}")
     page.wait_for_function("window.groklab.overlay && window.groklab.overlay.groups.length > 0")
+    assert [r.headers.get("x-answer-cache") for r in queries] == ["hit"]
     overlay = page.evaluate("window.groklab.overlay")
     assert overlay["field"] == "phases.1.subset_size" and overlay["seeds"] == "mean" and overlay["maxPoints"] == 1000
     assert overlay["markers"] == [300]

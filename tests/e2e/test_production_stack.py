@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -10,13 +11,20 @@ import httpx
 import redis
 import torch
 
+from groklab import metric_answers
+from groklab.metric_answers import MetricQuery
+from groklab.overlay_query import overlay_query
+from groklab.settings import Settings
+from groklab.store import runs as run_store
+from groklab.store.database import session_scope
+from groklab.store.models import CachedAnswer
 from tests.services import Stack, redis_url, tiny_spec, wait_for_runs, wait_until
 
 LONG_STEPS = 900_000  # 90,001 evaluations at eval_every 10: under GROKLAB_MAX_POINTS_PER_RUN
 ENSEMBLE_SIZE = 8  # pg_stack's GROKLAB_ENSEMBLE_SIZE
 
 
-def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client) -> None:
+def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client, pg_stack: Stack) -> None:
     spec = {**tiny_spec(), "name": "e2e sweep", "sweep": {"zip": {"task.train_fraction": [0.5, 0.6, 0.7]}}}
     response = client.post("/v1/experiments", json=spec)
     assert response.status_code == 201, response.text
@@ -53,6 +61,32 @@ def test_sweep_trains_every_run_and_serves_its_metrics(client: httpx.Client) -> 
     assert [r["id"] for r in detail["runs"]] == experiment["run_ids"]
     listed = client.get("/v1/experiments", params={"limit": 50}).json()["items"]
     assert experiment["id"] in [e["id"] for e in listed]
+
+    # As the last run finished, the worker kept the answer to the experiment page's first query,
+    # under the key the api computes for it: the page's first open reads it.
+    url = pg_stack.env["GROKLAB_DATABASE_URL"]
+    key = wait_until(lambda: _kept_overlay_key(url, experiment["id"]), timeout=60)
+    overlay = client.get(f"/v1/experiments/{experiment['id']}/overlay_query").json()
+    assert overlay["field"] == "task.train_fraction" and overlay["query"]["group_by"] == ["task.train_fraction"]
+    first = client.post("/v1/metrics/query", json=overlay["query"])
+    assert first.headers["x-answer-cache"] == "hit", key
+    query = MetricQuery.model_validate(overlay["query"])
+    with session_scope(url) as session:
+        runs = metric_answers.select_runs(session, query, "local")
+        fresh = metric_answers.serialise(metric_answers.read_rows(session, Settings(database_url=url), query, runs), "json")
+    assert first.json() == json.loads(fresh)
+    assert [len(g["run_ids"]) for g in first.json()["groups"]] == [1, 1, 1]
+
+
+def _kept_overlay_key(url: str, experiment_id: int) -> str | None:
+    """The key of the experiment's default overlay answer, once it is in cached_answers."""
+    with session_scope(url) as session:
+        experiment = run_store.get_experiment(session, experiment_id)
+        query = overlay_query(experiment, experiment.runs).query
+        key = metric_answers.answer_key(
+            query, "json", metric_answers.select_runs(session, query, experiment.owner), experiment.owner
+        )
+        return key if session.get(CachedAnswer, key) is not None else None
 
 
 def test_stop_when_ends_a_run_succeeded_where_its_condition_held_long_enough(client: httpx.Client) -> None:

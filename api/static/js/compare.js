@@ -2,22 +2,20 @@
 // and fed by one grouped metric query (seeds folded server-side into a mean line inside a min/max
 // band), and the runs table's sorting, filters and compare view of ticked runs.
 
-import { post } from "./api.js";
+import { get, post } from "./api.js";
 import { StepChart, bucketsToSeries, colorAt } from "./charts.js";
 
-const MAX_POINTS = 1000;
-// Rows of lines x series x buckets the page asks for: the api allows 500,000
-// (groklab.store.metric_reads.MAX_BUCKET_ROWS), but 200 runs drawn one by one at that size take
-// tens of seconds to fold and serialise (benchmarks/experiment_page.py); 100,000 keeps 1,000
-// buckets for up to 16 lines of 6 series.
-const MAX_ROWS = 100_000;
-const OVERLAY_CHARTS = [
-  { id: "test_acc", title: "Test accuracy" },
-  { id: "train_acc", title: "Train accuracy" },
-  { id: "train_loss", title: "Train loss (log scale)", log: true },
-  { id: "test_loss", title: "Test loss (log scale)", log: true },
-  { id: "param_norm", title: "Parameter norm" },
-];
+const MAX_POINTS = 1000; // the compare view's buckets a run
+// How each series the overlay draws looks; which series, grouped how and in how many buckets is
+// the server's (GET /v1/experiments/{id}/overlay_query, groklab/overlay_query.py): the worker keeps
+// the answer of that same query when the experiment finishes, so the first open reads it.
+const CHART_LOOKS = {
+  test_acc: { title: "Test accuracy" },
+  train_acc: { title: "Train accuracy" },
+  train_loss: { title: "Train loss (log scale)", log: true },
+  test_loss: { title: "Test loss (log scale)", log: true },
+  param_norm: { title: "Parameter norm" },
+};
 // Legends of more lines than this would be longer than the chart: the colour key above says it.
 const MAX_LEGEND = 12;
 // Remembered per experiment across the page's refreshes (it is rebuilt while runs train).
@@ -42,14 +40,6 @@ export function varyingFields(specs) {
   return paths.filter((path) => new Set(flat.map((f) => JSON.stringify(f[path] ?? null))).size > 1);
 }
 
-// The field an experiment varies, for the default colouring: its sweep's first field, else D'
-// (ungrokking), D, weight decay, else the first that varies; never the seed (seeds are folded).
-function defaultField(experiment, fields) {
-  const swept = Object.keys({ ...(experiment.spec?.sweep?.grid || {}), ...(experiment.spec?.sweep?.zip || {}) });
-  const preferred = [...swept, "phases.1.subset_size", "task.train_size", "phases.0.weight_decay", "optimizer.weight_decay"];
-  return preferred.find((f) => fields.includes(f)) || fields[0] || "label";
-}
-
 function phaseBoundaries(specs) {
   const ends = new Set();
   for (const spec of specs) {
@@ -70,16 +60,17 @@ function groupLabel(group, field) {
 // The overlay card: controls, a colour key and the charts; `publish` gets the drawn state.
 export function overlayCard(h, experiment, runs, publish) {
   const specs = runs.map((run) => run.spec);
-  const fields = varyingFields(specs).filter((f) => f !== "seed");
-  const chosen = choices.get(experiment.id) || { field: defaultField(experiment, fields), seeds: "mean", steps: "linear", extra: "" };
+  // field null: the one the experiment varies, which the server chooses (and keeps the answer of).
+  const chosen = choices.get(experiment.id) || { field: null, seeds: "mean", steps: "linear", extra: "" };
   choices.set(experiment.id, chosen);
   const names = [...new Set(runs.flatMap((run) => Object.keys(run.latest_metrics || {})))].sort();
-  const select = (id, label, options, value, onchange) => {
-    const el = h("select", { id, "aria-label": label }, options.map(([v, text]) => {
-      const option = h("option", { value: v }, text);
-      if (v === value) option.selected = true;
-      return option;
-    }));
+  const options = (pairs, value) => pairs.map(([v, text]) => {
+    const option = h("option", { value: v }, text);
+    if (v === value) option.selected = true;
+    return option;
+  });
+  const select = (id, label, pairs, value, onchange) => {
+    const el = h("select", { id, "aria-label": label }, options(pairs, value));
     el.addEventListener("change", () => onchange(el.value));
     return h("label", { class: "option" }, `${label} `, el);
   };
@@ -88,27 +79,32 @@ export function overlayCard(h, experiment, runs, publish) {
   const message = h("p", { class: "muted", id: "overlay-message" });
   const markers = phaseBoundaries(specs);
   const redraw = () => draw().catch((error) => (message.textContent = error.message));
+  const fieldSelect = select("overlay-field", "colour by", [], null, (v) => { chosen.field = v; redraw(); });
   const controls = h(
     "div",
     { id: "overlay-controls" },
-    select("overlay-field", "colour by", [...fields, "label"].map((f) => [f, f]), chosen.field, (v) => { chosen.field = v; redraw(); }),
+    fieldSelect,
     select("overlay-seeds", "seeds", [["mean", "mean and min/max band"], ["each", "one by one"]], chosen.seeds, (v) => { chosen.seeds = v; redraw(); }),
     select("overlay-steps", "step axis", [["linear", "linear"], ["log", "log"]], chosen.steps, (v) => { chosen.steps = v; redraw(); }),
-    select("overlay-series", "series", [["", "(none)"], ...names.filter((n) => !OVERLAY_CHARTS.some((c) => c.id === n)).map((n) => [n, n])], chosen.extra, (v) => { chosen.extra = v; redraw(); }),
+    select("overlay-series", "series", [["", "(none)"], ...names.filter((n) => !(n in CHART_LOOKS)).map((n) => [n, n])], chosen.extra, (v) => { chosen.extra = v; redraw(); }),
   );
   const card = h("div", { class: "card", id: "overlay" }, h("h2", {}, "Runs overlaid"), controls, key, message, chartsEl);
   let charts = [];
 
   async function draw() {
-    const groupBy = chosen.seeds === "each" && chosen.field !== "seed" ? [chosen.field, "seed"] : [chosen.field];
-    const defs = [...OVERLAY_CHARTS, ...(chosen.extra ? [{ id: chosen.extra, title: chosen.extra }] : [])];
-    // Many lines get fewer buckets, so that the answer stays within MAX_ROWS rows.
-    const lines = chosen.field === "label" ? runs.length : new Set(runs.map((run) => JSON.stringify(groupBy.map((f) => flatSpec(run.spec)[f] ?? null)))).size;
-    const maxPoints = Math.max(50, Math.min(MAX_POINTS, Math.floor(MAX_ROWS / (lines * defs.length))));
+    const params = new URLSearchParams({ seeds: chosen.seeds });
+    if (chosen.field) params.set("field", chosen.field);
+    if (chosen.extra) params.set("series", chosen.extra);
+    const overlay = await get(`/v1/experiments/${experiment.id}/overlay_query?${params}`);
+    chosen.field = overlay.field;
+    const fields = [...new Set([...overlay.fields, "label", chosen.field])];
+    const fieldEl = fieldSelect.querySelector("select");
+    fieldEl.replaceChildren(...options(fields.map((f) => [f, f]), chosen.field));
+    fieldEl.value = chosen.field;
+    const { names: shown, group_by: groupBy, max_points: maxPoints } = overlay.query;
+    const defs = shown.map((id) => ({ id, title: id, ...CHART_LOOKS[id] }));
     // One grouped query feeds every chart: each group's buckets of each series.
-    const answer = await post("/v1/metrics/query", {
-      experiment_id: experiment.id, names: defs.map((d) => d.id), max_points: maxPoints, group_by: groupBy,
-    });
+    const answer = await post("/v1/metrics/query", overlay.query);
     const values = [...new Set(answer.groups.map((g) => JSON.stringify(g.group[chosen.field] ?? null)))];
     const groups = answer.groups.map((g, i) => ({
       id: `g${i}`,
@@ -218,7 +214,7 @@ export async function compareView(h, el, runs, publish) {
   );
   const chartsEl = h("div", { class: "charts" });
   el.append(h("h2", {}, `Comparing runs ${runs.map((r) => r.id).join(", ")}`), diff, chartsEl);
-  const defs = OVERLAY_CHARTS.slice(0, 3);
+  const defs = ["test_acc", "train_acc", "train_loss"].map((id) => ({ id, ...CHART_LOOKS[id] }));
   const answer = await post("/v1/metrics/query", { run_ids: runs.map((r) => r.id), names: defs.map((d) => d.id), max_points: MAX_POINTS });
   const metrics = runs.map((r, i) => ({ name: `r${r.id}`, label: `run ${r.id}`, color: colorAt(i, runs.length) }));
   const counts = {};
