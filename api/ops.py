@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -113,18 +114,60 @@ def broker_queue_length(settings: Settings) -> int | None:
         return None
 
 
+class GcPauses(Collector):
+    """The garbage collector's pauses in this process, by generation: a full collection (2) stops
+    every request in flight, and one over the whole heap took 60-200 ms (api/main.py freezes the
+    objects loaded at start for that reason).
+
+    Counted in plain attributes, not in a prometheus Histogram: a collection can start inside the
+    Histogram's own (non-reentrant) lock, and observing from the callback would then deadlock."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - self.started
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return self.collect()
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pauses = CounterMetricFamily("groklab_gc_pauses", "Garbage collections by generation.", labels=["generation"])
+        seconds = CounterMetricFamily(
+            "groklab_gc_pause_seconds", "Time spent in garbage collections by generation.", labels=["generation"]
+        )
+        for generation in range(3):
+            pauses.add_metric([str(generation)], self.count[generation])
+            seconds.add_metric([str(generation)], self.seconds[generation])
+        yield pauses
+        yield seconds
+        frozen = GaugeMetricFamily("groklab_gc_frozen_objects", "Objects frozen at start, which collections skip.")
+        frozen.add_metric([], gc.get_freeze_count())
+        yield frozen
+
+
 _collector: StoreCollector | None = None
+_gc_pauses: GcPauses | None = None
 
 
 def install_ops(app: FastAPI) -> None:
     """JSON logs for this process, the request middleware and GET /metrics (no key needed,
     like /healthz: it carries counts only)."""
-    global _collector
+    global _collector, _gc_pauses
     settings = get_settings()
     configure_logging()
     if _collector is None:  # one per process: the registry refuses a second with the same names
         _collector = StoreCollector(settings)
         REGISTRY.register(_collector)
+        _gc_pauses = GcPauses()
+        REGISTRY.register(_gc_pauses)
+        gc.callbacks.append(_gc_pauses.on_gc)
     app.add_middleware(RequestTelemetry)
 
     @app.get("/metrics", include_in_schema=False)

@@ -6,11 +6,12 @@ the api over HTTP) with tiny real runs, at growing run counts in the database.
 It starts a private PostgreSQL and Redis on loopback ports, an api and `--workers` solo-pool
 workers, then for each size: fills the database up to that many runs with old finished ones (500
 per experiment, stored with the store's own functions, one in ten with 66 metric points: three
-evaluations of 22 series), submits a 500-run experiment of P=5 runs of 20 steps and, while the workers train
-it, times the listing, run page, analysis and metric query routes. It prints, per size:
-submission latency, runs finished per second, each route's p50/p99, metric points ingested per
-second, the reconciler's pass time with the plan of each query it ran, and database bytes per
-million metric points. It stops by itself after `--minutes`, at the size it reached.
+evaluations of 22 series), times the listing, run page, analysis and metric query routes with no
+worker busy (20 rounds), then submits a 500-run experiment of P=5 runs of 20 steps and, while the
+workers train it, times the same routes again. It prints, per size: submission latency, runs
+finished per second, each route's p50/p99 (and idle p50/max), the load average, the api's garbage
+collections meanwhile (from its /metrics), metric points ingested per second, the reconciler's
+pass time with the plan of each query it ran, and database bytes per million metric points. It stops by itself after `--minutes`, at the size it reached.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
             "GET /v1/experiments": ("GET", "/v1/experiments", None),
             "GET /v1/runs?experiment_id= (oldest)": ("GET", f"/v1/runs?experiment_id={listed_experiment}", None),
             "GET /v1/runs?experiment_id= (newest)": ("GET", f"/v1/runs?experiment_id={analysis_id}", None),
+            "GET /v1/runs/{id}": ("GET", f"/v1/runs/{run_ids[0]}", None),
             "experiment analysis (220 runs)": ("GET", f"/v1/experiments/{analysis_id}/analysis", None),
             "metric query (200 runs, downsampled)": (
                 "POST", "/v1/metrics/query", {"run_ids": run_ids, "names": ["test_acc", "train_loss"], "max_points": 50},
@@ -178,10 +180,12 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
         submit_seconds = time.perf_counter() - started
         response.raise_for_status()
         experiment_id = response.json()["id"]
+    gc_before, load_before = api_gc_pauses(base_url), os.getloadavg()[0]
     probe.start()
     finished, points, trained_seconds = _wait_for(url, experiment_id)
     probe.stop.set()
     probe.join()
+    gc_after, load_after = api_gc_pauses(base_url), os.getloadavg()[0]
     reconcile_seconds, plans = explain_reconciler(settings, celery)
     total_points, per_million = database_bytes_per_million_points(libpq)
 
@@ -189,11 +193,18 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
     print(f"submit a {RUNS_PER_EXPERIMENT}-run experiment: {submit_seconds * 1000:.0f} ms")
     print(f"finished {finished} runs in {trained_seconds:.1f} s: {finished / trained_seconds:.1f} runs/s")
     print(f"metric ingest while they ran: {points / trained_seconds:,.0f} points/s ({points:,} points)")
+    print(f"load average (1 min) when they started / ended: {load_before:.1f} / {load_after:.1f}")
     for name, times in probe.times.items():
         if times:
             print(f"{name:42s} p50 {percentile(times, 0.5) * 1000:7.1f} ms  p99 {percentile(times, 0.99) * 1000:7.1f} ms"
-                  f"  ({len(times)} requests, {probe.failures[name]} failed); idle p50 "
-                  f"{percentile(idle_times[name], 0.5) * 1000:.1f} ms")  # fmt: skip
+                  f"  ({len(times)} requests, {probe.failures[name]} failed); idle p50 / max "
+                  f"{percentile(idle_times[name], 0.5) * 1000:.1f} / {max(idle_times[name]) * 1000:.1f} ms")  # fmt: skip
+    (full, full_s), (young, young_s) = (
+        (gc_after[kind][0] - gc_before[kind][0], gc_after[kind][1] - gc_before[kind][1]) for kind in ("full", "young")
+    )
+    print(
+        f"api garbage collection meanwhile: {full:.0f} full ({full_s * 1000:.0f} ms), {young:.0f} young ({young_s * 1000:.0f} ms)"
+    )
     print(f"reconciler pass: {reconcile_seconds * 1000:.1f} ms; its queries:")
     for statement, plan in plans:
         print(f"  {statement}\n    -> {plan}")
@@ -201,11 +212,23 @@ def measure(url: str, libpq: str, base_url: str, settings: Settings, celery: Any
     sys.stdout.flush()
 
 
+def api_gc_pauses(base_url: str) -> dict[str, tuple[float, float]]:
+    """(collections, seconds) of the api's garbage collector so far, from its /metrics: "full"
+    (generation 2) and "young" (0 and 1)."""
+    count, seconds = [0.0] * 3, [0.0] * 3
+    for line in httpx.get(f"{base_url}/metrics", timeout=60).text.splitlines():
+        name, _, rest = line.partition('{generation="')
+        if name in ("groklab_gc_pauses_total", "groklab_gc_pause_seconds_total"):
+            generation, _, value = rest.partition('"} ')
+            (count if name == "groklab_gc_pauses_total" else seconds)[int(generation)] = float(value)
+    return {"full": (count[2], seconds[2]), "young": (count[0] + count[1], seconds[0] + seconds[1])}
+
+
 def _idle_times(base_url: str, probe: Probe) -> dict[str, list[float]]:
-    """Seconds of each probe request in 5 rounds while no worker is busy."""
+    """Seconds of each probe request in 20 rounds while no worker is busy."""
     idle_times: dict[str, list[float]] = {name: [] for name in probe.requests}
     with httpx.Client(base_url=base_url, timeout=60) as http:
-        for _ in range(5):
+        for _ in range(20):
             for name, (method, path, body) in probe.requests.items():
                 started = time.perf_counter()
                 http.request(method, path, json=body).raise_for_status()

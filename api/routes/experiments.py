@@ -31,16 +31,16 @@ from groklab.submission import submit_experiment as submit
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
-def experiment_out(experiment: Experiment, runs: list[tuple[int, str]] | None = None) -> ExperimentOut:
-    """`runs`, (id, status) of each run (run_store.run_statuses), spares loading the runs."""
+def experiment_out(experiment: Experiment, runs: run_store.ExperimentRuns | None = None) -> ExperimentOut:
+    """`runs` (run_store.experiment_runs) spares loading the runs."""
     if runs is None:
-        runs = [(run.id, run.status) for run in experiment.runs]
+        runs = run_store.ExperimentRuns([run.id for run in experiment.runs], dict(Counter(run.status for run in experiment.runs)))
     return ExperimentOut(
         id=experiment.id,
         name=experiment.name,
         created_at=experiment.created_at,
-        run_ids=[run_id for run_id, _ in runs],
-        status_counts=dict(Counter(status for _, status in runs)),
+        run_ids=runs.run_ids,
+        status_counts=runs.status_counts,
         kind=experiment.kind,
         spec=experiment.spec,
         tags=experiment.tags or {},
@@ -110,7 +110,7 @@ def list_experiments(
         session, limit=limit, before_id=cursor, owner=principal.owner, tags=comma_list(tag) or []
     )
     next_cursor = str(experiments[-1].id) if len(experiments) == limit else None
-    runs = run_store.run_statuses(session, [e.id for e in experiments])
+    runs = run_store.experiment_runs(session, [e.id for e in experiments])
     return ExperimentPage(items=[experiment_out(e, runs[e.id]) for e in experiments], next_cursor=next_cursor)
 
 

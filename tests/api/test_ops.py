@@ -72,6 +72,20 @@ def test_api_metrics_expose_runs_by_status_queue_depth_and_latency_by_route_temp
     assert not any(f"/v1/runs/{run_id}" == route for _, route, _ in counted)
 
 
+def test_api_metrics_expose_its_garbage_collections_and_the_objects_frozen_at_start(
+    pg_stack: Stack, client: httpx.Client
+) -> None:
+    assert client.get("/v1/experiments").status_code == 200
+    families = scrape(f"{pg_stack.base_url}/metrics")
+    pauses = {labels["generation"]: value for labels, value in samples(families["groklab_gc_pauses"])}
+    seconds = {labels["generation"]: value for labels, value in samples(families["groklab_gc_pause_seconds"])}
+    assert set(pauses) == set(seconds) == {"0", "1", "2"}
+    assert pauses["2"] >= 1 and seconds["2"] > 0  # at least the collection before the freeze at start
+    # What the api loaded at start (its modules, routes and schemas) is frozen: full collections
+    # skip it (api/main.py).
+    assert samples(families["groklab_gc_frozen_objects"])[0][1] > 50_000
+
+
 def test_api_request_log_lines_are_json_with_the_run_id(pg_stack: Stack, client: httpx.Client) -> None:
     _, run_id = finished_run(client)
     client.get(f"/v1/runs/{run_id}/analysis")

@@ -60,7 +60,7 @@ CALLS = {
     "reconciler: searches between rounds": lambda s: search_store.searches_between_rounds(s),
     "submit: queued steps": lambda s: quotas.queued_steps(s, "owner3"),
     "submit: rate": lambda s: quotas.check_submission_rate(s, "owner3", per_minute=1000),
-    "GET /v1/experiments": lambda s: run_store.run_statuses(
+    "GET /v1/experiments": lambda s: run_store.experiment_runs(
         s, [e.id for e in run_store.list_experiments(s, limit=50, before_id=None, owner="owner3")]
     ),
     "GET /v1/runs?experiment_id=": lambda s: run_store.list_runs(
