@@ -59,8 +59,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "Omnigrok (norm fixed)": {"weight_norm": {"fixed": True}},
     # "kind" because the plan merges the overlay over the kind's defaults, which name no model: a
     # model without its kind does not validate (base.model: "Unable to extract tag").
-    "Omnigrok (init x8, norm fixed)": {"model": {"kind": "transformer", "init_scale": 8.0}, "weight_norm": {"fixed": True}},
-    "Omnigrok (init x0.5, norm fixed)": {"model": {"kind": "transformer", "init_scale": 0.5}, "weight_norm": {"fixed": True}},
+    "Omnigrok (init x8, norm fixed)": {"model": {"init_scale": 8.0}, "weight_norm": {"fixed": True}},
+    "Omnigrok (init x0.5, norm fixed)": {"model": {"init_scale": 0.5}, "weight_norm": {"fixed": True}},
     # Jordan et al. 2024 via torch.optim.Muon, momentum 0.95 (torch's default).
     "Muon": {"optimizer": {"kind": "muon"}},
     # Thilak et al. 2022: the slingshot depends on Adam's epsilon; a smaller one than torch's.

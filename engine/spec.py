@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 TaskOp = Literal[
     "add",
@@ -161,7 +161,20 @@ class ToyCircuitsSpec(StrictModel):
     mem_init: tuple[float, float] = Field((0.0, 1.0), description="(w_M1, w_M2) at init")
 
 
-ModelSpec = Annotated[TransformerSpec | MlpSpec | ToyCircuitsSpec, Field(discriminator="kind")]
+def _model_kind(value: Any) -> str:
+    """A model's kind, the transformer's when it names none: `{"model": {"init_scale": 8}}` is the
+    default model with one change, as an overlay or a sweep over `model.init_scale` means it."""
+    if isinstance(value, Mapping):
+        return value.get("kind", "transformer")
+    return getattr(value, "kind", "transformer")
+
+
+ModelSpec = Annotated[
+    Annotated[TransformerSpec, Tag("transformer")]
+    | Annotated[MlpSpec, Tag("mlp")]
+    | Annotated[ToyCircuitsSpec, Tag("toy_circuits")],
+    Discriminator(_model_kind),
+]
 
 
 class OptimizerSpec(StrictModel):

@@ -158,6 +158,18 @@ def test_base_overrides_merge_deeply_into_the_defaults():
     assert run.spec.optimizer.lr == 0.003 and run.spec.optimizer.betas == (0.9, 0.98)
 
 
+def test_a_model_change_without_kind_changes_the_default_transformer():
+    # An overlay or base of {"model": {"init_scale": 8}} (Omnigrok's large init) merged over
+    # defaults that name no model: it is the transformer with that change, not a missing kind.
+    runs = plan({"kind": "method_comparison", "method": {"model": {"init_scale": 8.0}}, "seeds": [0]})
+    scales = sorted((run.spec.model.kind, run.spec.model.init_scale) for run in runs)
+    assert scales[0] == ("transformer", 1.0) and scales[-1] == ("transformer", 8.0)
+    (run,) = plan({"kind": "grokking", "base": {"model": {"d_mlp": 64}}})
+    assert run.spec.model.kind == "transformer" and run.spec.model.d_mlp == 64
+    with pytest.raises(SpecError, match="base.model"):
+        plan({"kind": "grokking", "base": {"model": {"kind": "cnn"}}})
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
