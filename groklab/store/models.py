@@ -102,7 +102,9 @@ class Experiment(Base):
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        Index("ix_runs_experiment_id_id", "experiment_id", "id"),
+        # status in the leaves (PostgreSQL): a listing's run ids and status counts read from the
+        # index alone, not from rows that carry their spec (migration 0011; SQLite has no INCLUDE).
+        Index("ix_runs_experiment_id_id", "experiment_id", "id", postgresql_include=["status"]),
         Index("ix_runs_status_id", "status", "id"),
     )
 
