@@ -57,8 +57,6 @@ METHODS: dict[str, dict[str, Any]] = {
     # is ~41 here, where AdamW's norm is while it generalises (35-47). Held at x8 (~330) or x0.5
     # (~21) no run generalised either (docs/benchmarks.md): those two are kept out of the default table.
     "Omnigrok (norm fixed)": {"weight_norm": {"fixed": True}},
-    # "kind" because the plan merges the overlay over the kind's defaults, which name no model: a
-    # model without its kind does not validate (base.model: "Unable to extract tag").
     "Omnigrok (init x8, norm fixed)": {"model": {"init_scale": 8.0}, "weight_norm": {"fixed": True}},
     "Omnigrok (init x0.5, norm fixed)": {"model": {"init_scale": 0.5}, "weight_norm": {"fixed": True}},
     # Jordan et al. 2024 via torch.optim.Muon, momentum 0.95 (torch's default).
