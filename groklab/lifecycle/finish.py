@@ -25,7 +25,8 @@ from groklab import analysis, forks, kinds, metric_answers
 from groklab.overlay_query import overlay_query
 from groklab.run_labels import analyse_stored_runs
 from groklab.settings import Settings
-from groklab.store import leases, metric_reads
+from groklab.lifecycle import FINISHED_STATUSES
+from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 
@@ -100,11 +101,13 @@ def keep_overlay_answer(settings: Settings, experiment_id: int) -> str | None:
         return None
     try:
         with session_scope(settings.resolved_database_url) as session:
-            experiment = run_store.get_experiment(session, experiment_id)
-            runs = list(experiment.runs)
-            if not runs or not metric_reads.all_finished(runs):
+            # Statuses from the covering index first: this runs at every run's end, and loading
+            # every run's spec each time would grow with the square of the experiment's size.
+            statuses = run_store.experiment_runs(session, [experiment_id])[experiment_id].status_counts
+            if not statuses or any(status not in FINISHED_STATUSES for status in statuses):
                 return None  # runs still to train (a fork's children, a search's next round)
-            query = overlay_query(experiment, runs).query
+            experiment = run_store.get_experiment(session, experiment_id)
+            query = overlay_query(experiment, list(experiment.runs)).query
             runs = metric_answers.select_runs(session, query, experiment.owner)
             fmt = query.format or "json"
             return metric_answers.answer(session, settings, query, fmt, runs, experiment.owner).cache
