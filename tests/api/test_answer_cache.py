@@ -23,6 +23,7 @@ from groklab.store.database import session_scope
 from groklab.store.metric_writes import delete_series, write_points
 from groklab.store.migrate import upgrade
 from groklab.store.models import CachedAnswer, Run
+from tests.recorded import claim_new, record
 from tests.api.conftest import Backend
 from tests.api.test_compare import SEEDS, SIZES, STEPS, _experiment, _fold, _series, _spec
 from tests.services import Stack, bearer, create_key
@@ -130,12 +131,14 @@ def test_an_experiment_that_gains_a_run_is_computed_anew(backend: Backend) -> No
     assert _grouped(client, experiment_id).headers["x-answer-cache"] == "hit"
     with session_scope(url) as session:  # as a d_crit_search's next round does
         experiment = run_store.get_experiment(session, experiment_id)
-        new_id = run_store.add_runs(session, experiment, [run_store.NewRun(spec=_spec(100, 0), total_steps=STEPS)])[0].id
+        [lease] = claim_new(
+            session, run_store.add_runs(session, experiment, [run_store.NewRun(spec=_spec(100, 0), total_steps=STEPS)])
+        )
     assert _kept(url, experiment_id=experiment_id) == 0
-    running = _grouped(client, experiment_id)  # a queued run: nothing is kept until it finishes
+    running = _grouped(client, experiment_id)  # an unfinished run: nothing is kept until it finishes
     assert "x-answer-cache" not in running.headers and "etag" not in running.headers
-    logged[new_id] = _series(100, 0, grokked=True)
-    _finish(url, new_id, logged[new_id])
+    logged[lease.run_id] = _series(100, 0, grokked=True)
+    record(url, lease, [(n, s, v) for n, series in logged[lease.run_id].items() for s, v in series.items()])
     answer = _grouped(client, experiment_id)
     assert answer.headers["x-answer-cache"] == "miss"
     assert [g["group"]["task.train_size"] for g in answer.json()["groups"]] == [*SIZES, 100]

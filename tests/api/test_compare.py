@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import write_points
+from tests.recorded import record_experiment
 from tests.api.conftest import Backend
 from tests.services import tiny_spec
 
@@ -47,23 +47,13 @@ def _series(size: int, seed: int, grokked: bool) -> dict[str, dict[int, float]]:
 
 def _experiment(url: str, specs: list[dict[str, Any]], owner: str = "local") -> tuple[int, list[int], dict[int, Any]]:
     """An experiment with one succeeded run per spec that logged _series; its id, run ids and series."""
-    with session_scope(url) as session:
-        experiment = run_store.create_experiment(
-            session, name="compare", spec={}, owner=owner,
-            runs=[run_store.NewRun(spec=spec, total_steps=STEPS) for spec in specs],
-        )  # fmt: skip
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-    logged = {}
-    for run_id, spec in zip(run_ids, specs, strict=True):
-        size, seed = spec["task"]["train_size"], spec["seed"]
-        series = _series(size, seed, grokked=size >= 60)
-        logged[run_id] = series
-        with session_scope(url) as session:
-            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-            assert lease is not None
-            write_points(session, run_id, [(n, s, v) for n, points in series.items() for s, v in points.items()])
-            leases.finish(session, lease, status=run_store.SUCCEEDED)
-    return experiment_id, run_ids, logged
+    series = [_series(spec["task"]["train_size"], spec["seed"], grokked=spec["task"]["train_size"] >= 60) for spec in specs]
+    experiment_id, run_ids = record_experiment(
+        url, [run_store.NewRun(spec=spec, total_steps=STEPS) for spec in specs],
+        [[(n, s, v) for n, points in logged.items() for s, v in points.items()] for logged in series],
+        name="compare", owner=owner,
+    )  # fmt: skip
+    return experiment_id, run_ids, dict(zip(run_ids, series, strict=True))
 
 
 @pytest.fixture

@@ -21,11 +21,8 @@ import pytest
 from engine.experiments import EfficiencyExperiment, plan_experiment
 from engine.spec import RunSpec
 from groklab.client.report.efficiency import FLAT_SPREAD
-from groklab.store import leases
-from groklab.store import runs as run_store
-from groklab.store.database import session_scope
-from groklab.store.metric_writes import write_points
 from groklab.submission import stored_run
+from tests.recorded import record_experiment
 from tests.api.record_ci_efficiency import FIXTURE
 from tests.services import ROOT, Stack
 
@@ -42,20 +39,14 @@ def _store(database_url: str, recorded: dict[str, Any], tweak: Tweak | None = No
     """The example's experiment with the recorded series as its runs' stored points, all succeeded."""
     request = EfficiencyExperiment.model_validate_json(EXAMPLE.read_text())
     planned = plan_experiment(request, 1000)
-    with session_scope(database_url) as session:
-        experiment = run_store.create_experiment(
-            session, name=request.name, kind="efficiency", spec=request.model_dump(mode="json"),
-            runs=[stored_run(run) for run in planned],
-        )  # fmt: skip
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-    for run_id, run in zip(run_ids, recorded["runs"], strict=True):
+    logged = []
+    for run in recorded["runs"]:
         series = {name: tweak(run, name, points) if tweak else points for name, points in run["series"].items()}
-        with session_scope(database_url) as session:
-            lease = leases.claim_run(session, run_id, worker="recorded", lease_seconds=600)
-            assert lease is not None
-            write_points(session, run_id, [(name, step, value) for name, points in series.items()
-                                           for step, value in points if value is not None])  # fmt: skip
-            leases.finish(session, lease, status=run_store.SUCCEEDED)
+        logged.append([(name, step, value) for name, points in series.items() for step, value in points if value is not None])
+    experiment_id, _ = record_experiment(
+        database_url, [stored_run(run) for run in planned], logged,
+        name=request.name, kind="efficiency", spec=request.model_dump(mode="json"),
+    )  # fmt: skip
     return experiment_id
 
 

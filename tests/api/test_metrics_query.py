@@ -13,11 +13,10 @@ import httpx
 from sqlalchemy import update
 
 from groklab.metric_answers import MetricQuery
-from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.metric_writes import write_points
 from groklab.store.models import Run
+from tests.recorded import record_experiment
 from tests.api.conftest import Backend
 from tests.services import tiny_spec
 
@@ -25,20 +24,12 @@ from tests.services import tiny_spec
 def _runs_with_points(
     url: str, points: dict[str, dict[int, float]], *, count: int = 1, finish: bool = True, spec: Any = None
 ) -> tuple[int, list[int]]:
-    """An experiment of `count` runs that logged `points`, finished (unless told) so no worker takes them."""
-    with session_scope(url) as session:
-        experiment = run_store.create_experiment(
-            session, name="q", spec={}, runs=[run_store.NewRun(spec=spec or tiny_spec(), total_steps=1)] * count
-        )
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-    for run_id in run_ids:
-        with session_scope(url) as session:
-            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-            assert lease is not None
-            write_points(session, run_id, [(n, s, v) for n, series in points.items() for s, v in series.items()])
-            if finish:
-                leases.finish(session, lease, status=run_store.SUCCEEDED)
-    return experiment_id, run_ids
+    """An experiment of `count` runs that logged `points`, succeeded (or still running)."""
+    logged = [(n, s, v) for n, series in points.items() for s, v in series.items()]
+    return record_experiment(
+        url, [run_store.NewRun(spec=spec or tiny_spec(), total_steps=1)] * count, [logged] * count, name="q",
+        status=run_store.SUCCEEDED if finish else None,
+    )  # fmt: skip
 
 
 def test_csv_round_trips_to_the_stored_numbers(backend: Backend) -> None:

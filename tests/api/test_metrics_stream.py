@@ -12,6 +12,7 @@ from groklab.store import leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import write_points
+from tests.recorded import claim_new
 from tests.api.conftest import Backend
 
 
@@ -35,12 +36,9 @@ def _write(url: str, run_id: int, points: list[tuple[str, int, float]]) -> None:
 def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(backend: Backend) -> None:
     client, database_url = backend
     with session_scope(database_url) as session:
-        run_id = (
-            run_store.create_experiment(session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)]).runs[0].id
-        )
-    with session_scope(database_url) as session:
-        lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-    assert lease is not None
+        experiment = run_store.create_experiment(session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=10)])
+        [lease] = claim_new(session, experiment.runs)
+    run_id = lease.run_id
     _write(database_url, run_id, [(n, s, s + 0.5) for s in range(4) for n in ("loss", "acc")])
     # Step 4 arrives in two batches, as when the worker flushes between two logs of one step.
     _write(database_url, run_id, [("loss", 4, 4.5)])
@@ -73,12 +71,9 @@ def test_a_reconnect_with_last_event_id_delivers_every_point_exactly_once(backen
 def test_a_finished_run_streams_its_points_after_the_step_and_ends(backend: Backend) -> None:
     client, database_url = backend
     with session_scope(database_url) as session:
-        run_id = (
-            run_store.create_experiment(session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=3)]).runs[0].id
-        )
-    with session_scope(database_url) as session:
-        lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-        assert lease is not None
+        experiment = run_store.create_experiment(session, name="s", spec={}, runs=[run_store.NewRun(spec={}, total_steps=3)])
+        [lease] = claim_new(session, experiment.runs)
+        run_id = lease.run_id
         write_points(session, run_id, [("loss", s, float(s)) for s in range(3)])
         leases.finish(session, lease, status=run_store.FAILED, error="test")
     with client.stream("GET", f"/v1/runs/{run_id}/metrics/stream", params={"after_step": 0}) as response:

@@ -10,10 +10,8 @@ from typing import Any
 import httpx
 
 from engine.spec import RunSpec
-from groklab.store import leases
 from groklab.store import runs as run_store
-from groklab.store.database import session_scope
-from groklab.store.metric_writes import write_points
+from tests.recorded import record_experiment
 from tests.api.conftest import Backend
 from tests.services import tiny_spec
 
@@ -25,17 +23,8 @@ def _stored(**overrides: Any) -> dict[str, Any]:
 
 def _experiment(url: str, specs: list[dict[str, Any]]) -> tuple[int, list[int]]:
     """An experiment of finished runs with these specs, each with one point."""
-    with session_scope(url) as session:
-        runs = [run_store.NewRun(spec=spec, total_steps=1) for spec in specs]
-        experiment = run_store.create_experiment(session, name="where", spec={}, runs=runs)
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-    for run_id in run_ids:
-        with session_scope(url) as session:
-            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-            assert lease is not None
-            write_points(session, run_id, [("loss", 0, 1.0)])
-            leases.finish(session, lease, status=run_store.SUCCEEDED)
-    return experiment_id, run_ids
+    runs = [run_store.NewRun(spec=spec, total_steps=1) for spec in specs]
+    return record_experiment(url, runs, [[("loss", 0, 1.0)]] * len(runs), name="where")
 
 
 def test_where_has_one_meaning_at_the_edges_in_the_listing_and_the_metric_query(backend: Backend) -> None:

@@ -379,24 +379,12 @@ def test_d_crit_search_page_shows_the_bracket_the_estimate_and_the_probes_by_rou
 def _stored_experiment(url: str, specs: list[dict[str, Any]], curve: Any) -> tuple[int, list[int]]:
     """An experiment whose succeeded runs logged curve(spec) = {name: {step: value}}, written through
     the store (the page reads; nothing needs training)."""
-    from groklab.store import leases
     from groklab.store import runs as run_store
-    from groklab.store.database import session_scope
-    from groklab.store.metric_writes import write_points
+    from tests.recorded import record_experiment
 
-    with session_scope(url) as session:
-        experiment = run_store.create_experiment(
-            session, name="overlay", spec={}, runs=[run_store.NewRun(spec=s, total_steps=500) for s in specs]
-        )
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-    for run_id, spec in zip(run_ids, specs, strict=True):
-        with session_scope(url) as session:
-            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-            assert lease is not None
-            points = [(name, step, value) for name, series in curve(spec).items() for step, value in series.items()]
-            write_points(session, run_id, points)
-            leases.finish(session, lease, status=run_store.SUCCEEDED)
-    return experiment_id, run_ids
+    runs = [run_store.NewRun(spec=s, total_steps=500) for s in specs]
+    points = [[(name, step, value) for name, series in curve(spec).items() for step, value in series.items()] for spec in specs]
+    return record_experiment(url, runs, points, name="overlay")
 
 
 def _curves(spec: dict[str, Any]) -> dict[str, dict[int, float]]:
@@ -525,11 +513,8 @@ def test_method_comparison_page_shows_the_speed_ups_and_every_configuration_in_a
     from pydantic import TypeAdapter
 
     from engine.experiments import ExperimentRequest, plan_experiment
-    from groklab.store import leases
-    from groklab.store import runs as run_store
-    from groklab.store.database import session_scope
-    from groklab.store.metric_writes import write_points
     from groklab.submission import stored_run
+    from tests.recorded import record_experiment
     from tests.test_method_comparison import COMPARISON, grid_rises, series
 
     request = TypeAdapter(ExperimentRequest).validate_python(COMPARISON)
@@ -538,19 +523,12 @@ def test_method_comparison_page_shows_the_speed_ups_and_every_configuration_in_a
         {(0.003, 1.0): [800, 900, None], (0.001, 2.0): [300, 500, 400]},
         {(0.003, 1.0): [400, 600, 500], (0.003, 2.0): [250, 350, 300]},
     )  # fmt: skip
-    with session_scope(pg_database) as session:
-        experiment = run_store.create_experiment(
-            session, name="comparison", kind="method_comparison", spec=request.model_dump(mode="json"),
-            runs=[stored_run(run) for run in planned],
-        )  # fmt: skip
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-    for run_id, run in zip(run_ids, planned, strict=True):
-        key = (run.role, run.spec.optimizer.lr, run.spec.optimizer.weight_decay, run.spec.seed)
-        with session_scope(pg_database) as session:
-            lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-            assert lease is not None
-            write_points(session, run_id, [(name, int(s), v) for name, points in series(rises[key]).items() for s, v in points])
-            leases.finish(session, lease, status=run_store.SUCCEEDED)
+    keys = [(run.role, run.spec.optimizer.lr, run.spec.optimizer.weight_decay, run.spec.seed) for run in planned]
+    experiment_id, _ = record_experiment(
+        pg_database, [stored_run(run) for run in planned],
+        [[(name, int(s), v) for name, points in series(rises[key]).items() for s, v in points] for key in keys],
+        name="comparison", kind="method_comparison", spec=request.model_dump(mode="json"),
+    )  # fmt: skip
     comparison = client.get(f"/v1/experiments/{experiment_id}/analysis").json()["method_comparison"]
 
     page.goto(f"{pg_stack.base_url}/#/experiments/{experiment_id}")
