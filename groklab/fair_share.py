@@ -5,7 +5,7 @@ A run is short when its total steps x model parameters (engine.spec.parameter_co
 Short runs go to the priority queue, long runs to the normal one, and every worker takes from the
 priority queue first (worker.celery_config: Celery queues, consumed in order).
 
-When a short run has waited `IDLE_WORKER_GRACE_SECONDS` (so no worker was free to take it), one
+When a short run has waited `short_run_grace_seconds` (so no worker was free to take it), one
 worker training long runs yields: the first whose conditional update wins the turn
 (store.leases.take_turn), so one short run moves one long run aside, not every one. The yield is
 the SIGTERM path of worker/tasks.py: checkpoint, release the lease, re-queue; its reason goes
@@ -31,10 +31,6 @@ from groklab.store.database import session_scope
 from groklab.store.models import utcnow
 
 log = logging.getLogger(__name__)
-
-IDLE_WORKER_GRACE_SECONDS = 3.0
-"""A short run that waited this long found no idle worker: an idle one takes a message within the
-filesystem broker's 1 s polling (at once with Redis), well inside it."""
 
 
 def is_short(spec: RunSpec, budget: int) -> bool:
@@ -73,7 +69,7 @@ class YieldPoll:
         return self.gave_way_to is not None
 
     def _take_turn(self) -> list[int] | None:
-        waited = utcnow() - timedelta(seconds=IDLE_WORKER_GRACE_SECONDS)
+        waited = utcnow() - timedelta(seconds=self.settings.short_run_grace_seconds)
         with session_scope(self.settings.resolved_database_url) as session:
             waiting = leases.waiting_for_worker(session, older_than=waited)
             unknown = [run_id for run_id in waiting if run_id not in self.short]

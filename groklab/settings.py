@@ -173,6 +173,13 @@ class Settings(BaseSettings):
         "(groklab/fair_share.py). 2e9 is ~9,500 steps of the paper transformer at P=47 (8,800 at P=113); 0 turns "
         "fair share off (first in, first out).",
     )
+    short_run_grace_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="A short run that has waited this long for a worker makes a long run yield to it. "
+        "An idle worker takes a message within the filesystem broker's 1 s poll (at once with Redis), "
+        "well inside it.",
+    )
     yield_after_seconds: float = Field(
         30.0,
         ge=0,

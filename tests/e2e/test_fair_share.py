@@ -32,10 +32,17 @@ from tests.services import (
     wait_until,
 )
 
-LONG_STEPS = 300
+LONG_STEPS = 400
 EVAL_EVERY = 20
 FAIR_SHARE = {
     "GROKLAB_SHORT_RUN_PARAMETER_STEPS": "10000000",
+    # The long run must still be training when the worker notices the short one: on an idle 2-core
+    # host it trains ~90 steps/s, so with the defaults (a 3 s grace, the step known each 1 s flush,
+    # 300 steps) it ended before the yield (CI, 2026-12-04). Now the yield comes ~2 s after the short
+    # run's submission, with ~300 of the long run's steps still to go.
+    "GROKLAB_SHORT_RUN_GRACE_SECONDS": "1.5",
+    "GROKLAB_CANCEL_POLL_SECONDS": "0.25",
+    "GROKLAB_METRIC_FLUSH_SECONDS": "0.25",
     # The comparison with an undisturbed run is bit for bit on the CPU (a GPU host would train on its GPU).
     "GROKLAB_DEVICE": "cpu",
     "GROKLAB_TORCH_THREADS": "1",
@@ -66,7 +73,7 @@ def running_past(client: httpx.Client, run_id: int, step: int) -> None:
 def short_run_behind_long_ones(client: httpx.Client, long_ids: list[int]) -> float:
     """Submit a short run while the long runs train; its seconds from submission to success."""
     for run_id in long_ids:
-        running_past(client, run_id, 60)
+        running_past(client, run_id, 40)
     submitted = time.monotonic()
     (short_id,) = client.post("/v1/experiments", json=tiny_spec()).json()["run_ids"]
     short = wait_for_runs(client, [short_id], timeout=SHORT_RUN_BOUND_SECONDS)[short_id]

@@ -61,10 +61,15 @@ def test_grokfast_ema_pulls_ahead_where_adamw_is_slow_to_generalise():
     # 512, seeds 0-2 (docs/concepts.md#methods): with the filter test accuracy reaches 0.95 at steps
     # 6,800, 7,350 and 8,950; without it none does in 10,000 (0.31-0.48). The whole race takes ~9
     # CPU-minutes, so the suite runs its first 4,000 steps on seeds 0 and 1, where the filter has
-    # pulled ahead (measured 0.76 and 0.53 against 0.28 and 0.28).
+    # pulled ahead. How far differs between hosts: the runs are chaotic near the transition and float
+    # rounding differs between CPUs, and seed 1 measured 0.53 on one 2-core host, 0.32 on another
+    # (seed 0: 0.76 and 0.62; every eval bit for bit the same when repeated on one host), while
+    # AdamW's sat at 0.27-0.29 on both. So the filter's lead is asserted on the mean over the seeds:
+    # 0.36 and 0.19 measured, against a bound of 0.1.
     steps, seeds = 4000, [0, 1]
     recipe = {"model": {}, "optimizer": {"lr": 1e-3, "weight_decay": 0.005, "batch_size": 512}, "eval_every": 1000}
     plain = _train(steps, seeds, **recipe)
     filtered = _train(steps, seeds, **recipe, grad_filter={"kind": "ema", "alpha": 0.98, "lamb": 2.0})
-    assert _median_at(plain, "test_acc", steps) <= 0.4
-    assert _median_at(filtered, "test_acc", steps) >= 0.5
+    assert max(sink.series["test_acc"][steps] for sink in plain) <= 0.4  # AdamW has not generalised
+    lead = _median_at(filtered, "test_acc", steps) - _median_at(plain, "test_acc", steps)  # of two: the means
+    assert lead >= 0.1, lead

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from engine.spec import ExperimentSpec, RunSpec
-from groklab import fair_share
 from groklab.fair_share import YieldPoll, is_short
 from groklab.settings import Settings
 from groklab.store import leases
@@ -43,13 +42,13 @@ def _sent(url: str, spec: RunSpec) -> int:
 
 
 @pytest.fixture
-def settings(empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(empty_database_url: str, tmp_path: Path) -> Settings:
     upgrade(empty_database_url)
     # A sent message counts as waiting after GRACE, and every call asks the database.
-    monkeypatch.setattr(fair_share, "IDLE_WORKER_GRACE_SECONDS", GRACE)
     return Settings(
-        database_url=empty_database_url, data_dir=tmp_path, short_run_parameter_steps=BUDGET, cancel_poll_seconds=1e-6
-    )
+        database_url=empty_database_url, data_dir=tmp_path, short_run_parameter_steps=BUDGET,
+        short_run_grace_seconds=GRACE, cancel_poll_seconds=1e-6,
+    )  # fmt: skip
 
 
 def test_one_long_task_yields_to_a_waiting_short_run_and_a_resumed_one_trains_first(settings: Settings) -> None:
