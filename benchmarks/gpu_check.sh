@@ -48,6 +48,11 @@ compiled() {  # the step compiled by TorchInductor (fused elementwise work) agai
   stage compiled 100 "$PYTHON" -m benchmarks.step_traffic --k 64
 }
 
+templates() {  # Inductor's byte count of the step with Triton GEMM templates and their fused
+  # epilogues (max-autotune compiles: minutes; not among the default stages)
+  stage templates 240 "$PYTHON" -m benchmarks.step_traffic --k 64 --count-bytes --device cuda --gemm-templates
+}
+
 traffic() {  # the DRAM bytes of one K=64 step, eager and compiled, read by Nsight Compute
   local ncu
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -20,6 +20,7 @@ not cache lines, so the pair says what fusion saves before a GPU measures it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import time
@@ -75,23 +76,47 @@ def variants(ensemble: Ensemble) -> dict:
     return {"eager": eager, "compiled": compiled}
 
 
-def compiled_step_bytes(ensemble: Ensemble) -> tuple[int, int]:
+def _template_gemms() -> object:
+    """Inductor's choices, except that a GEMM takes a generated template over aten's kernel wherever
+    one exists (whatever their timings): only a template's GEMM takes its pointwise epilogue (the
+    ReLU, its backward's mask) into the same kernel, which is what this count asks about."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.select_algorithm import ExternKernelCaller
+
+    class TemplateGemms(InductorChoices):
+        def override_best_choice(self, best_choice, timings):  # type: ignore[no-untyped-def]
+            templates = [choice for choice in timings if not isinstance(choice, ExternKernelCaller)]
+            return min(templates, key=timings.__getitem__) if templates else best_choice
+
+    return TemplateGemms()
+
+
+def compiled_step_bytes(ensemble: Ensemble, gemm_templates: bool = False) -> tuple[int, int]:
     """(bytes, kernels) of one compiled step as TorchInductor's scheduler counts them while it
-    compiles (caches off, so that it compiles rather than loads an earlier build)."""
+    compiles (caches off, so that it compiles rather than loads an earlier build); with
+    `gemm_templates`, its GEMMs generated (CPP on the CPU, Triton on CUDA) wherever it can."""
     from torch._inductor import config as inductor_config
     from torch._inductor import metrics
+    from torch._inductor.virtualized import V
 
     # Inductor counts bytes only when this log takes INFO; kept quiet, the metric is read below.
     metrics_log = logging.getLogger("torch._inductor.compile_fx.__inductor_metrics")
     metrics_log.setLevel(logging.INFO)
     metrics_log.propagate = False
     metrics.reset()
-    with inductor_config.patch(force_disable_caches=True):
+    torch._dynamo.reset()  # Dynamo keeps an earlier compilation of the step's code and would reuse it
+    templates, choices = {}, contextlib.nullcontext()
+    if gemm_templates:
+        backends = "CPP,ATEN" if ensemble.device.type == "cpu" else "TRITON,ATEN"
+        templates = dict(max_autotune=True, max_autotune_gemm_backends=backends, benchmark_epilogue_fusion=False)
+        # Installed for this compilation: Inductor builds its default choices once per thread.
+        choices = V.set_choices_handler(_template_gemms())
+    with inductor_config.patch(force_disable_caches=True, **templates), choices:
         variants(ensemble)["compiled"]()
     return metrics.num_bytes_accessed, metrics.generated_kernel_count
 
 
-def print_byte_counts(k: int, device: torch.device) -> None:
+def print_byte_counts(k: int, device: torch.device, gemm_templates: bool) -> None:
     ensemble = _ensemble_past_warmup(k, device)
     eager = variants(ensemble)["eager"]
     eager()  # the first step of a layout builds it
@@ -104,6 +129,9 @@ def print_byte_counts(k: int, device: torch.device) -> None:
         f"K={k}: compiled step {kernels:5d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step "
         f"(TorchInductor's count; compiled in {time.perf_counter() - start:.0f} s on {device.type})"
     )
+    if gemm_templates:
+        compiled_bytes, kernels = compiled_step_bytes(ensemble, gemm_templates=True)
+        print(f"K={k}: GEMM templates {kernels:4d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step (epilogues fused)")
 
 
 def sum_ncu_csv(path: Path, k: int) -> None:
@@ -127,12 +155,15 @@ def main() -> None:
     parser.add_argument("--sum-ncu", type=Path, help="sum the DRAM bytes of this ncu CSV log and exit")
     parser.add_argument("--count-bytes", action="store_true", help="the eager and compiled step's bytes as counted, and exit")
     parser.add_argument("--device", default="cuda", help="the device of --count-bytes (cpu works)")
+    parser.add_argument(
+        "--gemm-templates", action="store_true", help="--count-bytes also with generated GEMMs and their epilogues fused"
+    )
     args = parser.parse_args()
     if args.sum_ncu:
         sum_ncu_csv(args.sum_ncu, args.k)
         return
     if args.count_bytes:
-        print_byte_counts(args.k, torch.device(args.device))
+        print_byte_counts(args.k, torch.device(args.device), args.gemm_templates)
         return
     device = torch.device("cuda")
     configure_tf32(True)
