@@ -7,7 +7,7 @@ created but not yet claimed (on a loaded machine, within the few seconds a test 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,6 +19,11 @@ from groklab.store.metric_writes import write_points
 from groklab.store.models import LOCAL_OWNER, Run
 
 Points = Iterable[tuple[str, int, float]]
+
+
+def points_of(series: Mapping[str, Mapping[int, float]]) -> list[tuple[str, int, float]]:
+    """{name: {step: value}} as the (name, step, value) points a worker writes."""
+    return [(name, step, value) for name, values in series.items() for step, value in values.items()]
 
 
 def claim_new(session: Session, runs: Sequence[Run], *, worker: str = "recorded") -> list[leases.Lease]:

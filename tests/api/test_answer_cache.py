@@ -20,10 +20,10 @@ from groklab.settings import Settings
 from groklab.store import answer_cache, leases
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
-from groklab.store.metric_writes import delete_series, write_points
+from groklab.store.metric_writes import delete_series
 from groklab.store.migrate import upgrade
 from groklab.store.models import CachedAnswer, Run
-from tests.recorded import claim_new, record
+from tests.recorded import claim_new, points_of, record
 from tests.api.conftest import Backend
 from tests.api.test_compare import SEEDS, SIZES, STEPS, _experiment, _fold, _series, _spec
 from tests.services import Stack, bearer, create_key
@@ -63,9 +63,8 @@ def _finish(url: str, run_id: int, points: dict[str, dict[int, float]]) -> None:
     """What a worker does: claim the run, write its points, finish it."""
     with session_scope(url) as session:
         lease = leases.claim_run(session, run_id, worker="test", lease_seconds=600)
-        assert lease is not None
-        write_points(session, run_id, [(n, s, v) for n, series in points.items() for s, v in series.items()])
-        leases.finish(session, lease, status=run_store.SUCCEEDED)
+    assert lease is not None
+    record(url, lease, points_of(points))
 
 
 def test_a_finished_experiments_answers_are_kept_and_read_back(backend: Backend) -> None:
@@ -138,7 +137,7 @@ def test_an_experiment_that_gains_a_run_is_computed_anew(backend: Backend) -> No
     running = _grouped(client, experiment_id)  # an unfinished run: nothing is kept until it finishes
     assert "x-answer-cache" not in running.headers and "etag" not in running.headers
     logged[lease.run_id] = _series(100, 0, grokked=True)
-    record(url, lease, [(n, s, v) for n, series in logged[lease.run_id].items() for s, v in series.items()])
+    record(url, lease, points_of(logged[lease.run_id]))
     answer = _grouped(client, experiment_id)
     assert answer.headers["x-answer-cache"] == "miss"
     assert [g["group"]["task.train_size"] for g in answer.json()["groups"]] == [*SIZES, 100]

@@ -18,7 +18,7 @@ import pytest
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.metric_writes import write_points
-from tests.recorded import record_experiment
+from tests.recorded import points_of, record_experiment
 from tests.api.conftest import Backend
 from tests.services import tiny_spec
 
@@ -50,7 +50,7 @@ def _experiment(url: str, specs: list[dict[str, Any]], owner: str = "local") -> 
     series = [_series(spec["task"]["train_size"], spec["seed"], grokked=spec["task"]["train_size"] >= 60) for spec in specs]
     experiment_id, run_ids = record_experiment(
         url, [run_store.NewRun(spec=spec, total_steps=STEPS) for spec in specs],
-        [[(n, s, v) for n, points in logged.items() for s, v in points.items()] for logged in series],
+        [points_of(logged) for logged in series],
         name="compare", owner=owner,
     )  # fmt: skip
     return experiment_id, run_ids, dict(zip(run_ids, series, strict=True))

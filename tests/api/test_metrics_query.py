@@ -16,7 +16,7 @@ from groklab.metric_answers import MetricQuery
 from groklab.store import runs as run_store
 from groklab.store.database import session_scope
 from groklab.store.models import Run
-from tests.recorded import record_experiment
+from tests.recorded import points_of, record_experiment
 from tests.api.conftest import Backend
 from tests.services import tiny_spec
 
@@ -25,7 +25,7 @@ def _runs_with_points(
     url: str, points: dict[str, dict[int, float]], *, count: int = 1, finish: bool = True, spec: Any = None
 ) -> tuple[int, list[int]]:
     """An experiment of `count` runs that logged `points`, succeeded (or still running)."""
-    logged = [(n, s, v) for n, series in points.items() for s, v in series.items()]
+    logged = points_of(points)
     return record_experiment(
         url, [run_store.NewRun(spec=spec or tiny_spec(), total_steps=1)] * count, [logged] * count, name="q",
         status=run_store.SUCCEEDED if finish else None,

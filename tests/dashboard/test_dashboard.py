@@ -380,11 +380,10 @@ def _stored_experiment(url: str, specs: list[dict[str, Any]], curve: Any) -> tup
     """An experiment whose succeeded runs logged curve(spec) = {name: {step: value}}, written through
     the store (the page reads; nothing needs training)."""
     from groklab.store import runs as run_store
-    from tests.recorded import record_experiment
+    from tests.recorded import points_of, record_experiment
 
     runs = [run_store.NewRun(spec=s, total_steps=500) for s in specs]
-    points = [[(name, step, value) for name, series in curve(spec).items() for step, value in series.items()] for spec in specs]
-    return record_experiment(url, runs, points, name="overlay")
+    return record_experiment(url, runs, [points_of(curve(spec)) for spec in specs], name="overlay")
 
 
 def _curves(spec: dict[str, Any]) -> dict[str, dict[int, float]]:
