@@ -1,11 +1,13 @@
 """Training engine speed on the paper's configuration (P = 113, D = 3,830, 1-layer transformer, AdamW).
 
-`python -m benchmarks.engine [--quick] [--device cpu|cuda] [--peak-tflops X]` measures, in one
+`python -m benchmarks.engine [--quick] [--device cpu|cuda] [--peak-tflops X] [--precision bf16-mixed]`
+measures, in one
 process and interleaved, the steps/s of the all-positions reference (benchmarks/reference_model.py)
 and of the engine's single run, the run-steps/s of ensembles of K runs, memory, achieved FLOP/s,
 the cost of evaluation and logging at the default interval, and the kernels (aten ops, counted by
 engine.op_count) and bytes of one step for K = 1, 8 (and 64 without --quick) and with two
 training-set sizes; on CUDA also the run-steps/s of steps replayed as CUDA graphs (capture=True).
+--precision: the engine's runs (not the reference) with that RunSpec.precision.
 """
 
 from __future__ import annotations
@@ -168,7 +170,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and K <= 8 (CPU: under 5 minutes)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the fraction")
+    parser.add_argument("--precision", choices=["float32", "bf16-mixed"], default="float32", help="the runs' RunSpec.precision")
     args = parser.parse_args()
+    global SPEC
+    SPEC = SPEC.model_copy(update={"precision": args.precision})
     device = resolve_device(args.device)
     configure_tf32(True)  # as a worker by default (GROKLAB_TF32)
     steps, rounds = (5, 3) if args.quick else (20, 5)
@@ -282,7 +287,7 @@ def _kernels_and_host_reads(device: torch.device, *, quick: bool) -> None:
         step_reads, eval_reads = count_host_reads(train_sizes)
         classes = "" if len(set(train_sizes)) == 1 else f", D = {d} and {small} (2 size classes)"
         print(
-            f"one step as a GPU runs it, K={len(train_sizes)}{classes}: {ops} kernels (aten ops), "
+            f"one {SPEC.precision} step as a GPU runs it, K={len(train_sizes)}{classes}: {ops} kernels (aten ops), "
             f"{nbytes / 1e6:.0f} MB per member-step, {step_reads} host reads per step, "
             f"{eval_reads} per evaluation of all members"
         )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The engine on a GPU host, correct and fast: `bash benchmarks/gpu_check.sh [STAGE ...]` from the
-# repository root, stages (default: all, in this order) machine, correctness, speed, compiled,
+# repository root, stages (default: all, in this order) machine, correctness, speed, compiled, bf16,
 # traffic; the log goes to ${OUT:-.}/gpu_check.log. The host's own python3 and torch are used; the
 # project's other dependencies come as Python 3.12 wheels in .whl/ where the host lacks them
 # (docs/benchmarks.md says how that wheel set is made and checked). Each stage has its own time
@@ -48,6 +48,10 @@ compiled() {  # the step compiled by TorchInductor (fused elementwise work) agai
   stage compiled 100 "$PYTHON" -m benchmarks.step_traffic --k 64
 }
 
+bf16() {  # the same step in bf16-mixed precision (RunSpec.precision), eager and compiled
+  stage bf16 100 "$PYTHON" -m benchmarks.step_traffic --k 64 --precision bf16-mixed
+}
+
 templates() {  # Inductor's byte count of the step with Triton GEMM templates and their fused
   # epilogues (max-autotune compiles: minutes; not among the default stages)
   stage templates 240 "$PYTHON" -m benchmarks.step_traffic --k 64 --count-bytes --device cuda --gemm-templates
@@ -66,5 +70,5 @@ traffic() {  # the DRAM bytes of one K=64 step, eager and compiled, read by Nsig
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(machine correctness speed compiled traffic)
+[ ${#stages[@]} -gt 0 ] || stages=(machine correctness speed compiled bf16 traffic)
 for name in "${stages[@]}"; do "$name"; done

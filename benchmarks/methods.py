@@ -63,8 +63,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "Muon": {"optimizer": {"kind": "muon"}},
     # Thilak et al. 2022: the slingshot depends on Adam's epsilon; a smaller one than torch's.
     "Adam eps 1e-12": {"optimizer": {"eps": 1e-12}},
+    # Not a method: the step in bfloat16 (float32 weights, optimizer and loss), which should
+    # change nothing here; the row says whether grokking notices the 8-bit mantissa.
+    "bf16-mixed": {"precision": "bf16-mixed"},
 }
-DEFAULT_METHODS = [name for name in METHODS if "init x" not in name]
+DEFAULT_METHODS = [name for name in METHODS if "init x" not in name and name != "bf16-mixed"]
 MICRO_BASE = {"task": {"p": 7, "train_fraction": 0.5}, "phases": [{"steps": 6}], "eval_every": 2,
               "model": {"kind": "transformer", "d_model": 8, "n_heads": 1, "d_head": 8, "d_mlp": 16}}  # fmt: skip
 

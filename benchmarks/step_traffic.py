@@ -35,8 +35,8 @@ from engine.op_count import OpCounter
 from engine.train import Ensemble
 
 
-def _ensemble_past_warmup(k: int, device: torch.device) -> Ensemble:
-    ensemble = engine_benchmark._ensemble(k, device)
+def _ensemble_past_warmup(k: int, device: torch.device, precision: str = "float32") -> Ensemble:
+    ensemble = engine_benchmark._ensemble(k, device, precision=precision)
     for member in ensemble.members:  # past the warm-up: the step's shape from now on
         member.step = SPEC.optimizer.warmup_steps
     ensemble._set_hyperparameters()
@@ -116,22 +116,26 @@ def compiled_step_bytes(ensemble: Ensemble, gemm_templates: bool = False) -> tup
     return metrics.num_bytes_accessed, metrics.generated_kernel_count
 
 
-def print_byte_counts(k: int, device: torch.device, gemm_templates: bool) -> None:
-    ensemble = _ensemble_past_warmup(k, device)
+def print_byte_counts(k: int, device: torch.device, gemm_templates: bool, precision: str) -> None:
+    ensemble = _ensemble_past_warmup(k, device, precision)
     eager = variants(ensemble)["eager"]
     eager()  # the first step of a layout builds it
     with OpCounter() as counter:
         eager()
-    print(f"K={k}: eager step    {counter.ops:5d} ops      {counter.bytes / k / 1e6:7.1f} MB per member-step (engine.op_count)")
+    print(
+        f"{precision}, K={k}: eager step    {counter.ops:5d} ops      {counter.bytes / k / 1e6:7.1f} MB per member-step (engine.op_count)"
+    )
     start = time.perf_counter()
     compiled_bytes, kernels = compiled_step_bytes(ensemble)
     print(
-        f"K={k}: compiled step {kernels:5d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step "
+        f"{precision}, K={k}: compiled step {kernels:5d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step "
         f"(TorchInductor's count; compiled in {time.perf_counter() - start:.0f} s on {device.type})"
     )
     if gemm_templates:
         compiled_bytes, kernels = compiled_step_bytes(ensemble, gemm_templates=True)
-        print(f"K={k}: GEMM templates {kernels:4d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step (epilogues fused)")
+        print(
+            f"{precision}, K={k}: GEMM templates {kernels:4d} kernels  {compiled_bytes / k / 1e6:7.1f} MB per member-step (epilogues fused)"
+        )
 
 
 def sum_ncu_csv(path: Path, k: int) -> None:
@@ -158,16 +162,17 @@ def main() -> None:
     parser.add_argument(
         "--gemm-templates", action="store_true", help="--count-bytes also with generated GEMMs and their epilogues fused"
     )
+    parser.add_argument("--precision", choices=["float32", "bf16-mixed"], default="float32", help="the runs' RunSpec.precision")
     args = parser.parse_args()
     if args.sum_ncu:
         sum_ncu_csv(args.sum_ncu, args.k)
         return
     if args.count_bytes:
-        print_byte_counts(args.k, torch.device(args.device), args.gemm_templates)
+        print_byte_counts(args.k, torch.device(args.device), args.gemm_templates, args.precision)
         return
     device = torch.device("cuda")
     configure_tf32(True)
-    ensemble = _ensemble_past_warmup(args.k, device)
+    ensemble = _ensemble_past_warmup(args.k, device, args.precision)
     steps = variants(ensemble)
     if args.profile:
         step = steps[args.profile]

@@ -59,10 +59,10 @@ def per_example_loss(logits: Tensor, targets: Tensor, loss: Loss | LossKind) -> 
     computed in Loss.precision when given (float64: the logits are widened first, as Prieto et al.
     do; the loss comes back in the logits' type, where a tiny loss is still representable)."""
     loss = Loss(loss) if isinstance(loss, str) else loss
-    if loss.kind == "mse":
-        one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
-        return (logits - one_hot).square().mean(dim=-1)
     out_dtype = torch.promote_types(logits.dtype, torch.float32)
+    if loss.kind == "mse":
+        wide = logits.to(out_dtype)  # bfloat16 logits (bf16-mixed): the squares summed in float32
+        return (wide - F.one_hot(targets, logits.shape[-1]).to(out_dtype)).square().mean(dim=-1)
     wide = logits.flatten(0, -2).to(torch.promote_types(out_dtype, loss.precision or out_dtype))
     if loss.kind == "stablemax":
         flat = -log_stablemax(wide).gather(-1, targets.reshape(-1, 1)).squeeze(-1)

@@ -20,6 +20,7 @@ def pack_key(spec: RunSpec) -> Hashable | None:
         spec.task.vocab_size,
         spec.loss,
         spec.resolved_loss_precision,
+        spec.precision,
         spec.optimizer.kind,
         spec.optimizer.orthogonal_gradients,
         # one filter state per pack: its kind, and an MA ring's window

@@ -363,6 +363,13 @@ class RunSpec(StrictModel):
         description="The float type the (stable)softmax cross-entropy is computed in; default float32 for "
         "cross_entropy, float64 for stablemax (as its authors compute it). Not for mse.",
     )
+    precision: Literal["float32", "bf16-mixed"] = Field(
+        "float32",
+        description="The float type of the training step's forward and backward passes. 'bf16-mixed': "
+        "they run in bfloat16 on a bfloat16 copy of the weights, while the weights, the optimizer state, "
+        "the loss and every evaluation stay float32; about half the step's memory traffic (a GPU step is "
+        "memory-bound), at bfloat16's 8-bit mantissa in activations and gradients.",
+    )
     grad_filter: GradFilterSpec | None = Field(
         None,
         description='Grokfast (Lee et al. 2024): {"kind": "ema", "alpha": 0.98, "lamb": 2.0} or '
@@ -549,6 +556,8 @@ class RunSpec(StrictModel):
         for field, value in methods.items():
             if isinstance(self.model, ToyCircuitsSpec) and value:
                 raise _field_error(field, "the toy model trains with plain gradient descent, without the grokking methods")
+        if isinstance(self.model, ToyCircuitsSpec) and self.precision != "float32":
+            raise _field_error("precision", "the toy model trains in float32 only")
         if isinstance(self.model, ToyCircuitsSpec) and self.optimizer.kind != "sgd":
             raise _field_error("optimizer.kind", "the toy model trains with plain gradient descent ('sgd')")
         return self

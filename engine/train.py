@@ -381,7 +381,8 @@ class Ensemble:
         self._warm: _Layout | None = None  # the layout whose first step ran eagerly (before capture)
         self.checkpoint_seconds = checkpoint_seconds
         self.checkpointed_at = time.monotonic()  # the members' last checkpoint (all are written together)
-        self.loss_kind = Loss.of(specs[0])  # one per pack (engine.packing)
+        self.loss_kind = Loss.of(specs[0])  # one per pack (engine.packing), as is the precision
+        self.compute_dtype = torch.bfloat16 if specs[0].precision == "bf16-mixed" else None
         transformer = isinstance(specs[0].model, TransformerSpec)
         self.logits_fn = transformer_logits if transformer else mlp_logits
         table = build_task(specs[0].task)  # one task table: the pairs and true labels are shared
@@ -604,11 +605,17 @@ class Ensemble:
         """Each row's training loss (R,): its examples' losses weighted (one small bmm) and summed."""
         params = flat if rows.row_member is None else F.embedding(rows.row_member, flat)
         logits = self.logits_fn(self._views(params), rows.a, rows.b)  # (R, width, vocab)
-        losses = per_example_loss(logits, rows.targets, self.loss_kind)  # (R, width)
+        losses = per_example_loss(logits, rows.targets, self.loss_kind).to(rows.weight.dtype)  # (R, width), flat's type
         return (losses[:, None] @ rows.weight[:, :, None]).view(-1)
 
+    def _compute_copy(self, flat: Tensor) -> Tensor:
+        """The weights the forward and backward run on: flat itself, or (bf16-mixed) its bfloat16
+        copy, one cast per step whose backward casts the gradient back to flat's type."""
+        return flat if self.compute_dtype is None else flat.to(self.compute_dtype)
+
     def _total_loss(self, flat: Tensor, layout: _Layout) -> tuple[Tensor, list[Tensor]]:
-        row_losses = [self._row_loss(flat, rows) for rows in layout.passes]
+        weights = self._compute_copy(flat)
+        row_losses = [self._row_loss(weights, rows) for rows in layout.passes]
         return sum(loss.sum() for loss in row_losses), [loss.detach() for loss in row_losses]  # type: ignore[return-value]
 
     def _step_body(self, layout: _Layout, functional: bool = False) -> Tensor:
@@ -623,7 +630,8 @@ class Ensemble:
             # Members share no parameters: each gets its own loss's gradient. The gradient of the
             # summed loss, seeded by static ones: no sum and no seed tensor per step.
             leaf = self.flat.detach().requires_grad_()
-            row_losses = [self._row_loss(leaf, rows) for rows in layout.passes]
+            weights = self._compute_copy(leaf)
+            row_losses = [self._row_loss(weights, rows) for rows in layout.passes]
             (grad,) = torch.autograd.grad(row_losses, leaf, grad_outputs=[rows.ones for rows in layout.passes])
             row_losses = [loss.detach() for loss in row_losses]
         self.optimizer.update(grad)

@@ -82,6 +82,7 @@ BAD_SPECS = [
     ({**SEARCH, "low": 100, "high": 100}, "high"),
     ({**tiny_spec(), "grad_filter": {"kind": "ema", "alpha": 1.5}}, "grad_filter.ema.alpha"),
     ({**tiny_spec(), "loss": "mse", "loss_precision": "float64"}, "loss_precision"),
+    ({**tiny_spec(), "precision": "float16"}, "precision"),
     ({**SEARCH, "high": 169}, "high"),  # P=13 has 169 pairs: no test set would be left
     ({**SEARCH, "low": 0}, "low"),
     ({**SEARCH, "side": "ungrokking", "high": 120}, "high"),  # over phase 1's D of 84

@@ -108,6 +108,11 @@ METHOD_MEMBERS = {
         {"optimizer": {"kind": "muon", "lr": 3e-3, "muon_momentum": 0.9}},
         {"optimizer": {"kind": "muon", "weight_decay": 0.1}},
     ],
+    "bf16-mixed": [
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", "optimizer": {"lr": 3e-3}},
+        {"precision": "bf16-mixed", "optimizer": {"weight_decay": 0.1}},
+    ],
     "float64 softmax": [
         {"loss_precision": "float64"},
         {"loss_precision": "float64", "optimizer": {"lr": 3e-3}},
@@ -140,7 +145,14 @@ def test_an_ensemble_with_a_method_option_trains_each_member_as_alone(option):
     together = [MemorySink() for _ in specs]
     train_ensemble(specs, together)
     for a, b in zip(alone, together):
-        _assert_same_series(a, b)
+        if option != "bf16-mixed":
+            _assert_same_series(a, b)
+            continue
+        # bfloat16 GEMMs round each sum to 8 bits, and a GEMM sums in another order for another
+        # number of members: an element now and then one bit apart, so a member's losses follow
+        # its lone run's to ~0.1% (its accuracy may flip an example), not to 1e-5.
+        for name in ("train_loss", "test_loss", "param_norm"):
+            assert b.series[name] == pytest.approx(a.series[name], rel=1e-2), name
     assert alone[0].series["train_loss"] != alone[1].series["train_loss"]
 
 

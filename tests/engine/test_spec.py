@@ -45,6 +45,8 @@ def test_importing_spec_does_not_import_torch():
         ({"weight_norm": {"value": -1}}, "weight_norm.value"),
         ({"model": {"kind": "mlp", "init_scale": 0}}, "model.mlp.init_scale"),
         ({"model": {"kind": "toy_circuits"}, "optimizer": {"kind": "sgd"}, "weight_norm": {"fixed": True}}, "weight_norm"),
+        ({"model": {"kind": "toy_circuits"}, "optimizer": {"kind": "sgd"}, "precision": "bf16-mixed"}, "precision"),
+        ({"precision": "float16"}, "precision"),
         (
             {"model": {"kind": "transformer", "d_model": 1024, "d_mlp": 4096}, "grad_filter": {"kind": "ma", "window": 1000}},
             "grad_filter.window",
@@ -148,6 +150,7 @@ def test_the_grokking_methods_pack_by_their_kind_and_batch_their_values():
         RunSpec(task=task),
         RunSpec(task=task, loss="stablemax"),
         RunSpec(task=task, loss_precision="float64"),
+        RunSpec(task=task, precision="bf16-mixed"),
         RunSpec(task=task, optimizer={"orthogonal_gradients": True}),
         RunSpec(task=task, grad_filter={"kind": "ema"}),
         RunSpec(task=task, grad_filter={"kind": "ma", "window": 5}),

@@ -6,10 +6,11 @@ worker processes at once, rather than a second time here.
 """
 
 import pytest
+import torch
 
 from engine.sink import MemorySink
 from engine.spec import PROGRESS_METRICS, MlpSpec, OptimizerSpec, PhaseSpec, RunSpec, TaskSpec, log_spaced_steps
-from engine.train import train_run
+from engine.train import Ensemble, train_run
 
 SERIES = {
     "train_loss", "train_acc", "test_loss", "test_acc", "param_norm", "norm_embed", "norm_attn",
@@ -25,6 +26,7 @@ SERIES = {
         {"loss": "mse"},
         {"loss": "stablemax"},
         {"loss_precision": "float64"},
+        {"precision": "bf16-mixed", "loss": "mse"},
         {"optimizer": OptimizerSpec(kind="sgd", lr=0.1, batch_size=16)},
         {"model": MlpSpec(d_embed=16, d_hidden=32)},
     ],
@@ -81,3 +83,19 @@ def test_eval_step_count_equals_the_points_a_linear_run_logs():
     train_run(spec, sink)
     assert sorted(sink.series["test_acc"]) == [0, 10, 20, 25, 30, 37]
     assert spec.eval_step_count() == 6
+
+
+def test_bf16_mixed_trains_float32_weights_along_the_float32_run():
+    """The step's forward and backward in bfloat16; weights, optimizer state and losses float32."""
+    runs = {}
+    for precision in ("float32", "bf16-mixed"):
+        spec = RunSpec(task=TaskSpec(p=11, train_size=60), phases=[PhaseSpec(steps=30)], eval_every=10,
+                       train_loss_every=1, device="cpu", precision=precision)  # fmt: skip
+        ensemble = Ensemble([spec], [MemorySink()], [None], torch.device("cpu"))
+        ensemble.train(None, [0])
+        assert ensemble.flat.dtype == torch.float32
+        assert ensemble.optimizer.exp_avg.dtype == ensemble.optimizer.exp_avg_sq.dtype == torch.float32
+        runs[precision] = ensemble.members_by_index[0].sink.series
+    for step, loss in runs["float32"]["train_loss"].items():
+        assert runs["bf16-mixed"]["train_loss"][step] == pytest.approx(loss, rel=0.02), step
+    assert runs["bf16-mixed"]["train_loss"] != runs["float32"]["train_loss"]  # it did run in bfloat16
