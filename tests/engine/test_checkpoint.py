@@ -87,8 +87,20 @@ TWO_PHASES = [{"steps": 15}, {"steps": 15, "train_set": "subset", "subset_size":
         ({"weight_norm": {"fixed": True}, "model": {**TINY_MODEL, "init_scale": 2.0}}, 15),
         ({"optimizer": {"kind": "muon"}}, 15),
         ({"optimizer": {"kind": "muon"}, "model": {"kind": "mlp", "d_embed": 16, "d_hidden": 32}}, 15),
+        ({"precision": "bf16-mixed"}, 15),
     ],
-    ids=["eps", "stablemax", "orthogonal", "grokfast ema", "grokfast ma", "grokfast ma reset", "omnigrok", "muon", "muon mlp"],
+    ids=[
+        "eps",
+        "stablemax",
+        "orthogonal",
+        "grokfast ema",
+        "grokfast ma",
+        "grokfast ma reset",
+        "omnigrok",
+        "muon",
+        "muon mlp",
+        "bf16-mixed",
+    ],
 )
 def test_a_run_with_a_method_resumes_as_the_straight_run(tmp_path, methods, stop):
     base = {"task": {"p": 11, "train_size": 70}, "model": TINY_MODEL, "phases": [{"steps": 30}], "eval_every": 5,

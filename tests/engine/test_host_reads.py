@@ -118,8 +118,9 @@ def test_training_reads_nothing_per_step_and_once_per_evaluation(tmp_path) -> No
             "loss": "stablemax",
         },
         {"grad_filter": {"kind": "ma", "window": 3}, "optimizer": {"kind": "muon"}, "loss_precision": "float64"},
+        {"precision": "bf16-mixed", "grad_filter": {"kind": "ema"}},
     ],
-    ids=["grokfast ema, orthogonal, norm, stablemax", "grokfast ma, muon, float64 softmax"],
+    ids=["grokfast ema, orthogonal, norm, stablemax", "grokfast ma, muon, float64 softmax", "bf16-mixed, grokfast ema"],
 )
 def test_the_grokking_methods_read_nothing_per_step(methods) -> None:
     specs = [
