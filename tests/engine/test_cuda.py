@@ -64,6 +64,20 @@ def test_float32_on_cuda_stays_close_to_the_cpu_without_tf32():
             assert abs(cpu[name][step] - cuda[name][step]) <= bound, (name, step, cpu[name][step], cuda[name][step])
 
 
+def test_bf16_mixed_on_cuda_stays_close_to_the_cpu():
+    """bfloat16's kernels differ by device (CUDA's GEMMs, the CPU's oneDNN): the start is the
+    same float32 model, ten steps on the losses agree to bfloat16's rounding."""
+    cpu, cuda = ({}, {})
+    for device, series in (("cpu", cpu), ("cuda", cuda)):
+        sink = MemorySink()
+        train_run(RunSpec(**SPEC, device=device, precision="bf16-mixed"), sink)
+        series.update(sink.series)
+    print("bf16-mixed, largest |cuda - cpu| per series over the run:", _differences(cpu, cuda))
+    for step, loss_bound in ((0, 1e-5), (10, 2e-2)):
+        for name in ("train_loss", "test_loss"):
+            assert abs(cpu[name][step] - cuda[name][step]) <= loss_bound, (name, step, cpu[name][step], cuda[name][step])
+
+
 def test_training_steps_wait_for_the_gpu_only_at_evaluations():
     from engine.train import Ensemble
 
