@@ -28,7 +28,9 @@ EVAL_EVERY = 100
 GENERALISED_ACC = 0.95
 
 
-def train(precision: str, seeds: int, steps: int, train_fraction: float, p: int) -> tuple[list[dict[int, float]], list[dict[int, float]], float]:
+def train(
+    precision: str, seeds: int, steps: int, train_fraction: float, p: int
+) -> tuple[list[dict[int, float]], list[dict[int, float]], float]:
     """Each seed's test_acc and train_loss series, and seconds per run-step (one thread)."""
     torch.set_num_threads(1)
     specs = [
@@ -43,7 +45,11 @@ def train(precision: str, seeds: int, steps: int, train_fraction: float, p: int)
     start = time.perf_counter()
     results = train_ensemble(specs, sinks, device="cpu")
     run_steps = sum(result.final_step for result in results)
-    return ([s.series["test_acc"] for s in sinks], [s.series["train_loss"] for s in sinks], (time.perf_counter() - start) / run_steps)
+    return (
+        [s.series["test_acc"] for s in sinks],
+        [s.series["train_loss"] for s in sinks],
+        (time.perf_counter() - start) / run_steps,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         for seed, (test_acc, train_loss) in enumerate(zip(test_accs, train_losses)):
             step = next((s for s in sorted(test_acc) if test_acc[s] >= GENERALISED_ACC), None)
             at = "-" if step is None else f"{test_acc[step]:.3f}"
-            print(f"| {precision} | {seed} | {'-' if step is None else f'{step:,}'} | {at} | {train_loss.get(300, float('nan')):.2e} |")
+            print(
+                f"| {precision} | {seed} | {'-' if step is None else f'{step:,}'} | {at} | {train_loss.get(300, float('nan')):.2e} |"
+            )
     for precision, (_, _, seconds) in outcomes.items():
         print(f"{precision}: {seconds * 1e3:.1f} ms per run-step (one thread)")
     print(f"\n{datetime.date.today().isoformat()}, {platform.machine()} with {os.cpu_count()} CPUs, torch {torch.__version__}, "

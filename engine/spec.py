@@ -367,8 +367,9 @@ class RunSpec(StrictModel):
         "float32",
         description="The float type of the training step's forward and backward passes. 'bf16-mixed': "
         "they run in bfloat16 on a bfloat16 copy of the weights, while the weights, the optimizer state, "
-        "the loss and every evaluation stay float32; about half the step's memory traffic (a GPU step is "
-        "memory-bound), at bfloat16's 8-bit mantissa in activations and gradients.",
+        "the loss and every evaluation stay float32; ~0.6x the step's memory traffic (a GPU step is "
+        "memory-bound), at bfloat16's 8-bit mantissa in activations and gradients (grokking came ~1.2x "
+        "the steps later at P=113).",
     )
     grad_filter: GradFilterSpec | None = Field(
         None,
