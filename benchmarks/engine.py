@@ -27,7 +27,7 @@ from engine.device import configure_tf32
 from engine.host_reads import HostReads, cuda_syncs
 from engine.op_count import OpCounter
 from engine.sink import MemorySink
-from engine.spec import PhaseSpec, RunSpec, TaskSpec
+from engine.spec import PRECISIONS, PhaseSpec, RunSpec, TaskSpec
 from engine.datasets import build_task
 from engine.train import PASS_COST_EXAMPLES, Ensemble, resolve_device
 from benchmarks.reference_model import reference_forward
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and K <= 8 (CPU: under 5 minutes)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the fraction")
-    parser.add_argument("--precision", choices=["float32", "bf16-mixed"], default="float32", help="the runs' RunSpec.precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="the runs' RunSpec.precision")
     args = parser.parse_args()
     global SPEC
     SPEC = SPEC.model_copy(update={"precision": args.precision})

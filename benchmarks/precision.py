@@ -20,10 +20,9 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from engine.sink import MemorySink
-from engine.spec import PhaseSpec, RunSpec, StopCondition, TaskSpec
+from engine.spec import PRECISIONS, PhaseSpec, RunSpec, StopCondition, TaskSpec
 from engine.train import train_ensemble
 
-PRECISIONS = ("float32", "bf16-mixed")
 EVAL_EVERY = 100
 GENERALISED_ACC = 0.95
 

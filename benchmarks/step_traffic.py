@@ -32,6 +32,7 @@ from benchmarks import engine as engine_benchmark
 from benchmarks.engine import SPEC
 from engine.device import configure_tf32
 from engine.op_count import OpCounter
+from engine.spec import PRECISIONS
 from engine.train import Ensemble
 
 
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument(
         "--gemm-templates", action="store_true", help="--count-bytes also with generated GEMMs and their epilogues fused"
     )
-    parser.add_argument("--precision", choices=["float32", "bf16-mixed"], default="float32", help="the runs' RunSpec.precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="the runs' RunSpec.precision")
     args = parser.parse_args()
     if args.sum_ncu:
         sum_ncu_csv(args.sum_ncu, args.k)

@@ -26,6 +26,8 @@ TaskOp = Literal[
     "x3_plus_xy",
     "permutation",
 ]
+Precision = Literal["float32", "bf16-mixed"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 DEFAULT_MAX_RUNS = 500
 # A bound on one run's model: the paper's is 0.23M parameters; 50M is ~0.8 GB with AdamW state.
@@ -363,7 +365,7 @@ class RunSpec(StrictModel):
         description="The float type the (stable)softmax cross-entropy is computed in; default float32 for "
         "cross_entropy, float64 for stablemax (as its authors compute it). Not for mse.",
     )
-    precision: Literal["float32", "bf16-mixed"] = Field(
+    precision: Precision = Field(
         "float32",
         description="The float type of the training step's forward and backward passes. 'bf16-mixed': "
         "they run in bfloat16 on a bfloat16 copy of the weights, while the weights, the optimizer state, "

@@ -26,11 +26,11 @@ SPEC = dict(
 )  # fmt: skip
 
 
-def _series(device: str, dtype: torch.dtype) -> dict[str, dict[int, float]]:
+def _series(device: str, dtype: torch.dtype, precision: str = "float32") -> dict[str, dict[int, float]]:
     torch.set_default_dtype(dtype)
     try:
         sink = MemorySink()
-        train_run(RunSpec(**SPEC, device=device), sink)
+        train_run(RunSpec(**SPEC, device=device, precision=precision), sink)
         return sink.series
     finally:
         torch.set_default_dtype(torch.float32)
@@ -67,11 +67,7 @@ def test_float32_on_cuda_stays_close_to_the_cpu_without_tf32():
 def test_bf16_mixed_on_cuda_stays_close_to_the_cpu():
     """bfloat16's kernels differ by device (CUDA's GEMMs, the CPU's oneDNN): the start is the
     same float32 model, ten steps on the losses agree to bfloat16's rounding."""
-    cpu, cuda = ({}, {})
-    for device, series in (("cpu", cpu), ("cuda", cuda)):
-        sink = MemorySink()
-        train_run(RunSpec(**SPEC, device=device, precision="bf16-mixed"), sink)
-        series.update(sink.series)
+    cpu, cuda = (_series(device, torch.float32, precision="bf16-mixed") for device in ("cpu", "cuda"))
     print("bf16-mixed, largest |cuda - cpu| per series over the run:", _differences(cpu, cuda))
     for step, loss_bound in ((0, 1e-5), (10, 2e-2)):
         for name in ("train_loss", "test_loss"):
